@@ -1,0 +1,28 @@
+//! A LLaMA-style decoder-only Transformer (Touvron et al., 2023) and the baseline components it
+//! replaced, written once against Burn's `Backend` trait so that it runs on every Burn backend.
+//!
+//! - [`LlamaConfig`] holds the architecture, presets and ablation knobs ([`knobs`]); its
+//!   [`LlamaConfig::param_counts`] and [`LlamaConfig::flops_per_token`] need no allocation.
+//! - [`Llama`] is the model: [`Llama::forward`], [`Llama::loss`], and KV-cached decoding.
+//! - [`generate()`] decodes a batch of prompts of different lengths (greedy, temperature, top-k,
+//!   top-p, seeded, stop tokens).
+
+pub mod attention;
+pub mod block;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod ffn;
+pub mod generate;
+pub mod knobs;
+pub mod model;
+pub mod norm;
+pub mod position;
+
+pub use attention::AttentionMask;
+pub use cache::{KvCache, LayerCache};
+pub use config::{LlamaConfig, PRESETS, ParamCounts};
+pub use error::{ConfigError, GenerateError};
+pub use generate::{Sampling, generate};
+pub use knobs::{FfnKind, NormKind, NormPlacement, PositionKind};
+pub use model::{Llama, cross_entropy};

@@ -1,0 +1,170 @@
+//! The whole decoder: embeddings, blocks, final norm, output head, loss.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor};
+
+use crate::attention::AttentionMask;
+use crate::block::Block;
+use crate::cache::{KvCache, LayerCache};
+use crate::config::LlamaConfig;
+use crate::error::ConfigError;
+use crate::ffn::linear;
+use crate::knobs::{NormPlacement, PositionKind};
+use crate::norm::Norm;
+use crate::position::{AbsolutePosition, Rope, Sinusoids};
+
+/// A decoder-only Transformer built from a [`LlamaConfig`]; exactly LLaMA with the default knobs.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    pub tok_embeddings: Embedding<B>,
+    pub position: Option<AbsolutePosition<B>>,
+    pub rope: Option<Rope<B>>,
+    pub layers: Vec<Block<B>>,
+    /// Final norm (pre-norm models only).
+    pub norm: Option<Norm<B>>,
+    /// Output projection; `None` when tied to `tok_embeddings`.
+    pub output: Option<Linear<B>>,
+    #[module(skip)]
+    config: LlamaConfig,
+}
+
+impl LlamaConfig {
+    /// Validates the config and builds a randomly initialised model on `device`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Llama<B>, ConfigError> {
+        self.validate()?;
+        let std = self.init_std;
+        let tok_embeddings = EmbeddingConfig::new(self.vocab_size, self.dim)
+            .with_initializer(Initializer::Normal { mean: 0.0, std })
+            .init(device);
+        let position = match self.position {
+            PositionKind::Learned => Some(AbsolutePosition::learned(
+                self.max_seq_len,
+                self.dim,
+                std,
+                device,
+            )),
+            PositionKind::Sinusoidal => Some(AbsolutePosition::Sinusoidal(Sinusoids::new(
+                self.dim,
+                self.max_seq_len,
+                device,
+            ))),
+            PositionKind::Rope | PositionKind::None => None,
+        };
+        let rope = (self.position == PositionKind::Rope)
+            .then(|| Rope::new(self.head_dim(), self.max_seq_len, self.rope_theta, device));
+        let layers = (0..self.n_layers)
+            .map(|_| Block::new(self, device))
+            .collect();
+        let norm = (self.norm_placement == NormPlacement::Pre)
+            .then(|| Norm::new(self.norm, self.dim, self.norm_eps, device));
+        let output = (!self.tie_embeddings).then(|| linear(self.dim, self.vocab_size, std, device));
+        Ok(Llama {
+            tok_embeddings,
+            position,
+            rope,
+            layers,
+            norm,
+            output,
+            config: self.clone(),
+        })
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Position ids `0..t` for every row.
+    pub fn default_positions(batch: usize, t: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+        Tensor::<B, 1, Int>::arange(0..t as i64, device)
+            .unsqueeze::<2>()
+            .expand([batch, t])
+    }
+
+    /// Logits `[batch, time, vocab]` of a full causal pass over `tokens: [batch, time]`.
+    ///
+    /// # Panics
+    /// When `time > max_seq_len` (callers check lengths first).
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, t] = tokens.dims();
+        assert!(
+            t <= self.config.max_seq_len,
+            "sequence of {t} tokens exceeds max_seq_len {}",
+            self.config.max_seq_len
+        );
+        let positions = Self::default_positions(b, t, &tokens.device());
+        let hidden = self.forward_hidden(tokens, &positions, &AttentionMask::Causal, None);
+        self.logits(hidden)
+    }
+
+    /// Final hidden states `[batch, time, dim]` (after the final norm). With a cache, the keys and
+    /// values of these tokens are appended to it and attention sees the whole cache.
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        positions: &Tensor<B, 2, Int>,
+        mask: &AttentionMask<B>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let mut x = self.tok_embeddings.forward(tokens);
+        if let Some(pos) = &self.position {
+            let p = pos.forward(positions);
+            x = x.clone() + p.cast(x.dtype());
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
+            x = layer.forward(x, positions, self.rope.as_ref(), mask, layer_cache);
+        }
+        match &self.norm {
+            Some(norm) => norm.forward(x),
+            None => x,
+        }
+    }
+
+    /// Output logits for hidden states `[batch, time, dim]`.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.output {
+            Some(out) => out.forward(hidden),
+            None => {
+                let [b, t, d] = hidden.dims();
+                let w = self.tok_embeddings.weight.val(); // [vocab, dim]
+                let v = w.dims()[0];
+                hidden
+                    .reshape([b * t, d])
+                    .matmul(w.transpose())
+                    .reshape([b, t, v])
+            }
+        }
+    }
+
+    /// Mean next-token cross-entropy over `tokens: [batch, time + 1]` (inputs are `[.., :time]`,
+    /// targets `[.., 1:]`).
+    pub fn loss(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+        let [b, t1] = tokens.dims();
+        let t = t1 - 1;
+        let inputs = tokens.clone().narrow(1, 0, t);
+        let targets = tokens.narrow(1, 1, t);
+        let logits = self.forward(inputs);
+        let v = logits.dims()[2];
+        cross_entropy(logits.reshape([b * t, v]), targets.reshape([b * t]))
+    }
+
+    /// An empty cache for `batch` rows and up to `capacity` positions.
+    pub fn new_cache(&self, batch: usize, capacity: usize, device: &B::Device) -> KvCache<B> {
+        let c = &self.config;
+        (0..c.n_layers)
+            .map(|_| LayerCache::new(batch, c.kv_heads(), capacity, c.head_dim(), device))
+            .collect()
+    }
+}
+
+/// Mean cross-entropy of `logits: [n, vocab]` against `targets: [n]`, with the log-softmax in f32
+/// whatever the compute dtype (Burn's `CrossEntropyLoss` runs in the input dtype).
+pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    let logp = log_softmax(logits.cast(DType::F32), 1);
+    logp.gather(1, targets.unsqueeze_dim(1)).mean().neg()
+}

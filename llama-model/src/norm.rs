@@ -1,0 +1,33 @@
+//! The normalisation layer of the `norm` knob.
+
+use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+
+use crate::knobs::NormKind;
+
+/// RMSNorm (gain only) or LayerNorm (gain and bias), chosen by [`NormKind`].
+#[derive(Module, Debug)]
+pub enum Norm<B: Backend> {
+    Rms(RmsNorm<B>),
+    Layer(LayerNorm<B>),
+}
+
+impl<B: Backend> Norm<B> {
+    pub fn new(kind: NormKind, dim: usize, eps: f64, device: &B::Device) -> Self {
+        match kind {
+            NormKind::RmsNorm => Self::Rms(RmsNormConfig::new(dim).with_epsilon(eps).init(device)),
+            NormKind::LayerNorm => {
+                Self::Layer(LayerNormConfig::new(dim).with_epsilon(eps).init(device))
+            }
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Self::Rms(n) => n.forward(x),
+            Self::Layer(n) => n.forward(x),
+        }
+    }
+}
