@@ -18,6 +18,7 @@ pub mod knobs;
 pub mod model;
 pub mod norm;
 pub mod position;
+pub mod record;
 
 pub use attention::AttentionMask;
 pub use cache::{KvCache, LayerCache};
@@ -26,3 +27,4 @@ pub use error::{ConfigError, GenerateError};
 pub use generate::{Sampling, generate};
 pub use knobs::{FfnKind, NormKind, NormPlacement, PositionKind};
 pub use model::{Llama, cross_entropy};
+pub use record::RecordError;

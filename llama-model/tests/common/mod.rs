@@ -1,0 +1,121 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use llama_model::{FfnKind, LlamaConfig, NormKind, NormPlacement, PositionKind};
+
+pub type B = burn::backend::NdArray<f32>;
+pub type AB = burn::backend::Autodiff<B>;
+
+pub fn dev() -> burn::backend::ndarray::NdArrayDevice {
+    Default::default()
+}
+
+/// A small LLaMA config whose weights are large enough (`init_std` 0.2) that numerical differences
+/// show in the logits.
+pub fn small(vocab: usize) -> LlamaConfig {
+    LlamaConfig {
+        multiple_of: 16,
+        init_std: 0.2,
+        ..LlamaConfig::llama(vocab, 32, 2, 4, 48)
+    }
+}
+
+/// Every combination of the four knobs (2 × 2 × 4 × 4 = 64 configs); every other config uses
+/// grouped-query attention (2 KV heads for 4 query heads) and every third ties its embeddings.
+pub fn all_variants(vocab: usize) -> Vec<LlamaConfig> {
+    let mut out = Vec::new();
+    for norm in [NormKind::RmsNorm, NormKind::LayerNorm] {
+        for norm_placement in [NormPlacement::Pre, NormPlacement::Post] {
+            for ffn in [
+                FfnKind::Swiglu,
+                FfnKind::Geglu,
+                FfnKind::Relu,
+                FfnKind::Gelu,
+            ] {
+                for position in [
+                    PositionKind::Rope,
+                    PositionKind::Learned,
+                    PositionKind::Sinusoidal,
+                    PositionKind::None,
+                ] {
+                    let i = out.len();
+                    out.push(LlamaConfig {
+                        norm,
+                        norm_placement,
+                        ffn,
+                        position,
+                        n_kv_heads: (i % 2 == 1).then_some(2),
+                        tie_embeddings: i % 3 == 0,
+                        ..small(vocab)
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn label(c: &LlamaConfig) -> String {
+    format!(
+        "{:?}/{:?}/{:?}/{:?}/kv{}/tied={}",
+        c.norm,
+        c.norm_placement,
+        c.ffn,
+        c.position,
+        c.kv_heads(),
+        c.tie_embeddings
+    )
+}
+
+/// Deterministic pseudo-random token ids (an LCG, so tests need no RNG crate).
+pub fn tokens<Bk: Backend>(
+    batch: usize,
+    t: usize,
+    vocab: usize,
+    seed: u64,
+    device: &Bk::Device,
+) -> Tensor<Bk, 2, Int> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let ids: Vec<i64> = (0..batch * t)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) % vocab as u64) as i64
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(ids, [batch, t]), device)
+}
+
+pub fn to_vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
+}
+
+/// Largest absolute difference divided by the largest magnitude (at least 1).
+pub fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = a.iter().fold(1f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// `../shared/data` beside the project (or `$LLAMA_SHARED_DATA`), when present.
+pub fn shared_data() -> Option<PathBuf> {
+    let dir = std::env::var_os("LLAMA_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "skipping: {} is absent (set LLAMA_SHARED_DATA)",
+            dir.display()
+        );
+        None
+    }
+}
