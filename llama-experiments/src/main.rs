@@ -1,1 +1,196 @@
-fn main() {}
+//! `llama`: the command-line tool of the LLaMA research toolkit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use llama_experiments::backend::DeviceSpec;
+use llama_experiments::check::{CheckSpec, check};
+use llama_experiments::params::ParamsReport;
+use llama_model::{LlamaConfig, PRESETS};
+
+#[derive(Parser)]
+#[command(
+    name = "llama",
+    version,
+    about = "LLaMA-style language models on Burn: presets, checks, training and ablations"
+)]
+struct Cli {
+    /// Device: ndarray, flex, wgpu, tch-cpu, tch-cuda:N or cuda:N (default: the best compiled-in one).
+    #[arg(long, global = true)]
+    device: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parameter counts and training FLOPs per token of a preset or config file (no allocation).
+    Params {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print `{"params", "non_embedding_params", "flops_per_token"}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the compiled-in devices, best first.
+    Devices,
+    /// Check that devices compute the same logits, cached decoding, loss and gradients as a reference.
+    Check {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Devices to compare (comma-separated); default: every compiled-in device.
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<String>,
+        /// Device whose results are the reference (default ndarray, else the last compiled-in).
+        #[arg(long)]
+        reference: Option<String>,
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        seq: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Fail when a device's logits or cached decoding differ by more than this (relative).
+        #[arg(long, default_value_t = 1e-4)]
+        tol: f32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// A built-in preset.
+    #[arg(long, conflicts_with = "config", value_parser = clap::builder::PossibleValuesParser::new(PRESETS))]
+    preset: Option<String>,
+    /// A model config file (TOML, or JSON with a .json extension).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn load(&self, default: &str) -> Result<(String, LlamaConfig)> {
+        match (&self.preset, &self.config) {
+            (_, Some(path)) => Ok((path.display().to_string(), LlamaConfig::from_file(path)?)),
+            (Some(p), None) => Ok((p.clone(), LlamaConfig::preset(p)?)),
+            (None, None) => Ok((default.to_string(), LlamaConfig::preset(default)?)),
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Params { model, json } => {
+            let (name, cfg) = model.load("llama-7b")?;
+            let report = ParamsReport::of(&cfg);
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                println!("{}", report.to_text(&name, &cfg));
+            }
+        }
+        Command::Devices => {
+            for d in DeviceSpec::compiled() {
+                println!("{d}");
+            }
+        }
+        Command::Check {
+            model,
+            devices,
+            reference,
+            batch,
+            seq,
+            seed,
+            tol,
+            json,
+        } => {
+            let (_, config) = model.load("tiny")?;
+            let reference: DeviceSpec = match reference {
+                Some(r) => r.parse()?,
+                None if DeviceSpec::NdArray.is_compiled() => DeviceSpec::NdArray,
+                None => *DeviceSpec::compiled()
+                    .last()
+                    .context("no backend compiled in")?,
+            };
+            let devices: Vec<DeviceSpec> = if devices.is_empty() {
+                match &cli.device {
+                    Some(d) => vec![d.parse()?],
+                    None => DeviceSpec::compiled()
+                        .into_iter()
+                        .filter(|d| *d != reference)
+                        .collect(),
+                }
+            } else {
+                devices.iter().map(|d| d.parse()).collect::<Result<_>>()?
+            };
+            let rows = check(
+                reference,
+                &devices,
+                &CheckSpec {
+                    config,
+                    batch,
+                    seq,
+                    seed,
+                },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<12} {:<28} {:>11} {:>11} {:>11} {:>11} {:>11}",
+                    "device", "backend", "logits rel", "cache rel", "loss", "|Δloss|", "grads rel"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<12} {:<28} {:>11.2e} {:>11.2e} {:>11.6} {:>11.2e} {:>11.2e}",
+                        r.device,
+                        r.backend,
+                        r.logits_rel,
+                        r.cached_vs_full_rel,
+                        r.loss,
+                        r.loss_abs_diff,
+                        r.grads_rel
+                    );
+                }
+            }
+            let bad: Vec<&str> = rows
+                .iter()
+                .filter(|r| !(r.logits_rel <= tol && r.cached_vs_full_rel <= tol))
+                .map(|r| r.device.as_str())
+                .collect();
+            if !bad.is_empty() {
+                bail!(
+                    "{} differ from {reference} by more than {tol}",
+                    bad.join(", ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(d) = &cli.device
+        && let Err(e) = d.parse::<DeviceSpec>().and_then(|d| {
+            anyhow::ensure!(
+                d.is_compiled(),
+                "device `{d}` is not compiled into this binary; rebuild with `cargo build --release -p llama-experiments --features {}`",
+                d.feature()
+            );
+            Ok(())
+        })
+    {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Run-time choice among the backends compiled in by cargo feature.
+//!
+//! Burn 0.21 backends are compile-time types, so a job is a generic method ([`BackendJob::run`])
+//! and [`DeviceSpec::run`] monomorphises it for each compiled-in backend. Jobs always get an
+//! `Autodiff` backend (training needs it; inference uses `B::InnerBackend` via `valid()`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{Result, anyhow, bail};
+use burn::tensor::backend::AutodiffBackend;
+
+/// A device named on the command line: `ndarray`, `flex`, `wgpu`, `tch-cpu`, `tch-cuda:N`, `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    NdArray,
+    Flex,
+    Wgpu,
+    TchCpu,
+    TchCuda(usize),
+    Cuda(usize),
+}
+
+/// Every device kind, best first (the default is the first compiled-in one).
+const PREFERENCE: [DeviceSpec; 6] = [
+    DeviceSpec::Cuda(0),
+    DeviceSpec::TchCuda(0),
+    DeviceSpec::Wgpu,
+    DeviceSpec::Flex,
+    DeviceSpec::TchCpu,
+    DeviceSpec::NdArray,
+];
+
+impl DeviceSpec {
+    /// The cargo feature of `llama-experiments` that compiles this backend in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Self::NdArray => "ndarray",
+            Self::Flex => "flex",
+            Self::Wgpu => "wgpu",
+            Self::TchCpu | Self::TchCuda(_) => "tch",
+            Self::Cuda(_) => "cuda",
+        }
+    }
+
+    pub fn is_compiled(self) -> bool {
+        match self {
+            Self::NdArray => cfg!(feature = "ndarray"),
+            Self::Flex => cfg!(feature = "flex"),
+            Self::Wgpu => cfg!(feature = "wgpu"),
+            Self::TchCpu | Self::TchCuda(_) => cfg!(feature = "tch"),
+            Self::Cuda(_) => cfg!(feature = "cuda"),
+        }
+    }
+
+    /// The usable compiled-in devices, best first (GPU kinds only when a GPU is visible).
+    pub fn compiled() -> Vec<DeviceSpec> {
+        PREFERENCE
+            .into_iter()
+            .filter(|d| d.is_compiled())
+            .filter(|d| !matches!(d, Self::TchCuda(_)) || tch_has_cuda())
+            .filter(|d| !matches!(d, Self::Cuda(_)) || nvidia_driver_present())
+            .collect()
+    }
+
+    /// The best compiled-in device.
+    pub fn best() -> Result<DeviceSpec> {
+        Self::compiled()
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("no backend is compiled in; rebuild with one of the features ndarray, flex, wgpu, tch, cuda"))
+    }
+
+    /// Runs `job` on this device, or fails with one line naming the feature to enable.
+    pub fn run<J: BackendJob>(self, job: J) -> Result<J::Output> {
+        match self {
+            #[cfg(feature = "ndarray")]
+            Self::NdArray => {
+                Ok(job.run::<burn::backend::Autodiff<burn::backend::NdArray>>(Default::default()))
+            }
+            #[cfg(feature = "flex")]
+            Self::Flex => {
+                Ok(job.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default()))
+            }
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu => {
+                Ok(job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(Default::default()))
+            }
+            #[cfg(feature = "tch")]
+            Self::TchCpu => Ok(job.run::<burn::backend::Autodiff<burn::backend::LibTorch>>(
+                burn::backend::libtorch::LibTorchDevice::Cpu,
+            )),
+            #[cfg(feature = "tch")]
+            Self::TchCuda(i) => Ok(job.run::<burn::backend::Autodiff<burn::backend::LibTorch>>(
+                burn::backend::libtorch::LibTorchDevice::Cuda(i),
+            )),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(i) => Ok(job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(
+                burn::backend::cuda::CudaDevice::new(i),
+            )),
+            #[allow(unreachable_patterns)]
+            other => bail!(
+                "device `{other}` is not compiled into this binary; rebuild with `cargo build --release -p llama-experiments --features {}`",
+                other.feature()
+            ),
+        }
+    }
+}
+
+#[cfg(feature = "tch")]
+fn tch_has_cuda() -> bool {
+    tch::Cuda::is_available()
+}
+
+#[cfg(not(feature = "tch"))]
+fn tch_has_cuda() -> bool {
+    false
+}
+
+/// CubeCL's CUDA runtime panics when there is no driver, so the default skips `cuda` unless the
+/// NVIDIA device nodes exist (Linux) or CUDA_VISIBLE_DEVICES names a device. `--device cuda:N` is
+/// always honoured.
+fn nvidia_driver_present() -> bool {
+    std::path::Path::new("/dev/nvidiactl").exists()
+        || std::env::var("CUDA_VISIBLE_DEVICES").is_ok_and(|v| !v.is_empty() && v != "-1")
+}
+
+/// A piece of work generic over the backend.
+pub trait BackendJob {
+    type Output;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NdArray => write!(f, "ndarray"),
+            Self::Flex => write!(f, "flex"),
+            Self::Wgpu => write!(f, "wgpu"),
+            Self::TchCpu => write!(f, "tch-cpu"),
+            Self::TchCuda(i) => write!(f, "tch-cuda:{i}"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, index) = match s.split_once(':') {
+            Some((n, i)) => {
+                let i = i
+                    .parse::<usize>()
+                    .map_err(|_| anyhow!("bad device index in `{s}` (expected e.g. cuda:0)"))?;
+                (n, Some(i))
+            }
+            None => (s, None),
+        };
+        let spec = match (name.to_ascii_lowercase().as_str(), index) {
+            ("ndarray", None) => Self::NdArray,
+            ("flex", None) => Self::Flex,
+            ("wgpu", None) => Self::Wgpu,
+            ("tch-cpu", None) => Self::TchCpu,
+            ("tch-cuda", i) => Self::TchCuda(i.unwrap_or(0)),
+            ("cuda", i) => Self::Cuda(i.unwrap_or(0)),
+            _ => bail!(
+                "unknown device `{s}` (expected ndarray, flex, wgpu, tch-cpu, tch-cuda:N or cuda:N)"
+            ),
+        };
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_round_trip() {
+        for s in ["ndarray", "flex", "wgpu", "tch-cpu", "tch-cuda:1", "cuda:0"] {
+            assert_eq!(s.parse::<DeviceSpec>().unwrap().to_string(), s);
+        }
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        assert!("metal".parse::<DeviceSpec>().is_err());
+        assert!("flex:1".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn a_device_that_is_not_compiled_in_names_its_feature() {
+        struct Nothing;
+        impl BackendJob for Nothing {
+            type Output = ();
+            fn run<B: AutodiffBackend>(self, _: B::Device) {}
+        }
+        for spec in PREFERENCE.into_iter().filter(|d| !d.is_compiled()) {
+            let err = spec.run(Nothing).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("--features {}", spec.feature())),
+                "{err}"
+            );
+            assert!(!err.contains('\n'));
+        }
+        assert!(DeviceSpec::best().is_ok());
+    }
+}

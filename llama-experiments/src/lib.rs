@@ -1,0 +1,5 @@
+//! Library side of the `llama` command-line tool (the binary is `src/main.rs`).
+
+pub mod backend;
+pub mod check;
+pub mod params;
