@@ -227,20 +227,20 @@ impl LlamaConfig {
         if self.n_kv_heads == Some(0) || self.ffn_hidden_dim == Some(0) {
             return bad("n_kv_heads and ffn_hidden_dim must be positive when given".into());
         }
-        if self.dim % self.n_heads != 0 {
+        if !self.dim.is_multiple_of(self.n_heads) {
             return bad(format!(
                 "dim {} is not divisible by n_heads {}",
                 self.dim, self.n_heads
             ));
         }
         let kv = self.kv_heads();
-        if kv > self.n_heads || self.n_heads % kv != 0 {
+        if kv > self.n_heads || !self.n_heads.is_multiple_of(kv) {
             return bad(format!(
                 "n_heads {} is not a multiple of n_kv_heads {kv}",
                 self.n_heads
             ));
         }
-        if self.position == PositionKind::Rope && self.head_dim() % 2 != 0 {
+        if self.position == PositionKind::Rope && !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "RoPE needs an even head_dim, got {} (dim {} / n_heads {})",
                 self.head_dim(),
@@ -248,7 +248,7 @@ impl LlamaConfig {
                 self.n_heads
             ));
         }
-        if self.position == PositionKind::Sinusoidal && self.dim % 2 != 0 {
+        if self.position == PositionKind::Sinusoidal && !self.dim.is_multiple_of(2) {
             return bad(format!(
                 "sinusoidal positions need an even dim, got {}",
                 self.dim

@@ -55,7 +55,9 @@ fn real_text() -> Option<Vec<u8>> {
             Some(t)
         }
         Err(_) => {
-            eprintln!("skipping: no real text found (../shared/data or /usr/share/common-licenses/GPL-3)");
+            eprintln!(
+                "skipping: no real text found (../shared/data or /usr/share/common-licenses/GPL-3)"
+            );
             None
         }
     }
