@@ -1,0 +1,308 @@
+//! Hugging Face LLaMA checkpoints: `config.json` + `model.safetensors`, or sharded
+//! `model-0000k-of-0000n.safetensors` with `model.safetensors.index.json`.
+//!
+//! Hugging Face stores q/k already permuted for "rotate half" RoPE, the layout of [`crate::position::Rope`],
+//! so no permutation is needed; linear weights are `[out, in]` and are transposed to Burn's `[in, out]`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+use crate::config::LlamaConfig;
+use crate::error::CheckpointError;
+use crate::model::Llama;
+
+/// Translates a Hugging Face `config.json` (transformers 4 or 5 style) into a [`LlamaConfig`].
+pub fn config_from_hf(json: &Value, path: &Path) -> Result<LlamaConfig, CheckpointError> {
+    let field = |k: &str| CheckpointError::Field {
+        path: path.display().to_string(),
+        field: k.to_string(),
+    };
+    let usize_of = |k: &str| {
+        json.get(k)
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| field(k))
+    };
+    let unsupported = |what: String| CheckpointError::Unsupported {
+        path: path.display().to_string(),
+        what,
+    };
+    if let Some(mt) = json.get("model_type").and_then(Value::as_str)
+        && mt != "llama"
+    {
+        return Err(unsupported(format!("model_type `{mt}` (only `llama`)")));
+    }
+    if let Some(act) = json.get("hidden_act").and_then(Value::as_str)
+        && act != "silu"
+    {
+        return Err(unsupported(format!("hidden_act `{act}` (only `silu`)")));
+    }
+    for bias in ["attention_bias", "mlp_bias"] {
+        if json.get(bias).and_then(Value::as_bool) == Some(true) {
+            return Err(unsupported(format!("{bias} = true (LLaMA has no biases)")));
+        }
+    }
+    // transformers 5: rope_parameters {rope_theta, rope_type}; transformers 4: rope_theta + rope_scaling.
+    let rope = json.get("rope_parameters").filter(|v| !v.is_null());
+    let rope_theta = rope
+        .and_then(|r| r.get("rope_theta"))
+        .or_else(|| json.get("rope_theta"))
+        .and_then(Value::as_f64)
+        .unwrap_or(10_000.0);
+    let rope_type = rope
+        .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
+        .or_else(|| {
+            json.get("rope_scaling")
+                .filter(|v| !v.is_null())
+                .and_then(|s| s.get("rope_type").or_else(|| s.get("type")))
+        })
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    if rope_type != "default" {
+        return Err(unsupported(format!(
+            "rope_type `{rope_type}` (only `default`: no RoPE scaling)"
+        )));
+    }
+    let n_heads = usize_of("num_attention_heads")?;
+    let dim = usize_of("hidden_size")?;
+    let cfg = LlamaConfig {
+        n_kv_heads: Some(
+            json.get("num_key_value_heads")
+                .and_then(Value::as_u64)
+                .map_or(n_heads, |v| v as usize),
+        ),
+        ffn_hidden_dim: Some(usize_of("intermediate_size")?),
+        norm_eps: json
+            .get("rms_norm_eps")
+            .and_then(Value::as_f64)
+            .unwrap_or(1e-6),
+        rope_theta,
+        tie_embeddings: json
+            .get("tie_word_embeddings")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        ..LlamaConfig::llama(
+            usize_of("vocab_size")?,
+            dim,
+            usize_of("num_hidden_layers")?,
+            n_heads,
+            usize_of("max_position_embeddings")?,
+        )
+    };
+    if let Some(hd) = json.get("head_dim").and_then(Value::as_u64)
+        && hd as usize != cfg.dim / cfg.n_heads
+    {
+        return Err(unsupported(format!(
+            "head_dim {hd} != hidden_size / num_attention_heads"
+        )));
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The `[name -> file]` map of a checkpoint directory (single file or sharded).
+fn weight_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>, CheckpointError> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let json = read_json(&index)?;
+        let map = json
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| CheckpointError::Field {
+                path: index.display().to_string(),
+                field: "weight_map".into(),
+            })?;
+        Ok(map
+            .iter()
+            .filter_map(|(k, v)| v.as_str().map(|f| (k.clone(), dir.join(f))))
+            .collect())
+    } else if single.is_file() {
+        let file = std::fs::File::open(&single).map_err(|e| CheckpointError::io(&single, e))?;
+        // SAFETY: the file is opened read-only; a concurrent writer could change it under us, as with
+        // every mmap-based checkpoint loader; safetensors validates the header.
+        let mmap =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CheckpointError::io(&single, e))?;
+        let st = SafeTensors::deserialize(&mmap).map_err(|e| CheckpointError::Safetensors {
+            path: single.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(st
+            .names()
+            .into_iter()
+            .map(|n| (n.to_string(), single.clone()))
+            .collect())
+    } else {
+        Err(CheckpointError::NotACheckpoint(dir.display().to_string()))
+    }
+}
+
+pub(crate) fn read_json(path: &Path) -> Result<Value, CheckpointError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CheckpointError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| CheckpointError::Json {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// A tensor read from a checkpoint, as f32 on the host.
+pub(crate) struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, CheckpointError> {
+    let chunks = |n: usize| bytes.chunks_exact(n);
+    Ok(match dtype {
+        Dtype::F32 => chunks(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => chunks(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => chunks(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => chunks(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        other => {
+            return Err(CheckpointError::Dtype {
+                tensor: name.to_string(),
+                dtype: format!("{other:?}"),
+            });
+        }
+    })
+}
+
+/// Reads every tensor of a Hugging Face checkpoint directory, file by file.
+pub(crate) fn read_tensors(dir: &Path) -> Result<BTreeMap<String, HostTensor>, CheckpointError> {
+    let files: BTreeSet<PathBuf> = weight_files(dir)?.into_values().collect();
+    let mut out = BTreeMap::new();
+    for path in files {
+        let file = std::fs::File::open(&path).map_err(|e| CheckpointError::io(&path, e))?;
+        // SAFETY: read-only map, see `weight_files`.
+        let mmap =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CheckpointError::io(&path, e))?;
+        let st = SafeTensors::deserialize(&mmap).map_err(|e| CheckpointError::Safetensors {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        for (name, view) in st.tensors() {
+            let data = to_f32(&name, view.dtype(), view.data())?;
+            out.insert(
+                name,
+                HostTensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Loads a Hugging Face LLaMA directory onto `device` (weights become the device's float dtype).
+pub fn load_hf<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, CheckpointError> {
+    let config_path = dir.join("config.json");
+    let config = config_from_hf(&read_json(&config_path)?, &config_path)?;
+    let mut tensors = read_tensors(dir)?;
+    let mut model = config.init::<B>(device)?;
+    let mut take = |name: String,
+                    shape: [usize; 2],
+                    transpose: bool|
+     -> Result<Tensor<B, 2>, CheckpointError> {
+        let t = tensors
+            .remove(&name)
+            .ok_or_else(|| CheckpointError::Missing(name.clone()))?;
+        let is_vector = shape[0] == 1;
+        if t.shape != shape && !(is_vector && t.shape == [shape[1]]) {
+            return Err(CheckpointError::Shape {
+                tensor: name,
+                expected: if is_vector {
+                    vec![shape[1]]
+                } else {
+                    shape.to_vec()
+                },
+                found: t.shape,
+            });
+        }
+        let (data, dims) = if transpose {
+            (transpose_2d(&t.data, shape), [shape[1], shape[0]])
+        } else {
+            (t.data, shape)
+        };
+        Ok(Tensor::from_data(TensorData::new(data, dims), device))
+    };
+    let (d, v, h) = (config.dim, config.vocab_size, config.ffn_hidden());
+    let (q, kv) = (
+        config.n_heads * config.head_dim(),
+        config.kv_heads() * config.head_dim(),
+    );
+    model.tok_embeddings.weight =
+        Param::from_tensor(take("model.embed_tokens.weight".into(), [v, d], false)?);
+    for (i, layer) in model.layers.iter_mut().enumerate() {
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        let a = &mut layer.attention;
+        a.wq.weight = Param::from_tensor(take(p("self_attn.q_proj.weight"), [q, d], true)?);
+        a.wk.weight = Param::from_tensor(take(p("self_attn.k_proj.weight"), [kv, d], true)?);
+        a.wv.weight = Param::from_tensor(take(p("self_attn.v_proj.weight"), [kv, d], true)?);
+        a.wo.weight = Param::from_tensor(take(p("self_attn.o_proj.weight"), [d, q], true)?);
+        let f = &mut layer.feed_forward;
+        f.w1.weight = Param::from_tensor(take(p("mlp.gate_proj.weight"), [h, d], true)?);
+        if let Some(w3) = f.w3.as_mut() {
+            w3.weight = Param::from_tensor(take(p("mlp.up_proj.weight"), [h, d], true)?);
+        }
+        f.w2.weight = Param::from_tensor(take(p("mlp.down_proj.weight"), [d, h], true)?);
+        set_norm(
+            &mut layer.attention_norm,
+            take(p("input_layernorm.weight"), [1, d], false)?,
+        );
+        set_norm(
+            &mut layer.ffn_norm,
+            take(p("post_attention_layernorm.weight"), [1, d], false)?,
+        );
+    }
+    if let Some(norm) = model.norm.as_mut() {
+        set_norm(norm, take("model.norm.weight".into(), [1, d], false)?);
+    }
+    if let Some(out) = model.output.as_mut() {
+        out.weight = Param::from_tensor(take("lm_head.weight".into(), [v, d], true)?);
+    }
+    // Tied checkpoints may still carry lm_head; old transformers saved rotary inv_freq buffers.
+    let ignored = |name: &str| {
+        name.ends_with("rotary_emb.inv_freq") || (config.tie_embeddings && name == "lm_head.weight")
+    };
+    tensors.retain(|name, _| !ignored(name));
+    if let Some(name) = tensors.keys().next() {
+        return Err(CheckpointError::Unused(name.clone()));
+    }
+    Ok(model)
+}
+
+/// Norm weights are `[d]` in checkpoints; `take` reads them as `[1, d]` so one helper checks shapes.
+fn set_norm<B: Backend>(norm: &mut crate::norm::Norm<B>, w: Tensor<B, 2>) {
+    let d = w.dims()[1];
+    let w = w.reshape([d]);
+    match norm {
+        crate::norm::Norm::Rms(n) => n.gamma = Param::from_tensor(w),
+        crate::norm::Norm::Layer(n) => n.gamma = Param::from_tensor(w),
+    }
+}
+
+/// Row-major `[r, c]` → `[c, r]`.
+pub(crate) fn transpose_2d(data: &[f32], [r, c]: [usize; 2]) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = data[i * c + j];
+        }
+    }
+    out
+}

@@ -1,0 +1,270 @@
+//! Parity with Hugging Face transformers: fixtures written by `scripts/make_reference.py`
+//! (random-weight `LlamaForCausalLM`, float64 reference logits, loss and gradients).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use common::*;
+use llama_model::{CheckpointError, Llama, load_hf};
+use safetensors::{Dtype, SafeTensors};
+
+const FIXTURES: [&str; 3] = ["mha-untied", "gqa-tied", "gqa-sharded"];
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name)
+}
+
+struct Reference {
+    tokens: Vec<i64>,
+    shape: Vec<usize>,
+    f64s: HashMap<String, Vec<f64>>,
+}
+
+fn reference(name: &str) -> Reference {
+    let bytes = std::fs::read(fixture(name).join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut f64s = HashMap::new();
+    let (mut tokens, mut shape) = (vec![], vec![]);
+    for (n, v) in st.tensors() {
+        match v.dtype() {
+            Dtype::I64 => {
+                tokens = v
+                    .data()
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                shape = v.shape().to_vec();
+            }
+            Dtype::F64 => {
+                f64s.insert(
+                    n,
+                    v.data()
+                        .chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                );
+            }
+            other => panic!("unexpected dtype {other:?}"),
+        }
+    }
+    Reference {
+        tokens,
+        shape,
+        f64s,
+    }
+}
+
+fn rel_err(ours: &[f32], reference: &[f64]) -> f64 {
+    assert_eq!(ours.len(), reference.len());
+    let scale = reference.iter().fold(0f64, |m, x| m.max(x.abs()));
+    ours.iter()
+        .zip(reference)
+        .fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()))
+        / scale
+}
+
+/// `[in, out]` Burn weight gradient → row-major `[out, in]` as Hugging Face stores it.
+fn hf_layout(g: Tensor<B, 2>) -> Vec<f32> {
+    to_vec(g.transpose())
+}
+
+#[test]
+fn imported_checkpoints_match_transformers_logits_loss_and_gradients() {
+    for name in FIXTURES {
+        let model: Llama<AB> = load_hf(&fixture(name), &dev()).unwrap();
+        let r = reference(name);
+        let tokens = Tensor::<AB, 2, Int>::from_data(
+            TensorData::new(r.tokens.clone(), [r.shape[0], r.shape[1]]),
+            &dev(),
+        );
+
+        let logits = to_vec(model.forward(tokens.clone()));
+        let e = rel_err(&logits, &r.f64s["logits"]);
+        eprintln!("{name}: logits relative error {e:.2e}");
+        assert!(e <= 1e-5, "{name}: logits relative error {e:.2e}");
+
+        let loss = model.loss(tokens);
+        let l = loss.clone().into_scalar() as f64;
+        let ref_loss = r.f64s["loss"][0];
+        eprintln!(
+            "{name}: loss {l} vs {ref_loss} (relative {:.2e})",
+            (l - ref_loss).abs() / ref_loss
+        );
+        assert!(
+            (l - ref_loss).abs() / ref_loss <= 1e-5,
+            "{name}: loss {l} vs {ref_loss}"
+        );
+
+        let grads = loss.backward();
+        let g2 = |t: &Tensor<AB, 2>| t.grad(&grads).unwrap();
+        let g1 = |t: &Tensor<AB, 1>| to_vec(t.grad(&grads).unwrap());
+        let mut ours: Vec<(String, Vec<f32>)> = vec![(
+            "model.embed_tokens.weight".into(),
+            to_vec(g2(&model.tok_embeddings.weight.val())),
+        )];
+        for (i, l) in model.layers.iter().enumerate() {
+            let p = |s: &str| format!("model.layers.{i}.{s}");
+            let a = &l.attention;
+            ours.push((
+                p("self_attn.q_proj.weight"),
+                hf_layout(g2(&a.wq.weight.val())),
+            ));
+            ours.push((
+                p("self_attn.k_proj.weight"),
+                hf_layout(g2(&a.wk.weight.val())),
+            ));
+            ours.push((
+                p("self_attn.v_proj.weight"),
+                hf_layout(g2(&a.wv.weight.val())),
+            ));
+            ours.push((
+                p("self_attn.o_proj.weight"),
+                hf_layout(g2(&a.wo.weight.val())),
+            ));
+            let f = &l.feed_forward;
+            ours.push((p("mlp.gate_proj.weight"), hf_layout(g2(&f.w1.weight.val()))));
+            ours.push((
+                p("mlp.up_proj.weight"),
+                hf_layout(g2(&f.w3.as_ref().unwrap().weight.val())),
+            ));
+            ours.push((p("mlp.down_proj.weight"), hf_layout(g2(&f.w2.weight.val()))));
+            for (n, norm) in [
+                ("input_layernorm.weight", &l.attention_norm),
+                ("post_attention_layernorm.weight", &l.ffn_norm),
+            ] {
+                let llama_model::norm::Norm::Rms(rms) = norm else {
+                    panic!("RMSNorm expected")
+                };
+                ours.push((p(n), g1(&rms.gamma.val())));
+            }
+        }
+        let Some(llama_model::norm::Norm::Rms(fin)) = &model.norm else {
+            panic!("final RMSNorm expected")
+        };
+        ours.push(("model.norm.weight".into(), g1(&fin.gamma.val())));
+        if let Some(out) = &model.output {
+            ours.push(("lm_head.weight".into(), hf_layout(g2(&out.weight.val()))));
+        }
+        let n_ref = r.f64s.keys().filter(|k| k.starts_with("grad.")).count();
+        assert_eq!(
+            ours.len(),
+            n_ref,
+            "{name}: every parameter has a reference gradient"
+        );
+        let mut worst = 0f64;
+        for (n, g) in &ours {
+            let e = rel_err(g, &r.f64s[&format!("grad.{n}")]);
+            worst = worst.max(e);
+            assert!(e <= 1e-4, "{name}: gradient of {n} relative error {e:.2e}");
+        }
+        eprintln!(
+            "{name}: worst gradient relative error {worst:.2e} over {} tensors",
+            ours.len()
+        );
+    }
+}
+
+#[test]
+fn both_config_styles_and_sharding_are_read() {
+    let tied = load_hf::<B>(&fixture("gqa-tied"), &dev()).unwrap();
+    let c = tied.config();
+    assert!(c.tie_embeddings && tied.output.is_none());
+    assert_eq!(
+        (c.n_heads, c.kv_heads(), c.rope_theta, c.norm_eps),
+        (6, 2, 500_000.0, 1e-5)
+    );
+    let sharded = load_hf::<B>(&fixture("gqa-sharded"), &dev()).unwrap();
+    assert_eq!(sharded.config().rope_theta, 1_000_000.0);
+    assert!(!sharded.config().tie_embeddings && sharded.output.is_some());
+}
+
+/// Copies a fixture to a temporary directory so a test can damage it.
+fn scratch(name: &str, tag: &str) -> PathBuf {
+    let dst = std::env::temp_dir().join(format!("llama-hf-{tag}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dst).ok();
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+#[test]
+fn checkpoints_that_do_not_fit_fail_with_one_clear_message() {
+    // Unsupported RoPE scaling.
+    let d = scratch("mha-untied", "rope");
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
+    let cfg = cfg.replace("\"rope_type\": \"default\"", "\"rope_type\": \"llama3\"");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let e = load_hf::<B>(&d, &dev()).unwrap_err().to_string();
+    assert!(e.contains("rope_type `llama3`"), "{e}");
+
+    // A missing shard file, then a truncated one.
+    let d = scratch("gqa-sharded", "shard");
+    let mut shards: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("model-")
+        })
+        .collect();
+    shards.sort();
+    assert!(shards.len() > 2);
+    let gone = shards.pop().unwrap();
+    std::fs::remove_file(&gone).unwrap();
+    let e = load_hf::<B>(&d, &dev()).unwrap_err();
+    assert!(matches!(e, CheckpointError::Io { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&*gone.file_name().unwrap().to_string_lossy()),
+        "{e}"
+    );
+    let d = scratch("gqa-sharded", "trunc");
+    let bytes = std::fs::read(&shards[0]).unwrap();
+    let victim = d.join(shards[0].file_name().unwrap());
+    std::fs::write(&victim, &bytes[..bytes.len() - 7]).unwrap();
+    let e = load_hf::<B>(&d, &dev()).unwrap_err();
+    assert!(matches!(e, CheckpointError::Safetensors { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&*victim.file_name().unwrap().to_string_lossy()),
+        "{e}"
+    );
+
+    // A tensor the model does not use.
+    let d = scratch("gqa-tied", "unused");
+    let cfg = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let e = load_hf::<B>(&d, &dev()).unwrap_err().to_string();
+    assert!(
+        e.contains("model.layers.1.") && e.contains("not used"),
+        "{e}"
+    );
+
+    // Wrong config (a tensor of the wrong shape follows), and no checkpoint at all.
+    let d = scratch("mha-untied", "shape");
+    let cfg = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 96", "\"intermediate_size\": 64");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let e = load_hf::<B>(&d, &dev()).unwrap_err().to_string();
+    assert!(
+        e.contains("mlp.gate_proj.weight") && e.contains("[96, 32]"),
+        "{e}"
+    );
+    let e = load_hf::<B>(&std::env::temp_dir(), &dev())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("config.json"), "{e}");
+}

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Writes the Hugging Face parity fixtures under llama-model/tests/fixtures/hf/.
+
+Run by hand (not in CI) after `pip install torch transformers safetensors numpy`:
+
+    python3 scripts/make_reference.py
+
+For each config it builds a random-weight `LlamaForCausalLM` with Hugging Face transformers, perturbs
+the norm weights away from 1, saves the checkpoint as transformers does (`save_pretrained`, f32
+safetensors; one config sharded), and writes `reference.safetensors` with float64 outputs of the same
+weights: `tokens` [2, T] (int64), `logits` [2, T, V], `loss` (mean next-token cross-entropy over
+tokens[:, 1:]) and `grad.<hf name>` for every parameter.
+"""
+
+import json
+import os
+import shutil
+
+import torch
+import transformers
+from safetensors.torch import save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "llama-model", "tests", "fixtures", "hf")
+
+CONFIGS = {
+    # name: (config kwargs, write a transformers-4 style config.json, shard the weights)
+    "mha-untied": (dict(vocab_size=96, hidden_size=32, intermediate_size=96, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=4, rope_theta=10000.0,
+                        rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=64), False, False),
+    "gqa-tied": (dict(vocab_size=80, hidden_size=48, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=6, num_key_value_heads=2, rope_theta=500000.0,
+                      rms_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=64), True, False),
+    "gqa-sharded": (dict(vocab_size=64, hidden_size=32, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, rope_theta=1000000.0,
+                         rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=128), False, True),
+}
+
+
+def build(name, kwargs, seed):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(**kwargs, attention_bias=False, mlp_bias=False, hidden_act="silu")
+    model = LlamaForCausalLM(cfg).float()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.1 * torch.randn_like(p))
+    return model
+
+
+def main():
+    print("transformers", transformers.__version__, "torch", torch.__version__)
+    for seed, (name, (kwargs, v4_style, sharded)) in enumerate(CONFIGS.items()):
+        d = os.path.join(OUT, name)
+        shutil.rmtree(d, ignore_errors=True)
+        model = build(name, kwargs, seed)
+        model.save_pretrained(d, safe_serialization=True, max_shard_size="20KB" if sharded else "1GB")
+        if v4_style:
+            # Rewrite config.json the way transformers 4 wrote it.
+            path = os.path.join(d, "config.json")
+            with open(path) as f:
+                c = json.load(f)
+            rp = c.pop("rope_parameters", None) or {}
+            c["rope_theta"] = rp.get("rope_theta", kwargs["rope_theta"])
+            c["rope_scaling"] = None
+            c["torch_dtype"] = c.pop("dtype", "float32")
+            with open(path, "w") as f:
+                json.dump(c, f, indent=2)
+        ref = model.double()
+        g = torch.Generator().manual_seed(100 + seed)
+        tokens = torch.randint(0, kwargs["vocab_size"], (2, 12), generator=g)
+        out = ref(input_ids=tokens, labels=tokens)
+        # transformers computes its loss after casting logits to float32; recompute it in float64.
+        v = kwargs["vocab_size"]
+        loss = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, v), tokens[:, 1:].reshape(-1))
+        assert abs(loss.item() - out.loss.item()) < 1e-5 * loss.item(), (loss.item(), out.loss.item())
+        out.loss = loss
+        loss.backward()
+        tensors = {"tokens": tokens.to(torch.int64), "logits": out.logits.detach(), "loss": out.loss.detach().reshape(1)}
+        for n, p in ref.named_parameters():
+            tensors["grad." + n] = p.grad.detach().contiguous()
+        save_file(tensors, os.path.join(d, "reference.safetensors"))
+        size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
+        print(f"{name}: {sum(p.numel() for p in ref.parameters())} params, loss {out.loss.item():.6f}, {size} bytes")
+
+
+if __name__ == "__main__":
+    main()
