@@ -306,3 +306,153 @@ pub(crate) fn transpose_2d(data: &[f32], [r, c]: [usize; 2]) -> Vec<f32> {
     }
     out
 }
+
+/// Writes `model` as a Hugging Face LLaMA directory (`config.json` + f32 `model.safetensors`) that
+/// transformers loads with `LlamaForCausalLM.from_pretrained`. Only the LLaMA architecture (pre-RMSNorm,
+/// SwiGLU, RoPE) has a Hugging Face counterpart. The directory is written beside `dir` and renamed into
+/// place, so a failed export never leaves a directory that looks complete; `dir` must not exist.
+pub fn save_hf<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), CheckpointError> {
+    use crate::knobs::{FfnKind, NormKind, NormPlacement, PositionKind};
+    let c = model.config();
+    if (c.norm, c.norm_placement, c.ffn, c.position)
+        != (
+            NormKind::RmsNorm,
+            NormPlacement::Pre,
+            FfnKind::Swiglu,
+            PositionKind::Rope,
+        )
+    {
+        return Err(CheckpointError::Export(format!(
+            "only the LLaMA architecture has a Hugging Face layout (this model: {:?}, {:?}, {:?}, {:?})",
+            c.norm, c.norm_placement, c.ffn, c.position
+        )));
+    }
+    if dir.exists() {
+        return Err(CheckpointError::Export(format!(
+            "{} already exists",
+            dir.display()
+        )));
+    }
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.dim,
+        "intermediate_size": c.ffn_hidden(),
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.kv_heads(),
+        "head_dim": c.head_dim(),
+        "max_position_embeddings": c.max_seq_len,
+        "rms_norm_eps": c.norm_eps,
+        "hidden_act": "silu",
+        "attention_bias": false,
+        "mlp_bias": false,
+        "tie_word_embeddings": c.tie_embeddings,
+        // Both spellings: transformers 5 reads rope_parameters, transformers 4 rope_theta.
+        "rope_theta": c.rope_theta,
+        "rope_scaling": null,
+        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+        "torch_dtype": "float32",
+        "dtype": "float32",
+    });
+    let host = |t: Tensor<B, 2>, transpose: bool| -> (Vec<usize>, Vec<f32>) {
+        let [r, k] = t.dims();
+        let data = t
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("converted to f32");
+        if transpose {
+            (vec![k, r], transpose_2d(&data, [r, k]))
+        } else {
+            (vec![r, k], data)
+        }
+    };
+    let vector = |t: Tensor<B, 1>| -> (Vec<usize>, Vec<f32>) {
+        let n = t.dims()[0];
+        (
+            vec![n],
+            t.into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("converted to f32"),
+        )
+    };
+    let gamma = |n: &crate::norm::Norm<B>| match n {
+        crate::norm::Norm::Rms(n) => vector(n.gamma.val()),
+        crate::norm::Norm::Layer(n) => vector(n.gamma.val()),
+    };
+    let mut tensors: Vec<(String, (Vec<usize>, Vec<f32>))> = vec![(
+        "model.embed_tokens.weight".into(),
+        host(model.tok_embeddings.weight.val(), false),
+    )];
+    for (i, l) in model.layers.iter().enumerate() {
+        let p = |s: &str| format!("model.layers.{i}.{s}");
+        let a = &l.attention;
+        tensors.push((p("self_attn.q_proj.weight"), host(a.wq.weight.val(), true)));
+        tensors.push((p("self_attn.k_proj.weight"), host(a.wk.weight.val(), true)));
+        tensors.push((p("self_attn.v_proj.weight"), host(a.wv.weight.val(), true)));
+        tensors.push((p("self_attn.o_proj.weight"), host(a.wo.weight.val(), true)));
+        let f = &l.feed_forward;
+        tensors.push((p("mlp.gate_proj.weight"), host(f.w1.weight.val(), true)));
+        if let Some(w3) = &f.w3 {
+            tensors.push((p("mlp.up_proj.weight"), host(w3.weight.val(), true)));
+        }
+        tensors.push((p("mlp.down_proj.weight"), host(f.w2.weight.val(), true)));
+        tensors.push((p("input_layernorm.weight"), gamma(&l.attention_norm)));
+        tensors.push((p("post_attention_layernorm.weight"), gamma(&l.ffn_norm)));
+    }
+    if let Some(n) = &model.norm {
+        tensors.push(("model.norm.weight".into(), gamma(n)));
+    }
+    if let Some(out) = &model.output {
+        tensors.push(("lm_head.weight".into(), host(out.weight.val(), true)));
+    }
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, (shape, data))| {
+            (
+                n,
+                shape,
+                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, shape, b)| {
+            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)
+                .expect("shape matches the data");
+            (n.clone(), view)
+        })
+        .collect::<Vec<_>>();
+    // transformers refuses safetensors files without format metadata.
+    let metadata = Some(std::collections::HashMap::from([(
+        "format".to_string(),
+        "pt".to_string(),
+    )]));
+    let blob = safetensors::tensor::serialize(views, metadata)
+        .map_err(|e| CheckpointError::Export(e.to_string()))?;
+
+    let partial = dir.with_file_name(format!(
+        ".{}.partial-{}",
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&partial)?;
+        std::fs::write(partial.join("model.safetensors"), &blob)?;
+        std::fs::write(
+            partial.join("config.json"),
+            serde_json::to_string_pretty(&config).expect("json"),
+        )?;
+        std::fs::rename(&partial, dir)
+    };
+    write().map_err(|e| {
+        std::fs::remove_dir_all(&partial).ok();
+        CheckpointError::io(dir, e)
+    })
+}

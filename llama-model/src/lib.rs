@@ -26,7 +26,7 @@ pub use cache::{KvCache, LayerCache};
 pub use config::{LlamaConfig, PRESETS, ParamCounts};
 pub use error::{CheckpointError, ConfigError, GenerateError};
 pub use generate::{Sampling, generate};
-pub use hf::load_hf;
+pub use hf::{load_hf, save_hf};
 pub use knobs::{FfnKind, NormKind, NormPlacement, PositionKind};
 pub use model::{Llama, cross_entropy};
 pub use record::RecordError;

@@ -268,3 +268,54 @@ fn checkpoints_that_do_not_fit_fail_with_one_clear_message() {
         .to_string();
     assert!(e.contains("config.json"), "{e}");
 }
+
+#[test]
+fn export_then_import_is_identical() {
+    for name in FIXTURES {
+        let model = load_hf::<B>(&fixture(name), &dev()).unwrap();
+        let out = std::env::temp_dir().join(format!("llama-export-{name}-{}", std::process::id()));
+        std::fs::remove_dir_all(&out).ok();
+        llama_model::save_hf(&model, &out).unwrap();
+        let again = load_hf::<B>(&out, &dev()).unwrap();
+        assert_eq!(again.config(), model.config());
+        let r = reference(name);
+        let tokens = || {
+            Tensor::<B, 2, Int>::from_data(
+                TensorData::new(r.tokens.clone(), [r.shape[0], r.shape[1]]),
+                &dev(),
+            )
+        };
+        assert_eq!(
+            to_vec(model.forward(tokens())),
+            to_vec(again.forward(tokens())),
+            "{name}"
+        );
+        // Refuses to overwrite, and refuses architectures without a Hugging Face layout.
+        assert!(
+            llama_model::save_hf(&model, &out)
+                .unwrap_err()
+                .to_string()
+                .contains("already exists")
+        );
+        // Keep one export for scripts/check_export.py (transformers loading it).
+        match std::env::var_os("LLAMA_KEEP_EXPORT") {
+            Some(keep) => {
+                let keep = PathBuf::from(keep).join(name);
+                std::fs::remove_dir_all(&keep).ok();
+                std::fs::create_dir_all(keep.parent().unwrap()).unwrap();
+                std::fs::rename(&out, keep).unwrap();
+            }
+            None => std::fs::remove_dir_all(&out).unwrap(),
+        }
+    }
+    let gpt = llama_model::LlamaConfig {
+        ffn: llama_model::FfnKind::Gelu,
+        ..small(30)
+    }
+    .init::<B>(&dev())
+    .unwrap();
+    let e = llama_model::save_hf(&gpt, &std::env::temp_dir().join("never-written"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("only the LLaMA architecture"), "{e}");
+}
