@@ -356,7 +356,7 @@ pub fn save_hf<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), Checkpoin
         "torch_dtype": "float32",
         "dtype": "float32",
     });
-    let host = |t: Tensor<B, 2>, transpose: bool| -> (Vec<usize>, Vec<f32>) {
+    let host = |t: Tensor<B, 2>, transpose: bool| -> HostTensor {
         let [r, k] = t.dims();
         let data = t
             .into_data()
@@ -364,26 +364,30 @@ pub fn save_hf<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), Checkpoin
             .into_vec::<f32>()
             .expect("converted to f32");
         if transpose {
-            (vec![k, r], transpose_2d(&data, [r, k]))
+            HostTensor {
+                shape: vec![k, r],
+                data: transpose_2d(&data, [r, k]),
+            }
         } else {
-            (vec![r, k], data)
+            HostTensor {
+                shape: vec![r, k],
+                data,
+            }
         }
     };
-    let vector = |t: Tensor<B, 1>| -> (Vec<usize>, Vec<f32>) {
-        let n = t.dims()[0];
-        (
-            vec![n],
-            t.into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .expect("converted to f32"),
-        )
+    let vector = |t: Tensor<B, 1>| HostTensor {
+        shape: t.dims().to_vec(),
+        data: t
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("converted to f32"),
     };
     let gamma = |n: &crate::norm::Norm<B>| match n {
         crate::norm::Norm::Rms(n) => vector(n.gamma.val()),
         crate::norm::Norm::Layer(n) => vector(n.gamma.val()),
     };
-    let mut tensors: Vec<(String, (Vec<usize>, Vec<f32>))> = vec![(
+    let mut tensors: Vec<(String, HostTensor)> = vec![(
         "model.embed_tokens.weight".into(),
         host(model.tok_embeddings.weight.val(), false),
     )];
@@ -411,11 +415,11 @@ pub fn save_hf<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), Checkpoin
     }
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
-        .map(|(n, (shape, data))| {
+        .map(|(n, t)| {
             (
                 n,
-                shape,
-                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                t.shape,
+                t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
             )
         })
         .collect();
