@@ -3,3 +3,4 @@
 pub mod backend;
 pub mod check;
 pub mod params;
+pub mod score;

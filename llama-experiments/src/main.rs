@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use llama_experiments::backend::DeviceSpec;
 use llama_experiments::check::{CheckSpec, check};
 use llama_experiments::params::ParamsReport;
+use llama_experiments::score::{ScoreJob, read_ids};
 use llama_model::{LlamaConfig, PRESETS};
 
 #[derive(Parser)]
@@ -31,6 +32,18 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
         /// Print `{"params", "non_embedding_params", "flops_per_token"}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mean next-token negative log-likelihood of a JSON array of token ids under a checkpoint.
+    Score {
+        /// A Hugging Face directory (config.json + safetensors); the format is detected.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// A JSON file holding an array of token ids.
+        #[arg(long)]
+        ids: PathBuf,
+        /// Print `{"nll_mean", "n_predicted", "argmax"}` as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -89,6 +102,29 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", report.to_json());
             } else {
                 println!("{}", report.to_text(&name, &cfg));
+            }
+        }
+        Command::Score {
+            checkpoint,
+            ids,
+            json,
+        } => {
+            let ids = read_ids(&ids)?;
+            let device = match &cli.device {
+                Some(d) => d.parse()?,
+                None => DeviceSpec::best()?,
+            };
+            let report = device.run(ScoreJob { checkpoint, ids })??;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "nll_mean {:.6} (perplexity {:.3}) over {} predicted tokens\nargmax {:?}",
+                    report.nll_mean,
+                    report.nll_mean.exp(),
+                    report.n_predicted,
+                    report.argmax
+                );
             }
         }
         Command::Devices => {

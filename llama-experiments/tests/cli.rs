@@ -106,3 +106,105 @@ fn check_runs_on_the_cpu() {
     assert_eq!(rows[1]["logits_rel"].as_f64(), Some(0.0));
     assert!(rows[1]["cached_vs_full_rel"].as_f64().unwrap() < 1e-5);
 }
+
+/// Row 0 of a parity fixture: its tokens and the float64 logits transformers computed for them.
+fn fixture_row(name: &str) -> (std::path::PathBuf, Vec<i64>, Vec<f64>, usize) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../llama-model/tests/fixtures/hf")
+        .join(name);
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tok = st.tensor("tokens").unwrap();
+    let t = tok.shape()[1];
+    let tokens: Vec<i64> = tok
+        .data()
+        .chunks_exact(8)
+        .take(t)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let lg = st.tensor("logits").unwrap();
+    let v = lg.shape()[2];
+    let logits: Vec<f64> = lg
+        .data()
+        .chunks_exact(8)
+        .take(t * v)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (dir, tokens, logits, v)
+}
+
+#[test]
+fn score_matches_transformers_on_a_hugging_face_checkpoint() {
+    for name in ["mha-untied", "gqa-tied", "gqa-sharded"] {
+        let (dir, tokens, logits, v) = fixture_row(name);
+        let t = tokens.len();
+        let mut nll = 0.0;
+        let mut argmax = vec![];
+        for p in 0..t {
+            let row = &logits[p * v..(p + 1) * v];
+            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            argmax.push(row.iter().position(|&x| x == max).unwrap() as u64);
+            if p + 1 < t {
+                let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+                nll += lse - row[tokens[p + 1] as usize];
+            }
+        }
+        let expected = nll / (t - 1) as f64;
+        let ids = std::env::temp_dir().join(format!("ids-{name}-{}.json", std::process::id()));
+        std::fs::write(&ids, serde_json::to_string(&tokens).unwrap()).unwrap();
+        let (code, out, err) = llama(&[
+            "--device",
+            "ndarray",
+            "score",
+            "--checkpoint",
+            dir.to_str().unwrap(),
+            "--ids",
+            ids.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let got = r["nll_mean"].as_f64().unwrap();
+        assert!(
+            (got - expected).abs() / expected < 1e-5,
+            "{name}: {got} vs {expected}"
+        );
+        assert_eq!(r["n_predicted"].as_u64(), Some(t as u64 - 1));
+        let got_argmax: Vec<u64> = r["argmax"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert_eq!(got_argmax, argmax, "{name}");
+        std::fs::remove_file(&ids).ok();
+    }
+}
+
+#[test]
+fn score_reports_bad_input_in_one_line() {
+    let (dir, ..) = fixture_row("mha-untied");
+    let d = dir.to_str().unwrap();
+    let tmp = std::env::temp_dir().join(format!("llama-score-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let file = |n: &str, body: &str| {
+        let p = tmp.join(n);
+        std::fs::write(&p, body).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    for (ids, needle) in [
+        (file("a.json", "[1, 2, 9999]"), "outside the vocabulary"),
+        (file("b.json", "[1]"), "at least 2"),
+        (file("c.json", "{\"ids\": 3}"), "not a JSON array"),
+    ] {
+        let (code, _, err) = llama(&["score", "--checkpoint", d, "--ids", &ids]);
+        assert_eq!(code, 1);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+    let ok = file("d.json", "[1, 2, 3]");
+    let (code, _, err) = llama(&["score", "--checkpoint", tmp.to_str().unwrap(), "--ids", &ok]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a checkpoint"), "{err}");
+    std::fs::remove_dir_all(&tmp).ok();
+}
