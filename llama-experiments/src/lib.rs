@@ -2,5 +2,6 @@
 
 pub mod backend;
 pub mod check;
+pub mod generate;
 pub mod params;
 pub mod score;

@@ -7,9 +7,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use llama_experiments::backend::DeviceSpec;
 use llama_experiments::check::{CheckSpec, check};
+use llama_experiments::generate::GenerateJob;
 use llama_experiments::params::ParamsReport;
 use llama_experiments::score::{ScoreJob, read_ids};
-use llama_model::{LlamaConfig, PRESETS};
+use llama_model::{LlamaConfig, PRESETS, Sampling};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +45,31 @@ enum Command {
         #[arg(long)]
         ids: PathBuf,
         /// Print `{"nll_mean", "n_predicted", "argmax"}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue one or more prompts with a checkpoint and a tokenizer.
+    Generate {
+        /// A Hugging Face directory (config.json + safetensors).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// tokenizer.json, a SentencePiece .model or a GGUF vocabulary.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// A prompt; repeat for a batch.
+        #[arg(long, required = true)]
+        prompt: Vec<String>,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 is greedy decoding.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long)]
+        top_p: Option<f64>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         #[arg(long)]
         json: bool,
     },
@@ -93,6 +119,14 @@ impl ModelArgs {
     }
 }
 
+/// `--device`, or the best compiled-in device.
+fn chosen_device(arg: &Option<String>) -> Result<DeviceSpec> {
+    match arg {
+        Some(d) => d.parse(),
+        None => DeviceSpec::best(),
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Params { model, json } => {
@@ -110,10 +144,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let ids = read_ids(&ids)?;
-            let device = match &cli.device {
-                Some(d) => d.parse()?,
-                None => DeviceSpec::best()?,
-            };
+            let device = chosen_device(&cli.device)?;
             let report = device.run(ScoreJob { checkpoint, ids })??;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -125,6 +156,40 @@ fn run(cli: Cli) -> Result<()> {
                     report.n_predicted,
                     report.argmax
                 );
+            }
+        }
+        Command::Generate {
+            checkpoint,
+            tokenizer,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            json,
+        } => {
+            let sampling = Sampling {
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                stop_tokens: vec![],
+            };
+            let device = chosen_device(&cli.device)?;
+            let outs = device.run(GenerateJob {
+                checkpoint,
+                tokenizer,
+                prompts: prompt,
+                sampling,
+            })??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outs)?);
+            } else {
+                for g in outs {
+                    println!("{}{}", g.prompt, g.text);
+                }
             }
         }
         Command::Devices => {

@@ -208,3 +208,52 @@ fn score_reports_bad_input_in_one_line() {
     assert!(err.contains("not a checkpoint"), "{err}");
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+#[test]
+fn generate_runs_end_to_end_with_the_llama_tokenizer() {
+    let tokenizer = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/tokenizer/llama-tokenizer.model");
+    if !tokenizer.is_file() {
+        eprintln!("skipping: {} is absent", tokenizer.display());
+        return;
+    }
+    // A random model with the LLaMA vocabulary, exported as a Hugging Face directory.
+    let dir = std::env::temp_dir().join(format!("llama-gen-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let cfg = llama_model::LlamaConfig {
+        multiple_of: 16,
+        ..llama_model::LlamaConfig::llama(32_000, 16, 1, 2, 64)
+    };
+    let model = cfg
+        .init::<burn::backend::NdArray>(&Default::default())
+        .unwrap();
+    llama_model::save_hf(&model, &dir).unwrap();
+    let run = |prompts: &[&str]| {
+        let mut args = vec![
+            "--device",
+            "ndarray",
+            "generate",
+            "--checkpoint",
+            dir.to_str().unwrap(),
+            "--tokenizer",
+            tokenizer.to_str().unwrap(),
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ];
+        for p in prompts {
+            args.extend(["--prompt", p]);
+        }
+        let (code, out, err) = llama(&args);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let batch = run(&["Hello world", "The llama is"]);
+    assert_eq!(batch.as_array().unwrap().len(), 2);
+    let alone = run(&["The llama is"]);
+    assert_eq!(alone[0]["ids"], batch[1]["ids"]);
+    let ids = batch[0]["ids"].as_array().unwrap();
+    assert!(!ids.is_empty() && ids.len() <= 6);
+    assert!(batch[0]["text"].is_string());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,59 @@
+//! `llama generate`: text continuation of a prompt with a checkpoint and a tokenizer.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, ensure};
+use burn::tensor::backend::AutodiffBackend;
+use llama_data::LlamaTokenizer;
+use llama_model::{Sampling, generate};
+
+use crate::backend::BackendJob;
+use crate::score::load_checkpoint;
+
+pub struct GenerateJob {
+    pub checkpoint: PathBuf,
+    pub tokenizer: PathBuf,
+    pub prompts: Vec<String>,
+    pub sampling: Sampling,
+}
+
+/// One prompt's continuation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generated {
+    pub prompt: String,
+    pub ids: Vec<u32>,
+    pub text: String,
+}
+
+impl BackendJob for GenerateJob {
+    type Output = Result<Vec<Generated>>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Vec<Generated>> {
+        let tok = LlamaTokenizer::from_file(&self.tokenizer)?;
+        let model = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &device)?;
+        ensure!(
+            tok.vocab_size() <= model.config().vocab_size,
+            "tokenizer {} has {} tokens but the model's vocabulary has {}",
+            self.tokenizer.display(),
+            tok.vocab_size(),
+            model.config().vocab_size
+        );
+        let mut sampling = self.sampling;
+        if let Some(eos) = tok.eos {
+            sampling.stop_tokens.push(eos);
+        }
+        let prompts = self
+            .prompts
+            .iter()
+            .map(|p| tok.encode(p, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outs = generate(&model, &prompts, &sampling)?;
+        self.prompts
+            .into_iter()
+            .zip(outs)
+            .map(|(prompt, ids)| {
+                let text = tok.decode(&ids).context("decoding the generated tokens")?;
+                Ok(Generated { prompt, ids, text })
+            })
+            .collect()
+    }
+}
