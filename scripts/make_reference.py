@@ -50,6 +50,53 @@ def build(name, kwargs, seed):
     return model
 
 
+META = {"mha-untied": 1, "gqa-sharded": 2}  # Meta twins and their model-parallel ranks
+
+
+def write_meta(name, model, kwargs, ranks):
+    """Writes the same weights in Meta's layout: params.json + consolidated.NN.pth, q/k rows permuted
+    back to interleaved RoPE pairs, tensors split across `ranks` model-parallel files."""
+    d = os.path.join(OUT, "..", "meta", name)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    sd = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+    dim, nh, nkv = kwargs["hidden_size"], kwargs["num_attention_heads"], kwargs["num_key_value_heads"]
+    hd = dim // nh
+
+    def unpermute(w, heads):  # inverse of convert_llama_weights_to_hf.permute
+        return w.view(heads, 2, hd // 2, dim).transpose(1, 2).reshape(heads * hd, dim)
+
+    meta = {"tok_embeddings.weight": sd["model.embed_tokens.weight"], "norm.weight": sd["model.norm.weight"],
+            "output.weight": sd["lm_head.weight"], "rope.freqs": torch.zeros(hd // 2)}
+    for i in range(kwargs["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        meta[f"layers.{i}.attention.wq.weight"] = unpermute(sd[p + "self_attn.q_proj.weight"], nh)
+        meta[f"layers.{i}.attention.wk.weight"] = unpermute(sd[p + "self_attn.k_proj.weight"], nkv)
+        meta[f"layers.{i}.attention.wv.weight"] = sd[p + "self_attn.v_proj.weight"]
+        meta[f"layers.{i}.attention.wo.weight"] = sd[p + "self_attn.o_proj.weight"]
+        meta[f"layers.{i}.feed_forward.w1.weight"] = sd[p + "mlp.gate_proj.weight"]
+        meta[f"layers.{i}.feed_forward.w3.weight"] = sd[p + "mlp.up_proj.weight"]
+        meta[f"layers.{i}.feed_forward.w2.weight"] = sd[p + "mlp.down_proj.weight"]
+        meta[f"layers.{i}.attention_norm.weight"] = sd[p + "input_layernorm.weight"]
+        meta[f"layers.{i}.ffn_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
+    row_parallel = ("wo.weight", "w2.weight", "tok_embeddings.weight")
+    for r in range(ranks):
+        shard = {}
+        for k, v in meta.items():
+            if ranks == 1 or k.endswith("norm.weight") or k == "rope.freqs":
+                shard[k] = v.clone()
+            else:
+                axis = 1 if k.endswith(row_parallel) else 0
+                shard[k] = v.chunk(ranks, dim=axis)[r].clone()
+        torch.save(shard, os.path.join(d, f"consolidated.{r:02d}.pth"))
+    params = {"dim": dim, "multiple_of": 256, "n_heads": nh, "n_layers": kwargs["num_hidden_layers"],
+              "norm_eps": kwargs["rms_norm_eps"], "vocab_size": -1, "rope_theta": kwargs["rope_theta"]}
+    if nkv != nh:
+        params["n_kv_heads"] = nkv
+    with open(os.path.join(d, "params.json"), "w") as f:
+        json.dump(params, f)
+
+
 def main():
     print("transformers", transformers.__version__, "torch", torch.__version__)
     for seed, (name, (kwargs, v4_style, sharded)) in enumerate(CONFIGS.items()):
@@ -68,6 +115,8 @@ def main():
             c["torch_dtype"] = c.pop("dtype", "float32")
             with open(path, "w") as f:
                 json.dump(c, f, indent=2)
+        if name in META:
+            write_meta(name, model, kwargs, META[name])
         ref = model.double()
         g = torch.Generator().manual_seed(100 + seed)
         tokens = torch.randint(0, kwargs["vocab_size"], (2, 12), generator=g)
@@ -86,5 +135,20 @@ def main():
         print(f"{name}: {sum(p.numel() for p in ref.parameters())} params, loss {out.loss.item():.6f}, {size} bytes")
 
 
+def write_evil():
+    """A Meta-layout checkpoint whose pickle would run a shell command if unpickled naively."""
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch /tmp/llama-pwned-by-pickle",))
+
+    d = os.path.join(OUT, "..", "meta", "evil")
+    os.makedirs(d, exist_ok=True)
+    torch.save({"tok_embeddings.weight": torch.zeros(4, 4), "payload": Evil()}, os.path.join(d, "consolidated.00.pth"))
+    with open(os.path.join(d, "params.json"), "w") as f:
+        json.dump({"dim": 4, "n_heads": 1, "n_layers": 1, "multiple_of": 4, "norm_eps": 1e-6, "vocab_size": -1}, f)
+
+
 if __name__ == "__main__":
+    write_evil()
     main()

@@ -38,7 +38,7 @@ enum Command {
     },
     /// Mean next-token negative log-likelihood of a JSON array of token ids under a checkpoint.
     Score {
-        /// A Hugging Face directory (config.json + safetensors); the format is detected.
+        /// A Hugging Face (config.json + safetensors) or Meta (params.json + consolidated.NN.pth) directory.
         #[arg(long)]
         checkpoint: PathBuf,
         /// A JSON file holding an array of token ids.
@@ -50,7 +50,7 @@ enum Command {
     },
     /// Continue one or more prompts with a checkpoint and a tokenizer.
     Generate {
-        /// A Hugging Face directory (config.json + safetensors).
+        /// A Hugging Face (config.json + safetensors) or Meta (params.json + consolidated.NN.pth) directory.
         #[arg(long)]
         checkpoint: PathBuf,
         /// tokenizer.json, a SentencePiece .model or a GGUF vocabulary.

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use llama_model::{Llama, load_hf};
+use llama_model::{Llama, load_hf, load_meta};
 use serde::Serialize;
 
 use crate::backend::BackendJob;
@@ -46,10 +46,7 @@ pub fn load_checkpoint<B: burn::tensor::backend::Backend>(
 ) -> Result<Llama<B>> {
     match detect(dir)? {
         CheckpointFormat::HuggingFace => Ok(load_hf(dir, device)?),
-        CheckpointFormat::Meta => bail!(
-            "{}: Meta's consolidated.NN.pth layout is recognised but not supported yet; convert it to Hugging Face format",
-            dir.display()
-        ),
+        CheckpointFormat::Meta => Ok(load_meta(dir, device)?),
     }
 }
 

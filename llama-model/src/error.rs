@@ -56,6 +56,8 @@ pub enum CheckpointError {
     Unsupported { path: String, what: String },
     #[error("{path}: not a valid safetensors file: {message}")]
     Safetensors { path: String, message: String },
+    #[error("{path}: not a readable PyTorch checkpoint: {message}")]
+    Pytorch { path: String, message: String },
     #[error("tensor `{tensor}` has unsupported dtype {dtype}")]
     Dtype { tensor: String, dtype: String },
     #[error("tensor `{0}` is missing from the checkpoint")]

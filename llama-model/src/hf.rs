@@ -212,7 +212,16 @@ pub(crate) fn read_tensors(dir: &Path) -> Result<BTreeMap<String, HostTensor>, C
 pub fn load_hf<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, CheckpointError> {
     let config_path = dir.join("config.json");
     let config = config_from_hf(&read_json(&config_path)?, &config_path)?;
-    let mut tensors = read_tensors(dir)?;
+    build_from_hf_tensors(&config, read_tensors(dir)?, device)
+}
+
+/// Builds a model of `config` from tensors named and laid out as in Hugging Face checkpoints,
+/// checking that every tensor is present, has its shape, and is used.
+pub(crate) fn build_from_hf_tensors<B: Backend>(
+    config: &LlamaConfig,
+    mut tensors: BTreeMap<String, HostTensor>,
+    device: &B::Device,
+) -> Result<Llama<B>, CheckpointError> {
     let mut model = config.init::<B>(device)?;
     let mut take = |name: String,
                     shape: [usize; 2],
