@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use llama_model::{Llama, load_hf, load_meta};
+use llama_model::{Llama, load_hf, load_meta, load_native};
 use serde::Serialize;
 
 use crate::backend::BackendJob;
@@ -18,6 +18,8 @@ pub enum CheckpointFormat {
     HuggingFace,
     /// `params.json` + `consolidated.NN.pth`.
     Meta,
+    /// Ours: `llama.json` + `model.mpk`.
+    Native,
 }
 
 /// Detects the layout of a checkpoint directory.
@@ -27,6 +29,9 @@ pub fn detect(dir: &Path) -> Result<CheckpointFormat> {
         "checkpoint {} is not a directory",
         dir.display()
     );
+    if dir.join("llama.json").is_file() {
+        return Ok(CheckpointFormat::Native);
+    }
     if dir.join("config.json").is_file() {
         return Ok(CheckpointFormat::HuggingFace);
     }
@@ -34,7 +39,7 @@ pub fn detect(dir: &Path) -> Result<CheckpointFormat> {
         return Ok(CheckpointFormat::Meta);
     }
     bail!(
-        "{} is not a checkpoint: expected config.json (Hugging Face) or params.json (Meta)",
+        "{} is not a checkpoint: expected llama.json (ours), config.json (Hugging Face) or params.json (Meta)",
         dir.display()
     )
 }
@@ -47,6 +52,7 @@ pub fn load_checkpoint<B: burn::tensor::backend::Backend>(
     match detect(dir)? {
         CheckpointFormat::HuggingFace => Ok(load_hf(dir, device)?),
         CheckpointFormat::Meta => Ok(load_meta(dir, device)?),
+        CheckpointFormat::Native => Ok(load_native(dir, device)?),
     }
 }
 

@@ -158,6 +158,14 @@ fn score_matches_transformers_on_a_hugging_face_checkpoint() {
         if meta.is_dir() {
             dirs.push(meta);
         }
+        // And our own layout, saved from the imported model.
+        let native =
+            std::env::temp_dir().join(format!("llama-native-{name}-{}", std::process::id()));
+        std::fs::remove_dir_all(&native).ok();
+        let model =
+            llama_model::load_hf::<burn::backend::NdArray>(&dir, &Default::default()).unwrap();
+        llama_model::save_native(&model, &native).unwrap();
+        dirs.push(native.clone());
         for dir in dirs {
             let (code, out, err) = llama(&[
                 "--device",
@@ -186,6 +194,7 @@ fn score_matches_transformers_on_a_hugging_face_checkpoint() {
             assert_eq!(got_argmax, argmax, "{name}");
         }
         std::fs::remove_file(&ids).ok();
+        std::fs::remove_dir_all(&native).ok();
     }
 }
 

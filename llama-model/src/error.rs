@@ -58,6 +58,8 @@ pub enum CheckpointError {
     Safetensors { path: String, message: String },
     #[error("{path}: not a readable PyTorch checkpoint: {message}")]
     Pytorch { path: String, message: String },
+    #[error("{path}: cannot decode the weights: {message}")]
+    Record { path: String, message: String },
     #[error("tensor `{tensor}` has unsupported dtype {dtype}")]
     Dtype { tensor: String, dtype: String },
     #[error("tensor `{0}` is missing from the checkpoint")]

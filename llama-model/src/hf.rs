@@ -448,24 +448,11 @@ pub fn save_hf<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), Checkpoin
     let blob = safetensors::tensor::serialize(views, metadata)
         .map_err(|e| CheckpointError::Export(e.to_string()))?;
 
-    let partial = dir.with_file_name(format!(
-        ".{}.partial-{}",
-        dir.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(&partial)?;
-        std::fs::write(partial.join("model.safetensors"), &blob)?;
+    crate::native::write_dir_atomically(dir, |tmp| {
+        std::fs::write(tmp.join("model.safetensors"), &blob)?;
         std::fs::write(
-            partial.join("config.json"),
+            tmp.join("config.json"),
             serde_json::to_string_pretty(&config).expect("json"),
-        )?;
-        std::fs::rename(&partial, dir)
-    };
-    write().map_err(|e| {
-        std::fs::remove_dir_all(&partial).ok();
-        CheckpointError::io(dir, e)
+        )
     })
 }

@@ -319,3 +319,42 @@ fn export_then_import_is_identical() {
         .to_string();
     assert!(e.contains("only the LLaMA architecture"), "{e}");
 }
+
+#[test]
+fn native_save_then_load_is_identical_and_checked() {
+    let model = load_hf::<B>(&fixture("gqa-tied"), &dev()).unwrap();
+    let dir = std::env::temp_dir().join(format!("llama-native-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    llama_model::save_native(&model, &dir).unwrap();
+    let again = llama_model::load_native::<B>(&dir, &dev()).unwrap();
+    let r = reference("gqa-tied");
+    let tokens = || {
+        Tensor::<B, 2, Int>::from_data(
+            TensorData::new(r.tokens.clone(), [r.shape[0], r.shape[1]]),
+            &dev(),
+        )
+    };
+    assert_eq!(
+        to_vec(model.forward(tokens())),
+        to_vec(again.forward(tokens()))
+    );
+    assert!(
+        llama_model::save_native(&model, &dir)
+            .unwrap_err()
+            .to_string()
+            .contains("already exists")
+    );
+    // A config that does not belong to the weights, and truncated weights.
+    let cfg = std::fs::read_to_string(dir.join("llama.json"))
+        .unwrap()
+        .replace("\"ffn_hidden_dim\": 128", "\"ffn_hidden_dim\": 64");
+    std::fs::write(dir.join("llama.json"), cfg).unwrap();
+    assert!(llama_model::load_native::<B>(&dir, &dev()).is_err());
+    let bytes = std::fs::read(dir.join("model.mpk")).unwrap();
+    std::fs::write(dir.join("model.mpk"), &bytes[..bytes.len() / 3]).unwrap();
+    let e = llama_model::load_native::<B>(&dir, &dev())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model.mpk"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
