@@ -23,6 +23,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "llama-model", "tests", "fixtures", "hf")
 
+SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+             max_position_embeddings=64)
+# Weights stored in half precision: the reference uses the rounded weights.
+HALF = {"bf16-gqa": torch.bfloat16, "f16-gqa": torch.float16}
+
 CONFIGS = {
     # name: (config kwargs, write a transformers-4 style config.json, shard the weights)
     "mha-untied": (dict(vocab_size=96, hidden_size=32, intermediate_size=96, num_hidden_layers=2,
@@ -34,6 +40,9 @@ CONFIGS = {
     "gqa-sharded": (dict(vocab_size=64, hidden_size=32, intermediate_size=96, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, rope_theta=1000000.0,
                          rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=128), False, True),
+    # New fixtures go last: seeds follow this order, so earlier fixtures keep their bytes.
+    "bf16-gqa": (SMALL, False, False),
+    "f16-gqa": (SMALL, False, False),
 }
 
 
@@ -103,6 +112,8 @@ def main():
         d = os.path.join(OUT, name)
         shutil.rmtree(d, ignore_errors=True)
         model = build(name, kwargs, seed)
+        if name in HALF:
+            model = model.to(HALF[name])
         model.save_pretrained(d, safe_serialization=True, max_shard_size="20KB" if sharded else "1GB")
         if v4_style:
             # Rewrite config.json the way transformers 4 wrote it.
@@ -117,7 +128,12 @@ def main():
                 json.dump(c, f, indent=2)
         if name in META:
             write_meta(name, model, kwargs, META[name])
-        ref = model.double()
+        if name in HALF:
+            # Reload from disk: `.to(half)` also rounded the rotary inv_freq buffer, which
+            # from_pretrained recomputes; the weights are the rounded ones on disk.
+            ref = LlamaForCausalLM.from_pretrained(d, dtype=torch.float64)
+        else:
+            ref = model.double()
         g = torch.Generator().manual_seed(100 + seed)
         tokens = torch.randint(0, kwargs["vocab_size"], (2, 12), generator=g)
         out = ref(input_ids=tokens, labels=tokens)

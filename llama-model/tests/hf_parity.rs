@@ -11,7 +11,14 @@ use common::*;
 use llama_model::{CheckpointError, Llama, load_hf};
 use safetensors::{Dtype, SafeTensors};
 
-const FIXTURES: [&str; 3] = ["mha-untied", "gqa-tied", "gqa-sharded"];
+// bf16-gqa and f16-gqa store their weights in half precision; the reference uses the rounded weights.
+const FIXTURES: [&str; 5] = [
+    "mha-untied",
+    "gqa-tied",
+    "gqa-sharded",
+    "bf16-gqa",
+    "f16-gqa",
+];
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
