@@ -8,7 +8,7 @@ use llama_data::LlamaTokenizer;
 use llama_model::{Sampling, generate};
 
 use crate::backend::BackendJob;
-use crate::score::load_checkpoint;
+use crate::checkpoint::load_checkpoint;
 
 pub struct GenerateJob {
     pub checkpoint: PathBuf,

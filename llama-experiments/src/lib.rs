@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod check;
+pub mod checkpoint;
 pub mod generate;
 pub mod params;
 pub mod score;

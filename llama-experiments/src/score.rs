@@ -6,55 +6,10 @@ use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use llama_model::{Llama, load_hf, load_meta, load_native};
 use serde::Serialize;
 
 use crate::backend::BackendJob;
-
-/// The checkpoint layouts `llama` recognises in a directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckpointFormat {
-    /// `config.json` + `model.safetensors` or `model.safetensors.index.json`.
-    HuggingFace,
-    /// `params.json` + `consolidated.NN.pth`.
-    Meta,
-    /// Ours: `llama.json` + `model.mpk`.
-    Native,
-}
-
-/// Detects the layout of a checkpoint directory.
-pub fn detect(dir: &Path) -> Result<CheckpointFormat> {
-    ensure!(
-        dir.is_dir(),
-        "checkpoint {} is not a directory",
-        dir.display()
-    );
-    if dir.join("llama.json").is_file() {
-        return Ok(CheckpointFormat::Native);
-    }
-    if dir.join("config.json").is_file() {
-        return Ok(CheckpointFormat::HuggingFace);
-    }
-    if dir.join("params.json").is_file() {
-        return Ok(CheckpointFormat::Meta);
-    }
-    bail!(
-        "{} is not a checkpoint: expected llama.json (ours), config.json (Hugging Face) or params.json (Meta)",
-        dir.display()
-    )
-}
-
-/// Loads any supported checkpoint directory onto `device`.
-pub fn load_checkpoint<B: burn::tensor::backend::Backend>(
-    dir: &Path,
-    device: &B::Device,
-) -> Result<Llama<B>> {
-    match detect(dir)? {
-        CheckpointFormat::HuggingFace => Ok(load_hf(dir, device)?),
-        CheckpointFormat::Meta => Ok(load_meta(dir, device)?),
-        CheckpointFormat::Native => Ok(load_native(dir, device)?),
-    }
-}
+use crate::checkpoint::load_checkpoint;
 
 /// Reads a JSON array of token ids.
 pub fn read_ids(path: &Path) -> Result<Vec<u32>> {
