@@ -106,8 +106,10 @@ pub fn config_from_hf(json: &Value, path: &Path) -> Result<LlamaConfig, Checkpoi
     Ok(cfg)
 }
 
-/// The `[name -> file]` map of a checkpoint directory (single file or sharded).
-fn weight_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>, CheckpointError> {
+/// The weight files of a checkpoint directory: `model.safetensors`, or the shards named by
+/// `model.safetensors.index.json`. Tensor names come from the files themselves, so a single file is
+/// parsed once, when it is read.
+fn weight_files(dir: &Path) -> Result<BTreeSet<PathBuf>, CheckpointError> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
@@ -120,24 +122,11 @@ fn weight_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>, CheckpointError
                 field: "weight_map".into(),
             })?;
         Ok(map
-            .iter()
-            .filter_map(|(k, v)| v.as_str().map(|f| (k.clone(), dir.join(f))))
+            .values()
+            .filter_map(|v| v.as_str().map(|f| dir.join(f)))
             .collect())
     } else if single.is_file() {
-        let file = std::fs::File::open(&single).map_err(|e| CheckpointError::io(&single, e))?;
-        // SAFETY: the file is opened read-only; a concurrent writer could change it under us, as with
-        // every mmap-based checkpoint loader; safetensors validates the header.
-        let mmap =
-            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CheckpointError::io(&single, e))?;
-        let st = SafeTensors::deserialize(&mmap).map_err(|e| CheckpointError::Safetensors {
-            path: single.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Ok(st
-            .names()
-            .into_iter()
-            .map(|n| (n.to_string(), single.clone()))
-            .collect())
+        Ok(BTreeSet::from([single]))
     } else {
         Err(CheckpointError::NotACheckpoint(dir.display().to_string()))
     }
@@ -183,11 +172,11 @@ fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, Checkpoint
 
 /// Reads every tensor of a Hugging Face checkpoint directory, file by file.
 pub(crate) fn read_tensors(dir: &Path) -> Result<BTreeMap<String, HostTensor>, CheckpointError> {
-    let files: BTreeSet<PathBuf> = weight_files(dir)?.into_values().collect();
     let mut out = BTreeMap::new();
-    for path in files {
+    for path in weight_files(dir)? {
         let file = std::fs::File::open(&path).map_err(|e| CheckpointError::io(&path, e))?;
-        // SAFETY: read-only map, see `weight_files`.
+        // SAFETY: the file is opened read-only; a concurrent writer could change it under us, as with
+        // every mmap-based checkpoint loader; safetensors validates the header.
         let mmap =
             unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CheckpointError::io(&path, e))?;
         let st = SafeTensors::deserialize(&mmap).map_err(|e| CheckpointError::Safetensors {
