@@ -15,3 +15,28 @@ pub enum TokenizerError {
     #[error("tokenizer: {0}")]
     Tokenizers(String),
 }
+
+/// Errors of the data pipeline (readers, cleaners, recipes, shards, datasets).
+#[derive(Debug, Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file or setting the user gave is malformed; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+impl DataError {
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}

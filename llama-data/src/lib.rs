@@ -1,14 +1,17 @@
-//! The public-data pipeline of the LLaMA recipe: sources, per-source cleaning, deduplication,
-//! SentencePiece-style BPE and token shards. It never depends on `llama-model`.
-//!
-//! Available now: [`LlamaTokenizer`], which loads the LLaMA tokenizer from `tokenizer.json`, a
-//! SentencePiece `.model` or a GGUF vocabulary. Cleaning, mixtures and shards arrive with the
-//! data-pipeline issue.
+//! The public-data pipeline of the LLaMA recipe (Touvron et al., 2023, section 2.1): readers for
+//! each source format, per-source cleaning and deduplication, SentencePiece-style BPE training,
+//! a weighted mixture written as memory-mapped token shards, and a Burn dataset of packed
+//! sequences over them. It never depends on `llama-model`.
 
+pub mod clean;
+pub mod document;
 pub mod error;
 pub mod gguf;
+pub mod html;
+pub mod read;
 pub mod sentencepiece;
 pub mod tokenizer;
 
-pub use error::TokenizerError;
+pub use document::Document;
+pub use error::{DataError, TokenizerError};
 pub use tokenizer::LlamaTokenizer;

@@ -1,0 +1,8 @@
+//! Placeholder: being written.
+use serde::{Deserialize, Serialize};
+use super::Stage;
+use crate::error::DataError;
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WikipediaSettings {}
+pub fn stages(_s: &WikipediaSettings) -> Result<Vec<Box<dyn Stage>>, DataError> { Ok(Vec::new()) }
