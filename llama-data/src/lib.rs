@@ -4,6 +4,7 @@
 //! sequences over them. It never depends on `llama-model`.
 
 pub mod clean;
+pub mod dataset;
 pub mod document;
 pub mod error;
 pub mod gguf;
@@ -21,10 +22,10 @@ pub mod tokenizer_training;
 pub mod word_encoder;
 
 pub use document::Document;
+pub use error::{DataError, TokenizerError};
 pub use manifest::Manifest;
 pub use prepare::{PrepareOptions, prepare};
 pub use recipe::Recipe;
-pub use error::{DataError, TokenizerError};
 pub use tokenizer::LlamaTokenizer;
 pub use tokenizer_training::{TokenizerTrainConfig, train_tokenizer};
 pub use word_encoder::FastEncoder;
