@@ -99,7 +99,9 @@ pub fn prepare(
                 .into_iter()
                 .map(|h| {
                     h.join().unwrap_or_else(|_| {
-                        Err(DataError::Invalid("a source's worker thread panicked".into()))
+                        Err(DataError::Invalid(
+                            "a source's worker thread panicked".into(),
+                        ))
                     })
                 })
                 .collect()
@@ -181,7 +183,10 @@ impl SourceJob<'_> {
             }
             drop(tx);
             writer.join().unwrap_or_else(|_| {
-                Err(DataError::Invalid(format!("{}: the writer thread panicked", source.name)))
+                Err(DataError::Invalid(format!(
+                    "{}: the writer thread panicked",
+                    source.name
+                )))
             })
         })?;
         task.finish(&format!(
@@ -191,7 +196,11 @@ impl SourceJob<'_> {
         Ok(SourceManifest {
             name: source.name.clone(),
             weight,
-            paths: source.paths.iter().map(|p| p.display().to_string()).collect(),
+            paths: source
+                .paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
             reader: source.reader.clone(),
             cleaner: source.cleaner.clone(),
             read: read_report,
@@ -211,14 +220,22 @@ impl SourceJob<'_> {
         let writer = |split: &str| {
             let prefix = format!("{}/{split}", source.name);
             let r = self.recipe;
-            ShardWriter::new(self.root, &prefix, self.dtype, r.shard_tokens, self.bos, self.eos)
+            ShardWriter::new(
+                self.root,
+                &prefix,
+                self.dtype,
+                r.shard_tokens,
+                self.bos,
+                self.eos,
+            )
         };
         let (mut train_w, mut valid_w) = (writer("train"), writer("validation"));
         let (mut train, mut valid) = (SplitReport::default(), SplitReport::default());
         let mut encoder = Encoder::new(self.tokenizer);
         for doc in docs {
             let ids = encoder.encode(&doc.text)?;
-            let held_out = is_validation(&doc.text, self.recipe.seed, self.recipe.validation_fraction);
+            let held_out =
+                is_validation(&doc.text, self.recipe.seed, self.recipe.validation_fraction);
             let (w, report) = if held_out {
                 (&mut valid_w, &mut valid)
             } else {
@@ -259,7 +276,10 @@ impl<'a> Encoder<'a> {
 }
 
 fn sibling(out: &Path, suffix: &str) -> PathBuf {
-    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".{suffix}"));
     out.with_file_name(name)
 }

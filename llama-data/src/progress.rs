@@ -95,13 +95,19 @@ impl Task<'_> {
     }
 
     fn message(&self) -> String {
-        format!("{} documents, {:.1} MB read", self.docs, self.bytes as f64 / 1e6)
+        format!(
+            "{} documents, {:.1} MB read",
+            self.docs,
+            self.bytes as f64 / 1e6
+        )
     }
 
     pub fn finish(self, summary: &str) {
         match &self.bar {
             Some(bar) => bar.finish_with_message(format!("{} — {summary}", self.message())),
-            None => self.progress.line(&format!("{}: done, {summary}", self.name), true),
+            None => self
+                .progress
+                .line(&format!("{}: done, {summary}", self.name), true),
         }
     }
 }

@@ -101,7 +101,10 @@ impl Recipe {
             return bad("the recipe has no [[source]]".into());
         }
         if !(0.0..1.0).contains(&self.validation_fraction) {
-            return bad(format!("validation_fraction {} is not in [0, 1)", self.validation_fraction));
+            return bad(format!(
+                "validation_fraction {} is not in [0, 1)",
+                self.validation_fraction
+            ));
         }
         if self.shard_tokens == 0 {
             return bad("shard_tokens must be positive".into());
@@ -109,15 +112,23 @@ impl Recipe {
         let mut names = std::collections::BTreeSet::new();
         for s in &self.sources {
             let valid = !s.name.is_empty()
-                && s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                && s.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !valid {
-                return bad(format!("source name `{}`: use letters, digits, `-`, `_`", s.name));
+                return bad(format!(
+                    "source name `{}`: use letters, digits, `-`, `_`",
+                    s.name
+                ));
             }
             if !names.insert(&s.name) {
                 return bad(format!("source `{}` appears twice", s.name));
             }
             if !(s.weight.is_finite() && s.weight > 0.0) {
-                return bad(format!("source `{}`: weight {} must be positive", s.name, s.weight));
+                return bad(format!(
+                    "source `{}`: weight {} must be positive",
+                    s.name, s.weight
+                ));
             }
             if s.paths.is_empty() {
                 return bad(format!("source `{}` has no paths", s.name));
@@ -153,7 +164,15 @@ mod tests {
         let names: Vec<_> = r.sources.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["commoncrawl", "c4", "github", "wikipedia", "books", "arxiv", "stackexchange"]
+            [
+                "commoncrawl",
+                "c4",
+                "github",
+                "wikipedia",
+                "books",
+                "arxiv",
+                "stackexchange"
+            ]
         );
         let w = r.normalised_weights();
         let expect = [0.67, 0.15, 0.045, 0.045, 0.045, 0.025, 0.02];

@@ -23,7 +23,11 @@ pub enum TokenDtype {
 impl TokenDtype {
     /// The narrowest type that holds every id of a vocabulary of `vocab_size` pieces.
     pub fn for_vocab(vocab_size: usize) -> Self {
-        if vocab_size <= 1 << 16 { Self::U16 } else { Self::U32 }
+        if vocab_size <= 1 << 16 {
+            Self::U16
+        } else {
+            Self::U32
+        }
     }
 
     pub fn bytes(self) -> usize {
@@ -90,7 +94,11 @@ impl ShardWriter {
 
     /// Appends `<s> tokens </s>` as one document.
     pub fn write_document(&mut self, tokens: &[u32]) -> Result<(), DataError> {
-        if self.current.as_ref().is_some_and(|s| s.tokens >= self.shard_tokens) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|s| s.tokens >= self.shard_tokens)
+        {
             self.close_current()?;
         }
         if self.current.is_none() {
@@ -101,9 +109,15 @@ impl ShardWriter {
             TokenDtype::U32 => u32::MAX,
         };
         self.buf.clear();
-        for &t in std::iter::once(&self.bos).chain(tokens).chain(std::iter::once(&self.eos)) {
+        for &t in std::iter::once(&self.bos)
+            .chain(tokens)
+            .chain(std::iter::once(&self.eos))
+        {
             if t > limit {
-                return Err(DataError::Invalid(format!("token id {t} does not fit {:?}", self.dtype)));
+                return Err(DataError::Invalid(format!(
+                    "token id {t} does not fit {:?}",
+                    self.dtype
+                )));
             }
             match self.dtype {
                 TokenDtype::U16 => self.buf.extend_from_slice(&(t as u16).to_le_bytes()),
@@ -114,7 +128,10 @@ impl ShardWriter {
             unreachable!("a shard was opened above")
         };
         let path = self.root.join(&shard.name);
-        shard.file.write_all(&self.buf).map_err(|e| DataError::io(&path, e))?;
+        shard
+            .file
+            .write_all(&self.buf)
+            .map_err(|e| DataError::io(&path, e))?;
         shard.hasher.update(&self.buf);
         shard.offsets.push(shard.tokens);
         shard.tokens += tokens.len() as u64 + 2;
@@ -143,7 +160,10 @@ impl ShardWriter {
             return Ok(());
         };
         let path = self.root.join(&shard.name);
-        let file = shard.file.into_inner().map_err(|e| DataError::io(&path, e.into_error()))?;
+        let file = shard
+            .file
+            .into_inner()
+            .map_err(|e| DataError::io(&path, e.into_error()))?;
         file.sync_all().map_err(|e| DataError::io(&path, e))?;
         shard.offsets.push(shard.tokens);
         let index = shard.name.replace(".bin", ".idx");
@@ -204,10 +224,16 @@ impl Shard {
         let w = self.dtype.bytes();
         let bytes = &self.map[start as usize * w..(start as usize + n) * w];
         match self.dtype {
-            TokenDtype::U16 => out.extend(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)),
-            TokenDtype::U32 => {
-                out.extend(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            }
+            TokenDtype::U16 => out.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32),
+            ),
+            TokenDtype::U32 => out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
         }
     }
 }
@@ -216,9 +242,15 @@ impl Shard {
 pub fn read_index(path: &Path) -> Result<Vec<u64>, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if bytes.len() % 8 != 0 {
-        return Err(DataError::Invalid(format!("{}: truncated index", path.display())));
+        return Err(DataError::Invalid(format!(
+            "{}: truncated index",
+            path.display()
+        )));
     }
-    Ok(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect())
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect())
 }
 
 /// SHA-256 of a file, streamed.
@@ -256,7 +288,10 @@ mod tests {
             let shards = w.finish().unwrap();
             // 5 tokens, then 11 (roll over at ≥ 10), then 2 + 3.
             assert_eq!(shards.iter().map(|s| s.tokens).collect::<Vec<_>>(), [16, 5]);
-            assert_eq!(shards.iter().map(|s| s.documents).collect::<Vec<_>>(), [2, 2]);
+            assert_eq!(
+                shards.iter().map(|s| s.documents).collect::<Vec<_>>(),
+                [2, 2]
+            );
             let mut all = Vec::new();
             for s in &shards {
                 let path = dir.path().join(&s.file);
@@ -267,7 +302,10 @@ mod tests {
                 assert_eq!(idx.len() as u64, s.documents + 1);
                 assert_eq!(*idx.last().unwrap(), s.tokens);
             }
-            let expect: Vec<u32> = docs.iter().flat_map(|d| [&[1][..], d, &[2]].concat()).collect();
+            let expect: Vec<u32> = docs
+                .iter()
+                .flat_map(|d| [&[1][..], d, &[2]].concat())
+                .collect();
             assert_eq!(all, expect);
             assert!(Shard::open(&dir.path().join(&shards[0].file), dtype, 3).is_err());
         }
