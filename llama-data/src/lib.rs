@@ -15,6 +15,7 @@ pub mod prepare;
 pub mod progress;
 pub mod read;
 pub mod recipe;
+pub mod sample;
 pub mod sentencepiece;
 pub mod shard;
 pub mod tokenizer;
