@@ -1,9 +1,13 @@
 //! Cleaners: the per-source filtering and normalisation of the paper (section 2.1), one counted
 //! [`Stage`] each, so that the manifest says what every step kept and dropped.
 
+pub mod bloom;
 pub mod books;
+pub mod c4;
 pub mod code;
+pub mod english;
 pub mod latex;
+pub mod line_dedup;
 pub mod qa;
 pub mod web;
 pub mod wikipedia;
