@@ -11,6 +11,7 @@ pub mod line_dedup;
 pub mod qa;
 pub mod web;
 pub mod wikipedia;
+pub mod wikitext;
 
 use serde::{Deserialize, Serialize};
 
