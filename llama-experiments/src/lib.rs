@@ -1,8 +1,10 @@
 //! Library side of the `llama` command-line tool (the binary is `src/main.rs`).
 
 pub mod backend;
+pub mod batcher;
 pub mod check;
 pub mod checkpoint;
+pub mod data;
 pub mod generate;
 pub mod params;
 pub mod score;

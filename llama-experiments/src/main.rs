@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use llama_data::{Manifest, PrepareOptions, TokenizerTrainConfig};
 use llama_experiments::backend::DeviceSpec;
 use llama_experiments::check::{CheckSpec, check};
+use llama_experiments::data::{TrainingText, bench_data, prepare_dataset, train_tokenizer_file};
 use llama_experiments::generate::GenerateJob;
 use llama_experiments::params::ParamsReport;
 use llama_experiments::score::{ScoreJob, read_ids};
@@ -75,6 +77,21 @@ enum Command {
     },
     /// List the compiled-in devices, best first.
     Devices,
+    /// Tokenizers: train a SentencePiece-style BPE (digits split, byte fallback).
+    Tokenizer {
+        #[command(subcommand)]
+        command: TokenizerCommand,
+    },
+    /// Data: fetch the sample corpus, prepare token shards from a recipe, inspect a dataset.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Check that devices compute the same logits, cached decoding, loss and gradients as a reference.
     Check {
         #[command(flatten)]
@@ -94,6 +111,82 @@ enum Command {
         /// Fail when a device's logits or cached decoding differ by more than this (relative).
         #[arg(long, default_value_t = 1e-4)]
         tol: f32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenizerCommand {
+    /// Train a BPE tokenizer and save it as tokenizer.json.
+    Train {
+        /// Text files or folders (`.jsonl` → field `text`, `.xml` → MediaWiki, else plain text;
+        /// .gz/.bz2/.zst read too). Repeatable.
+        #[arg(long, required_unless_present = "recipe", conflicts_with = "recipe")]
+        input: Vec<PathBuf>,
+        /// Train on the cleaned documents of a data recipe instead.
+        #[arg(long)]
+        recipe: Option<PathBuf>,
+        #[arg(long, default_value_t = 32_000)]
+        vocab_size: usize,
+        /// Read at most this many bytes of text (per recipe source: its weight's share).
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Fetch real public text (the pinned gensim 4.4.0 wheel from PyPI) and write a recipe for it.
+    Sample {
+        #[arg(long, default_value = "data/sample")]
+        out: PathBuf,
+        /// Use this local copy of the wheel instead of downloading it (its SHA-256 is checked).
+        #[arg(long)]
+        wheel: Option<PathBuf>,
+    },
+    /// Read, clean, split and tokenise a recipe's sources into token shards plus manifest.json.
+    Prepare {
+        #[arg(long)]
+        recipe: PathBuf,
+        /// tokenizer.json, a SentencePiece .model or a GGUF vocabulary.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing dataset at --out.
+        #[arg(long)]
+        overwrite: bool,
+        /// No progress or warnings.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Summarise a prepared dataset (per source and per cleaning stage).
+    Info {
+        dir: PathBuf,
+        /// Recompute every shard's SHA-256.
+        #[arg(long)]
+        verify: bool,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Throughput of the whole `data prepare` pipeline on a recipe (median of repeats).
+    Data {
+        #[arg(long)]
+        recipe: PathBuf,
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
         #[arg(long)]
         json: bool,
     },
@@ -192,6 +285,9 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Tokenizer { command } => run_tokenizer(command)?,
+        Command::Data { command } => run_data(command)?,
+        Command::Bench { command } => run_bench(command)?,
         Command::Devices => {
             for d in DeviceSpec::compiled() {
                 println!("{d}");
@@ -268,6 +364,121 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+fn run_tokenizer(command: TokenizerCommand) -> Result<()> {
+    let TokenizerCommand::Train {
+        input,
+        recipe,
+        vocab_size,
+        max_bytes,
+        out,
+        json,
+    } = command;
+    let text = match recipe {
+        Some(r) => TrainingText::Recipe(r),
+        None => TrainingText::Paths(input),
+    };
+    let config = TokenizerTrainConfig {
+        vocab_size,
+        ..TokenizerTrainConfig::default()
+    };
+    let s = train_tokenizer_file(&text, &config, max_bytes, &out)?;
+    if json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!(
+            "trained a {}-piece BPE on {} documents ({:.1} MB, {} unreadable) in {:.1} s → {}",
+            s.vocab_size,
+            s.documents,
+            s.bytes as f64 / 1e6,
+            s.read_errors,
+            s.seconds,
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_data(command: DataCommand) -> Result<()> {
+    match command {
+        DataCommand::Sample { out, wheel } => {
+            let recipe = llama_data::sample::fetch_sample(&out, wheel.as_deref())?;
+            println!(
+                "sample corpus in {} (recipe: {})",
+                out.display(),
+                recipe.display()
+            );
+        }
+        DataCommand::Prepare {
+            recipe,
+            tokenizer,
+            out,
+            overwrite,
+            quiet,
+        } => {
+            let options = PrepareOptions { overwrite, quiet };
+            let m = prepare_dataset(&recipe, &tokenizer, &out, &options)?;
+            print!("{}", m.table());
+            println!(
+                "{} train tokens in {} ({:.1} s)",
+                m.train_tokens(),
+                out.display(),
+                m.seconds
+            );
+        }
+        DataCommand::Info { dir, verify, json } => {
+            let m = Manifest::load(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                println!(
+                    "dataset `{}`: {:?} tokens, vocabulary {}",
+                    m.recipe, m.dtype, m.tokenizer.vocab_size
+                );
+                print!("{}\n{}", m.table(), m.stage_table());
+            }
+            if verify {
+                let bad = m.verify(&dir)?;
+                if !bad.is_empty() {
+                    bail!(
+                        "shards whose SHA-256 differs from the manifest: {}",
+                        bad.join(", ")
+                    );
+                }
+                println!("all shard hashes match the manifest");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_bench(command: BenchCommand) -> Result<()> {
+    let BenchCommand::Data {
+        recipe,
+        tokenizer,
+        repeats,
+        json,
+    } = command;
+    let b = bench_data(&recipe, &tokenizer, repeats)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&b)?);
+    } else {
+        println!(
+            "{}: {:.1} MB raw text, {} documents, {} tokens; median {:.2} s of {} runs\n{:.2} MB/s ({:.2} MB/s per core, {} cores), {:.0} tokens/s",
+            b.recipe,
+            b.raw_bytes as f64 / 1e6,
+            b.documents,
+            b.tokens,
+            b.seconds_median,
+            b.repeats,
+            b.mb_per_s,
+            b.mb_per_s_per_core,
+            b.cores,
+            b.tokens_per_s
+        );
     }
     Ok(())
 }
