@@ -11,6 +11,7 @@ pub mod exact_dedup;
 pub mod latex;
 pub mod license_header;
 pub mod line_dedup;
+pub mod minhash;
 pub mod qa;
 pub mod spdx;
 pub mod web;
