@@ -105,7 +105,9 @@ pub type Documents = Box<dyn Iterator<Item = ReadItem> + Send>;
 pub fn documents(spec: &ReaderSpec, paths: &[PathBuf], limits: ReadLimits) -> Documents {
     match spec {
         // Trees are walked by their readers, which need the tree root (license files, macros).
-        ReaderSpec::Code { extensions } => code::read_trees(paths.to_vec(), extensions.clone(), limits),
+        ReaderSpec::Code { extensions } => {
+            code::read_trees(paths.to_vec(), extensions.clone(), limits)
+        }
         ReaderSpec::Latex => latex::read_trees(paths.to_vec(), limits),
         _ => {
             let spec = spec.clone();
@@ -134,7 +136,9 @@ fn read_file(spec: &ReaderSpec, path: PathBuf, limits: ReadLimits) -> Documents 
 
 /// Every regular file under `paths`, folders walked recursively in sorted order, hidden entries
 /// (`.git`, ...) skipped. A missing path is one error.
-pub fn files_under(paths: &[PathBuf]) -> impl Iterator<Item = Result<PathBuf, ReadError>> + Send + use<> {
+pub fn files_under(
+    paths: &[PathBuf],
+) -> impl Iterator<Item = Result<PathBuf, ReadError>> + Send + use<> {
     let paths = paths.to_vec();
     paths.into_iter().flat_map(|root| {
         walkdir::WalkDir::new(&root)
@@ -164,7 +168,10 @@ pub fn open(path: &Path) -> std::io::Result<Box<dyn BufRead + Send>> {
 
 /// The file name without a compression extension: `a.jsonl.gz` → `a.jsonl`.
 pub fn logical_name(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     for ext in [".gz", ".bz2", ".zst", ".zstd"] {
         if let Some(stem) = name.strip_suffix(ext) {
             return stem.to_string();
@@ -196,7 +203,10 @@ pub fn read_text_file(path: &Path, limit: usize) -> Result<String, ReadError> {
     String::from_utf8(bytes).map_err(|e| {
         ReadError::new(
             loc(),
-            format!("not UTF-8 (invalid byte at offset {}), skipped", e.utf8_error().valid_up_to()),
+            format!(
+                "not UTF-8 (invalid byte at offset {}), skipped",
+                e.utf8_error().valid_up_to()
+            ),
         )
     })
 }
