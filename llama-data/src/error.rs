@@ -14,6 +14,9 @@ pub enum TokenizerError {
     Format(String),
     #[error("tokenizer: {0}")]
     Tokenizers(String),
+    /// Tokenizer training was given settings or a corpus it cannot work with.
+    #[error("tokenizer training: {0}")]
+    Training(String),
 }
 
 /// Errors of the data pipeline (readers, cleaners, recipes, shards, datasets).

@@ -49,7 +49,7 @@ impl LlamaTokenizer {
         Self::from_pieces(&read_pieces(&bytes).map_err(context)?).map_err(context)
     }
 
-    fn wrap(inner: Tokenizer) -> Self {
+    pub(crate) fn wrap(inner: Tokenizer) -> Self {
         let bos = inner.token_to_id("<s>");
         let eos = inner.token_to_id("</s>");
         Self { inner, bos, eos }
