@@ -9,6 +9,7 @@ pub mod code_quality;
 pub mod english;
 pub mod exact_dedup;
 pub mod latex;
+pub mod latex_macros;
 pub mod license_header;
 pub mod line_dedup;
 pub mod minhash;
