@@ -115,11 +115,26 @@ pub fn documents(spec: &ReaderSpec, paths: &[PathBuf], limits: ReadLimits) -> Do
             Box::new(files.flat_map(move |file| -> Documents {
                 match file {
                     Err(e) => Box::new(std::iter::once(Err(e))),
-                    Ok(path) => read_file(&spec, path, limits),
+                    Ok(path) => {
+                        warn_if_empty(path.display().to_string(), read_file(&spec, path, limits))
+                    }
                 }
             }))
         }
     }
+}
+
+/// A file that yields nothing at all (empty, or holding no record of the format) is reported, so
+/// that a wrong path or format does not pass silently.
+fn warn_if_empty(location: String, docs: Documents) -> Documents {
+    let mut docs = docs.peekable();
+    if docs.peek().is_none() {
+        return Box::new(std::iter::once(Err(ReadError::new(
+            location,
+            "no documents (empty file, or nothing of this format in it)",
+        ))));
+    }
+    Box::new(docs)
 }
 
 fn read_file(spec: &ReaderSpec, path: PathBuf, limits: ReadLimits) -> Documents {
