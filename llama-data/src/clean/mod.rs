@@ -15,6 +15,7 @@ pub mod line_dedup;
 pub mod minhash;
 pub mod qa;
 pub mod spdx;
+mod spec;
 pub mod web;
 pub mod wikipedia;
 pub mod wikitext;
@@ -89,10 +90,11 @@ impl Pipeline {
 
 /// The cleaner of a recipe source (`cleaner = { kind = "web", ... }`); each variant's settings
 /// have defaults that follow the paper and the work it cites, and unknown keys are errors.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", from = "spec::TaggedSpec")]
 pub enum CleanerSpec {
     /// No cleaning (already clean text).
+    #[default]
     None,
     /// CommonCrawl and C4: line dedup, C4 quality rules, English filter.
     Web(web::WebSettings),
@@ -106,12 +108,6 @@ pub enum CleanerSpec {
     Latex(latex::LatexSettings),
     /// StackExchange: HTML stripped, answers ordered by score.
     Qa(qa::QaSettings),
-}
-
-impl Default for CleanerSpec {
-    fn default() -> Self {
-        Self::None
-    }
 }
 
 impl CleanerSpec {
