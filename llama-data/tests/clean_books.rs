@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use llama_data::Document;
+use llama_data::clean::CleanerSpec;
 use llama_data::clean::Stage;
 use llama_data::clean::books::{BookDedup, BooksSettings, GutenbergBoilerplate};
-use llama_data::clean::CleanerSpec;
 
 fn books() -> Option<Vec<(String, String)>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/corpus/books");
@@ -58,7 +58,10 @@ fn real_books_distinct_kept_edited_copy_dropped_half_different_kept() {
     );
     assert_eq!(kept.len(), books.len(), "all real books are distinct");
     let boiler = &pipeline.reports()[0];
-    assert!(boiler.bytes_out < boiler.bytes_in, "Gutenberg boilerplate removed");
+    assert!(
+        boiler.bytes_out < boiler.bytes_in,
+        "Gutenberg boilerplate removed"
+    );
     assert!(kept.iter().all(|d| !d.text.contains("*** START OF")));
 
     // Now the dedup stage alone, seeded with the kept books.
@@ -67,18 +70,36 @@ fn real_books_distinct_kept_edited_copy_dropped_half_different_kept() {
         assert!(dedup.apply(d.clone()).is_some());
     }
     let base = GutenbergBoilerplate
-        .apply(Document::new("h", books.iter().find(|(n, _)| n.starts_with("hamlet")).map(|(_, t)| t.clone()).expect("hamlet")))
+        .apply(Document::new(
+            "h",
+            books
+                .iter()
+                .find(|(n, _)| n.starts_with("hamlet"))
+                .map(|(_, t)| t.clone())
+                .expect("hamlet"),
+        ))
         .expect("kept")
         .text;
     for every in [100, 50, 20] {
-        println!("edit 1/{every}: overlap {:?}", dedup.overlap(&edit_words(&base, every)));
+        println!(
+            "edit 1/{every}: overlap {:?}",
+            dedup.overlap(&edit_words(&base, every))
+        );
     }
     // A lightly edited copy (2 % of the words replaced, spread over the book) is dropped.
     let edited = edit_words(&base, 50);
     assert!(dedup.overlap(&edited).is_some_and(|o| o >= 0.9));
-    assert!(dedup.apply(Document::new("hamlet-edited", edited)).is_none());
+    assert!(
+        dedup
+            .apply(Document::new("hamlet-edited", edited))
+            .is_none()
+    );
     // Half Hamlet, half Macbeth: 50 % different content, kept.
-    let other = &kept.iter().find(|d| d.id.starts_with("macbeth")).expect("macbeth").text;
+    let other = &kept
+        .iter()
+        .find(|d| d.id.starts_with("macbeth"))
+        .expect("macbeth")
+        .text;
     let mut cut = base.len() / 2;
     while !base.is_char_boundary(cut) {
         cut -= 1;
@@ -88,7 +109,10 @@ fn real_books_distinct_kept_edited_copy_dropped_half_different_kept() {
         cut2 -= 1;
     }
     let half = base[..cut].to_string() + &other[cut2..];
-    println!("half hamlet + half macbeth: overlap {:?}", dedup.overlap(&half));
+    println!(
+        "half hamlet + half macbeth: overlap {:?}",
+        dedup.overlap(&half)
+    );
     assert!(dedup.overlap(&half).is_none_or(|o| o < 0.9));
     assert!(dedup.apply(Document::new("half", half)).is_some());
 }

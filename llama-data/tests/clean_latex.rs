@@ -68,5 +68,8 @@ fn real_tex_files_are_cut_to_their_body() {
     assert!(r[0].bytes_out < r[0].bytes_in && r[2].bytes_out < r[2].bytes_in);
     assert!(r[1].bytes_out <= 3 * r[1].bytes_in);
     assert!(bytes_out > bytes_in / 10);
-    assert!(defs_out * 5 < defs_in.max(1), "definitions removed: {defs_in} -> {defs_out}");
+    assert!(
+        defs_out * 5 < defs_in.max(1),
+        "definitions removed: {defs_in} -> {defs_out}"
+    );
 }

@@ -10,9 +10,10 @@ use quick_xml::events::Event;
 
 fn dump_path() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/corpus/wikipedia");
-    let entry = std::fs::read_dir(&dir).ok()?.flatten().find(|e| {
-        e.path().extension().is_some_and(|x| x == "bz2")
-    })?;
+    let entry = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "bz2"))?;
     Some(entry.path())
 }
 

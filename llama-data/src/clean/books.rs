@@ -62,7 +62,8 @@ fn is_marker(line: &str, word: &str) -> bool {
     let Some(head) = t.get(..word.len() + 3) else {
         return false;
     };
-    head.eq_ignore_ascii_case(&format!("{word} of")) && line.to_ascii_lowercase().contains("project gutenberg")
+    head.eq_ignore_ascii_case(&format!("{word} of"))
+        && line.to_ascii_lowercase().contains("project gutenberg")
 }
 
 /// The text between the Gutenberg markers; `None` when there is no start marker.
@@ -78,7 +79,8 @@ pub fn strip_gutenberg(text: &str) -> Option<&str> {
         } else if is_marker(line, "end") || {
             // "End of the Project Gutenberg EBook of ..." often precedes the marker.
             let l = line.trim().to_ascii_lowercase();
-            l.starts_with("end of the project gutenberg") || l.starts_with("end of project gutenberg")
+            l.starts_with("end of the project gutenberg")
+                || l.starts_with("end of project gutenberg")
         } {
             return start.map(|s| &text[s..pos]);
         }
@@ -111,7 +113,7 @@ pub struct BookDedup {
 
 impl BookDedup {
     pub fn new(s: &BooksSettings) -> Result<Self, DataError> {
-        if s.num_perm == 0 || s.bands == 0 || s.num_perm % s.bands != 0 {
+        if s.num_perm == 0 || s.bands == 0 || !s.num_perm.is_multiple_of(s.bands) {
             return Err(DataError::Invalid(format!(
                 "books cleaner: bands ({}) must divide num_perm ({}), both positive",
                 s.bands, s.num_perm
@@ -137,7 +139,11 @@ impl Stage for BookDedup {
 
     fn apply(&mut self, doc: Document) -> Option<Document> {
         let sig = self.hasher.signature(&doc.text);
-        if self.index.best_overlap(&sig).is_some_and(|o| o >= self.threshold) {
+        if self
+            .index
+            .best_overlap(&sig)
+            .is_some_and(|o| o >= self.threshold)
+        {
             return None;
         }
         self.index.insert(sig);
@@ -163,7 +169,10 @@ mod tests {
         let newer = "h\n*** START OF THE PROJECT GUTENBERG EBOOK Y ***\nBody.\n*** END OF THE PROJECT GUTENBERG EBOOK Y ***\nf";
         assert_eq!(strip_gutenberg(newer), Some("Body.\n"));
         // No marker: unchanged; a start without an end runs to the end.
-        assert_eq!(strip_gutenberg("Just a book.\nTHE END OF THE FIRST BOOK."), None);
+        assert_eq!(
+            strip_gutenberg("Just a book.\nTHE END OF THE FIRST BOOK."),
+            None
+        );
         assert_eq!(
             strip_gutenberg("***START OF THE PROJECT GUTENBERG EBOOK Z***\nAll of it."),
             Some("All of it.")
@@ -175,7 +184,9 @@ mod tests {
         let s = BooksSettings::default();
         let mut d = BookDedup::new(&s).expect("valid");
         let book = |seed: usize| -> String {
-            (0..3000).map(|i| format!("w{} ", (i * 7 + seed * 13) % 1009 + seed * 2000)).collect()
+            (0..3000)
+                .map(|i| format!("w{} ", (i * 7 + seed * 13) % 1009 + seed * 2000))
+                .collect()
         };
         assert!(d.apply(Document::new("a", book(1))).is_some());
         assert!(d.apply(Document::new("b", book(2))).is_some());

@@ -94,10 +94,19 @@ mod tests {
         let doc = |t: &str, l: &str| Document::new("f.rs", t).with_meta("license", l);
         let first = p.run(doc(&with_header, "MIT")).expect("kept");
         assert_eq!(first.text, body);
-        assert!(p.run(doc(body, "Apache-2.0 OR GPL-2.0")).is_none(), "duplicate");
-        assert!(p.run(doc("fn other() {}\n", "GPL-3.0")).is_none(), "licence");
+        assert!(
+            p.run(doc(body, "Apache-2.0 OR GPL-2.0")).is_none(),
+            "duplicate"
+        );
+        assert!(
+            p.run(doc("fn other() {}\n", "GPL-3.0")).is_none(),
+            "licence"
+        );
         let names: Vec<_> = p.reports().iter().map(|r| r.stage.as_str()).collect();
-        assert_eq!(names, ["license", "code-quality", "license-header", "exact-dedup"]);
+        assert_eq!(
+            names,
+            ["license", "code-quality", "license-header", "exact-dedup"]
+        );
         assert_eq!(p.reports()[0].docs_dropped, 1);
         assert_eq!(p.reports()[3].docs_dropped, 1);
     }

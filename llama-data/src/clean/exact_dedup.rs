@@ -56,9 +56,18 @@ mod tests {
     #[test]
     fn whitespace_variants_are_duplicates_but_indentation_is_not() {
         let a = "def f():\n    return 1\n\nprint(f())\n";
-        assert_eq!(content_hash(a), content_hash("\n\ndef f():  \r\n    return 1\r\n\r\nprint(f())\n\n\n"));
-        assert_ne!(content_hash(a), content_hash("def f():\nreturn 1\n\nprint(f())\n"));
-        assert_ne!(content_hash(a), content_hash("def f():\n    return 1\nprint(f())\n"));
+        assert_eq!(
+            content_hash(a),
+            content_hash("\n\ndef f():  \r\n    return 1\r\n\r\nprint(f())\n\n\n")
+        );
+        assert_ne!(
+            content_hash(a),
+            content_hash("def f():\nreturn 1\n\nprint(f())\n")
+        );
+        assert_ne!(
+            content_hash(a),
+            content_hash("def f():\n    return 1\nprint(f())\n")
+        );
         assert_ne!(content_hash("ab"), content_hash("a\nb"));
     }
 

@@ -134,7 +134,10 @@ fn find_command(text: &str, cmd: &str) -> Option<usize> {
 
 /// The first `\section` or `\chapter` (a book's chapters come before its sections).
 fn first_section(text: &str) -> Option<usize> {
-    match (find_command(text, "\\section"), find_command(text, "\\chapter")) {
+    match (
+        find_command(text, "\\section"),
+        find_command(text, "\\chapter"),
+    ) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
@@ -165,14 +168,21 @@ pub fn body(text: &str, keep_abstract: bool) -> String {
 fn remove_bibliography(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = find_any(rest, &["\\begin{thebibliography}", "\\bibliography", "\\printbibliography"]) {
+    while let Some(at) = find_any(
+        rest,
+        &[
+            "\\begin{thebibliography}",
+            "\\bibliography",
+            "\\printbibliography",
+        ],
+    ) {
         out.push_str(&rest[..at]);
         let tail = &rest[at..];
         rest = if tail.starts_with("\\begin{thebibliography}") {
             const END: &str = "\\end{thebibliography}";
             tail.find(END).map_or("", |e| &tail[e + END.len()..])
-        } else if tail.starts_with("\\printbibliography") {
-            &tail["\\printbibliography".len()..]
+        } else if let Some(r) = tail.strip_prefix("\\printbibliography") {
+            r
         } else {
             // `\bibliography{refs}` or `\bibliographystyle{plain}`: the command and its group.
             let name_end = tail[1..]
@@ -228,9 +238,15 @@ mod tests {
         );
         assert!(body(t, true).starts_with("\\begin{abstract}We study X."));
         // No section: what follows \begin{document}; no document either: everything.
-        assert_eq!(body("pre\\begin{document}Just text.\\end{document}", false), "Just text.");
+        assert_eq!(
+            body("pre\\begin{document}Just text.\\end{document}", false),
+            "Just text."
+        );
         assert_eq!(body("plain words", false), "plain words");
-        assert_eq!(body("\\section{A}x\\begin{thebibliography}unclosed", false), "\\section{A}x");
+        assert_eq!(
+            body("\\section{A}x\\begin{thebibliography}unclosed", false),
+            "\\section{A}x"
+        );
     }
 
     #[test]

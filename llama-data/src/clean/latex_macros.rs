@@ -81,7 +81,10 @@ fn control_word(s: &str, i: usize) -> Option<(&str, usize)> {
     if b.get(i) != Some(&b'\\') {
         return None;
     }
-    let len = b[i + 1..].iter().take_while(|c| c.is_ascii_alphabetic()).count();
+    let len = b[i + 1..]
+        .iter()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .count();
     (len > 0).then(|| (&s[i + 1..i + 1 + len], i + 1 + len))
 }
 
@@ -104,7 +107,15 @@ fn parse_definition(s: &str, i: usize) -> Option<(String, Macro, usize)> {
         }
         let end = group_end(b, j, b'}')?;
         let body = s[j + 1..end - 1].to_string();
-        return Some((name.to_string(), Macro { args, default: None, body }, end));
+        return Some((
+            name.to_string(),
+            Macro {
+                args,
+                default: None,
+                body,
+            },
+            end,
+        ));
     }
     if !matches!(cmd, "newcommand" | "renewcommand" | "providecommand") {
         return None;
@@ -132,7 +143,11 @@ fn parse_definition(s: &str, i: usize) -> Option<(String, Macro, usize)> {
     let mut args = 0;
     if b.get(j) == Some(&b'[') {
         let end = group_end(b, j, b']')?;
-        args = s[j + 1..end - 1].trim().parse::<usize>().ok().filter(|&n| n <= 9)?;
+        args = s[j + 1..end - 1]
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n <= 9)?;
         j = skip_spaces(b, end);
     }
     let mut default = None;
@@ -146,7 +161,15 @@ fn parse_definition(s: &str, i: usize) -> Option<(String, Macro, usize)> {
     }
     let end = group_end(b, j, b'}')?;
     let body = s[j + 1..end - 1].to_string();
-    Some((name, Macro { args, default, body }, end))
+    Some((
+        name,
+        Macro {
+            args,
+            default,
+            body,
+        },
+        end,
+    ))
 }
 
 /// Removes the definitions from `s` and returns them (a later definition of a name wins).
@@ -188,7 +211,13 @@ struct Budget {
     bytes_left: usize,
 }
 
-fn expand_into(s: &str, defs: &HashMap<String, Macro>, depth: usize, budget: &mut Budget, out: &mut String) {
+fn expand_into(
+    s: &str,
+    defs: &HashMap<String, Macro>,
+    depth: usize,
+    budget: &mut Budget,
+    out: &mut String,
+) {
     let b = s.as_bytes();
     let mut copied = 0;
     let mut i = 0;
@@ -202,7 +231,10 @@ fn expand_into(s: &str, defs: &HashMap<String, Macro>, depth: usize, budget: &mu
             }
             continue;
         };
-        let Some(m) = defs.get(name).filter(|_| depth < budget.depth && budget.bytes_left > 0) else {
+        let Some(m) = defs
+            .get(name)
+            .filter(|_| depth < budget.depth && budget.bytes_left > 0)
+        else {
             i = j;
             continue;
         };
@@ -361,14 +393,27 @@ mod tests {
     fn recursion_and_exponential_growth_are_bounded() {
         let rec = "\\def\\loop{x\\loop}\\loop end";
         let out = ex(rec);
-        assert!(out.len() < 100 && out.starts_with("xxxx") && out.ends_with("end"), "{out}");
+        assert!(
+            out.len() < 100 && out.starts_with("xxxx") && out.ends_with("end"),
+            "{out}"
+        );
         // Each level doubles: 2^40 without a budget.
         let mut t = String::from("\\def\\m0{ab}");
         for k in 1..=40 {
             t.push_str(&format!("\\def\\m{k}{{\\m{}\\m{}}}", k - 1, k - 1));
         }
         // Macro names must be letters: use letters instead of digits.
-        let t = t.replace("\\m", "\\mac").chars().map(|c| if c.is_ascii_digit() { (b'a' + c as u8 - b'0') as char } else { c }).collect::<String>();
+        let t = t
+            .replace("\\m", "\\mac")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_digit() {
+                    (b'a' + c as u8 - b'0') as char
+                } else {
+                    c
+                }
+            })
+            .collect::<String>();
         let t = t + "\\macea";
         let out = expand_macros(&t, 64, 4);
         assert!(out.len() < 200_000, "{}", out.len());
@@ -382,10 +427,20 @@ mod tests {
 
     #[test]
     fn broken_definitions_are_left_alone() {
-        for t in ["\\newcommand{\\x}{unclosed", "\\def\\x", "\\newcommand", "\\", "a\\\\b", "\\newcommand{\\x}[z]{y}\\x"] {
+        for t in [
+            "\\newcommand{\\x}{unclosed",
+            "\\def\\x",
+            "\\newcommand",
+            "\\",
+            "a\\\\b",
+            "\\newcommand{\\x}[z]{y}\\x",
+        ] {
             let _ = ex(t);
         }
-        assert_eq!(ex("\\newcommand{\\x}{unclosed"), "\\newcommand{\\x}{unclosed");
+        assert_eq!(
+            ex("\\newcommand{\\x}{unclosed"),
+            "\\newcommand{\\x}{unclosed"
+        );
         assert_eq!(ex("\\newcommand{\\x}{y}\\x{"), "y{");
         assert_eq!(ex("\\newcommand{\\f}[1]{<#1>}\\f"), "\\f");
     }

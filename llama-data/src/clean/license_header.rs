@@ -42,8 +42,11 @@ fn leading_comment(text: &str) -> Option<(usize, usize)> {
         for line in body.split_inclusive('\n') {
             let t = line.trim_start();
             let is_comment = LINE_COMMENTS.iter().any(|m| {
-                t.strip_prefix(m)
-                    .is_some_and(|r| !m.starts_with('#') || r.is_empty() || r.starts_with([' ', '\t', '\n', '\r', '#']))
+                t.strip_prefix(m).is_some_and(|r| {
+                    !m.starts_with('#')
+                        || r.is_empty()
+                        || r.starts_with([' ', '\t', '\n', '\r', '#'])
+                })
             });
             if !is_comment && !t.trim().is_empty() {
                 break;

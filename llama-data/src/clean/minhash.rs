@@ -155,7 +155,9 @@ mod tests {
 
     fn words(n: usize, seed: u64) -> Vec<String> {
         let mut s = seed;
-        (0..n).map(|_| format!("w{}", splitmix64(&mut s) % 5000)).collect()
+        (0..n)
+            .map(|_| format!("w{}", splitmix64(&mut s) % 5000))
+            .collect()
     }
 
     #[test]
@@ -181,7 +183,9 @@ mod tests {
         for i in (0..edited.len()).step_by(200) {
             edited[i] = "changed".into();
         }
-        let near = idx.best_overlap(&h.signature(&edited.join(" "))).expect("candidate");
+        let near = idx
+            .best_overlap(&h.signature(&edited.join(" ")))
+            .expect("candidate");
         assert!(near > 0.93, "{near}");
         let other = idx.best_overlap(&h.signature(&words(5000, 2).join(" ")));
         assert!(other.is_none_or(|o| o < 0.2), "{other:?}");

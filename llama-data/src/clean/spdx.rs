@@ -38,7 +38,9 @@ fn tokenize(s: &str) -> Result<Vec<Tok<'_>>, String> {
             c if c.is_ascii_whitespace() => {}
             c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'+' | b':') => {
                 let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'-' | b'.' | b'+' | b':')) {
+                while i < b.len()
+                    && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'-' | b'.' | b'+' | b':'))
+                {
                     i += 1;
                 }
                 let w = &s[start..i];
@@ -190,7 +192,9 @@ mod tests {
     use super::*;
 
     fn allowed() -> Vec<String> {
-        ["MIT", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause"].map(String::from).to_vec()
+        ["MIT", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause"]
+            .map(String::from)
+            .to_vec()
     }
 
     fn sat(s: &str) -> bool {
@@ -249,6 +253,9 @@ mod tests {
         assert!(s.apply(doc(Some("((("))).is_none());
         let mut lenient = LicenseFilter::new(allowed(), true);
         assert!(lenient.apply(doc(None)).is_some());
-        assert!(lenient.apply(doc(Some("GPL-3.0"))).is_none(), "known and not allowed");
+        assert!(
+            lenient.apply(doc(Some("GPL-3.0"))).is_none(),
+            "known and not allowed"
+        );
     }
 }

@@ -57,7 +57,11 @@ impl Wikitext {
     pub fn new(s: &WikipediaSettings) -> Self {
         Self {
             opts: WikitextOptions {
-                drop_sections: s.drop_sections.iter().map(|t| t.trim().to_lowercase()).collect(),
+                drop_sections: s
+                    .drop_sections
+                    .iter()
+                    .map(|t| t.trim().to_lowercase())
+                    .collect(),
                 keep_headings: s.keep_headings,
             },
             drop_redirects: s.drop_redirects,
@@ -90,7 +94,9 @@ mod tests {
 
     fn clean(text: &str) -> String {
         let mut s = Wikitext::new(&WikipediaSettings::default());
-        s.apply(Document::new("t", text)).map(|d| d.text).unwrap_or_default()
+        s.apply(Document::new("t", text))
+            .map(|d| d.text)
+            .unwrap_or_default()
     }
 
     #[test]
@@ -142,12 +148,18 @@ mod tests {
     fn redirects_are_dropped() {
         let mut s = Wikitext::new(&WikipediaSettings::default());
         assert!(s.apply(Document::new("r", "#REDIRECT [[Paris]]")).is_none());
-        assert!(s.apply(Document::new("r", "  #redirect[[Paris]]")).is_none());
+        assert!(
+            s.apply(Document::new("r", "  #redirect[[Paris]]"))
+                .is_none()
+        );
     }
 
     #[test]
     fn broken_markup_degrades_to_text() {
-        assert_eq!(clean("Start {{unclosed template and text"), "Start unclosed template and text");
+        assert_eq!(
+            clean("Start {{unclosed template and text"),
+            "Start unclosed template and text"
+        );
         assert_eq!(clean("A [[broken link and more"), "A broken link and more");
         assert_eq!(clean("Stray }} and ]] closers."), "Stray and closers.");
         assert_eq!(clean("x <ref>never closed"), "x never closed");
@@ -156,7 +168,10 @@ mod tests {
         // A template closed inside a link: the link is unclosed, the template still removed.
         assert_eq!(clean("{{a [[b}} c"), "c");
         assert_eq!(clean("''''''"), "");
-        assert_eq!(clean("[http://x.com unterminated"), "http://x.com unterminated");
+        assert_eq!(
+            clean("[http://x.com unterminated"),
+            "http://x.com unterminated"
+        );
     }
 
     #[test]
@@ -165,7 +180,11 @@ mod tests {
         assert_eq!(clean(&many_open), "");
         let open_text = "{{a ".repeat(50_000) + "end";
         let out = clean(&open_text);
-        assert!(out.ends_with("end") && !out.contains("{{"), "{}", &out[..50]);
+        assert!(
+            out.ends_with("end") && !out.contains("{{"),
+            "{}",
+            &out[..50]
+        );
         let deep = "[[a|".repeat(10_000) + &"]]".repeat(10_000);
         assert!(!clean(&deep).contains("[["));
         let refs = "<ref>".repeat(50_000);
@@ -176,7 +195,12 @@ mod tests {
         assert_eq!(clean(&tables), "text");
         // Arbitrary bytes of markup characters never panic.
         let noise: String = (0..20_000u32)
-            .map(|i| ['{', '}', '[', ']', '|', '<', '>', '\'', '=', '\n', 'é', '&', ';', '#', '!', '/'][(i * 7919 % 16) as usize])
+            .map(|i| {
+                [
+                    '{', '}', '[', ']', '|', '<', '>', '\'', '=', '\n', 'é', '&', ';', '#', '!',
+                    '/',
+                ][(i * 7919 % 16) as usize]
+            })
             .collect();
         let _ = clean(&noise);
     }

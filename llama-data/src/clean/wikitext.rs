@@ -50,7 +50,8 @@ fn find_ci(hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
     }
     let first = needle[0];
     (from..=hay.len() - needle.len()).find(|&i| {
-        hay[i].to_ascii_lowercase() == first && hay[i..i + needle.len()].eq_ignore_ascii_case(needle)
+        hay[i].to_ascii_lowercase() == first
+            && hay[i..i + needle.len()].eq_ignore_ascii_case(needle)
     })
 }
 
@@ -112,7 +113,10 @@ fn strip_tags(s: &str) -> String {
             };
             next_close[t] = Some((gt, found));
             if let Some(c) = found {
-                end = b[c..].iter().position(|&x| x == b'>').map_or(b.len(), |p| c + p + 1);
+                end = b[c..]
+                    .iter()
+                    .position(|&x| x == b'>')
+                    .map_or(b.len(), |p| c + p + 1);
             }
         } else if matches!(name.as_str(), "br" | "p" | "div" | "li" | "tr") {
             out.push('\n');
@@ -177,7 +181,10 @@ fn strip_brackets(s: &str) -> String {
         i += 2;
         if opening {
             if stack.len() < MAX_DEPTH {
-                stack.push(Frame { kind, text: String::new() });
+                stack.push(Frame {
+                    kind,
+                    text: String::new(),
+                });
                 open[kind as usize] += 1;
             }
             continue;
@@ -250,7 +257,11 @@ fn lines_to_text(s: &str, opts: &WikitextOptions) -> String {
                 continue;
             }
             let title = inline(title, &mut buf).trim().to_string();
-            if opts.drop_sections.iter().any(|d| d.eq_ignore_ascii_case(&title)) {
+            if opts
+                .drop_sections
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(&title))
+            {
                 dropping_level = Some(level);
                 continue;
             }
@@ -310,7 +321,12 @@ fn inline<'a>(line: &str, buf: &'a mut String) -> &'a str {
             }
             b'[' if is_url_start(&b[i + 1..]) => {
                 if next_close.is_none_or(|c| c < i) {
-                    next_close = Some(b[i..].iter().position(|&c| c == b']').map_or(b.len(), |p| i + p));
+                    next_close = Some(
+                        b[i..]
+                            .iter()
+                            .position(|&c| c == b']')
+                            .map_or(b.len(), |p| i + p),
+                    );
                 }
                 let close = next_close.unwrap_or(b.len());
                 buf.push_str(&line[copied..i]);
@@ -327,7 +343,10 @@ fn inline<'a>(line: &str, buf: &'a mut String) -> &'a str {
                 copied = i;
             }
             b'_' if b[i..].starts_with(b"__") => {
-                let word = b[i + 2..].iter().take_while(|c| c.is_ascii_uppercase()).count();
+                let word = b[i + 2..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_uppercase())
+                    .count();
                 if word > 0 && b[i + 2 + word..].starts_with(b"__") {
                     buf.push_str(&line[copied..i]);
                     i += word + 4;
@@ -390,7 +409,12 @@ fn entity(s: &str) -> Option<(char, usize)> {
 
 /// Collapses runs of spaces and removes the empty parentheses left by removed templates.
 fn collapse_spaces(s: &mut String) {
-    if !s.contains("  ") && !s.contains("()") && !s.contains("( )") && !s.contains(" ,") && !s.contains(" .") {
+    if !s.contains("  ")
+        && !s.contains("()")
+        && !s.contains("( )")
+        && !s.contains(" ,")
+        && !s.contains(" .")
+    {
         return;
     }
     let mut out = String::with_capacity(s.len());
