@@ -90,7 +90,8 @@ impl Recipe {
 
     /// Parses and checks a recipe (paths left as written).
     pub fn from_toml(text: &str) -> Result<Self, DataError> {
-        let recipe: Recipe = toml::from_str(text).map_err(|e| DataError::Invalid(e.to_string()))?;
+        let recipe: Recipe =
+            toml::from_str(text).map_err(|e| DataError::Invalid(one_line(text, &e)))?;
         recipe.check()?;
         Ok(recipe)
     }
@@ -143,6 +144,20 @@ impl Recipe {
     pub fn normalised_weights(&self) -> Vec<f64> {
         let total: f64 = self.sources.iter().map(|s| s.weight).sum();
         self.sources.iter().map(|s| s.weight / total).collect()
+    }
+}
+
+/// `line L, column C: message` (toml's own rendering spans several lines with a source excerpt).
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {msg}")
+        }
+        None => msg,
     }
 }
 
