@@ -5,6 +5,7 @@
 //! a cache miss. It is built only for configurations whose output it reproduces exactly.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde_json::Value;
 use tokenizers::models::ModelWrapper;
@@ -29,38 +30,59 @@ const MAX_CACHED_WORDS: usize = 1 << 20;
 /// every space as `▁`) and cut before each `▁` that follows a character other than `▁`, so a run
 /// of spaces joins the next word (SentencePiece's `allow_whitespace_only_pieces`); with
 /// `split_digits`, every numeric character is a word of its own (the `Digits` pre-tokenizer, which
-/// tests `char::is_numeric`). `buf` is scratch space reused between calls.
+/// tests `char::is_numeric`). A literal `▁` counts as a space, as in the normalised text. `buf` is
+/// scratch space reused between calls. Scans bytes and copies whole runs: this is the hot loop of
+/// bulk encoding.
 pub(crate) fn for_each_word<E>(
     text: &str,
     split_digits: bool,
     buf: &mut String,
     mut f: impl FnMut(&str) -> Result<(), E>,
 ) -> Result<(), E> {
-    buf.clear();
     if text.is_empty() {
         return Ok(()); // the Prepend normaliser leaves an empty text empty
     }
-    buf.push(SPACE);
-    for c in text.chars() {
-        let c = if c == ' ' { SPACE } else { c };
-        if split_digits && c.is_numeric() {
-            if !buf.is_empty() {
-                f(buf)?;
-                buf.clear();
-            }
-            f(c.encode_utf8(&mut [0; 4]))?;
-        } else if c == SPACE {
-            if !buf.is_empty() && !buf.ends_with(SPACE) {
-                f(buf)?;
-                buf.clear();
-            }
-            buf.push(SPACE);
-        } else {
-            buf.push(c);
+    // The pending word is `spaces` times `▁` followed by `text[start..i]` (which has no space).
+    let mut emit = |spaces: usize, run: &str| {
+        if spaces == 0 {
+            return f(run);
         }
+        buf.clear();
+        (0..spaces).for_each(|_| buf.push(SPACE));
+        buf.push_str(run);
+        f(buf)
+    };
+    let bytes = text.as_bytes();
+    let (mut spaces, mut start, mut i) = (1, 0, 0);
+    while i < bytes.len() {
+        let b = bytes[i];
+        let (is_space, is_digit, len) = if b == b' ' {
+            (true, false, 1)
+        } else if b.is_ascii() {
+            (false, b.is_ascii_digit(), 1)
+        } else {
+            let c = text[i..].chars().next().unwrap_or(SPACE);
+            (c == SPACE, c.is_numeric(), c.len_utf8())
+        };
+        if is_space {
+            if start < i {
+                emit(spaces, &text[start..i])?;
+                spaces = 0;
+            }
+            spaces += 1;
+            start = i + len;
+        } else if split_digits && is_digit {
+            if spaces > 0 || start < i {
+                emit(spaces, &text[start..i])?;
+                spaces = 0;
+            }
+            emit(0, &text[i..i + len])?;
+            start = i + len;
+        }
+        i += len;
     }
-    if !buf.is_empty() {
-        f(buf)?;
+    if spaces > 0 || start < bytes.len() {
+        emit(spaces, &text[start..])?;
     }
     Ok(())
 }
@@ -75,8 +97,46 @@ pub struct FastEncoder {
     /// a text containing one is encoded by the full pipeline instead.
     added: Vec<String>,
     pipeline: Tokenizer,
-    cache: HashMap<String, Vec<u32>>,
+    cache: HashMap<String, Vec<u32>, BuildHasherDefault<WordHasher>>,
     buf: String,
+}
+
+/// A multiply-rotate hash over 8-byte chunks. SipHash (std's default) resists hash flooding,
+/// which a bounded cache over a batch job's own corpus does not need, and costs a large share of
+/// the encoder's time on short words.
+#[derive(Default, Clone, Copy)]
+struct WordHasher(u64);
+
+impl WordHasher {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
+    }
+}
+
+impl Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        let mut w = [0; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        self.add(u64::from_le_bytes(w) ^ (rest.len() as u64) << 59);
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.add(u64::from(b));
+    }
+
+    fn finish(&self) -> u64 {
+        // The multiply leaves the low bits weakest; the table indexes by them.
+        self.0 ^ (self.0 >> 29)
+    }
 }
 
 impl FastEncoder {
@@ -134,7 +194,7 @@ impl FastEncoder {
             split_digits,
             added,
             pipeline: inner.clone(),
-            cache: HashMap::new(),
+            cache: HashMap::default(),
             buf: String::new(),
         })
     }
@@ -210,5 +270,6 @@ mod tests {
         assert_eq!(words("  12", true), ["▁▁▁", "1", "2"]);
         assert_eq!(words("x12 ab3", false), ["▁x12", "▁ab3"]);
         assert_eq!(words("a\n\nb\tc", true), ["▁a\n\nb\tc"]);
+        assert_eq!(words("a▁ ▁b½ ", true), ["▁a", "▁▁▁b", "½", "▁"]);
     }
 }
