@@ -165,13 +165,23 @@ where
         .max_token_length(Some(cfg.max_piece_length))
         .build();
     let tk = |e: tokenizers::Error| TokenizerError::Tokenizers(e.to_string());
-    // The trainer counts what `process` returns: each distinct word as often as it occurs.
+    // The trainer counts the words `process` returns, so each distinct word must come back as
+    // often as it occurs; items "COUNT\0WORD" carry at most FEED_CHUNK occurrences each, which
+    // bounds the memory a frequent word takes on a large corpus.
+    const FEED_CHUNK: u64 = 1 << 16;
+    let items = words.iter().flat_map(|(w, &n)| {
+        (0..n.div_ceil(FEED_CHUNK))
+            .map(move |k| format!("{}\0{w}", (n - k * FEED_CHUNK).min(FEED_CHUNK)))
+    });
     trainer
-        .feed(words.keys(), |w| {
-            Ok(vec![
-                w.to_owned();
-                words.get(w).copied().unwrap_or(0) as usize
-            ])
+        .feed(items, |item| {
+            let parsed = item
+                .split_once('\0')
+                .and_then(|(c, w)| Some((c.parse().ok()?, w)));
+            let Some((count, word)) = parsed else {
+                return Err(format!("malformed training item {item:?}").into());
+            };
+            Ok(vec![word.to_owned(); count])
         })
         .map_err(tk)?;
     let mut model = BPE::default();
