@@ -268,13 +268,13 @@ pub fn is_validation(text: &str, seed: u64, fraction: f64) -> bool {
 /// the tokenizer's configuration allows it (same ids, several times faster), else the
 /// `tokenizers` pipeline.
 enum Encoder<'a> {
-    Fast(FastEncoder),
+    Fast(Box<FastEncoder>),
     Pipeline(&'a LlamaTokenizer),
 }
 
 impl<'a> Encoder<'a> {
     fn new(tokenizer: &'a LlamaTokenizer) -> Self {
-        FastEncoder::new(tokenizer).map_or(Self::Pipeline(tokenizer), Self::Fast)
+        FastEncoder::new(tokenizer).map_or(Self::Pipeline(tokenizer), |f| Self::Fast(Box::new(f)))
     }
 
     fn encode(&mut self, text: &str) -> Result<Vec<u32>, DataError> {

@@ -84,7 +84,7 @@ impl Task<'_> {
     pub fn inc(&mut self, bytes: u64) {
         self.docs += 1;
         self.bytes += bytes;
-        if self.docs % 64 == 0 {
+        if self.docs.is_multiple_of(64) {
             let msg = self.message();
             if let Some(bar) = &self.bar {
                 bar.set_message(msg);

@@ -195,7 +195,7 @@ fn batches_resume_and_validation_covers_every_window_once() {
     sorted.dedup();
     assert_eq!(sorted.len(), located.len());
     assert_eq!(located, sorted, "validation is in order");
-    assert!(v.len() > 0);
+    assert!(!v.is_empty());
 }
 
 #[test]
