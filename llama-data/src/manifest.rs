@@ -130,7 +130,11 @@ impl Manifest {
         );
         for s in &self.sources {
             let kept = s.train.documents + s.validation.documents;
-            let epochs = s.epochs.map_or("-".to_string(), |e| format!("{e:.2}"));
+            let epochs = match s.epochs {
+                None => "-".to_string(),
+                Some(e) if e >= 1e4 => format!("{e:.1e}"),
+                Some(e) => format!("{e:.2}"),
+            };
             out += &format!(
                 "{:<14} {:>6.1}% {:>9} {:>8} {:>12} {:>11} {:>9} {:>7}\n",
                 s.name,
