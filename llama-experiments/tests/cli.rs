@@ -1,18 +1,7 @@
 //! The `llama` binary as a user runs it.
 
-use std::process::Command;
-
-fn llama(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_llama"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::llama;
 
 #[test]
 fn params_json_gives_the_papers_exact_counts() {

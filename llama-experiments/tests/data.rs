@@ -3,22 +3,12 @@
 //! message when absent); the PyPI test runs when LLAMA_TEST_NETWORK=1 (CI sets it).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use llama_data::Manifest;
 use llama_data::dataset::PackedDataset;
 
-fn llama(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_llama"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::llama;
 
 fn corpus() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/corpus");
