@@ -8,3 +8,4 @@ pub mod data;
 pub mod generate;
 pub mod params;
 pub mod score;
+pub mod train;

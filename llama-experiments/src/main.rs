@@ -12,6 +12,8 @@ use llama_experiments::data::{TrainingText, bench_data, prepare_dataset, train_t
 use llama_experiments::generate::GenerateJob;
 use llama_experiments::params::ParamsReport;
 use llama_experiments::score::{ScoreJob, read_ids};
+use llama_experiments::train::metrics::RunState;
+use llama_experiments::train::{RunConfig, TrainJob};
 use llama_model::{LlamaConfig, PRESETS, Sampling};
 
 #[derive(Parser)]
@@ -86,6 +88,21 @@ enum Command {
     Data {
         #[command(subcommand)]
         command: DataCommand,
+    },
+    /// Pretrain with the paper's recipe (AdamW, global-norm clipping, warmup + cosine) on a prepared dataset.
+    Train {
+        /// A run config (TOML): [model], [data], [optim], [train].
+        #[arg(long)]
+        config: PathBuf,
+        /// Run directory (default: runs/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue from the newest checkpoint in the run directory.
+        #[arg(long)]
+        resume: bool,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Benchmarks.
     Bench {
@@ -283,6 +300,38 @@ fn run(cli: Cli) -> Result<()> {
                 for g in outs {
                     println!("{}{}", g.prompt, g.text);
                 }
+            }
+        }
+        Command::Train {
+            config,
+            out,
+            resume,
+            quiet,
+        } => {
+            let config = RunConfig::from_file(&config)?;
+            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
+            let device = chosen_device(&cli.device)?;
+            let s = device.run(TrainJob {
+                config,
+                out,
+                resume,
+                quiet,
+                stop_after: None,
+            })??;
+            let st = &s.status;
+            println!(
+                "{}: {:?} at step {}/{} — {}",
+                s.out.display(),
+                st.state,
+                st.step,
+                st.steps,
+                st.message
+            );
+            if let Some(v) = st.final_val_loss {
+                println!("validation loss {v:.4}, perplexity {:.2}", v.exp());
+            }
+            if st.state != RunState::Finished {
+                bail!("the run did not finish: {}", st.message);
             }
         }
         Command::Tokenizer { command } => run_tokenizer(command)?,

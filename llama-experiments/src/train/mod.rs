@@ -1,0 +1,10 @@
+//! `llama train`: pretraining with the paper's recipe (section 2.3).
+
+pub mod config;
+pub mod metrics;
+pub mod optim;
+pub mod run;
+pub mod schedule;
+
+pub use config::RunConfig;
+pub use run::{TrainJob, TrainSummary, init_model};
