@@ -7,5 +7,6 @@ pub mod checkpoint;
 pub mod data;
 pub mod generate;
 pub mod params;
+pub mod plot;
 pub mod score;
 pub mod train;

@@ -141,6 +141,17 @@ fn a_run_stopped_anywhere_and_resumed_matches_the_uninterrupted_run_bit_for_bit(
     let last = reference.last().unwrap().train_loss.unwrap();
     assert!(last < first - 0.5, "loss fell from {first} to {last}");
     assert!(reference.iter().any(|r| r.val_loss.is_some()));
+    for plot in ["loss.png", "loss.svg"] {
+        assert!(
+            std::fs::metadata(whole.join(plot)).unwrap().len() > 1000,
+            "{plot}"
+        );
+    }
+    let svg = std::fs::read_to_string(whole.join("loss.svg")).unwrap();
+    assert!(
+        svg.contains("validation") && svg.contains("tokens"),
+        "legend and axis labels drawn"
+    );
 
     // Stopped between checkpoints (after step 5; the last checkpoint is step 4) and after a
     // checkpoint (step 6), then resumed.

@@ -28,6 +28,7 @@ use super::optim::{LlamaOptimizer, global_norm, scale_grads};
 use super::schedule::lr_at;
 use crate::backend::BackendJob;
 use crate::batcher::{SequenceBatcher, TokenBatch};
+use crate::plot::{Series, line_plot};
 
 /// `llama train`: runs (or resumes) one training run into `out`.
 pub struct TrainJob {
@@ -270,7 +271,10 @@ fn train<B: AutodiffBackend>(job: &TrainJob, device: &B::Device) -> Result<Train
         if row.train_loss.is_some() || row.val_loss.is_some() {
             log.push(row)?;
         }
-        if (t.checkpoint_every > 0 && step % t.checkpoint_every == 0) || last {
+        if (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || last {
+            if let Err(e) = plot_losses(out, &log.rows) {
+                say(format!("warning: no loss plot: {e:#}"));
+            }
             save_checkpoint(
                 out,
                 &model,
@@ -312,6 +316,32 @@ fn train<B: AutodiffBackend>(job: &TrainJob, device: &B::Device) -> Result<Train
         status,
         out: out.clone(),
     })
+}
+
+/// `loss.png` and `loss.svg`: train and validation loss against tokens seen.
+pub fn plot_losses(out: &Path, rows: &[MetricRow]) -> Result<()> {
+    let curve = |f: fn(&MetricRow) -> Option<f64>| {
+        rows.iter()
+            .filter_map(|r| f(r).map(|y| (r.tokens as f64, y)))
+            .collect()
+    };
+    let series = [
+        Series {
+            name: "train".into(),
+            points: curve(|r| r.train_loss),
+        },
+        Series {
+            name: "validation".into(),
+            points: curve(|r| r.val_loss),
+        },
+    ];
+    line_plot(
+        &out.join("loss"),
+        "loss",
+        "tokens",
+        "cross-entropy (nats)",
+        &series,
+    )
 }
 
 /// Mean validation loss over the first `batches` batches of the validation split.
