@@ -8,5 +8,6 @@ pub mod data;
 pub mod generate;
 pub mod params;
 pub mod plot;
+pub mod quickstart;
 pub mod score;
 pub mod train;

