@@ -394,3 +394,64 @@ fn plot_curves(out: &Path, runs: &[(String, f64, u64, PathBuf, RunConfig)]) -> R
         &series,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_sample_std() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(m, Some(2.5));
+        assert!((s.unwrap() - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(mean_std(&[7.0]), (Some(7.0), Some(0.0)));
+        assert_eq!(mean_std(&[]), (None, None));
+    }
+
+    #[test]
+    fn the_shipped_spec_covers_every_swap_and_a_quick_sweep() {
+        let spec = AblationSpec::from_file(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../experiments/core-ablation.toml"
+        )))
+        .unwrap();
+        let names: Vec<&str> = spec.variants.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "llama",
+                "post-layernorm",
+                "pre-layernorm",
+                "relu-mlp",
+                "gelu-mlp",
+                "learned-positions",
+                "sinusoidal",
+                "no-positions",
+                "gpt-style"
+            ]
+        );
+        assert!(spec.seeds.len() >= 3);
+        let dir = Path::new("/nonexistent-out");
+        let full = plan(&spec, dir, false, None).unwrap();
+        let quick = plan(&spec, dir, true, None).unwrap();
+        assert_eq!(full.len(), 27);
+        assert_eq!(quick.len(), 18);
+        assert!(
+            quick
+                .iter()
+                .all(|r| r.4.train.steps == 4 && r.4.train.eval_batches == 2)
+        );
+        // Every variant's knobs parse into a valid model of (nearly) the LLaMA size.
+        let base = model_config(&full[0].4.model, 8000, 64)
+            .unwrap()
+            .param_counts()
+            .total as f64;
+        for (name, _, _, _, c) in &full {
+            let p = model_config(&c.model, 8000, 64)
+                .unwrap()
+                .param_counts()
+                .total as f64;
+            assert!((p / base - 1.0).abs() < 0.02, "{name}: {p} vs {base}");
+        }
+    }
+}
