@@ -92,13 +92,23 @@ impl AblationSpec {
     }
 }
 
-/// (variant, lr, seed, run directory, config) for every run of the sweep.
+/// One run of a sweep.
+#[derive(Debug, Clone)]
+pub struct PlannedRun {
+    pub variant: String,
+    pub lr: f64,
+    pub seed: u64,
+    pub dir: PathBuf,
+    pub config: RunConfig,
+}
+
+/// Every run of the sweep, in order.
 pub fn plan(
     spec: &AblationSpec,
     out: &Path,
     quick: bool,
     dataset: Option<&Path>,
-) -> Result<Vec<(String, f64, u64, PathBuf, RunConfig)>> {
+) -> Result<Vec<PlannedRun>> {
     let mut base = RunConfig::from_file(&spec.base)?;
     if let Some(d) = dataset {
         base.data.dataset = d.to_path_buf();
@@ -140,7 +150,13 @@ pub fn plan(
                     String::new()
                 };
                 let dir = out.join(&v.name).join(format!("seed{seed}{lr_part}"));
-                runs.push((v.name.clone(), lr, seed, dir, c));
+                runs.push(PlannedRun {
+                    variant: v.name.clone(),
+                    lr,
+                    seed,
+                    dir,
+                    config: c,
+                });
             }
         }
     }
@@ -156,7 +172,17 @@ pub fn ablate(
     device: DeviceSpec,
 ) -> Result<Vec<SummaryRow>> {
     let runs = plan(spec, out, quick, dataset)?;
-    for (i, (variant, lr, seed, dir, config)) in runs.iter().enumerate() {
+    for (
+        i,
+        PlannedRun {
+            variant,
+            lr,
+            seed,
+            dir,
+            config,
+        },
+    ) in runs.iter().enumerate()
+    {
         let status = Status::read(dir).ok();
         if status
             .as_ref()
@@ -201,10 +227,17 @@ fn mean_std(xs: &[f64]) -> (Option<f64>, Option<f64>) {
     (Some(mean), Some(var.sqrt()))
 }
 
-fn summarise(runs: &[(String, f64, u64, PathBuf, RunConfig)]) -> Result<Vec<SummaryRow>> {
+fn summarise(runs: &[PlannedRun]) -> Result<Vec<SummaryRow>> {
     let mut rows: Vec<SummaryRow> = Vec::new();
     let mut finals_by_row: Vec<Vec<f64>> = Vec::new();
-    for (variant, lr, _, dir, config) in runs {
+    for PlannedRun {
+        variant,
+        lr,
+        dir,
+        config,
+        ..
+    } in runs
+    {
         let status = Status::read(dir)?;
         let idx = match rows
             .iter()
@@ -248,8 +281,8 @@ fn summarise(runs: &[(String, f64, u64, PathBuf, RunConfig)]) -> Result<Vec<Summ
     for (i, r) in rows.iter_mut().enumerate() {
         let dirs: Vec<&PathBuf> = runs
             .iter()
-            .filter(|x| x.0 == r.variant && x.1 == r.lr)
-            .map(|x| &x.3)
+            .filter(|x| x.variant == r.variant && x.lr == r.lr)
+            .map(|x| &x.dir)
             .collect();
         let statuses: Vec<Status> = dirs.iter().filter_map(|d| Status::read(d).ok()).collect();
         let finished: Vec<&Status> = statuses
@@ -351,10 +384,10 @@ fn write_summary(out: &Path, rows: &[SummaryRow]) -> Result<()> {
 }
 
 /// `val_curves.png/svg`: the validation loss against tokens, averaged over seeds, per variant.
-fn plot_curves(out: &Path, runs: &[(String, f64, u64, PathBuf, RunConfig)]) -> Result<()> {
+fn plot_curves(out: &Path, runs: &[PlannedRun]) -> Result<()> {
     let mut series: Vec<Series> = Vec::new();
     let mut names: Vec<(String, f64)> = Vec::new();
-    for (v, lr, ..) in runs {
+    for PlannedRun { variant: v, lr, .. } in runs {
         if !names.contains(&(v.clone(), *lr)) {
             names.push((v.clone(), *lr));
         }
@@ -362,7 +395,7 @@ fn plot_curves(out: &Path, runs: &[(String, f64, u64, PathBuf, RunConfig)]) -> R
     let multi_lr = names.iter().any(|n| n.1 != names[0].1);
     for (v, lr) in names {
         let mut by_tokens: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
-        for (_, _, _, dir, _) in runs.iter().filter(|r| r.0 == v && r.1 == lr) {
+        for PlannedRun { dir, .. } in runs.iter().filter(|r| r.variant == v && r.lr == lr) {
             let Ok(text) = std::fs::read_to_string(dir.join("metrics.jsonl")) else {
                 continue;
             };
@@ -439,19 +472,23 @@ mod tests {
         assert!(
             quick
                 .iter()
-                .all(|r| r.4.train.steps == 4 && r.4.train.eval_batches == 2)
+                .all(|r| r.config.train.steps == 4 && r.config.train.eval_batches == 2)
         );
         // Every variant's knobs parse into a valid model of (nearly) the LLaMA size.
-        let base = model_config(&full[0].4.model, 8000, 64)
+        let base = model_config(&full[0].config.model, 8000, 64)
             .unwrap()
             .param_counts()
             .total as f64;
-        for (name, _, _, _, c) in &full {
-            let p = model_config(&c.model, 8000, 64)
+        for r in &full {
+            let p = model_config(&r.config.model, 8000, 64)
                 .unwrap()
                 .param_counts()
                 .total as f64;
-            assert!((p / base - 1.0).abs() < 0.02, "{name}: {p} vs {base}");
+            assert!(
+                (p / base - 1.0).abs() < 0.02,
+                "{}: {p} vs {base}",
+                r.variant
+            );
         }
     }
 }
