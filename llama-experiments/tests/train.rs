@@ -244,3 +244,61 @@ fn the_recipe_is_what_the_run_records() {
     assert_eq!(config.optim.weight_decay, 0.1);
     assert_eq!(config.optim.grad_clip, Some(1.0));
 }
+
+#[test]
+fn a_killed_process_resumes_to_the_same_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(ds) = dataset(dir.path()) else {
+        return;
+    };
+    let mut cfg = config(&ds, 12);
+    cfg.train.checkpoint_every = 3;
+    let cfg_path = dir.path().join("run.toml");
+    std::fs::write(&cfg_path, toml::to_string(&cfg).unwrap()).unwrap();
+    let llama = |out: &Path, resume: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_llama"));
+        c.args(["--device", "ndarray", "train", "--quiet", "--config"])
+            .arg(&cfg_path)
+            .arg("--out")
+            .arg(out);
+        if resume {
+            c.arg("--resume");
+        }
+        c
+    };
+    let whole = dir.path().join("whole");
+    assert!(llama(&whole, false).status().unwrap().success());
+
+    // SIGKILL once the run is past step 4 (whatever it is doing then: a step, a checkpoint write).
+    let killed = dir.path().join("killed");
+    let mut child = llama(&killed, false).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        if let Ok(s) = Status::read(&killed)
+            && s.step >= 4
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never reached step 4"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = Status::read(&killed).unwrap();
+    assert_eq!(at_kill.state, RunState::Running);
+    assert!(at_kill.step < 12, "killed too late to test anything");
+    assert!(llama(&killed, true).status().unwrap().success());
+
+    let (a, b) = (rows(&whole), rows(&killed));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (x.step, x.train_loss, x.grad_norm, x.lr, x.val_loss),
+            (y.step, y.train_loss, y.grad_norm, y.lr, y.val_loss)
+        );
+    }
+    assert_eq!(logits(&whole), logits(&killed));
+}
