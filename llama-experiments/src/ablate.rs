@@ -229,31 +229,26 @@ fn mean_std(xs: &[f64]) -> (Option<f64>, Option<f64>) {
 
 fn summarise(runs: &[PlannedRun]) -> Result<Vec<SummaryRow>> {
     let mut rows: Vec<SummaryRow> = Vec::new();
-    let mut finals_by_row: Vec<Vec<f64>> = Vec::new();
-    for PlannedRun {
-        variant,
-        lr,
-        dir,
-        config,
-        ..
-    } in runs
-    {
-        let status = Status::read(dir)?;
+    // Each run's status.json is read once; rows group them by (variant, lr).
+    let mut statuses: Vec<Vec<Status>> = Vec::new();
+    for run in runs {
+        let status = Status::read(&run.dir)?;
         let idx = match rows
             .iter()
-            .position(|r| &r.variant == variant && r.lr == *lr)
+            .position(|r| r.variant == run.variant && r.lr == run.lr)
         {
             Some(i) => i,
             None => {
-                let vocab = llama_data::Manifest::load(&config.data.dataset)?
+                let c = &run.config;
+                let vocab = llama_data::Manifest::load(&c.data.dataset)?
                     .tokenizer
                     .vocab_size;
-                let params = model_config(&config.model, vocab, config.data.seq_len)?
+                let params = model_config(&c.model, vocab, c.data.seq_len)?
                     .param_counts()
                     .total;
                 rows.push(SummaryRow {
-                    variant: variant.clone(),
-                    lr: *lr,
+                    variant: run.variant.clone(),
+                    lr: run.lr,
                     params,
                     seeds: 0,
                     final_val_loss_mean: None,
@@ -266,35 +261,32 @@ fn summarise(runs: &[PlannedRun]) -> Result<Vec<SummaryRow>> {
                     delta_vs_baseline: None,
                     exceeds_seed_noise: None,
                 });
-                finals_by_row.push(Vec::new());
+                statuses.push(Vec::new());
                 rows.len() - 1
             }
         };
-        let r = &mut rows[idx];
-        r.seeds += 1;
-        if status.state == RunState::Diverged {
-            r.diverged += 1;
-        } else if let Some(v) = status.final_val_loss {
-            finals_by_row[idx].push(v);
-        }
+        statuses[idx].push(status);
     }
-    for (i, r) in rows.iter_mut().enumerate() {
-        let dirs: Vec<&PathBuf> = runs
-            .iter()
-            .filter(|x| x.variant == r.variant && x.lr == r.lr)
-            .map(|x| &x.dir)
-            .collect();
-        let statuses: Vec<Status> = dirs.iter().filter_map(|d| Status::read(d).ok()).collect();
-        let finished: Vec<&Status> = statuses
+    let mut finals_by_row: Vec<Vec<f64>> = Vec::new();
+    for (r, group) in rows.iter_mut().zip(&statuses) {
+        let finished: Vec<&Status> = group
             .iter()
             .filter(|s| s.state == RunState::Finished)
             .collect();
-        (r.final_val_loss_mean, r.final_val_loss_std) = mean_std(&finals_by_row[i]);
-        let best: Vec<f64> = finished.iter().filter_map(|s| s.best_val_loss).collect();
-        (r.best_val_loss_mean, r.best_val_loss_std) = mean_std(&best);
+        let of = |f: fn(&Status) -> Option<f64>| {
+            finished.iter().filter_map(|s| f(s)).collect::<Vec<f64>>()
+        };
+        let finals = of(|s| s.final_val_loss);
+        r.seeds = group.len();
+        r.diverged = group
+            .iter()
+            .filter(|s| s.state == RunState::Diverged)
+            .count();
+        (r.final_val_loss_mean, r.final_val_loss_std) = mean_std(&finals);
+        (r.best_val_loss_mean, r.best_val_loss_std) = mean_std(&of(|s| s.best_val_loss));
         r.perplexity = r.final_val_loss_mean.map(f64::exp);
-        let tps: Vec<f64> = finished.iter().filter_map(|s| s.tokens_per_s).collect();
-        r.tokens_per_s = mean_std(&tps).0;
+        r.tokens_per_s = mean_std(&of(|s| s.tokens_per_s)).0;
+        finals_by_row.push(finals);
     }
     // Against the first variant at the same learning rate: the difference of means and two
     // standard errors of it (seeds independent).

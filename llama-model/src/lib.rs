@@ -32,5 +32,5 @@ pub use hf::{load_hf, save_hf};
 pub use knobs::{FfnKind, NormKind, NormPlacement, PositionKind};
 pub use meta::load_meta;
 pub use model::{Llama, cross_entropy};
-pub use native::{load_native, save_native};
+pub use native::{load_native, save_native, write_dir_atomically};
 pub use record::RecordError;

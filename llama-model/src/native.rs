@@ -13,7 +13,7 @@ use crate::model::Llama;
 
 /// Writes a directory through `fill(tmp)` into a hidden sibling, then renames it to `dir`, so a failed
 /// or interrupted write never leaves a directory that looks complete. `dir` must not exist.
-pub(crate) fn write_dir_atomically(
+pub fn write_dir_atomically(
     dir: &Path,
     fill: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<(), CheckpointError> {

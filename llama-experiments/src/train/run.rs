@@ -19,7 +19,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use llama_data::Manifest;
 use llama_data::dataset::PackedDataset;
-use llama_model::{Llama, LlamaConfig, save_native};
+use llama_model::{Llama, LlamaConfig, save_native, write_dir_atomically};
 use serde::{Deserialize, Serialize};
 
 use super::config::RunConfig;
@@ -371,21 +371,22 @@ fn save_checkpoint<B: AutodiffBackend>(
     state: &CheckpointState,
     keep: usize,
 ) -> Result<()> {
-    let dir = out.join("checkpoints");
-    let name = format!("step-{:08}", state.step);
-    let partial = dir.join(format!(".{name}.partial"));
-    let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir_all(&partial)?;
+    let target = out
+        .join("checkpoints")
+        .join(format!("step-{:08}", state.step));
+    // A checkpoint of the same step from before a resume is replaced.
+    if target.exists() {
+        std::fs::remove_dir_all(&target)?;
+    }
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    model.clone().save_file(partial.join("model"), &recorder)?;
-    optim.save(&partial)?;
-    std::fs::write(
-        partial.join("state.json"),
-        serde_json::to_string_pretty(state)?,
-    )?;
-    let target = dir.join(&name);
-    let _ = std::fs::remove_dir_all(&target);
-    std::fs::rename(&partial, &target)?;
+    write_dir_atomically(&target, |tmp| {
+        model
+            .clone()
+            .save_file(tmp.join("model"), &recorder)
+            .map_err(std::io::Error::other)?;
+        optim.save(tmp).map_err(std::io::Error::other)?;
+        std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)
+    })?;
     let all = checkpoint_dirs(out);
     for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
         std::fs::remove_dir_all(old)?;
