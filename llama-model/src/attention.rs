@@ -10,6 +10,7 @@ use burn::tensor::{Bool, Int, Tensor};
 use crate::cache::LayerCache;
 use crate::ffn::linear;
 use crate::position::Rope;
+use crate::precision::Precision;
 
 /// Which keys each query may see.
 #[derive(Debug, Clone)]
@@ -69,13 +70,15 @@ impl<B: Backend> Attention<B> {
         rope: Option<&Rope<B>>,
         mask: &AttentionMask<B>,
         cache: Option<&mut LayerCache<B>>,
+        precision: Precision,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
+        let proj = |l: &Linear<B>, x| precision.linear(l, x);
         let (h, hkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let mut q = heads(self.wq.forward(x.clone()), h);
-        let mut k = heads(self.wk.forward(x.clone()), hkv);
-        let v = heads(self.wv.forward(x), hkv);
+        let mut q = heads(proj(&self.wq, x.clone()), h);
+        let mut k = heads(proj(&self.wk, x.clone()), hkv);
+        let v = heads(proj(&self.wv, x), hkv);
         if let Some(rope) = rope {
             q = rope.apply(q, positions);
             k = rope.apply(k, positions);
@@ -98,7 +101,7 @@ impl<B: Backend> Attention<B> {
                 attention_fallback(q, k, v, Some(m), None, options(false))
             }
         };
-        self.wo.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
+        proj(&self.wo, out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
 }
 

@@ -12,6 +12,7 @@ use crate::ffn::FeedForward;
 use crate::knobs::NormPlacement;
 use crate::norm::Norm;
 use crate::position::Rope;
+use crate::precision::Precision;
 
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
@@ -50,21 +51,25 @@ impl<B: Backend> Block<B> {
         rope: Option<&Rope<B>>,
         mask: &AttentionMask<B>,
         cache: Option<&mut LayerCache<B>>,
+        precision: Precision,
     ) -> Tensor<B, 3> {
+        // The sublayers return the compute dtype; the residual stream and the norms keep the
+        // stream's own dtype (f32 under bf16 compute, as autocast does).
+        let dtype = x.dtype();
+        let attn = |a| {
+            self.attention
+                .forward(a, positions, rope, mask, cache, precision)
+                .cast(dtype)
+        };
+        let ffn = |f| self.feed_forward.forward(f, precision).cast(dtype);
         match self.placement {
             NormPlacement::Pre => {
-                let a = self.attention_norm.forward(x.clone());
-                let h = x + self.attention.forward(a, positions, rope, mask, cache);
-                let f = self.feed_forward.forward(self.ffn_norm.forward(h.clone()));
-                h + f
+                let h = x.clone() + attn(self.attention_norm.forward(x));
+                h.clone() + ffn(self.ffn_norm.forward(h))
             }
             NormPlacement::Post => {
-                let a = self
-                    .attention
-                    .forward(x.clone(), positions, rope, mask, cache);
-                let h = self.attention_norm.forward(x + a);
-                let f = self.feed_forward.forward(h.clone());
-                self.ffn_norm.forward(h + f)
+                let h = self.attention_norm.forward(x.clone() + attn(x));
+                self.ffn_norm.forward(h.clone() + ffn(h))
             }
         }
     }

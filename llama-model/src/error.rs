@@ -16,6 +16,8 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("invalid config: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 #[derive(Debug, Error)]

@@ -7,6 +7,7 @@ use burn::tensor::activation::{gelu, relu, silu};
 use burn::tensor::backend::Backend;
 
 use crate::knobs::FfnKind;
+use crate::precision::Precision;
 
 /// `w2(act(w1 x) * w3 x)` for gated kinds, `w2(act(w1 x))` otherwise. Names follow Meta's code:
 /// `w1` is the gate (or the only up-projection), `w3` the gated up-projection, `w2` the down-projection.
@@ -53,15 +54,16 @@ impl<B: Backend> FeedForward<B> {
         self.kind
     }
 
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let a = self.w1.forward(x.clone());
+    /// `x: [batch, time, dim]` → `[batch, time, dim]` in `precision`'s compute dtype.
+    pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
+        let a = precision.linear(&self.w1, x.clone());
         let h = match (self.kind, &self.w3) {
-            (FfnKind::Swiglu, Some(w3)) => silu(a) * w3.forward(x),
-            (FfnKind::Geglu, Some(w3)) => gelu(a) * w3.forward(x),
+            (FfnKind::Swiglu, Some(w3)) => silu(a) * precision.linear(w3, x),
+            (FfnKind::Geglu, Some(w3)) => gelu(a) * precision.linear(w3, x),
             (FfnKind::Relu, _) => relu(a),
             (FfnKind::Gelu, _) => gelu(a),
             (kind, None) => unreachable!("gated ffn {kind:?} is always built with w3"),
         };
-        self.w2.forward(h)
+        precision.linear(&self.w2, h)
     }
 }

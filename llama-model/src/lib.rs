@@ -21,6 +21,7 @@ pub mod model;
 pub mod native;
 pub mod norm;
 pub mod position;
+pub mod precision;
 pub mod record;
 
 pub use attention::AttentionMask;
@@ -33,4 +34,5 @@ pub use knobs::{FfnKind, NormKind, NormPlacement, PositionKind};
 pub use meta::load_meta;
 pub use model::{Llama, cross_entropy};
 pub use native::{load_native, save_native, write_dir_atomically};
+pub use precision::Precision;
 pub use record::RecordError;

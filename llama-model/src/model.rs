@@ -15,6 +15,7 @@ use crate::ffn::linear;
 use crate::knobs::{NormPlacement, PositionKind};
 use crate::norm::Norm;
 use crate::position::{AbsolutePosition, Rope, Sinusoids};
+use crate::precision::Precision;
 
 /// A decoder-only Transformer built from a [`LlamaConfig`]; exactly LLaMA with the default knobs.
 #[derive(Module, Debug)]
@@ -29,6 +30,8 @@ pub struct Llama<B: Backend> {
     pub output: Option<Linear<B>>,
     #[module(skip)]
     config: LlamaConfig,
+    #[module(skip)]
+    precision: Precision,
 }
 
 impl LlamaConfig {
@@ -69,6 +72,7 @@ impl LlamaConfig {
             norm,
             output,
             config: self.clone(),
+            precision: Precision::F32,
         })
     }
 }
@@ -76,6 +80,18 @@ impl LlamaConfig {
 impl<B: Backend> Llama<B> {
     pub fn config(&self) -> &LlamaConfig {
         &self.config
+    }
+
+    /// The compute precision (not saved with the weights: a runtime choice).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Computes in `precision` from now on; parameters keep their dtype. Check the backend with
+    /// [`Precision::check`] first.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
     }
 
     /// Position ids `0..t` for every row.
@@ -117,7 +133,14 @@ impl<B: Backend> Llama<B> {
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
-            x = layer.forward(x, positions, self.rope.as_ref(), mask, layer_cache);
+            x = layer.forward(
+                x,
+                positions,
+                self.rope.as_ref(),
+                mask,
+                layer_cache,
+                self.precision,
+            );
         }
         match &self.norm {
             Some(norm) => norm.forward(x),
@@ -125,17 +148,16 @@ impl<B: Backend> Llama<B> {
         }
     }
 
-    /// Output logits for hidden states `[batch, time, dim]`.
+    /// Output logits for hidden states `[batch, time, dim]` (in the compute dtype).
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.output {
-            Some(out) => out.forward(hidden),
+            Some(out) => self.precision.linear(out, hidden),
             None => {
                 let [b, t, d] = hidden.dims();
                 let w = self.tok_embeddings.weight.val(); // [vocab, dim]
                 let v = w.dims()[0];
-                hidden
-                    .reshape([b * t, d])
-                    .matmul(w.transpose())
+                self.precision
+                    .matmul_t(hidden.reshape([b * t, d]), w)
                     .reshape([b, t, v])
             }
         }

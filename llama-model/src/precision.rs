@@ -1,0 +1,105 @@
+//! Compute precision: full f32, or bf16 matmuls over f32 master weights.
+//!
+//! Burn 0.21 has no autocast and no dtype promotion, so mixed precision is done by hand, the way
+//! `torch.autocast(dtype=torch.bfloat16)` treats a LLaMA: parameters (and so gradients and the
+//! optimiser state) stay in their own dtype; every projection casts its input and its weight to
+//! bf16 and returns bf16; the residual stream, the norms and the loss's log-softmax stay in f32.
+//! `cast` is differentiable, so a weight's gradient arrives in f32.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// The dtype the model computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// Everything in the parameters' dtype (f32 for a freshly initialised model).
+    #[default]
+    F32,
+    /// Projections (attention, feed-forward, output head) and attention itself in bf16 with f32
+    /// master weights; embeddings, residual stream, norms and loss in f32.
+    Bf16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Bf16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The matmul dtype, `None` for "whatever the parameters are".
+    pub fn compute_dtype(self) -> Option<DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(DType::BF16),
+        }
+    }
+
+    /// Whether `device` can run this precision (bf16 needs arithmetic support: CUDA, libtorch and
+    /// Flex have it; NdArray and WebGPU do not, Vulkan only stores it).
+    pub fn check<B: Backend>(self, device: &B::Device) -> Result<(), ConfigError> {
+        match self.compute_dtype() {
+            Some(dtype) if !B::supports_dtype(device, dtype) => {
+                Err(ConfigError::Unsupported(format!(
+                    "{} compute is not supported by this backend/device ({device:?}); use f32",
+                    self.name()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `x · W` for a bias-free [`Linear`], in the compute dtype.
+    pub fn linear<B: Backend, const D: usize>(
+        self,
+        layer: &Linear<B>,
+        x: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        match self.compute_dtype() {
+            None => layer.forward(x),
+            Some(dtype) => {
+                let w = layer.weight.val().cast(dtype);
+                let b = layer.bias.as_ref().map(|b| b.val().cast(dtype));
+                burn::tensor::module::linear(x.cast(dtype), w, b)
+            }
+        }
+    }
+
+    /// `x · Wᵀ` against a `[out, in]` matrix (the tied output head), in the compute dtype.
+    pub fn matmul_t<B: Backend>(self, x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self.compute_dtype() {
+            None => x.matmul(w.transpose()),
+            Some(dtype) => x.cast(dtype).matmul(w.cast(dtype).transpose()),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(ConfigError::Unsupported(format!(
+                "unknown precision `{other}` (expected f32 or bf16)"
+            ))),
+        }
+    }
+}
