@@ -2,10 +2,11 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, attention_fallback};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, DType, Int, Tensor};
 
 use crate::cache::LayerCache;
 use crate::ffn::linear;
@@ -93,6 +94,8 @@ impl<B: Backend> Attention<B> {
             ..Default::default()
         };
         let out = match mask {
+            // Burn's attention runs its softmax in the input dtype; in bf16 ours keeps it in f32.
+            _ if precision.compute_dtype().is_some() => mixed_attention(q, k, v, mask),
             AttentionMask::Causal => attention(q, k, v, None, None, options(true)),
             AttentionMask::Full => attention(q, k, v, None, None, options(false)),
             AttentionMask::Explicit(m) => {
@@ -105,6 +108,37 @@ impl<B: Backend> Attention<B> {
     }
 }
 
+/// Scaled dot-product attention with the products in the inputs' dtype (bf16 on tensor cores)
+/// and the scaling, masking and softmax in f32, as flash kernels and autocast's SDPA do. Masked
+/// scores get a large finite negative value, so a fully hidden row (a left-pad query) stays finite.
+fn mixed_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: &AttentionMask<B>,
+) -> Tensor<B, 4> {
+    let [b, h, tq, hd] = q.dims();
+    let tk = k.dims()[2];
+    let dtype = v.dtype();
+    let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) / (hd as f64).sqrt();
+    let hidden = match mask {
+        AttentionMask::Full => None,
+        // Bottom-right aligned (query i sits at key position tk - tq + i), as Burn's reference.
+        AttentionMask::Causal => Some(
+            // `true` above the diagonal shifted by tk - tq: the future keys.
+            Tensor::<B, 2, Bool>::tril_mask([tq, tk], (tk - tq) as i64, &scores.device())
+                .unsqueeze::<4>()
+                .expand([b, h, tq, tk]),
+        ),
+        AttentionMask::Explicit(m) => Some(m.clone().expand([b, h, tq, tk])),
+    };
+    let scores = match hidden {
+        Some(m) => scores.mask_fill(m, -1e30),
+        None => scores,
+    };
+    softmax(scores, 3).cast(dtype).matmul(v)
+}
+
 /// Repeats each key/value head `n_rep` times so grouped-query attention can use the multi-head op.
 fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
     if n_rep == 1 {
@@ -114,4 +148,57 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
     x.unsqueeze_dim::<5>(2)
         .expand([b, hkv, n_rep, t, hd])
         .reshape([b, hkv * n_rep, t, hd])
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+    use burn::tensor::{Distribution, Tensor};
+
+    use super::*;
+
+    type B = NdArray<f32>;
+
+    /// In f32, the mixed path is Burn's reference attention: same causal alignment (also with
+    /// fewer queries than keys, as with a cache), same explicit masks.
+    #[test]
+    fn mixed_attention_in_f32_equals_burns_reference() {
+        let dev = Default::default();
+        let r =
+            |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &dev);
+        for (tq, tk) in [(5, 5), (2, 7), (1, 4)] {
+            let (q, k, v) = (r([2, 3, tq, 8]), r([2, 3, tk, 8]), r([2, 3, tk, 8]));
+            let opts = |is_causal| AttentionModuleOptions {
+                is_causal,
+                ..Default::default()
+            };
+            let causal = mixed_attention(q.clone(), k.clone(), v.clone(), &AttentionMask::Causal);
+            let want = attention_fallback(q.clone(), k.clone(), v.clone(), None, None, opts(true));
+            causal
+                .into_data()
+                .assert_approx_eq::<f32>(&want.into_data(), Default::default());
+            let full = mixed_attention(q.clone(), k.clone(), v.clone(), &AttentionMask::Full);
+            let want = attention_fallback(q.clone(), k.clone(), v.clone(), None, None, opts(false));
+            full.into_data()
+                .assert_approx_eq::<f32>(&want.into_data(), Default::default());
+            // Hide the first key of the second row only.
+            let m: Vec<bool> = (0..2 * tq * tk)
+                .map(|i| i >= tq * tk && i % tk == 0)
+                .collect();
+            let m = Tensor::<B, 4, Bool>::from_data(
+                burn::tensor::TensorData::new(m, [2, 1, tq, tk]),
+                &dev,
+            );
+            let got = mixed_attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                &AttentionMask::Explicit(m.clone()),
+            );
+            let want =
+                attention_fallback(q, k, v, Some(m.expand([2, 3, tq, tk])), None, opts(false));
+            got.into_data()
+                .assert_approx_eq::<f32>(&want.into_data(), Default::default());
+        }
+    }
 }
