@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, ensure};
 use burn::tensor::backend::AutodiffBackend;
 use llama_data::LlamaTokenizer;
-use llama_model::{Sampling, generate};
+use llama_model::{Precision, Sampling, generate};
 
 use crate::backend::BackendJob;
 use crate::checkpoint::load_checkpoint;
@@ -15,6 +15,7 @@ pub struct GenerateJob {
     pub tokenizer: PathBuf,
     pub prompts: Vec<String>,
     pub sampling: Sampling,
+    pub precision: Precision,
 }
 
 /// One prompt's continuation.
@@ -29,7 +30,9 @@ impl BackendJob for GenerateJob {
     type Output = Result<Vec<Generated>>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Vec<Generated>> {
         let tok = LlamaTokenizer::from_file(&self.tokenizer)?;
-        let model = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &device)?;
+        self.precision.check::<B>(&device)?;
+        let model = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &device)?
+            .with_precision(self.precision);
         ensure!(
             tok.vocab_size() <= model.config().vocab_size,
             "tokenizer {} has {} tokens but the model's vocabulary has {}",

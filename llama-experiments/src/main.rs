@@ -16,7 +16,7 @@ use llama_experiments::quickstart::{Quickstart, quickstart};
 use llama_experiments::score::{ScoreJob, read_ids};
 use llama_experiments::train::metrics::RunState;
 use llama_experiments::train::{RunConfig, TrainJob};
-use llama_model::{LlamaConfig, PRESETS, Sampling};
+use llama_model::{LlamaConfig, PRESETS, Precision, Sampling};
 
 #[derive(Parser)]
 #[command(
@@ -76,6 +76,9 @@ enum Command {
         top_p: Option<f64>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Compute precision: f32, or bf16 (cuda, tch, flex).
+        #[arg(long, default_value_t = Precision::F32)]
+        precision: Precision,
         #[arg(long)]
         json: bool,
     },
@@ -130,6 +133,9 @@ enum Command {
         /// No progress lines.
         #[arg(long)]
         quiet: bool,
+        /// Override `[train] precision`: f32, or bf16 (cuda, tch, flex).
+        #[arg(long)]
+        precision: Option<Precision>,
     },
     /// Benchmarks.
     Bench {
@@ -304,6 +310,7 @@ fn run(cli: Cli) -> Result<()> {
             top_k,
             top_p,
             seed,
+            precision,
             json,
         } => {
             let sampling = Sampling {
@@ -320,6 +327,7 @@ fn run(cli: Cli) -> Result<()> {
                 tokenizer,
                 prompts: prompt,
                 sampling,
+                precision,
             })??;
             if json {
                 println!("{}", serde_json::to_string_pretty(&outs)?);
@@ -334,8 +342,12 @@ fn run(cli: Cli) -> Result<()> {
             out,
             resume,
             quiet,
+            precision,
         } => {
-            let config = RunConfig::from_file(&config)?;
+            let mut config = RunConfig::from_file(&config)?;
+            if let Some(p) = precision {
+                config.train.precision = p;
+            }
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
             let device = chosen_device(&cli.device)?;
             let s = device.run(TrainJob {

@@ -57,6 +57,7 @@ pub fn run_config(dataset: &Path, steps: u64) -> RunConfig {
             keep_checkpoints: 1,
             diverge_grad_norm: Some(1e4),
             peak_flops: None,
+            precision: llama_model::Precision::F32,
         },
     }
 }
@@ -118,6 +119,7 @@ pub fn quickstart(device: DeviceSpec, q: &Quickstart) -> Result<QuickstartReport
         tokenizer: tok,
         prompts: vec!["The history of".into()],
         sampling,
+        precision: llama_model::Precision::F32,
     })??;
     let sample = out
         .into_iter()

@@ -87,6 +87,30 @@ fn asking_for_a_backend_that_is_not_compiled_in_names_the_feature() {
 }
 
 #[test]
+fn bf16_on_a_backend_without_bf16_arithmetic_is_one_clear_line() {
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../configs/train/tiny-sample.toml"
+    );
+    let out = std::env::temp_dir().join(format!("llama-bf16-refused-{}", std::process::id()));
+    let args = ["--device", "ndarray", "train", "--config", config, "--out"];
+    let mut argv = args.to_vec();
+    let out_s = out.to_string_lossy().into_owned();
+    argv.extend([out_s.as_str(), "--precision", "bf16"]);
+    let (code, _, err) = llama(&argv);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("bf16") && err.contains("not supported"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused run writes nothing");
+    let (code, _, err) = llama(&["train", "--config", config, "--precision", "fp8"]);
+    assert_eq!(code, 2, "clap rejects it: {err}");
+    assert!(err.contains("fp8"), "{err}");
+}
+
+#[test]
 fn check_runs_on_the_cpu() {
     let (code, out, err) = llama(&["check", "--devices", "ndarray", "--seq", "8", "--json"]);
     assert_eq!(code, 0, "{err}");

@@ -94,15 +94,21 @@ checkpoint_every = 2
     toml::from_str(&text).unwrap()
 }
 
-fn run(config: RunConfig, out: &Path, resume: bool, stop_after: Option<u64>) -> Status {
-    let job = TrainJob {
+fn job(config: RunConfig, out: &Path, resume: bool, stop_after: Option<u64>) -> TrainJob {
+    TrainJob {
         config,
         out: out.to_path_buf(),
         resume,
         quiet: true,
         stop_after,
-    };
-    job.run::<B>(Default::default()).unwrap().status
+    }
+}
+
+fn run(config: RunConfig, out: &Path, resume: bool, stop_after: Option<u64>) -> Status {
+    job(config, out, resume, stop_after)
+        .run::<B>(Default::default())
+        .unwrap()
+        .status
 }
 
 fn rows(out: &Path) -> Vec<MetricRow> {
@@ -177,14 +183,10 @@ fn a_run_stopped_anywhere_and_resumed_matches_the_uninterrupted_run_bit_for_bit(
         );
     }
     // A finished run is not started again by mistake.
-    let job = TrainJob {
-        config: config(&ds, 9),
-        out: whole.clone(),
-        resume: false,
-        quiet: true,
-        stop_after: None,
-    };
-    let err = job.run::<B>(Default::default()).unwrap_err().to_string();
+    let err = job(config(&ds, 9), &whole, false, None)
+        .run::<B>(Default::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("--resume"), "{err}");
 }
 
@@ -301,4 +303,84 @@ fn a_killed_process_resumes_to_the_same_curve() {
         );
     }
     assert_eq!(logits(&whole), logits(&killed));
+}
+
+#[test]
+fn bf16_is_refused_where_the_backend_cannot_compute_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(ds) = dataset(dir.path()) else {
+        return;
+    };
+    let mut cfg = config(&ds, 2);
+    cfg.train.precision = llama_model::Precision::Bf16;
+    let err = job(cfg, &dir.path().join("run"), false, None)
+        .run::<B>(Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bf16") && err.contains("not supported"),
+        "{err}"
+    );
+    assert!(!dir.path().join("run").exists(), "nothing written");
+}
+
+/// bf16 compute on Flex (CPU bf16 arithmetic): trains like f32, saves f32 weights, and resumes
+/// bit for bit like an f32 run.
+#[cfg(feature = "flex")]
+#[test]
+fn a_bf16_run_trains_like_f32_and_resumes_exactly() {
+    use burn::backend::Flex;
+    type BF = Autodiff<Flex>;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(ds) = dataset(dir.path()) else {
+        return;
+    };
+    let go = |precision, out: &Path, resume, stop_after| {
+        let mut config = config(&ds, 8);
+        config.train.precision = precision;
+        job(config, out, resume, stop_after)
+            .run::<BF>(Default::default())
+            .unwrap()
+            .status
+    };
+    let full = dir.path().join("f32");
+    let half = dir.path().join("bf16");
+    assert_eq!(
+        go(llama_model::Precision::F32, &full, false, None).state,
+        RunState::Finished
+    );
+    let s = go(llama_model::Precision::Bf16, &half, false, None);
+    assert_eq!(s.state, RunState::Finished);
+    assert!(s.message.contains("bf16") || Status::read(&half).is_ok());
+    let (a, b) = (rows(&full), rows(&half));
+    let loss = |r: &[MetricRow]| r.iter().filter_map(|r| r.train_loss).collect::<Vec<_>>();
+    let (la, lb) = (loss(&a), loss(&b));
+    assert!(
+        lb[7] < lb[0] - 0.5,
+        "bf16 loss fell from {} to {}",
+        lb[0],
+        lb[7]
+    );
+    for (x, y) in la.iter().zip(&lb) {
+        assert!((x - y).abs() < 0.02 * x, "f32 {la:?} vs bf16 {lb:?}");
+    }
+    assert_ne!(la, lb, "bf16 compute changed nothing");
+    // The saved weights are f32 masters.
+    let model = llama_model::load_native::<Flex>(&half.join("model"), &Default::default()).unwrap();
+    assert_eq!(
+        model.tok_embeddings.weight.val().dtype(),
+        burn::tensor::DType::F32
+    );
+    // Stopped after step 5 and resumed: the same curve, bit for bit.
+    let resumed = dir.path().join("bf16-resumed");
+    go(llama_model::Precision::Bf16, &resumed, false, Some(5));
+    go(llama_model::Precision::Bf16, &resumed, true, None);
+    let c = rows(&resumed);
+    assert_eq!(b.len(), c.len());
+    for (x, y) in b.iter().zip(&c) {
+        assert_eq!(
+            (x.step, x.train_loss, x.grad_norm, x.val_loss),
+            (y.step, y.train_loss, y.grad_norm, y.val_loss)
+        );
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use llama_model::LlamaConfig;
+use llama_model::{LlamaConfig, Precision};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +91,10 @@ pub struct TrainConfig {
     /// Peak FLOP/s of the device, for the MFU column (e.g. 989e12 for an H100's bf16 dense).
     #[serde(default)]
     pub peak_flops: Option<f64>,
+    /// `f32`, or `bf16`: matmuls in bf16 over f32 master weights and f32 AdamW state (refused on
+    /// backends without bf16 arithmetic: ndarray, wgpu).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn default_log_every() -> u64 {

@@ -109,6 +109,7 @@ fn checkpoint_dirs(out: &Path) -> Vec<(u64, PathBuf)> {
 fn train<B: AutodiffBackend>(job: &TrainJob, device: &B::Device) -> Result<TrainSummary> {
     let run = &job.config;
     let out = &job.out;
+    run.train.precision.check::<B>(device)?;
     let dataset = &run.data.dataset;
     let manifest = Manifest::load(dataset)?;
     let cfg = run.model_config(manifest.tokenizer.vocab_size)?;
@@ -150,12 +151,17 @@ fn train<B: AutodiffBackend>(job: &TrainJob, device: &B::Device) -> Result<Train
         }
         _ => LlamaOptimizer::new(&run.optim, &model),
     };
+    // The compute precision is a runtime choice, not part of the weights: set it after loading.
+    let mut model = model.with_precision(t.precision);
     let mut log = MetricsLog::open(out, job.resume.then_some(step))?;
     let mut status = Status {
         state: RunState::Running,
         step,
         steps: t.steps,
-        message: format!("training {} ({params} parameters)", run.name),
+        message: format!(
+            "training {} ({params} parameters, {} compute)",
+            run.name, t.precision
+        ),
         final_val_loss: None,
         best_val_loss: log.rows.iter().filter_map(|r| r.val_loss).reduce(f64::min),
         tokens_per_s: None,
@@ -163,6 +169,10 @@ fn train<B: AutodiffBackend>(job: &TrainJob, device: &B::Device) -> Result<Train
     };
     status.write(out)?;
 
+    // indicatif rather than burn-train's TUI: in burn-train 0.21 the TUI's render thread polls its
+    // channel with `try_recv` in a loop without blocking (renderer/tui/renderer.rs), which keeps a
+    // whole core busy — half of a 2-core laptop's training throughput — and quitting it panics
+    // the training thread instead of letting us checkpoint.
     let progress = (!job.quiet && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(t.steps).with_position(step);
         bar.set_style(
