@@ -6,6 +6,7 @@ pub mod batcher;
 pub mod check;
 pub mod checkpoint;
 pub mod data;
+pub mod eval;
 pub mod generate;
 pub mod params;
 pub mod plot;

@@ -10,6 +10,7 @@ use llama_experiments::ablate::{AblationSpec, ablate};
 use llama_experiments::backend::DeviceSpec;
 use llama_experiments::check::{CheckSpec, check};
 use llama_experiments::data::{TrainingText, bench_data, prepare_dataset, train_tokenizer_file};
+use llama_experiments::eval::EvalArgs;
 use llama_experiments::generate::GenerateJob;
 use llama_experiments::params::ParamsReport;
 use llama_experiments::quickstart::{Quickstart, quickstart};
@@ -142,6 +143,8 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Benchmarks scored the paper's way (multiple choice, MMLU, perplexity) for a checkpoint.
+    Eval(EvalArgs),
     /// Check that devices compute the same logits, cached decoding, loss and gradients as a reference.
     Check {
         #[command(flatten)]
@@ -407,6 +410,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{d}");
             }
         }
+        Command::Eval(args) => args.run(chosen_device(&cli.device)?)?,
         Command::Check {
             model,
             devices,

@@ -42,6 +42,20 @@ impl<B: Backend> LayerCache<B> {
         self.k.dims()[2]
     }
 
+    /// The cache of a one-row batch repeated `n` times (a shared prompt continued `n` ways, as when
+    /// scoring the choices of a multiple-choice question).
+    ///
+    /// # Panics
+    /// When the batch is not 1.
+    pub fn repeat_row(&self, n: usize) -> Self {
+        assert_eq!(self.k.dims()[0], 1, "repeat_row needs a one-row cache");
+        Self {
+            k: self.k.clone().repeat_dim(0, n),
+            v: self.v.clone().repeat_dim(0, n),
+            len: self.len,
+        }
+    }
+
     /// Appends `k, v: [batch, kv_heads, t, head_dim]` and returns all cached keys and values.
     ///
     /// # Panics

@@ -1,0 +1,19 @@
+//! `llama eval`: the paper's benchmarks for any checkpoint, scored the paper's way.
+//!
+//! - [`choice`]: multiple-choice tasks (BoolQ, PIQA, SIQA, HellaSwag, WinoGrande, ARC, OpenBookQA,
+//!   MMLU) and their normalisations;
+//! - [`loglik`]: batched log-likelihoods with shared contexts computed once;
+//! - [`perplexity`]: held-out shards and raw text files;
+//! - [`report`]: accuracies with standard errors, as JSON and a Markdown table.
+
+pub mod choice;
+pub mod cli;
+pub mod loglik;
+pub mod perplexity;
+pub mod records;
+pub mod report;
+pub mod run;
+
+pub use cli::EvalArgs;
+pub use report::{EvalReport, TaskResult};
+pub use run::{EvalJob, encode_pair};

@@ -1,0 +1,382 @@
+//! The `llama eval` job: resolve tasks, load the checkpoint once, score every task.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use llama_data::LlamaTokenizer;
+use llama_model::{Llama, Precision};
+use rand::SeedableRng;
+use rand::seq::index::sample;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::choice::{self, ANSWER_CONTEXT, ChoiceItem, ChoiceTask, Normalisation};
+use super::loglik::{Request, score};
+use super::perplexity;
+use super::records::read_jsonl;
+use super::report::{EvalReport, TaskResult, accuracy};
+use crate::backend::BackendJob;
+use crate::checkpoint::load_checkpoint;
+
+pub struct EvalJob {
+    pub checkpoint: PathBuf,
+    /// Default: `tokenizer.json` in the checkpoint or beside it (a training run's layout).
+    pub tokenizer: Option<PathBuf>,
+    pub tasks: Vec<String>,
+    /// The folder of benchmark files (`boolq_validation.jsonl`, `mmlu/`, ...).
+    pub evals: PathBuf,
+    /// Few-shot examples (default: 0, MMLU 5).
+    pub shots: Option<usize>,
+    /// At most this many items per task (MMLU: per subject), the first ones.
+    pub limit: Option<usize>,
+    pub batch_tokens: usize,
+    pub precision: Precision,
+    pub seed: u64,
+    pub quiet: bool,
+    /// Per-item results (JSONL) go here when given.
+    pub items: Option<PathBuf>,
+}
+
+/// One scored item, for `--items`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemResult {
+    pub task: String,
+    pub source: String,
+    /// `log P(continuation | context)` per choice.
+    pub logliks: Vec<f64>,
+    /// The normalised scores the prediction is the argmax of.
+    pub scores: Vec<f64>,
+    pub pred: usize,
+    pub gold: usize,
+}
+
+/// What a task name on the command line means.
+enum Task {
+    Choice(&'static ChoiceTask, PathBuf),
+    Mmlu(Vec<(String, PathBuf, PathBuf)>),
+    Perplexity(PathBuf),
+}
+
+fn resolve(name: &str, evals: &Path) -> Result<Task> {
+    if let Some(path) = name.strip_prefix("ppl:") {
+        let path = PathBuf::from(path);
+        ensure!(path.exists(), "ppl:{} does not exist", path.display());
+        return Ok(Task::Perplexity(path));
+    }
+    if name == "mmlu" {
+        let dir = evals.join("mmlu");
+        let mut subjects = Vec::new();
+        let entries = std::fs::read_dir(&dir).with_context(|| {
+            format!(
+                "MMLU needs {} (subject_validation.jsonl files)",
+                dir.display()
+            )
+        })?;
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            if let Some(subject) = file.strip_suffix("_validation.jsonl") {
+                let dev = dir.join(format!("{subject}_dev.jsonl"));
+                subjects.push((subject.to_string(), e.path(), dev));
+            }
+        }
+        ensure!(
+            !subjects.is_empty(),
+            "{} holds no *_validation.jsonl",
+            dir.display()
+        );
+        subjects.sort();
+        return Ok(Task::Mmlu(subjects));
+    }
+    let Some(task) = choice::find(name) else {
+        let known: Vec<&str> = choice::TASKS.iter().map(|t| t.name).collect();
+        bail!(
+            "unknown task `{name}` (known: {}, mmlu, ppl:PATH)",
+            known.join(", ")
+        );
+    };
+    let path = evals.join(task.file);
+    ensure!(path.is_file(), "task {name} needs {}", path.display());
+    Ok(Task::Choice(task, path))
+}
+
+fn tokenizer_path(job: &EvalJob) -> Result<PathBuf> {
+    if let Some(t) = &job.tokenizer {
+        return Ok(t.clone());
+    }
+    for dir in [Some(job.checkpoint.as_path()), job.checkpoint.parent()]
+        .into_iter()
+        .flatten()
+    {
+        let p = dir.join("tokenizer.json");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "no tokenizer.json in or beside {}; pass --tokenizer",
+        job.checkpoint.display()
+    )
+}
+
+impl BackendJob for EvalJob {
+    type Output = Result<EvalReport>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<EvalReport> {
+        self.precision.check::<B>(&device)?;
+        let tasks = self
+            .tasks
+            .iter()
+            .map(|t| resolve(t, &self.evals))
+            .collect::<Result<Vec<_>>>()?;
+        let tok = LlamaTokenizer::from_file(&tokenizer_path(&self)?)?;
+        let model = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &device)?
+            .with_precision(self.precision);
+        ensure!(
+            tok.vocab_size() <= model.config().vocab_size,
+            "the tokenizer has {} tokens but the model's vocabulary has {}",
+            tok.vocab_size(),
+            model.config().vocab_size
+        );
+        let mut report = EvalReport::new(&self.checkpoint, self.precision);
+        let mut items = Vec::new();
+        for (name, task) in self.tasks.iter().zip(tasks) {
+            match task {
+                Task::Choice(t, path) => {
+                    let mut all = choice::load(t, &path)?;
+                    let shots = self.shots.unwrap_or(0);
+                    let selected = take(&all, self.limit);
+                    let prompted = with_shots(&selected, &mut all, shots, self.seed)?;
+                    let (res, its) =
+                        self.choice_task(&model, &tok, name, &prompted, t.normalisation, shots)?;
+                    report.tasks.push(res);
+                    items.extend(its);
+                }
+                Task::Mmlu(subjects) => {
+                    let (res, its) = self.mmlu(&model, &tok, &subjects)?;
+                    report.tasks.push(res);
+                    items.extend(its);
+                }
+                Task::Perplexity(path) => {
+                    report.tasks.push(perplexity::evaluate(
+                        &model,
+                        &tok,
+                        &path,
+                        self.batch_tokens,
+                    )?);
+                }
+            }
+        }
+        if let Some(path) = &self.items {
+            let lines: Vec<String> = items
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<std::result::Result<_, _>>()?;
+            llama_data::manifest::write_atomic(path, (lines.join("\n") + "\n").as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(report)
+    }
+}
+
+/// The first `limit` items.
+fn take(items: &[ChoiceItem], limit: Option<usize>) -> Vec<ChoiceItem> {
+    items[..limit.unwrap_or(items.len()).min(items.len())].to_vec()
+}
+
+/// Each item with `shots` solved examples drawn (seeded) from the other items of its file.
+fn with_shots(
+    items: &[ChoiceItem],
+    pool: &mut [ChoiceItem],
+    shots: usize,
+    seed: u64,
+) -> Result<Vec<ChoiceItem>> {
+    if shots == 0 {
+        return Ok(items.to_vec());
+    }
+    ensure!(
+        pool.len() > shots,
+        "{shots}-shot needs more than {shots} items in the file, it has {}",
+        pool.len()
+    );
+    Ok(items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut prefix = String::new();
+            for j in sample(&mut rng, pool.len(), shots + 1).into_iter() {
+                if pool[j].source != item.source && prefix.matches("\n\n").count() < shots {
+                    prefix.push_str(&pool[j].solved());
+                    prefix.push_str("\n\n");
+                }
+            }
+            item.with_prefix(&prefix)
+        })
+        .collect())
+}
+
+/// lm-evaluation-harness's pair encoding: trailing spaces of the context move to the
+/// continuation; the continuation's tokens are those of `context + continuation` after the
+/// context's own tokens (BOS first), so the boundary is tokenised as running text is.
+pub fn encode_pair(tok: &LlamaTokenizer, context: &str, continuation: &str) -> Result<Request> {
+    let trimmed = context.trim_end_matches(' ');
+    let continuation = format!("{}{continuation}", &context[trimmed.len()..]);
+    let ctx = tok.encode(trimmed, true)?;
+    let whole = tok.encode(&format!("{trimmed}{continuation}"), true)?;
+    let cont = if whole.len() > ctx.len() && whole[..ctx.len()] == ctx[..] {
+        whole[ctx.len()..].to_vec()
+    } else {
+        tok.encode(&continuation, false)?
+    };
+    ensure!(
+        !cont.is_empty(),
+        "continuation {continuation:?} encodes to no tokens"
+    );
+    Ok(Request {
+        context: ctx,
+        continuation: cont,
+    })
+}
+
+impl EvalJob {
+    fn progress(&self, name: &str, total: usize) -> Option<indicatif::ProgressBar> {
+        (!self.quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:14} {bar:30} {pos}/{len} requests [{elapsed}<{eta}]",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(name.to_string());
+            bar
+        })
+    }
+
+    /// Scores every choice of every item; returns the task's accuracy and the items.
+    fn choice_task<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        tok: &LlamaTokenizer,
+        name: &str,
+        items: &[ChoiceItem],
+        norm: Normalisation,
+        shots: usize,
+    ) -> Result<(TaskResult, Vec<ItemResult>)> {
+        let mut requests = Vec::new();
+        for item in items {
+            for (c, x) in &item.choices {
+                requests.push(encode_pair(tok, c, x).with_context(|| item.source.clone())?);
+            }
+        }
+        let conditional = requests.len();
+        if norm == Normalisation::Unconditional {
+            for item in items {
+                for (_, x) in &item.choices {
+                    requests.push(encode_pair(tok, ANSWER_CONTEXT, x)?);
+                }
+            }
+        }
+        let bar = self.progress(name, requests.len());
+        let scores = score(model, &requests, self.batch_tokens, &mut |n| {
+            if let Some(b) = &bar {
+                b.inc(n as u64)
+            }
+        })?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut k = 0;
+        for item in items {
+            let n = item.choices.len();
+            let logliks: Vec<f64> = scores[k..k + n].iter().map(|s| s.loglik).collect();
+            let normalised: Vec<f64> = match norm {
+                Normalisation::None => logliks.clone(),
+                Normalisation::Chars => logliks
+                    .iter()
+                    .zip(&item.choices)
+                    .map(|(l, (_, x))| l / x.chars().count().max(1) as f64)
+                    .collect(),
+                Normalisation::Unconditional => logliks
+                    .iter()
+                    .zip(&scores[conditional + k..conditional + k + n])
+                    .map(|(l, u)| l - u.loglik)
+                    .collect(),
+            };
+            k += n;
+            out.push(ItemResult {
+                task: name.to_string(),
+                source: item.source.clone(),
+                pred: argmax(&normalised),
+                scores: normalised,
+                logliks,
+                gold: item.gold,
+            });
+        }
+        let correct: Vec<bool> = out.iter().map(|i| i.pred == i.gold).collect();
+        let mut res = accuracy(name, &correct, shots);
+        res.normalisation = Some(norm);
+        Ok((res, out))
+    }
+
+    /// MMLU: each subject with its description and the first `shots` (default 5) dev questions;
+    /// the headline is the mean over subjects, with per-subject results under it.
+    fn mmlu<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        tok: &LlamaTokenizer,
+        subjects: &[(String, PathBuf, PathBuf)],
+    ) -> Result<(TaskResult, Vec<ItemResult>)> {
+        let shots = self.shots.unwrap_or(5);
+        let mut parts = Vec::new();
+        let mut items_out = Vec::new();
+        for (subject, test, dev) in subjects {
+            let items = read_jsonl(test)?
+                .iter()
+                .map(choice::mmlu)
+                .collect::<Result<Vec<_>>>()?;
+            let mut prefix = choice::mmlu_description(subject);
+            if shots > 0 {
+                let dev_items = read_jsonl(dev)
+                    .with_context(|| format!("{shots}-shot MMLU needs the dev split"))?
+                    .iter()
+                    .map(choice::mmlu)
+                    .collect::<Result<Vec<_>>>()?;
+                ensure!(
+                    dev_items.len() >= shots,
+                    "{} has {} questions, fewer than {shots} shots",
+                    dev.display(),
+                    dev_items.len()
+                );
+                for d in &dev_items[..shots] {
+                    prefix.push_str(&d.solved());
+                    prefix.push_str("\n\n");
+                }
+            }
+            let items: Vec<ChoiceItem> = take(&items, self.limit)
+                .iter()
+                .map(|i| i.with_prefix(&prefix))
+                .collect();
+            let name = format!("mmlu/{subject}");
+            let (res, its) =
+                self.choice_task(model, tok, &name, &items, Normalisation::None, shots)?;
+            parts.push(res);
+            items_out.extend(its);
+        }
+        Ok((report::mean_of_subtasks("mmlu", parts, shots), items_out))
+    }
+}
+
+fn argmax(v: &[f64]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 { (i, x) } else { best }
+        })
+        .0
+}
+
+use super::report;
