@@ -157,12 +157,16 @@ fn bf16_training_follows_f32_and_keeps_f32_master_weights() {
     let toks = tokens::<AF>(4, 33, vocab, 17, &fdev());
     let (full, _) = fit(init.clone(), &toks, 30);
     let (half, model) = fit(init.with_precision(Precision::Bf16), &toks, 30);
-    let (f0, f1, h1) = (full[0], full[29], half[29]);
-    assert!(h1 < f0 - 1.0, "bf16 did not learn: {half:?}");
-    assert!(
-        (h1 - f1).abs() < 0.05 * f1.abs().max(1.0),
-        "bf16 {h1} vs f32 {f1} after 30 steps"
-    );
+    let f0 = full[0];
+    assert!(half[29] < f0 - 1.0, "bf16 did not learn: {half:?}");
+    // The two curves stay within 3 % of the starting loss of each other at every step (the
+    // initial weights are random per run: the bound holds for any draw, not one seed).
+    for (k, (f, h)) in full.iter().zip(&half).enumerate() {
+        assert!(
+            (h - f).abs() < 0.03 * f0,
+            "step {k}: bf16 {h} vs f32 {f}\n{full:?}\n{half:?}"
+        );
+    }
     // The updated weights are still f32 (AdamW applied f32 updates to f32 masters), and keep
     // moving in steps far below bf16's resolution of 1/256 relative.
     assert_eq!(

@@ -201,29 +201,38 @@ fn siqa(r: &Record) -> Result<ChoiceItem> {
     )
 }
 
-/// HellaSwag's WikiHow artefacts removed as lm-evaluation-harness does.
+/// HellaSwag's WikiHow artefacts removed as lm-evaluation-harness does (`[title]` → `. `, then
+/// every `[...]` up to the first `]` dropped, double spaces made single).
 fn hellaswag_clean(text: &str) -> String {
-    let text = text.trim().replace(" [title]", ". ");
-    let mut out = String::with_capacity(text.len());
-    let mut depth = 0usize;
-    for ch in text.chars() {
-        match ch {
-            '[' => depth += 1,
-            ']' if depth > 0 => depth -= 1,
-            _ if depth == 0 => out.push(ch),
-            _ => {}
+    let mut rest = text.trim().replace(" [title]", ". ");
+    let mut out = String::with_capacity(rest.len());
+    while let Some(open) = rest.find('[') {
+        match rest[open..].find(']') {
+            Some(close) => {
+                out.push_str(&rest[..open]);
+                rest = rest[open + close + 1..].to_string();
+            }
+            None => break,
         }
     }
+    out.push_str(&rest);
     out.replace("  ", " ")
 }
 
-fn hellaswag(r: &Record) -> Result<ChoiceItem> {
-    let ctx_b = r.str("ctx_b")?;
-    let mut chars = ctx_b.chars();
-    let ctx_b: String = match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect(),
+/// Python's `str.capitalize`: the first character upper-cased, the rest lower-cased.
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first
+            .to_uppercase()
+            .chain(chars.flat_map(char::to_lowercase))
+            .collect(),
         None => String::new(),
-    };
+    }
+}
+
+fn hellaswag(r: &Record) -> Result<ChoiceItem> {
+    let ctx_b = capitalize(r.str("ctx_b")?);
     let ctx = hellaswag_clean(&format!(
         "{}: {} {ctx_b}",
         r.str("activity_label")?,
@@ -362,6 +371,8 @@ mod tests {
         .unwrap();
         assert_eq!(h.choices[0].0, "Cooking: A man cuts. He");
         assert_eq!(h.choices[0].1, " stirs it.");
+        assert_eq!(hellaswag_clean("a [b] c [d"), "a c [d");
+        assert_eq!(capitalize("the USA"), "The usa");
         let a = arc(&rec(
             r#"{"question":"Q?","choices":{"text":["x","y"],"label":["A","B"]},"answerKey":"B"}"#,
         ))

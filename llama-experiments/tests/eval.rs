@@ -1,0 +1,257 @@
+//! `llama eval` against Hugging Face transformers: the fixture written by
+//! `scripts/make_eval_reference.py` (a random-weight `LlamaForCausalLM` over a 1,024-piece
+//! tokenizer, float64 log-likelihoods of every choice). Per-item log-likelihoods must agree within
+//! 1e-4, predictions and accuracies exactly, token ids exactly.
+
+#![cfg(feature = "ndarray")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, NdArray};
+use common::llama;
+use llama_data::LlamaTokenizer;
+use llama_experiments::backend::BackendJob;
+use llama_experiments::eval::choice::{self, ChoiceItem};
+use llama_experiments::eval::{EvalJob, EvalReport, encode_pair};
+use llama_model::Precision;
+use serde_json::Value;
+
+type B = Autodiff<NdArray>;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval")
+}
+
+const TASKS: [&str; 9] = [
+    "boolq",
+    "piqa",
+    "siqa",
+    "hellaswag",
+    "winogrande",
+    "arc-easy",
+    "arc-challenge",
+    "openbookqa",
+    "mmlu",
+];
+
+fn job(evals: &Path, tasks: &[&str], limit: Option<usize>, items: &Path) -> EvalJob {
+    EvalJob {
+        checkpoint: fixture().join("checkpoint"),
+        tokenizer: Some(fixture().join("tokenizer.json")),
+        tasks: tasks.iter().map(|t| t.to_string()).collect(),
+        evals: evals.to_path_buf(),
+        shots: None,
+        limit,
+        batch_tokens: 512,
+        precision: Precision::F32,
+        seed: 0,
+        quiet: true,
+        items: Some(items.to_path_buf()),
+    }
+}
+
+/// Our per-item results keyed by (task, line).
+fn our_items(path: &Path) -> HashMap<(String, usize), Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let source = v["source"].as_str().unwrap();
+            let line = source.rsplit(':').next().unwrap().parse().unwrap();
+            ((v["task"].as_str().unwrap().to_string(), line), v)
+        })
+        .collect()
+}
+
+/// Compares every reference item of `set` with ours; returns how many were compared.
+fn compare(set: &Value, ours: &HashMap<(String, usize), Value>, report: &EvalReport) -> usize {
+    let mut compared = 0;
+    for (task, t) in set.as_object().unwrap() {
+        for item in t["items"].as_array().unwrap() {
+            let line = item["line"].as_u64().unwrap() as usize;
+            let got = ours
+                .get(&(task.clone(), line))
+                .unwrap_or_else(|| panic!("{task}:{line} not scored"));
+            let want: Vec<f64> = serde_json::from_value(item["logliks"].clone()).unwrap();
+            let have: Vec<f64> = serde_json::from_value(got["logliks"].clone()).unwrap();
+            assert_eq!(want.len(), have.len(), "{task}:{line}");
+            for (w, h) in want.iter().zip(&have) {
+                assert!((w - h).abs() <= 1e-4, "{task}:{line}: {want:?} vs {have:?}");
+            }
+            assert_eq!(item["pred"], got["pred"], "{task}:{line}");
+            assert_eq!(item["gold"], got["gold"], "{task}:{line}");
+            compared += 1;
+        }
+        let acc = t["acc"].as_f64().unwrap();
+        let ours = report
+            .tasks
+            .iter()
+            .flat_map(|r| std::iter::once(r).chain(&r.subtasks))
+            .find(|r| r.task == *task)
+            .unwrap_or_else(|| panic!("no result for {task}"));
+        assert_eq!(ours.value, acc, "{task} accuracy");
+    }
+    compared
+}
+
+fn reference() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn hand_written_tasks_match_transformers_item_by_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let items = dir.path().join("items.jsonl");
+    let mini = fixture().join("mini");
+    let report = job(&mini, &TASKS, None, &items)
+        .run::<B>(Default::default())
+        .unwrap();
+    let reference = reference();
+    let set = &reference["sets"]["mini"];
+    let n = compare(set, &our_items(&items), &report);
+    assert_eq!(n, 3 * 8 + 5, "every hand-written item compared");
+
+    // The token ids of every request, as the `tokenizers` library split them for transformers.
+    let tok = LlamaTokenizer::from_file(&fixture().join("tokenizer.json")).unwrap();
+    for task in choice::TASKS {
+        let loaded: Vec<ChoiceItem> = choice::load(task, &mini.join(task.file)).unwrap();
+        for (item, want) in loaded
+            .iter()
+            .zip(set[task.name]["items"].as_array().unwrap())
+        {
+            for ((c, x), pair) in item
+                .choices
+                .iter()
+                .zip(want["requests"].as_array().unwrap())
+            {
+                let req = encode_pair(&tok, c, x).unwrap();
+                let ids = |v: &Value| -> Vec<u32> { serde_json::from_value(v.clone()).unwrap() };
+                assert_eq!(req.context, ids(&pair[0]), "{}", item.source);
+                assert_eq!(req.continuation, ids(&pair[1]), "{}", item.source);
+            }
+        }
+    }
+    // The report holds every task with item counts and standard errors.
+    let md = report.markdown();
+    for t in TASKS {
+        assert!(md.contains(&format!("| {t} |")), "{md}");
+    }
+    let mmlu = report.tasks.iter().find(|t| t.task == "mmlu").unwrap();
+    assert_eq!((mmlu.shots, mmlu.items, mmlu.subtasks.len()), (5, 5, 2));
+}
+
+#[test]
+fn public_benchmarks_match_transformers_item_by_item() {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/evals");
+    let reference = reference();
+    let Some(set) = reference["sets"].get("shared") else {
+        eprintln!("skipping: the fixture was written without --shared");
+        return;
+    };
+    if !shared.is_dir() {
+        eprintln!("skipping: {} is absent", shared.display());
+        return;
+    }
+    let tasks: Vec<&str> = TASKS
+        .iter()
+        .copied()
+        .filter(|t| *t == "mmlu" || set.get(*t).is_some())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let items = dir.path().join("items.jsonl");
+    // The script took two MMLU subjects: evaluate a copy of the MMLU folder holding just them.
+    let mmlu = dir.path().join("evals/mmlu");
+    std::fs::create_dir_all(&mmlu).unwrap();
+    for t in set.as_object().unwrap().keys() {
+        if let Some(subject) = t.strip_prefix("mmlu/") {
+            for split in ["dev", "validation"] {
+                let f = format!("{subject}_{split}.jsonl");
+                std::fs::copy(shared.join("mmlu").join(&f), mmlu.join(&f)).unwrap();
+            }
+        }
+    }
+    for t in &tasks {
+        if let Some(task) = choice::find(t) {
+            std::os::unix::fs::symlink(
+                shared.join(task.file),
+                dir.path().join("evals").join(task.file),
+            )
+            .unwrap();
+        }
+    }
+    let mut j = job(&dir.path().join("evals"), &tasks, Some(8), &items);
+    j.limit = Some(8);
+    let report = j.run::<B>(Default::default()).unwrap();
+    let n = compare(set, &our_items(&items), &report);
+    assert!(n >= 40, "only {n} public items compared");
+}
+
+#[test]
+fn bad_benchmark_files_are_one_line_errors_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let evals = dir.path();
+    let cases = [
+        (
+            "piqa_validation.jsonl",
+            r#"{"goal":"g","sol1":"a","label":0}"#,
+            "missing field `sol2`",
+        ),
+        (
+            "hellaswag_validation.jsonl",
+            r#"{"activity_label":"a","ctx_a":"b","ctx_b":"c","endings":[],"label":"0"}"#,
+            "empty choice list",
+        ),
+        (
+            "arc-easy_validation.jsonl",
+            r#"{"question":"q","choices":{"text":["x","y"],"label":["A","B"]},"answerKey":"C"}"#,
+            "answerKey `C`",
+        ),
+        ("boolq_validation.jsonl", "{not json", "not valid JSON"),
+        (
+            "winogrande_validation.jsonl",
+            r#"{"sentence":"a _ b","option1":"x","option2":"y","answer":"3"}"#,
+            "label 2 is out of range",
+        ),
+    ];
+    let checkpoint = fixture().join("checkpoint");
+    let tokenizer = fixture().join("tokenizer.json");
+    for (file, bad, want) in cases {
+        let good = std::fs::read_to_string(fixture().join("mini").join(file)).unwrap();
+        let path = evals.join(file);
+        std::fs::write(&path, format!("{good}{bad}\n")).unwrap();
+        let task = file.split('_').next().unwrap();
+        let (code, _, err) = llama(&[
+            "--device",
+            "ndarray",
+            "eval",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--tokenizer",
+            tokenizer.to_str().unwrap(),
+            "--evals",
+            evals.to_str().unwrap(),
+            "--tasks",
+            task,
+        ]);
+        assert_eq!(code, 1, "{file}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("{}:4", path.display())), "{err}");
+        assert!(err.contains(want), "{err}");
+    }
+    let (code, _, err) = llama(&[
+        "--device",
+        "ndarray",
+        "eval",
+        "--checkpoint",
+        "x",
+        "--tasks",
+        "lambada-typo",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown task `lambada-typo`"), "{err}");
+}
