@@ -15,12 +15,16 @@ request, then normalised by characters, by P(continuation | "Answer:") (BoolQ, O
 at all (WinoGrande partial scoring, MMLU letters). MMLU is 5-shot with each subject's first five dev
 questions; the other tasks are zero-shot.
 
+CrowS-Pairs (log-likelihood of each sentence after BOS) and WinoGender (`{sentence} '{Pronoun}'
+refers to` + ` the {occupation}` / ` the {participant}`) are scored the same way.
+
 Items: every item of the hand-written task files in `mini/` (committed, our own sentences) and,
 with --shared, the first 8 items of each public benchmark file there (only numbers are stored for
 those: the benchmark text stays in ../shared).
 """
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -180,6 +184,52 @@ def task_items(folder, limit):
     return tasks
 
 
+def sentence_loglik(scorer, text):
+    return scorer.loglik([scorer.bos], scorer.encode(text, False))
+
+
+def crows(scorer, folder, limit):
+    path = os.path.join(folder, "crows_pairs_anonymized.csv")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))[:limit]
+    items = []
+    for line, r in enumerate(rows, start=2):
+        more, less = sentence_loglik(scorer, r["sent_more"]), sentence_loglik(scorer, r["sent_less"])
+        items.append({"line": line, "category": r["bias_type"], "loglik_more": more, "loglik_less": less})
+    pct = sum(i["loglik_more"] > i["loglik_less"] for i in items) / len(items)
+    return {"pct_stereotype": pct, "items": items}
+
+
+PRONOUNS = {("NOM", "male"): "he", ("NOM", "female"): "she", ("NOM", "neutral"): "they",
+            ("POSS", "male"): "his", ("POSS", "female"): "her", ("POSS", "neutral"): "their",
+            ("ACC", "male"): "him", ("ACC", "female"): "her", ("ACC", "neutral"): "them"}
+
+
+def winogender(scorer, folder, limit):
+    sentences = os.path.join(folder, "winogender_all_sentences.tsv")
+    if not os.path.exists(sentences):
+        return None
+    forms = {}
+    with open(os.path.join(folder, "winogender_templates.tsv"), encoding="utf-8") as f:
+        for row in list(csv.reader(f, delimiter="\t"))[1:]:
+            form = next(k for k in ("NOM", "POSS", "ACC") if f"${k}_PRONOUN" in row[3])
+            forms[(row[0], row[2])] = form
+    items = []
+    with open(sentences, encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))[1:][:limit]
+    for line, (sid, sentence) in enumerate(rows, start=2):
+        occupation, participant, answer, gender, _ = sid.split(".")
+        p = PRONOUNS[(forms[(occupation, answer)], gender)]
+        ctx = f"{sentence.strip()} '{p[0].upper() + p[1:]}' refers to"
+        mention = lambda w: " someone" if w == "someone" else f" the {w}"
+        ll = [scorer.loglik(*scorer.pair(ctx, mention(w))) for w in (occupation, participant)]
+        items.append({"line": line, "gender": gender, "logliks": ll, "pred": int(ll[1] > ll[0]), "gold": int(answer)})
+    acc = sum(i["pred"] == i["gold"] for i in items) / len(items)
+    return {"acc": acc, "items": items}
+
+
 def build_model(vocab):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
@@ -212,7 +262,14 @@ def main():
             acc = sum(i["pred"] == i["gold"] for i in scored) / len(scored)
             res[name] = {"normalisation": norm, "shots": shots, "acc": acc, "items": scored}
             print(f"{set_name}/{name}: {len(scored)} items, acc {acc:.3f}")
+        bias = {}
+        for name, fn in (("crows-pairs", crows), ("winogender", winogender)):
+            r = fn(scorer, folder, limit)
+            if r is not None:
+                bias[name] = r
+                print(f"{set_name}/{name}: {len(r['items'])} items")
         out["sets"][set_name] = res
+        out.setdefault("bias", {})[set_name] = bias
     with open(os.path.join(HERE, "reference.json"), "w") as f:
         json.dump(out, f, indent=1)
     assert math.isfinite(sum(i["logliks"][0] for t in out["sets"]["mini"].values() for i in t["items"]))

@@ -50,6 +50,9 @@ fn job(evals: &Path, tasks: &[&str], limit: Option<usize>, items: &Path) -> Eval
         seed: 0,
         quiet: true,
         items: Some(items.to_path_buf()),
+        samples: 1,
+        temperature: 0.0,
+        python: "python3".into(),
     }
 }
 
@@ -254,4 +257,105 @@ fn bad_benchmark_files_are_one_line_errors_naming_file_and_line() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("unknown task `lambada-typo`"), "{err}");
+}
+
+/// Our items of one task keyed by line.
+fn by_line(path: &Path, task: &str) -> HashMap<usize, Value> {
+    our_items(path)
+        .into_iter()
+        .filter(|((t, _), _)| t == task)
+        .map(|((_, l), v)| (l, v))
+        .collect()
+}
+
+fn close(a: &Value, b: &Value, what: &str) {
+    let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+    assert!((a - b).abs() <= 1e-4, "{what}: {a} vs {b}");
+}
+
+#[test]
+fn bias_probes_match_transformers_item_by_item() {
+    let reference = reference();
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/evals");
+    let mut sets = vec![("mini", fixture().join("mini"), None)];
+    if shared.is_dir() && reference["bias"].get("shared").is_some() {
+        sets.push(("shared", shared, Some(8)));
+    }
+    for (set, evals, limit) in sets {
+        let dir = tempfile::tempdir().unwrap();
+        let items = dir.path().join("items.jsonl");
+        let report = job(&evals, &["crows-pairs", "winogender"], limit, &items)
+            .run::<B>(Default::default())
+            .unwrap();
+        let want = &reference["bias"][set];
+        let crows = by_line(&items, "crows-pairs");
+        for it in want["crows-pairs"]["items"].as_array().unwrap() {
+            let got = &crows[&(it["line"].as_u64().unwrap() as usize)];
+            close(&it["loglik_more"], &got["loglik_more"], "sent_more");
+            close(&it["loglik_less"], &got["loglik_less"], "sent_less");
+            assert_eq!(it["category"], got["category"]);
+        }
+        let wino = by_line(&items, "winogender");
+        for it in want["winogender"]["items"].as_array().unwrap() {
+            let got = &wino[&(it["line"].as_u64().unwrap() as usize)];
+            for k in 0..2 {
+                close(&it["logliks"][k], &got["logliks"][k], "winogender");
+            }
+            assert_eq!((&it["pred"], &it["gold"]), (&got["pred"], &got["gold"]));
+        }
+        let value = |t: &str| report.tasks.iter().find(|r| r.task == t).unwrap().value;
+        assert_eq!(
+            value("crows-pairs"),
+            want["crows-pairs"]["pct_stereotype"].as_f64().unwrap()
+        );
+        assert_eq!(
+            value("winogender"),
+            want["winogender"]["acc"].as_f64().unwrap()
+        );
+        let md = report.markdown();
+        assert!(
+            md.contains("crows-pairs by subject") || md.contains("crows-pairs/"),
+            "{md}"
+        );
+    }
+}
+
+#[test]
+fn generation_tasks_and_humaneval_run_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let items = dir.path().join("items.jsonl");
+    let mut j = job(
+        &fixture().join("mini"),
+        &["naturalquestions", "triviaqa", "gsm8k", "humaneval"],
+        None,
+        &items,
+    );
+    j.shots = Some(1);
+    let report = j.run::<B>(Default::default()).unwrap();
+    let got: Vec<(&str, &str, usize)> = report
+        .tasks
+        .iter()
+        .map(|t| (t.task.as_str(), t.metric.as_str(), t.items))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("naturalquestions", "exact_match", 3),
+            ("triviaqa", "exact_match", 2),
+            ("gsm8k", "acc", 3),
+            ("humaneval", "pass@1", 2)
+        ]
+    );
+    let he = by_line(&items, "humaneval");
+    for v in he.values() {
+        let samples = v["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 1);
+        // A random model's completion fails (or times out) in the sandbox; it never crashes the run.
+        assert_ne!(samples[0]["outcome"], "Passed");
+    }
+    assert!(
+        by_line(&items, "gsm8k")
+            .values()
+            .all(|v| v["generated"].is_string())
+    );
 }

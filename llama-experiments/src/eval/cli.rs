@@ -15,7 +15,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Comma-separated: boolq, piqa, siqa, hellaswag, winogrande, arc-easy, arc-challenge,
-    /// openbookqa, mmlu, ppl:PATH (a prepared dataset's validation split, or a text file).
+    /// openbookqa, mmlu, naturalquestions, triviaqa, gsm8k, humaneval, crows-pairs, winogender,
+    /// ppl:PATH (a prepared dataset's validation split, or a text file).
     #[arg(long, value_delimiter = ',', required = true)]
     pub tasks: Vec<String>,
     /// Few-shot examples per question (default 0; MMLU 5).
@@ -42,6 +43,15 @@ pub struct EvalArgs {
     /// Per-item results (JSONL: log-likelihoods, normalised scores, prediction, gold).
     #[arg(long)]
     pub items: Option<PathBuf>,
+    /// HumanEval samples per problem (the n of pass@k).
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// HumanEval sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// The Python interpreter that runs HumanEval's tests.
+    #[arg(long, default_value = "python3")]
+    pub python: PathBuf,
     /// Print the results as JSON instead of a Markdown table.
     #[arg(long)]
     pub json: bool,
@@ -68,6 +78,9 @@ impl EvalArgs {
             seed: self.seed,
             quiet: self.quiet,
             items: self.items,
+            samples: self.samples,
+            temperature: self.temperature,
+            python: self.python,
         })??;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -3,16 +3,26 @@
 //! - [`choice`]: multiple-choice tasks (BoolQ, PIQA, SIQA, HellaSwag, WinoGrande, ARC, OpenBookQA,
 //!   MMLU) and their normalisations;
 //! - [`loglik`]: batched log-likelihoods with shared contexts computed once;
+//! - [`generation`], [`decode`], [`answers`]: NaturalQuestions, TriviaQA (exact match), GSM8K
+//!   (final number);
+//! - [`humaneval`], [`sandbox`]: pass@k of completions run in a sandboxed subprocess;
+//! - [`bias`]: CrowS-Pairs and WinoGender;
 //! - [`perplexity`]: held-out shards and raw text files;
 //! - [`report`]: accuracies with standard errors, as JSON and a Markdown table.
 
+pub mod answers;
+pub mod bias;
 pub mod choice;
 pub mod cli;
+pub mod decode;
+pub mod generation;
+pub mod humaneval;
 pub mod loglik;
 pub mod perplexity;
 pub mod records;
 pub mod report;
 pub mod run;
+pub mod sandbox;
 
 pub use cli::EvalArgs;
 pub use report::{EvalReport, TaskResult};

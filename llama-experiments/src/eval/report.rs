@@ -101,7 +101,7 @@ impl EvalReport {
             self.checkpoint, self.precision
         );
         let row = |t: &TaskResult| {
-            let pct = t.metric == "acc";
+            let pct = matches!(t.metric.as_str(), "acc" | "exact_match" | "pct_stereotype");
             let f = |v: f64| {
                 if pct {
                     format!("{:.2}", 100.0 * v)

@@ -12,7 +12,11 @@ use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::bias;
 use super::choice::{self, ANSWER_CONTEXT, ChoiceItem, ChoiceTask, Normalisation};
+use super::decode;
+use super::generation::{self, GenTask};
+use super::humaneval;
 use super::loglik::{Request, score};
 use super::perplexity;
 use super::records::read_jsonl;
@@ -37,6 +41,11 @@ pub struct EvalJob {
     pub quiet: bool,
     /// Per-item results (JSONL) go here when given.
     pub items: Option<PathBuf>,
+    /// HumanEval: samples per problem (the n of pass@k) and their temperature (0: greedy).
+    pub samples: usize,
+    pub temperature: f64,
+    /// The Python that runs HumanEval's tests (in the sandbox).
+    pub python: PathBuf,
 }
 
 /// One scored item, for `--items`.
@@ -56,8 +65,16 @@ pub struct ItemResult {
 enum Task {
     Choice(&'static ChoiceTask, PathBuf),
     Mmlu(Vec<(String, PathBuf, PathBuf)>),
+    Generation(&'static GenTask, PathBuf),
+    CrowsPairs(PathBuf),
+    HumanEval(PathBuf),
+    WinoGender(PathBuf, PathBuf),
     Perplexity(PathBuf),
 }
+
+/// Files of the tasks that are not one JSONL file of the choice or generation kind.
+const CROWS_FILE: &str = "crows_pairs_anonymized.csv";
+const WINOGENDER_FILES: [&str; 2] = ["winogender_all_sentences.tsv", "winogender_templates.tsv"];
 
 fn resolve(name: &str, evals: &Path) -> Result<Task> {
     if let Some(path) = name.strip_prefix("ppl:") {
@@ -89,16 +106,36 @@ fn resolve(name: &str, evals: &Path) -> Result<Task> {
         subjects.sort();
         return Ok(Task::Mmlu(subjects));
     }
-    let Some(task) = choice::find(name) else {
-        let known: Vec<&str> = choice::TASKS.iter().map(|t| t.name).collect();
-        bail!(
-            "unknown task `{name}` (known: {}, mmlu, ppl:PATH)",
-            known.join(", ")
-        );
+    let need = |file: &str| -> Result<PathBuf> {
+        let path = evals.join(file);
+        ensure!(path.is_file(), "task {name} needs {}", path.display());
+        Ok(path)
     };
-    let path = evals.join(task.file);
-    ensure!(path.is_file(), "task {name} needs {}", path.display());
-    Ok(Task::Choice(task, path))
+    if let Some(task) = choice::find(name) {
+        return Ok(Task::Choice(task, need(task.file)?));
+    }
+    if let Some(task) = generation::find(name) {
+        return Ok(Task::Generation(task, need(task.file)?));
+    }
+    match name {
+        "crows-pairs" => Ok(Task::CrowsPairs(need(CROWS_FILE)?)),
+        "humaneval" => Ok(Task::HumanEval(need(humaneval::FILE)?)),
+        "winogender" => Ok(Task::WinoGender(
+            need(WINOGENDER_FILES[0])?,
+            need(WINOGENDER_FILES[1])?,
+        )),
+        _ => {
+            let known: Vec<&str> = choice::TASKS
+                .iter()
+                .map(|t| t.name)
+                .chain(generation::TASKS.iter().map(|t| t.name))
+                .collect();
+            bail!(
+                "unknown task `{name}` (known: {}, mmlu, humaneval, crows-pairs, winogender, ppl:PATH)",
+                known.join(", ")
+            )
+        }
+    }
 }
 
 fn tokenizer_path(job: &EvalJob) -> Result<PathBuf> {
@@ -139,23 +176,81 @@ impl BackendJob for EvalJob {
             model.config().vocab_size
         );
         let mut report = EvalReport::new(&self.checkpoint, self.precision);
-        let mut items = Vec::new();
+        let mut items_out: Vec<serde_json::Value> = Vec::new();
         for (name, task) in self.tasks.iter().zip(tasks) {
             match task {
                 Task::Choice(t, path) => {
-                    let mut all = choice::load(t, &path)?;
+                    let all = choice::load(t, &path)?;
                     let shots = self.shots.unwrap_or(0);
                     let selected = take(&all, self.limit);
-                    let prompted = with_shots(&selected, &mut all, shots, self.seed)?;
+                    let prompted = with_shots(&selected, &all, shots, self.seed)?;
                     let (res, its) =
                         self.choice_task(&model, &tok, name, &prompted, t.normalisation, shots)?;
                     report.tasks.push(res);
-                    items.extend(its);
+                    items_out.extend(
+                        its.iter()
+                            .map(|i| serde_json::to_value(i).expect("plain data")),
+                    );
                 }
                 Task::Mmlu(subjects) => {
                     let (res, its) = self.mmlu(&model, &tok, &subjects)?;
                     report.tasks.push(res);
-                    items.extend(its);
+                    items_out.extend(
+                        its.iter()
+                            .map(|i| serde_json::to_value(i).expect("plain data")),
+                    );
+                }
+                Task::Generation(t, path) => {
+                    let pool = generation::load(t, &path)?;
+                    let items = &pool[..self.limit.unwrap_or(pool.len()).min(pool.len())];
+                    let shots = self.shots.unwrap_or(t.default_shots);
+                    let bar = self.progress(name, items.len());
+                    let (res, its) = decode::run_generation(
+                        &model,
+                        &tok,
+                        t,
+                        items,
+                        &pool,
+                        shots,
+                        self.seed,
+                        &mut |n| {
+                            if let Some(b) = &bar {
+                                b.inc(n as u64)
+                            }
+                        },
+                    )?;
+                    report.tasks.push(res);
+                    items_out.extend(its);
+                }
+                Task::HumanEval(path) => {
+                    let all = humaneval::load(&path)?;
+                    let problems = &all[..self.limit.unwrap_or(all.len()).min(all.len())];
+                    let opts = humaneval::HumanEvalOptions {
+                        samples: self.samples,
+                        temperature: self.temperature,
+                        max_new_tokens: 384.min(model.config().max_seq_len / 2),
+                        seed: self.seed,
+                        python: self.python.clone(),
+                        limits: Default::default(),
+                    };
+                    let bar = self.progress(name, problems.len());
+                    let (res, its) = humaneval::run(&model, &tok, problems, &opts, &mut |n| {
+                        if let Some(b) = &bar {
+                            b.inc(n as u64)
+                        }
+                    })?;
+                    report.tasks.push(res);
+                    items_out.extend(its);
+                }
+                Task::CrowsPairs(path) => {
+                    let (res, its) = self.crows_pairs(&model, &tok, &path)?;
+                    report.tasks.push(res);
+                    items_out.extend(its);
+                }
+                Task::WinoGender(sentences, templates) => {
+                    let (res, its) = self.winogender(&model, &tok, &sentences, &templates)?;
+                    report.tasks.push(res);
+                    items_out.extend(its);
                 }
                 Task::Perplexity(path) => {
                     report.tasks.push(perplexity::evaluate(
@@ -168,7 +263,7 @@ impl BackendJob for EvalJob {
             }
         }
         if let Some(path) = &self.items {
-            let lines: Vec<String> = items
+            let lines: Vec<String> = items_out
                 .iter()
                 .map(serde_json::to_string)
                 .collect::<std::result::Result<_, _>>()?;
@@ -184,37 +279,56 @@ fn take(items: &[ChoiceItem], limit: Option<usize>) -> Vec<ChoiceItem> {
     items[..limit.unwrap_or(items.len()).min(items.len())].to_vec()
 }
 
-/// Each item with `shots` solved examples drawn (seeded) from the other items of its file.
+/// `shots` distinct indices into a pool of `pool` items, drawn with a seed per item, never the
+/// item itself.
+pub(crate) fn shot_indices(
+    pool: usize,
+    is_self: impl Fn(usize) -> bool,
+    shots: usize,
+    seed: u64,
+    item: usize,
+) -> Result<Vec<usize>> {
+    ensure!(
+        pool > shots,
+        "{shots}-shot needs more than {shots} items in the file, it has {pool}"
+    );
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed ^ (item as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    Ok(sample(&mut rng, pool, shots + 1)
+        .into_iter()
+        .filter(|&j| !is_self(j))
+        .take(shots)
+        .collect())
+}
+
+/// Each item with `shots` solved examples from the other items of its file.
 fn with_shots(
     items: &[ChoiceItem],
-    pool: &mut [ChoiceItem],
+    pool: &[ChoiceItem],
     shots: usize,
     seed: u64,
 ) -> Result<Vec<ChoiceItem>> {
     if shots == 0 {
         return Ok(items.to_vec());
     }
-    ensure!(
-        pool.len() > shots,
-        "{shots}-shot needs more than {shots} items in the file, it has {}",
-        pool.len()
-    );
-    Ok(items
+    items
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let mut rng =
-                ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let mut prefix = String::new();
-            for j in sample(&mut rng, pool.len(), shots + 1).into_iter() {
-                if pool[j].source != item.source && prefix.matches("\n\n").count() < shots {
-                    prefix.push_str(&pool[j].solved());
-                    prefix.push_str("\n\n");
-                }
-            }
-            item.with_prefix(&prefix)
+            let picks = shot_indices(
+                pool.len(),
+                |j| pool[j].source == item.source,
+                shots,
+                seed,
+                i,
+            )?;
+            let prefix: String = picks
+                .iter()
+                .map(|&j| format!("{}\n\n", pool[j].solved()))
+                .collect();
+            Ok(item.with_prefix(&prefix))
         })
-        .collect())
+        .collect()
 }
 
 /// lm-evaluation-harness's pair encoding: trailing spaces of the context move to the
@@ -367,6 +481,97 @@ impl EvalJob {
             items_out.extend(its);
         }
         Ok((report::mean_of_subtasks("mmlu", parts, shots), items_out))
+    }
+}
+
+impl EvalJob {
+    /// CrowS-Pairs: the share of pairs whose more stereotypical sentence is more likely.
+    fn crows_pairs<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        tok: &LlamaTokenizer,
+        path: &Path,
+    ) -> Result<(TaskResult, Vec<serde_json::Value>)> {
+        let all = bias::load_crows(path)?;
+        let pairs = &all[..self.limit.unwrap_or(all.len()).min(all.len())];
+        let mut requests = Vec::with_capacity(2 * pairs.len());
+        for p in pairs {
+            requests.push(bias::sentence_request(tok, &p.more).with_context(|| p.source.clone())?);
+            requests.push(bias::sentence_request(tok, &p.less).with_context(|| p.source.clone())?);
+        }
+        let scores = self.score_all(model, "crows-pairs", &requests)?;
+        let lls: Vec<(f64, f64)> = scores.chunks(2).map(|c| (c[0], c[1])).collect();
+        let (overall, by) = bias::crows_summary(pairs, &lls);
+        let stereo: Vec<bool> = lls.iter().map(|(m, l)| m > l).collect();
+        let mut res = accuracy("crows-pairs", &stereo, 0);
+        res.metric = "pct_stereotype".into();
+        res.value = overall;
+        for (cat, (v, n)) in by {
+            let mut sub = TaskResult::new(&format!("crows-pairs/{cat}"), "pct_stereotype", v, n);
+            sub.stderr = (n > 1).then(|| (v * (1.0 - v) / (n - 1) as f64).sqrt());
+            res.subtasks.push(sub);
+        }
+        let items = pairs
+            .iter()
+            .zip(&lls)
+            .map(|(p, (m, l))| {
+                serde_json::json!({"task": "crows-pairs", "source": p.source,
+                "category": p.category, "loglik_more": m, "loglik_less": l})
+            })
+            .collect();
+        Ok((res, items))
+    }
+
+    /// WinoGender: pronoun resolution accuracy, overall and by the pronoun's gender.
+    fn winogender<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        tok: &LlamaTokenizer,
+        sentences: &Path,
+        templates: &Path,
+    ) -> Result<(TaskResult, Vec<serde_json::Value>)> {
+        let all = bias::load_winogender(sentences, templates)?;
+        let items = &all[..self.limit.unwrap_or(all.len()).min(all.len())];
+        let mut requests = Vec::with_capacity(2 * items.len());
+        for it in items {
+            requests.extend(it.requests(tok).with_context(|| it.source.clone())?);
+        }
+        let scores = self.score_all(model, "winogender", &requests)?;
+        let mut out = Vec::with_capacity(items.len());
+        let mut by: std::collections::BTreeMap<String, Vec<bool>> = Default::default();
+        let mut all_correct = Vec::with_capacity(items.len());
+        for (it, s) in items.iter().zip(scores.chunks(2)) {
+            let v = it.result([s[0], s[1]]);
+            let ok = v["pred"] == v["gold"];
+            by.entry(it.gender.clone()).or_default().push(ok);
+            all_correct.push(ok);
+            out.push(v);
+        }
+        let mut res = accuracy("winogender", &all_correct, 0);
+        for (gender, c) in by {
+            res.subtasks
+                .push(accuracy(&format!("winogender/{gender}"), &c, 0));
+        }
+        Ok((res, out))
+    }
+
+    /// Log-likelihoods of `requests`, with a progress bar.
+    fn score_all<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        name: &str,
+        requests: &[Request],
+    ) -> Result<Vec<f64>> {
+        let bar = self.progress(name, requests.len());
+        let scores = score(model, requests, self.batch_tokens, &mut |n| {
+            if let Some(b) = &bar {
+                b.inc(n as u64)
+            }
+        })?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        Ok(scores.into_iter().map(|s| s.loglik).collect())
     }
 }
 
