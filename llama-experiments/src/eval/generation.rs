@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 
 use super::answers::{exact_match, gsm8k_correct};
-use super::records::{Record, read_jsonl};
+use super::records::{Record, read};
 
 /// One question to answer by generation.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +31,8 @@ pub enum GenKind {
 pub struct GenTask {
     pub name: &'static str,
     pub file: &'static str,
+    /// The split as a `save_to_disk` folder (see `ChoiceTask::hf`).
+    pub hf: &'static str,
     pub kind: GenKind,
     pub max_new_tokens: usize,
     pub default_shots: usize,
@@ -41,6 +43,7 @@ pub const TASKS: &[GenTask] = &[
     GenTask {
         name: "naturalquestions",
         file: "nq_open_validation.jsonl",
+        hf: "nq_open/none/validation",
         kind: GenKind::ExactMatch,
         max_new_tokens: 24,
         default_shots: 0,
@@ -49,6 +52,7 @@ pub const TASKS: &[GenTask] = &[
     GenTask {
         name: "triviaqa",
         file: "trivia_qa_validation.jsonl",
+        hf: "trivia_qa/rc.wikipedia.nocontext/validation",
         kind: GenKind::ExactMatch,
         max_new_tokens: 24,
         default_shots: 0,
@@ -57,6 +61,7 @@ pub const TASKS: &[GenTask] = &[
     GenTask {
         name: "gsm8k",
         file: "gsm8k_test.jsonl",
+        hf: "gsm8k/main/test",
         kind: GenKind::FinalNumber,
         max_new_tokens: 256,
         default_shots: 8,
@@ -69,7 +74,7 @@ pub fn find(name: &str) -> Option<&'static GenTask> {
 }
 
 pub fn load(task: &GenTask, path: &Path) -> Result<Vec<GenItem>> {
-    read_jsonl(path)?.iter().map(task.parse).collect()
+    read(path)?.iter().map(task.parse).collect()
 }
 
 fn nonempty(r: &Record, answers: Vec<String>) -> Result<Vec<String>> {

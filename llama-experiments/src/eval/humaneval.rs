@@ -11,7 +11,7 @@ use llama_model::{Llama, Sampling, generate};
 use serde_json::json;
 
 use super::answers::pass_at_k;
-use super::records::read_jsonl;
+use super::records::read;
 use super::report::TaskResult;
 use super::sandbox::{Limits, Outcome, run_python};
 
@@ -30,7 +30,7 @@ pub struct Problem {
 }
 
 pub fn load(path: &Path) -> Result<Vec<Problem>> {
-    read_jsonl(path)?
+    read(path)?
         .iter()
         .map(|r| {
             Ok(Problem {
@@ -170,7 +170,7 @@ mod tests {
         let shared =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/evals/humaneval.jsonl");
         if shared.is_file() {
-            let records = read_jsonl(&shared).unwrap();
+            let records = read(&shared).unwrap();
             for (r, p) in records.iter().zip(load(&shared).unwrap()).take(10) {
                 let sol = r.str("canonical_solution").unwrap();
                 assert_eq!(

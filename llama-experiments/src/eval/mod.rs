@@ -8,9 +8,11 @@
 //! - [`humaneval`], [`sandbox`]: pass@k of completions run in a sandboxed subprocess;
 //! - [`bias`]: CrowS-Pairs and WinoGender;
 //! - [`perplexity`]: held-out shards and raw text files;
+//! - [`records`], [`arrow`]: JSONL lines and Hugging Face `save_to_disk` rows as records;
 //! - [`report`]: accuracies with standard errors, as JSON and a Markdown table.
 
 pub mod answers;
+pub mod arrow;
 pub mod bias;
 pub mod choice;
 pub mod cli;

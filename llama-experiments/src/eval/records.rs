@@ -23,6 +23,15 @@ pub fn parse_line(line: &str, file: &str, number: usize) -> Result<Record> {
     }
 }
 
+/// The records of a JSONL file, or of a Hugging Face `save_to_disk` folder / `.arrow` stream.
+pub fn read(path: &Path) -> Result<Vec<Record>> {
+    if path.is_dir() || path.extension().is_some_and(|e| e == "arrow") {
+        super::arrow::read_dataset(path)
+    } else {
+        read_jsonl(path)
+    }
+}
+
 /// Every non-empty line of a JSONL file.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
     let text =

@@ -19,7 +19,7 @@ use super::generation::{self, GenTask};
 use super::humaneval;
 use super::loglik::{Request, score};
 use super::perplexity;
-use super::records::read_jsonl;
+use super::records::read;
 use super::report::{EvalReport, TaskResult, accuracy};
 use crate::backend::BackendJob;
 use crate::checkpoint::load_checkpoint;
@@ -83,39 +83,33 @@ fn resolve(name: &str, evals: &Path) -> Result<Task> {
         return Ok(Task::Perplexity(path));
     }
     if name == "mmlu" {
-        let dir = evals.join("mmlu");
-        let mut subjects = Vec::new();
-        let entries = std::fs::read_dir(&dir).with_context(|| {
-            format!(
-                "MMLU needs {} (subject_validation.jsonl files)",
-                dir.display()
-            )
-        })?;
-        for e in entries.flatten() {
-            let file = e.file_name().to_string_lossy().into_owned();
-            if let Some(subject) = file.strip_suffix("_validation.jsonl") {
-                let dev = dir.join(format!("{subject}_dev.jsonl"));
-                subjects.push((subject.to_string(), e.path(), dev));
-            }
-        }
-        ensure!(
-            !subjects.is_empty(),
-            "{} holds no *_validation.jsonl",
-            dir.display()
-        );
-        subjects.sort();
-        return Ok(Task::Mmlu(subjects));
+        return Ok(Task::Mmlu(mmlu_subjects(evals)?));
     }
     let need = |file: &str| -> Result<PathBuf> {
         let path = evals.join(file);
         ensure!(path.is_file(), "task {name} needs {}", path.display());
         Ok(path)
     };
+    // The JSONL file, else the Hugging Face `save_to_disk` folder.
+    let either = |file: &str, hf: &str| -> Result<PathBuf> {
+        let (jsonl, arrow) = (evals.join(file), evals.join(hf));
+        if jsonl.is_file() {
+            Ok(jsonl)
+        } else if arrow.is_dir() {
+            Ok(arrow)
+        } else {
+            bail!(
+                "task {name} needs {} or a save_to_disk folder {}",
+                jsonl.display(),
+                arrow.display()
+            )
+        }
+    };
     if let Some(task) = choice::find(name) {
-        return Ok(Task::Choice(task, need(task.file)?));
+        return Ok(Task::Choice(task, either(task.file, task.hf)?));
     }
     if let Some(task) = generation::find(name) {
-        return Ok(Task::Generation(task, need(task.file)?));
+        return Ok(Task::Generation(task, either(task.file, task.hf)?));
     }
     match name {
         "crows-pairs" => Ok(Task::CrowsPairs(need(CROWS_FILE)?)),
@@ -136,6 +130,39 @@ fn resolve(name: &str, evals: &Path) -> Result<Task> {
             )
         }
     }
+}
+
+/// MMLU's subjects as (name, test split, dev split): `mmlu/<subject>_{validation,dev}.jsonl`, else
+/// the `save_to_disk` folders `hails/mmlu_no_train/<subject>/{validation,dev}`.
+fn mmlu_subjects(evals: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>> {
+    let jsonl = evals.join("mmlu");
+    let arrow = evals.join("hails/mmlu_no_train");
+    let mut subjects = Vec::new();
+    if jsonl.is_dir() {
+        for e in std::fs::read_dir(&jsonl)?.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            if let Some(subject) = file.strip_suffix("_validation.jsonl") {
+                let dev = jsonl.join(format!("{subject}_dev.jsonl"));
+                subjects.push((subject.to_string(), e.path(), dev));
+            }
+        }
+    } else if arrow.is_dir() {
+        for e in std::fs::read_dir(&arrow)?.flatten() {
+            let dir = e.path();
+            if dir.join("validation").is_dir() {
+                let subject = e.file_name().to_string_lossy().into_owned();
+                subjects.push((subject, dir.join("validation"), dir.join("dev")));
+            }
+        }
+    }
+    ensure!(
+        !subjects.is_empty(),
+        "MMLU needs {}/<subject>_validation.jsonl files or save_to_disk folders under {}",
+        jsonl.display(),
+        arrow.display()
+    );
+    subjects.sort();
+    Ok(subjects)
 }
 
 fn tokenizer_path(job: &EvalJob) -> Result<PathBuf> {
@@ -448,13 +475,13 @@ impl EvalJob {
         let mut parts = Vec::new();
         let mut items_out = Vec::new();
         for (subject, test, dev) in subjects {
-            let items = read_jsonl(test)?
+            let items = read(test)?
                 .iter()
                 .map(choice::mmlu)
                 .collect::<Result<Vec<_>>>()?;
             let mut prefix = choice::mmlu_description(subject);
             if shots > 0 {
-                let dev_items = read_jsonl(dev)
+                let dev_items = read(dev)
                     .with_context(|| format!("{shots}-shot MMLU needs the dev split"))?
                     .iter()
                     .map(choice::mmlu)
