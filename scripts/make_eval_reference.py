@@ -230,6 +230,23 @@ def winogender(scorer, folder, limit):
     return {"acc": acc, "items": items}
 
 
+def perplexity_text(scorer, path):
+    """Mean next-token NLL of a text file tokenised whole (BOS first), in one window."""
+    text = open(path, encoding="utf-8").read()
+    ids = scorer.encode(text, True)
+    nll = -scorer.loglik(ids[:1], ids[1:]) / (len(ids) - 1)
+    return {"tokens": len(ids) - 1, "nll_mean": nll, "perplexity": math.exp(nll)}
+
+
+@torch.no_grad()
+def greedy(scorer, prompt, n):
+    """Token ids greedy decoding adds after `prompt` (BOS first), with transformers' generate."""
+    ids = torch.tensor([scorer.encode(prompt, True)])
+    out = scorer.model.generate(input_ids=ids, max_new_tokens=n, do_sample=False, eos_token_id=None,
+                                pad_token_id=0)
+    return out[0, ids.shape[1]:].tolist()
+
+
 def build_model(vocab):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
@@ -286,6 +303,9 @@ def main():
                 print(f"{set_name}/{name}: {len(r['items'])} items")
         out["sets"][set_name] = res
         out.setdefault("bias", {})[set_name] = bias
+    out["perplexity"] = perplexity_text(scorer, os.path.join(HERE, "mini", "ppl.txt"))
+    prompts = ["Answer these questions:\nQ: " + r["question"] + "\nA:" for _, r in read_jsonl(os.path.join(HERE, "mini", "nq_open_validation.jsonl"))]
+    out["greedy"] = [{"prompt": p, "ids": greedy(scorer, p, 12)} for p in prompts]
     with open(os.path.join(HERE, "reference.json"), "w") as f:
         json.dump(out, f, indent=1)
     assert math.isfinite(sum(i["logliks"][0] for t in out["sets"]["mini"].values() for i in t["items"]))

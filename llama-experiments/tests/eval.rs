@@ -397,3 +397,40 @@ fn save_to_disk_arrow_splits_score_like_their_jsonl() {
         .to_string();
     assert!(err.contains("no `_data_files` list"), "{err}");
 }
+
+#[test]
+fn text_perplexity_and_greedy_decoding_match_transformers() {
+    let reference = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let text = fixture().join("mini/ppl.txt");
+    let task = format!("ppl:{}", text.display());
+    let report = job(
+        &fixture().join("mini"),
+        &[task.as_str()],
+        None,
+        &dir.path().join("i"),
+    )
+    .run::<B>(Default::default())
+    .unwrap();
+    let ppl = &report.tasks[0];
+    let want = &reference["perplexity"];
+    assert_eq!(ppl.details["tokens"], want["tokens"].as_f64().unwrap());
+    let (ours, theirs) = (ppl.details["nll_mean"], want["nll_mean"].as_f64().unwrap());
+    assert!((ours - theirs).abs() < 1e-5, "nll {ours} vs {theirs}");
+    assert!(ppl.details["bits_per_byte"] > 0.0);
+
+    // Greedy decoding (the generation tasks' decoder) picks transformers' tokens.
+    let tok = LlamaTokenizer::from_file(&fixture().join("tokenizer.json")).unwrap();
+    let model = llama_model::load_hf::<NdArray>(&fixture().join("checkpoint"), &Default::default())
+        .unwrap();
+    let greedy = llama_model::Sampling {
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    for case in reference["greedy"].as_array().unwrap() {
+        let ids = tok.encode(case["prompt"].as_str().unwrap(), true).unwrap();
+        let got = llama_model::generate(&model, &[ids], &greedy).unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(got[0], want, "{}", case["prompt"]);
+    }
+}
