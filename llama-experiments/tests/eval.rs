@@ -434,3 +434,62 @@ fn text_perplexity_and_greedy_decoding_match_transformers() {
         assert_eq!(got[0], want, "{}", case["prompt"]);
     }
 }
+
+#[test]
+fn shard_perplexity_averages_every_validation_window() {
+    use burn::tensor::{Int, Tensor, TensorData};
+    let Ok(text) = std::fs::read_to_string("/usr/share/common-licenses/GPL-3") else {
+        eprintln!("skipping: no /usr/share/common-licenses/GPL-3");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    for (i, chunk) in text.split("\n\n").enumerate() {
+        std::fs::write(raw.join(format!("{i:04}.txt")), chunk).unwrap();
+    }
+    let recipe = llama_data::recipe::Recipe::from_toml(&format!(
+        "name='gpl'\nvalidation_fraction=0.5\n[[source]]\nname='gpl'\nweight=1\npaths=['{}']\nreader={{format='text'}}\n",
+        raw.display()
+    ))
+    .unwrap();
+    let ds = dir.path().join("ds");
+    let opts = llama_data::PrepareOptions {
+        overwrite: false,
+        quiet: true,
+    };
+    llama_data::prepare(&recipe, &fixture().join("tokenizer.json"), &ds, &opts).unwrap();
+    let task = format!("ppl:{}", ds.display());
+    let report = job(
+        &fixture().join("mini"),
+        &[task.as_str()],
+        None,
+        &dir.path().join("i"),
+    )
+    .run::<B>(Default::default())
+    .unwrap();
+    let got = &report.tasks[0];
+
+    // Independently: the model's own mean loss on each validation window, averaged.
+    let model = llama_model::load_hf::<NdArray>(&fixture().join("checkpoint"), &Default::default())
+        .unwrap();
+    let seq = model.config().max_seq_len;
+    let windows = llama_data::dataset::PackedDataset::validation(&ds, seq).unwrap();
+    assert!(windows.len() >= 1, "the test needs a validation window");
+    let mut sum = 0.0;
+    for i in 0..windows.len() {
+        let w: Vec<i64> = windows.get(i).unwrap().iter().map(|&t| t as i64).collect();
+        let n = w.len();
+        let t =
+            Tensor::<NdArray, 2, Int>::from_data(TensorData::new(w, [1, n]), &Default::default());
+        sum += model.loss(t).into_scalar() as f64;
+    }
+    let want = sum / windows.len() as f64;
+    assert_eq!(got.items as u64, windows.len());
+    assert!(
+        (got.details["nll_mean"] - want).abs() < 1e-5,
+        "{} vs {want}",
+        got.details["nll_mean"]
+    );
+    assert!((got.value - want.exp()).abs() < 1e-3 * want.exp());
+}
