@@ -13,9 +13,13 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use super::loglik::Request;
-use super::run::encode_pair;
+use burn::tensor::backend::Backend;
 use llama_data::LlamaTokenizer;
+use llama_model::Llama;
+
+use super::loglik::Request;
+use super::report::{TaskResult, accuracy};
+use super::run::{EvalJob, encode_pair};
 
 /// One CrowS-Pairs pair.
 #[derive(Debug, Clone, PartialEq)]
@@ -219,6 +223,76 @@ impl WinoGenderItem {
         json!({"task": "winogender", "source": self.source, "gender": self.gender,
                "logliks": logliks, "pred": pred, "gold": self.gold})
     }
+}
+
+/// CrowS-Pairs: the share of pairs whose more stereotypical sentence is more likely.
+pub(crate) fn run_crows<B: Backend>(
+    job: &EvalJob,
+    model: &Llama<B>,
+    tok: &LlamaTokenizer,
+    path: &Path,
+) -> Result<(TaskResult, Vec<serde_json::Value>)> {
+    let all = load_crows(path)?;
+    let pairs = &all[..job.limit.unwrap_or(all.len()).min(all.len())];
+    let mut requests = Vec::with_capacity(2 * pairs.len());
+    for p in pairs {
+        requests.push(sentence_request(tok, &p.more).with_context(|| p.source.clone())?);
+        requests.push(sentence_request(tok, &p.less).with_context(|| p.source.clone())?);
+    }
+    let scores = job.score_all(model, "crows-pairs", &requests)?;
+    let lls: Vec<(f64, f64)> = scores.chunks(2).map(|c| (c[0], c[1])).collect();
+    let (overall, by) = crows_summary(pairs, &lls);
+    let stereo: Vec<bool> = lls.iter().map(|(m, l)| m > l).collect();
+    let mut res = accuracy("crows-pairs", &stereo, 0);
+    res.metric = "pct_stereotype".into();
+    res.value = overall;
+    for (cat, (v, n)) in by {
+        let mut sub = TaskResult::new(&format!("crows-pairs/{cat}"), "pct_stereotype", v, n);
+        sub.stderr = (n > 1).then(|| (v * (1.0 - v) / (n - 1) as f64).sqrt());
+        res.subtasks.push(sub);
+    }
+    let items = pairs
+        .iter()
+        .zip(&lls)
+        .map(|(p, (m, l))| {
+            serde_json::json!({"task": "crows-pairs", "source": p.source,
+                "category": p.category, "loglik_more": m, "loglik_less": l})
+        })
+        .collect();
+    Ok((res, items))
+}
+
+/// WinoGender: pronoun resolution accuracy, overall and by the pronoun's gender.
+pub(crate) fn run_winogender<B: Backend>(
+    job: &EvalJob,
+    model: &Llama<B>,
+    tok: &LlamaTokenizer,
+    sentences: &Path,
+    templates: &Path,
+) -> Result<(TaskResult, Vec<serde_json::Value>)> {
+    let all = load_winogender(sentences, templates)?;
+    let items = &all[..job.limit.unwrap_or(all.len()).min(all.len())];
+    let mut requests = Vec::with_capacity(2 * items.len());
+    for it in items {
+        requests.extend(it.requests(tok).with_context(|| it.source.clone())?);
+    }
+    let scores = job.score_all(model, "winogender", &requests)?;
+    let mut out = Vec::with_capacity(items.len());
+    let mut by: std::collections::BTreeMap<String, Vec<bool>> = Default::default();
+    let mut all_correct = Vec::with_capacity(items.len());
+    for (it, s) in items.iter().zip(scores.chunks(2)) {
+        let v = it.result([s[0], s[1]]);
+        let ok = v["pred"] == v["gold"];
+        by.entry(it.gender.clone()).or_default().push(ok);
+        all_correct.push(ok);
+        out.push(v);
+    }
+    let mut res = accuracy("winogender", &all_correct, 0);
+    for (gender, c) in by {
+        res.subtasks
+            .push(accuracy(&format!("winogender/{gender}"), &c, 0));
+    }
+    Ok((res, out))
 }
 
 #[cfg(test)]

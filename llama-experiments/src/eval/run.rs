@@ -270,12 +270,13 @@ impl BackendJob for EvalJob {
                     items_out.extend(its);
                 }
                 Task::CrowsPairs(path) => {
-                    let (res, its) = self.crows_pairs(&model, &tok, &path)?;
+                    let (res, its) = bias::run_crows(&self, &model, &tok, &path)?;
                     report.tasks.push(res);
                     items_out.extend(its);
                 }
                 Task::WinoGender(sentences, templates) => {
-                    let (res, its) = self.winogender(&model, &tok, &sentences, &templates)?;
+                    let (res, its) =
+                        bias::run_winogender(&self, &model, &tok, &sentences, &templates)?;
                     report.tasks.push(res);
                     items_out.extend(its);
                 }
@@ -382,7 +383,7 @@ pub fn encode_pair(tok: &LlamaTokenizer, context: &str, continuation: &str) -> R
 }
 
 impl EvalJob {
-    fn progress(&self, name: &str, total: usize) -> Option<indicatif::ProgressBar> {
+    pub(crate) fn progress(&self, name: &str, total: usize) -> Option<indicatif::ProgressBar> {
         (!self.quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(total as u64);
             bar.set_style(
@@ -512,78 +513,8 @@ impl EvalJob {
 }
 
 impl EvalJob {
-    /// CrowS-Pairs: the share of pairs whose more stereotypical sentence is more likely.
-    fn crows_pairs<B: Backend>(
-        &self,
-        model: &Llama<B>,
-        tok: &LlamaTokenizer,
-        path: &Path,
-    ) -> Result<(TaskResult, Vec<serde_json::Value>)> {
-        let all = bias::load_crows(path)?;
-        let pairs = &all[..self.limit.unwrap_or(all.len()).min(all.len())];
-        let mut requests = Vec::with_capacity(2 * pairs.len());
-        for p in pairs {
-            requests.push(bias::sentence_request(tok, &p.more).with_context(|| p.source.clone())?);
-            requests.push(bias::sentence_request(tok, &p.less).with_context(|| p.source.clone())?);
-        }
-        let scores = self.score_all(model, "crows-pairs", &requests)?;
-        let lls: Vec<(f64, f64)> = scores.chunks(2).map(|c| (c[0], c[1])).collect();
-        let (overall, by) = bias::crows_summary(pairs, &lls);
-        let stereo: Vec<bool> = lls.iter().map(|(m, l)| m > l).collect();
-        let mut res = accuracy("crows-pairs", &stereo, 0);
-        res.metric = "pct_stereotype".into();
-        res.value = overall;
-        for (cat, (v, n)) in by {
-            let mut sub = TaskResult::new(&format!("crows-pairs/{cat}"), "pct_stereotype", v, n);
-            sub.stderr = (n > 1).then(|| (v * (1.0 - v) / (n - 1) as f64).sqrt());
-            res.subtasks.push(sub);
-        }
-        let items = pairs
-            .iter()
-            .zip(&lls)
-            .map(|(p, (m, l))| {
-                serde_json::json!({"task": "crows-pairs", "source": p.source,
-                "category": p.category, "loglik_more": m, "loglik_less": l})
-            })
-            .collect();
-        Ok((res, items))
-    }
-
-    /// WinoGender: pronoun resolution accuracy, overall and by the pronoun's gender.
-    fn winogender<B: Backend>(
-        &self,
-        model: &Llama<B>,
-        tok: &LlamaTokenizer,
-        sentences: &Path,
-        templates: &Path,
-    ) -> Result<(TaskResult, Vec<serde_json::Value>)> {
-        let all = bias::load_winogender(sentences, templates)?;
-        let items = &all[..self.limit.unwrap_or(all.len()).min(all.len())];
-        let mut requests = Vec::with_capacity(2 * items.len());
-        for it in items {
-            requests.extend(it.requests(tok).with_context(|| it.source.clone())?);
-        }
-        let scores = self.score_all(model, "winogender", &requests)?;
-        let mut out = Vec::with_capacity(items.len());
-        let mut by: std::collections::BTreeMap<String, Vec<bool>> = Default::default();
-        let mut all_correct = Vec::with_capacity(items.len());
-        for (it, s) in items.iter().zip(scores.chunks(2)) {
-            let v = it.result([s[0], s[1]]);
-            let ok = v["pred"] == v["gold"];
-            by.entry(it.gender.clone()).or_default().push(ok);
-            all_correct.push(ok);
-            out.push(v);
-        }
-        let mut res = accuracy("winogender", &all_correct, 0);
-        for (gender, c) in by {
-            res.subtasks
-                .push(accuracy(&format!("winogender/{gender}"), &c, 0));
-        }
-        Ok((res, out))
-    }
-
     /// Log-likelihoods of `requests`, with a progress bar.
-    fn score_all<B: Backend>(
+    pub(crate) fn score_all<B: Backend>(
         &self,
         model: &Llama<B>,
         name: &str,
