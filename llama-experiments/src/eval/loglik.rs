@@ -30,28 +30,53 @@ pub struct Request {
 pub struct LogLik {
     pub loglik: f64,
     pub greedy: bool,
+    /// Only the continuation's last tokens fitted the model's window and were scored.
+    pub truncated: bool,
 }
 
 /// Scores `requests` in order. `batch_tokens` bounds the tokens of one forward pass (at least one
 /// context always goes through); `done(n)` is told how many requests are finished.
 pub fn score<B: Backend>(
     model: &Llama<B>,
-    requests: &[Request],
+    original: &[Request],
     batch_tokens: usize,
     done: &mut dyn FnMut(usize),
 ) -> Result<Vec<LogLik>> {
     let max = model.config().max_seq_len;
+    let requests = original;
     for (i, r) in requests.iter().enumerate() {
         if r.context.is_empty() || r.continuation.is_empty() {
             bail!("request {i} has an empty context or continuation");
         }
-        if r.continuation.len() > max {
-            bail!(
-                "a continuation of {} tokens does not fit the model's context of {max}",
-                r.continuation.len()
-            );
-        }
     }
+    // A continuation longer than the window keeps its last `max` tokens, after the token before
+    // them (the part that fits is scored; such results are flagged `truncated`).
+    let fitted: Vec<Request>;
+    let requests = if requests.iter().any(|r| r.continuation.len() > max) {
+        fitted = requests
+            .iter()
+            .map(|r| {
+                let n = r.continuation.len();
+                if n <= max {
+                    return r.clone();
+                }
+                let all: Vec<u32> = r.context.iter().chain(&r.continuation).copied().collect();
+                let keep = &all[all.len() - max - 1..];
+                Request {
+                    context: keep[..1].to_vec(),
+                    continuation: keep[1..].to_vec(),
+                }
+            })
+            .collect();
+        &fitted[..]
+    } else {
+        requests
+    };
+    let truncated: Vec<bool> = requests
+        .iter()
+        .zip(original)
+        .map(|(r, o)| r.continuation.len() < o.continuation.len())
+        .collect();
     // Groups of requests with the same context, in order of first appearance.
     let mut index: HashMap<&[u32], usize> = HashMap::new();
     let mut groups: Vec<Vec<usize>> = Vec::new();
@@ -65,7 +90,8 @@ pub fn score<B: Backend>(
     let mut out = vec![
         LogLik {
             loglik: 0.0,
-            greedy: false
+            greedy: false,
+            truncated: false,
         };
         requests.len()
     ];
@@ -87,6 +113,9 @@ pub fn score<B: Backend>(
     for g in multi {
         score_group(model, requests, &g, &mut out);
         done(g.len());
+    }
+    for (o, t) in out.iter_mut().zip(truncated) {
+        o.truncated = t;
     }
     Ok(out)
 }
@@ -176,6 +205,7 @@ fn score_single_token<B: Backend>(
             out[i] = LogLik {
                 loglik: picked[r * width + j] as f64,
                 greedy: argmax[r] == requests[i].continuation[0] as i64,
+                truncated: false,
             };
         }
     }
@@ -211,6 +241,7 @@ fn score_group<B: Backend>(
         .map(|x| LogLik {
             loglik: first[x[0] as usize] as f64,
             greedy: first_argmax == x[0] as i64,
+            truncated: false,
         })
         .collect();
     if longest > 1 {
@@ -272,6 +303,7 @@ mod tests {
         let mut out = LogLik {
             loglik: 0.0,
             greedy: true,
+            truncated: false,
         };
         for (k, &tok) in all.iter().enumerate().skip(r.context.len()) {
             let row = &logp[(k - 1) * v..k * v];
@@ -343,6 +375,19 @@ mod tests {
         )
         .unwrap();
         assert!(got[0].greedy && got[1].greedy, "{got:?}");
+        // A continuation longer than the window: its last 24 tokens are scored after the one
+        // before them, and the result says so.
+        let long: Vec<u32> = (0..30).map(|i| (i % 37) + 2).collect();
+        let got = score(&model, &[r(&[1, 4], &long)], 16, &mut |_| {}).unwrap();
+        let all: Vec<u32> = [1, 4].iter().chain(&long).copied().collect();
+        let want = plain(
+            &model,
+            &r(&all[all.len() - 25..all.len() - 24], &all[all.len() - 24..]),
+        );
+        assert!(
+            got[0].truncated && (got[0].loglik - want.loglik).abs() < 1e-4,
+            "{got:?} {want:?}"
+        );
         let err = score(&model, &[r(&[], &[1])], 16, &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
     }

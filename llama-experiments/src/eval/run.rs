@@ -461,6 +461,16 @@ impl EvalJob {
         let correct: Vec<bool> = out.iter().map(|i| i.pred == i.gold).collect();
         let mut res = accuracy(name, &correct, shots);
         res.normalisation = Some(norm);
+        let truncated = scores.iter().filter(|s| s.truncated).count();
+        if truncated > 0 {
+            res.details
+                .insert("truncated_continuations".into(), truncated as f64);
+            if !self.quiet {
+                eprintln!(
+                    "warning: {name}: {truncated} continuations exceed the model's context; their last tokens were scored"
+                );
+            }
+        }
         Ok((res, out))
     }
 
