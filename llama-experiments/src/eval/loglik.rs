@@ -110,9 +110,18 @@ pub fn score<B: Backend>(
         done(single[start..end].iter().map(Vec::len).sum());
         start = end;
     }
+    // Large groups (CrowS-Pairs: every sentence after the same `<s>`) go in slices that keep
+    // the continuation pass within the token budget.
     for g in multi {
-        score_group(model, requests, &g, &mut out);
-        done(g.len());
+        let longest = g
+            .iter()
+            .map(|&i| requests[i].continuation.len())
+            .max()
+            .unwrap_or(1);
+        for chunk in g.chunks((batch_tokens / longest).max(1)) {
+            score_group(model, requests, chunk, &mut out);
+            done(chunk.len());
+        }
     }
     for (o, t) in out.iter_mut().zip(truncated) {
         o.truncated = t;
