@@ -107,6 +107,7 @@ pub fn crows_summary(
 pub struct WinoGenderItem {
     pub source: String,
     pub gender: String,
+    pub occupation: String,
     /// The prompt: the sentence, then `'{Pronoun}' refers to`.
     pub context: String,
     /// ` the {occupation}` and ` the {participant}` (or ` someone`).
@@ -202,6 +203,7 @@ pub fn load_winogender(sentences: &Path, templates: &Path) -> Result<Vec<WinoGen
         out.push(WinoGenderItem {
             source,
             gender: gender.to_string(),
+            occupation: occupation.to_string(),
             context: format!("{} '{p}' refers to", sentence.trim()),
             choices: [mention(occupation), mention(participant)],
             gold,
@@ -221,7 +223,7 @@ impl WinoGenderItem {
     pub fn result(&self, logliks: [f64; 2]) -> serde_json::Value {
         let pred = usize::from(logliks[1] > logliks[0]);
         json!({"task": "winogender", "source": self.source, "gender": self.gender,
-               "logliks": logliks, "pred": pred, "gold": self.gold})
+               "occupation": self.occupation, "logliks": logliks, "pred": pred, "gold": self.gold})
     }
 }
 
