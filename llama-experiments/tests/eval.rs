@@ -314,7 +314,7 @@ fn bias_probes_match_transformers_item_by_item() {
         );
         let md = report.markdown();
         assert!(
-            md.contains("crows-pairs by subject") || md.contains("crows-pairs/"),
+            md.contains("crows-pairs by subset") || md.contains("crows-pairs/"),
             "{md}"
         );
     }

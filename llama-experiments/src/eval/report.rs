@@ -125,7 +125,7 @@ impl EvalReport {
         }
         for t in self.tasks.iter().filter(|t| !t.subtasks.is_empty()) {
             s.push_str(&format!(
-                "\n{} by subject\n\n| task | metric | value | ± stderr | items | shots |\n|---|---|---:|---:|---:|---:|\n",
+                "\n{} by subset\n\n| task | metric | value | ± stderr | items | shots |\n|---|---|---:|---:|---:|---:|\n",
                 t.task
             ));
             for p in &t.subtasks {
@@ -159,6 +159,6 @@ mod tests {
         rep.tasks.push(m);
         let md = rep.markdown();
         assert!(md.contains("| m | acc (%) | 50.00 |"), "{md}");
-        assert!(md.contains("m by subject"), "{md}");
+        assert!(md.contains("m by subset"), "{md}");
     }
 }
