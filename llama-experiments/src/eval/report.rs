@@ -101,7 +101,10 @@ impl EvalReport {
             self.checkpoint, self.precision
         );
         let row = |t: &TaskResult| {
-            let pct = matches!(t.metric.as_str(), "acc" | "exact_match" | "pct_stereotype");
+            let pct = matches!(
+                t.metric.as_str(),
+                "acc" | "exact_match" | "pct_stereotype" | "pass@1"
+            );
             let f = |v: f64| {
                 if pct {
                     format!("{:.2}", 100.0 * v)
