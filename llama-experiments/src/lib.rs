@@ -3,6 +3,7 @@
 pub mod ablate;
 pub mod backend;
 pub mod batcher;
+pub mod bench;
 pub mod check;
 pub mod checkpoint;
 pub mod data;

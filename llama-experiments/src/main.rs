@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use llama_data::{Manifest, PrepareOptions, TokenizerTrainConfig};
 use llama_experiments::ablate::{AblationSpec, ablate};
 use llama_experiments::backend::DeviceSpec;
+use llama_experiments::bench::{BenchJob, BenchMode};
 use llama_experiments::check::{CheckSpec, check};
 use llama_experiments::data::{TrainingText, bench_data, prepare_dataset, train_tokenizer_file};
 use llama_experiments::eval::EvalArgs;
@@ -138,10 +139,31 @@ enum Command {
         #[arg(long)]
         precision: Option<Precision>,
     },
-    /// Benchmarks.
+    /// Benchmarks: one model step (`--preset NAME --mode train|prefill|decode`), or `bench data`.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
         #[command(subcommand)]
-        command: BenchCommand,
+        command: Option<BenchCommand>,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, value_enum, default_value_t = BenchMode::Train)]
+        mode: BenchMode,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 512)]
+        seq: usize,
+        /// f32, or bf16 compute over f32 master weights (cuda, tch, flex).
+        #[arg(long, default_value_t = Precision::F32)]
+        dtype: Precision,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// The peak FLOP/s MFU is computed against (e.g. 989e12: H100/H200 dense bf16).
+        #[arg(long)]
+        peak_flops: Option<f64>,
+        #[arg(long)]
+        json: bool,
     },
     /// Benchmarks scored the paper's way (multiple choice, MMLU, perplexity) for a checkpoint.
     Eval(EvalArgs),
@@ -404,7 +426,58 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Tokenizer { command } => run_tokenizer(command)?,
         Command::Data { command } => run_data(command)?,
-        Command::Bench { command } => run_bench(command)?,
+        Command::Bench {
+            command: Some(command),
+            ..
+        } => run_bench(command)?,
+        Command::Bench {
+            command: None,
+            model,
+            mode,
+            batch,
+            seq,
+            dtype,
+            warmup,
+            iters,
+            peak_flops,
+            json,
+        } => {
+            let (name, config) = model.load("tiny")?;
+            let device = chosen_device(&cli.device)?;
+            let r = device.run(BenchJob {
+                name,
+                config,
+                mode,
+                batch,
+                seq,
+                precision: dtype,
+                warmup,
+                iters,
+                peak_flops,
+            })??;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} {:?} on {} ({}): batch {} × seq {}: median {:.4} s/step, {:.0} tokens/s{}",
+                    r.model,
+                    r.mode,
+                    r.device,
+                    r.precision,
+                    r.batch,
+                    r.seq,
+                    r.median_step_s,
+                    r.tokens_per_s,
+                    r.mfu
+                        .map(|m| format!(
+                            ", MFU {:.1} % of {:.3e} FLOP/s",
+                            100.0 * m,
+                            r.peak_flops.unwrap_or(0.0)
+                        ))
+                        .unwrap_or_default()
+                );
+            }
+        }
         Command::Devices => {
             for d in DeviceSpec::compiled() {
                 println!("{d}");

@@ -287,3 +287,49 @@ fn generate_runs_end_to_end_with_the_llama_tokenizer() {
     assert!(batch[0]["text"].is_string());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn bench_times_train_prefill_and_decode_steps() {
+    for mode in ["train", "prefill", "decode"] {
+        let (code, out, err) = llama(&[
+            "--device",
+            "ndarray",
+            "bench",
+            "--preset",
+            "tiny",
+            "--mode",
+            mode,
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--warmup",
+            "1",
+            "--iters",
+            "2",
+            "--peak-flops",
+            "1e12",
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["mode"], mode);
+        assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(v["mfu"].as_f64().unwrap() > 0.0, "{v}");
+        assert_eq!(
+            (v["batch"].as_u64(), v["seq"].as_u64()),
+            (Some(2), Some(16))
+        );
+    }
+    let (code, _, err) = llama(&[
+        "--device", "ndarray", "bench", "--preset", "tiny", "--dtype", "bf16",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("bf16"), "{err}");
+    let (code, _, err) = llama(&[
+        "--device", "ndarray", "bench", "--preset", "tiny", "--seq", "100000",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("max_seq_len"), "{err}");
+}

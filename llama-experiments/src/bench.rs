@@ -1,0 +1,223 @@
+//! `llama bench --preset NAME --mode train|prefill|decode`: the median time of one step on any
+//! compiled-in device, with tokens/s, MFU against a named peak and peak memory.
+//!
+//! - train: forward, backward, global-norm clipping and the AdamW step of `llama train`, on
+//!   random tokens `[batch, seq + 1]`;
+//! - prefill: a forward pass over `[batch, seq]` (no autodiff);
+//! - decode: one KV-cached token per row after a `seq`-token prompt (tokens/s = batch / step).
+//!
+//! Every timed step ends with `B::sync`, so queued GPU work is counted. Warm-up steps (kernel
+//! compilation, autotuning) are run first and not timed.
+
+use std::time::Instant;
+
+use anyhow::{Result, ensure};
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use llama_model::{AttentionMask, Llama, LlamaConfig, Precision};
+use serde::Serialize;
+
+use crate::backend::BackendJob;
+use crate::train::config::OptimConfig;
+use crate::train::init_model;
+use crate::train::optim::{LlamaOptimizer, global_norm, scale_grads};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchMode {
+    Train,
+    Prefill,
+    Decode,
+}
+
+pub struct BenchJob {
+    pub name: String,
+    pub config: LlamaConfig,
+    pub mode: BenchMode,
+    pub batch: usize,
+    pub seq: usize,
+    pub precision: Precision,
+    pub warmup: usize,
+    pub iters: usize,
+    /// The peak FLOP/s MFU is computed against (named in the output).
+    pub peak_flops: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub params: u64,
+    pub mode: BenchMode,
+    pub device: String,
+    pub precision: Precision,
+    pub batch: usize,
+    pub seq: usize,
+    pub median_step_s: f64,
+    pub steps_timed: usize,
+    pub tokens_per_s: f64,
+    /// Training or forward FLOPs per token (6·N + attention, or a third of it) × tokens/s / peak.
+    pub mfu: Option<f64>,
+    pub peak_flops: Option<f64>,
+    /// Peak resident memory of the process (CPU backends; a GPU's own memory is not in it).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+fn random_tokens<B: Backend>(
+    batch: usize,
+    len: usize,
+    vocab: usize,
+    seed: u64,
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    let ids: Vec<i64> = (0..batch * len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) % vocab as u64) as i64
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(ids, [batch, len]), device)
+}
+
+/// Peak resident set size of this process.
+fn peak_rss() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage fills the struct we own.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
+            return Some(u.ru_maxrss as u64 * 1024);
+        }
+    }
+    None
+}
+
+/// Runs `step` `warmup` times untimed, then `iters` times timed (each followed by a sync).
+fn time_steps<D>(
+    warmup: usize,
+    iters: usize,
+    sync: impl Fn(),
+    mut step: impl FnMut(usize) -> D,
+) -> f64 {
+    for i in 0..warmup {
+        let _ = step(i);
+        sync();
+    }
+    let mut times: Vec<f64> = (0..iters)
+        .map(|i| {
+            let t = Instant::now();
+            let _ = step(warmup + i);
+            sync();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+impl BackendJob for BenchJob {
+    type Output = Result<BenchReport>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<BenchReport> {
+        let cfg = &self.config;
+        self.precision.check::<B>(&device)?;
+        ensure!(
+            self.batch > 0 && self.seq > 0 && self.iters > 0,
+            "batch, seq and iters must be positive"
+        );
+        ensure!(
+            self.seq <= cfg.max_seq_len,
+            "seq {} exceeds the model's max_seq_len {}",
+            self.seq,
+            cfg.max_seq_len
+        );
+        let sync = || {
+            let _ = B::sync(&device);
+        };
+        let vocab = cfg.vocab_size;
+        let (b, t) = (self.batch, self.seq);
+        let (median, tokens, flops_per_token) = match self.mode {
+            BenchMode::Train => {
+                let mut model: Llama<B> =
+                    init_model(cfg, 0, &device)?.with_precision(self.precision);
+                let optim_cfg = OptimConfig::default();
+                let mut optim = LlamaOptimizer::new(&optim_cfg, &model);
+                let median = time_steps(self.warmup, self.iters, sync, |i| {
+                    let tokens = random_tokens::<B>(b, t + 1, vocab, i as u64, &device);
+                    let loss = model.loss(tokens);
+                    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+                    let norm = global_norm(&model, &grads);
+                    if norm > 1.0 {
+                        scale_grads(&model, &mut grads, 1.0 / (norm + 1e-6));
+                    }
+                    model = optim.step(3e-4, model.clone(), grads);
+                });
+                (median, b * t, cfg.flops_per_token() as f64)
+            }
+            BenchMode::Prefill => {
+                let model = init_model::<B>(cfg, 0, &device)?
+                    .valid()
+                    .with_precision(self.precision);
+                let median = time_steps(self.warmup, self.iters, sync, |i| {
+                    let tokens = random_tokens::<B::InnerBackend>(b, t, vocab, i as u64, &device);
+                    model.forward(tokens)
+                });
+                (median, b * t, cfg.flops_per_token() as f64 / 3.0)
+            }
+            BenchMode::Decode => {
+                ensure!(
+                    t < cfg.max_seq_len,
+                    "decode needs room after a {t}-token prompt"
+                );
+                let model = init_model::<B>(cfg, 0, &device)?
+                    .valid()
+                    .with_precision(self.precision);
+                let mut cache = model.new_cache(b, t + self.warmup + self.iters, &device);
+                let prompt = random_tokens::<B::InnerBackend>(b, t, vocab, 0, &device);
+                let pos = Llama::<B::InnerBackend>::default_positions(b, t, &device);
+                let _ =
+                    model.forward_hidden(prompt, &pos, &AttentionMask::Causal, Some(&mut cache));
+                sync();
+                let median = time_steps(self.warmup, self.iters, sync, |i| {
+                    let cur = t + i;
+                    let tok = random_tokens::<B::InnerBackend>(b, 1, vocab, i as u64, &device);
+                    let pos = Tensor::<B::InnerBackend, 1, Int>::from_data(
+                        TensorData::new(vec![cur as i64; b], [b]),
+                        &device,
+                    )
+                    .reshape([b, 1]);
+                    // One query per row against the whole cache: nothing to mask.
+                    let h = model.forward_hidden(tok, &pos, &AttentionMask::Full, Some(&mut cache));
+                    model.logits(h)
+                });
+                (median, b, cfg.flops_per_token() as f64 / 3.0)
+            }
+        };
+        let tokens_per_s = tokens as f64 / median;
+        // The attention term at the benchmarked length, not the model's maximum.
+        let at_seq = LlamaConfig {
+            max_seq_len: t,
+            ..cfg.clone()
+        };
+        let flops_per_token =
+            flops_per_token * at_seq.flops_per_token() as f64 / cfg.flops_per_token() as f64;
+        Ok(BenchReport {
+            model: self.name,
+            params: cfg.param_counts().total,
+            mode: self.mode,
+            device: format!("{device:?}"),
+            precision: self.precision,
+            batch: b,
+            seq: t,
+            median_step_s: median,
+            steps_timed: self.iters,
+            tokens_per_s,
+            mfu: self.peak_flops.map(|p| tokens_per_s * flops_per_token / p),
+            peak_flops: self.peak_flops,
+            peak_rss_bytes: peak_rss(),
+        })
+    }
+}
