@@ -43,6 +43,10 @@ enum Command {
         /// Print `{"params", "non_embedding_params", "flops_per_token"}` as JSON.
         #[arg(long)]
         json: bool,
+        /// Print the full model config as JSON, with the derived `ffn_hidden` and `kv_heads` (for
+        /// benches/pytorch_reference.py).
+        #[arg(long, conflicts_with = "json")]
+        model_json: bool,
     },
     /// Mean next-token negative log-likelihood of a JSON array of token ids under a checkpoint.
     Score {
@@ -297,10 +301,20 @@ fn chosen_device(arg: &Option<String>) -> Result<DeviceSpec> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Params { model, json } => {
+        Command::Params {
+            model,
+            json,
+            model_json,
+        } => {
             let (name, cfg) = model.load("llama-7b")?;
             let report = ParamsReport::of(&cfg);
-            if json {
+            if model_json {
+                let mut v: serde_json::Value = serde_json::from_str(&cfg.to_json())?;
+                v["ffn_hidden"] = cfg.ffn_hidden().into();
+                v["kv_heads"] = cfg.kv_heads().into();
+                v["params"] = report.params.into();
+                println!("{v}");
+            } else if json {
                 println!("{}", report.to_json());
             } else {
                 println!("{}", report.to_text(&name, &cfg));
