@@ -321,6 +321,20 @@ fn bench_times_train_prefill_and_decode_steps() {
             (Some(2), Some(16))
         );
     }
+    // The config benches/pytorch_reference.py builds its model from.
+    let (code, out, _) = llama(&["params", "--preset", "125m", "--model-json"]);
+    assert_eq!(code, 0);
+    let c: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (c["dim"].as_u64(), c["n_layers"].as_u64()),
+        (Some(768), Some(12))
+    );
+    let (hidden, multiple) = (
+        c["ffn_hidden"].as_u64().unwrap(),
+        c["multiple_of"].as_u64().unwrap(),
+    );
+    assert!(hidden.is_multiple_of(multiple), "{c}");
+    assert!(c["params"].as_u64().unwrap() > 100_000_000, "{c}");
     let (code, _, err) = llama(&[
         "--device", "ndarray", "bench", "--preset", "tiny", "--dtype", "bf16",
     ]);
