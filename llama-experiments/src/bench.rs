@@ -34,6 +34,8 @@ pub enum BenchMode {
 
 pub struct BenchJob {
     pub name: String,
+    /// The `--device` it runs on (`ndarray`, `flex`, `cuda:0`, ...), for the report.
+    pub backend: String,
     pub config: LlamaConfig,
     pub mode: BenchMode,
     pub batch: usize,
@@ -208,7 +210,7 @@ impl BackendJob for BenchJob {
             model: self.name,
             params: cfg.param_counts().total,
             mode: self.mode,
-            device: format!("{device:?}"),
+            device: format!("{} ({device:?})", self.backend),
             precision: self.precision,
             batch: b,
             seq: t,

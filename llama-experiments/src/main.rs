@@ -460,6 +460,7 @@ fn run(cli: Cli) -> Result<()> {
             let device = chosen_device(&cli.device)?;
             let r = device.run(BenchJob {
                 name,
+                backend: device.to_string(),
                 config,
                 mode,
                 batch,
