@@ -143,11 +143,14 @@ impl BackendJob for BenchJob {
         let (b, t) = (self.batch, self.seq);
         let (median, tokens, flops_per_token) = match self.mode {
             BenchMode::Train => {
-                let mut model: Llama<B> =
-                    init_model(cfg, 0, &device)?.with_precision(self.precision);
+                let model: Llama<B> = init_model(cfg, 0, &device)?.with_precision(self.precision);
                 let optim_cfg = OptimConfig::default();
                 let mut optim = LlamaOptimizer::new(&optim_cfg, &model);
+                // Moved in and out of the step (as `llama train` does), never cloned: a second
+                // handle on the parameters would stop the optimiser updating them in place.
+                let mut slot = Some(model);
                 let median = time_steps(self.warmup, self.iters, sync, |i| {
+                    let model = slot.take().expect("the model is put back after every step");
                     let tokens = random_tokens::<B>(b, t + 1, vocab, i as u64, &device);
                     let loss = model.loss(tokens);
                     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -155,7 +158,7 @@ impl BackendJob for BenchJob {
                     if norm > 1.0 {
                         scale_grads(&model, &mut grads, 1.0 / (norm + 1e-6));
                     }
-                    model = optim.step(3e-4, model.clone(), grads);
+                    slot = Some(optim.step(3e-4, model, grads));
                 });
                 (median, b * t, cfg.flops_per_token() as f64)
             }

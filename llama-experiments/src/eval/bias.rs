@@ -19,7 +19,7 @@ use llama_model::Llama;
 
 use super::loglik::Request;
 use super::report::{TaskResult, accuracy};
-use super::run::{EvalJob, encode_pair};
+use super::run::{EvalJob, encode_pair, first};
 
 /// One CrowS-Pairs pair.
 #[derive(Debug, Clone, PartialEq)]
@@ -235,14 +235,17 @@ pub(crate) fn run_crows<B: Backend>(
     path: &Path,
 ) -> Result<(TaskResult, Vec<serde_json::Value>)> {
     let all = load_crows(path)?;
-    let pairs = &all[..job.limit.unwrap_or(all.len()).min(all.len())];
+    let pairs = first(&all, job.limit);
     let mut requests = Vec::with_capacity(2 * pairs.len());
     for p in pairs {
         requests.push(sentence_request(tok, &p.more).with_context(|| p.source.clone())?);
         requests.push(sentence_request(tok, &p.less).with_context(|| p.source.clone())?);
     }
     let scores = job.score_all(model, "crows-pairs", &requests)?;
-    let lls: Vec<(f64, f64)> = scores.chunks(2).map(|c| (c[0], c[1])).collect();
+    let lls: Vec<(f64, f64)> = scores
+        .chunks(2)
+        .map(|c| (c[0].loglik, c[1].loglik))
+        .collect();
     let (overall, by) = crows_summary(pairs, &lls);
     let stereo: Vec<bool> = lls.iter().map(|(m, l)| m > l).collect();
     let mut res = accuracy("crows-pairs", &stereo, 0);
@@ -273,7 +276,7 @@ pub(crate) fn run_winogender<B: Backend>(
     templates: &Path,
 ) -> Result<(TaskResult, Vec<serde_json::Value>)> {
     let all = load_winogender(sentences, templates)?;
-    let items = &all[..job.limit.unwrap_or(all.len()).min(all.len())];
+    let items = first(&all, job.limit);
     let mut requests = Vec::with_capacity(2 * items.len());
     for it in items {
         requests.extend(it.requests(tok).with_context(|| it.source.clone())?);
@@ -283,7 +286,7 @@ pub(crate) fn run_winogender<B: Backend>(
     let mut by: std::collections::BTreeMap<String, Vec<bool>> = Default::default();
     let mut all_correct = Vec::with_capacity(items.len());
     for (it, s) in items.iter().zip(scores.chunks(2)) {
-        let v = it.result([s[0], s[1]]);
+        let v = it.result([s[0].loglik, s[1].loglik]);
         let ok = v["pred"] == v["gold"];
         by.entry(it.gender.clone()).or_default().push(ok);
         all_correct.push(ok);

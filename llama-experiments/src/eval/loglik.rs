@@ -7,6 +7,7 @@
 //! together in a second pass. Either way the numbers equal those of one full pass per choice
 //! (`tests` checks that against the plain computation).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use anyhow::{Result, bail};
@@ -38,12 +39,11 @@ pub struct LogLik {
 /// context always goes through); `done(n)` is told how many requests are finished.
 pub fn score<B: Backend>(
     model: &Llama<B>,
-    original: &[Request],
+    requests: &[Request],
     batch_tokens: usize,
     done: &mut dyn FnMut(usize),
 ) -> Result<Vec<LogLik>> {
     let max = model.config().max_seq_len;
-    let requests = original;
     for (i, r) in requests.iter().enumerate() {
         if r.context.is_empty() || r.continuation.is_empty() {
             bail!("request {i} has an empty context or continuation");
@@ -51,32 +51,16 @@ pub fn score<B: Backend>(
     }
     // A continuation longer than the window keeps its last `max` tokens, after the token before
     // them (the part that fits is scored; such results are flagged `truncated`).
-    let fitted: Vec<Request>;
-    let requests = if requests.iter().any(|r| r.continuation.len() > max) {
-        fitted = requests
-            .iter()
-            .map(|r| {
-                let n = r.continuation.len();
-                if n <= max {
-                    return r.clone();
-                }
-                let all: Vec<u32> = r.context.iter().chain(&r.continuation).copied().collect();
-                let keep = &all[all.len() - max - 1..];
-                Request {
-                    context: keep[..1].to_vec(),
-                    continuation: keep[1..].to_vec(),
-                }
-            })
-            .collect();
-        &fitted[..]
-    } else {
-        requests
-    };
     let truncated: Vec<bool> = requests
         .iter()
-        .zip(original)
-        .map(|(r, o)| r.continuation.len() < o.continuation.len())
+        .map(|r| r.continuation.len() > max)
         .collect();
+    let requests: Cow<[Request]> = if truncated.contains(&true) {
+        Cow::Owned(requests.iter().map(|r| fit(r, max)).collect())
+    } else {
+        Cow::Borrowed(requests)
+    };
+    let requests = &requests[..];
     // Groups of requests with the same context, in order of first appearance.
     let mut index: HashMap<&[u32], usize> = HashMap::new();
     let mut groups: Vec<Vec<usize>> = Vec::new();
@@ -127,6 +111,19 @@ pub fn score<B: Backend>(
         o.truncated = t;
     }
     Ok(out)
+}
+
+/// `r` with its continuation cut to the last `max` tokens and the token before them as context.
+fn fit(r: &Request, max: usize) -> Request {
+    if r.continuation.len() <= max {
+        return r.clone();
+    }
+    let all: Vec<u32> = r.context.iter().chain(&r.continuation).copied().collect();
+    let keep = &all[all.len() - max - 1..];
+    Request {
+        context: keep[..1].to_vec(),
+        continuation: keep[1..].to_vec(),
+    }
 }
 
 fn device<B: Backend>(model: &Llama<B>) -> B::Device {

@@ -56,6 +56,22 @@ fn sum_windows<B: Backend>(
     (total, count)
 }
 
+/// The perplexity over `windows` (tokens and mean NLL as details) and the summed NLL.
+fn perplexity<B: Backend>(
+    name: &str,
+    model: &Llama<B>,
+    windows: &[Vec<u32>],
+    batch_tokens: usize,
+    device: &B::Device,
+) -> (TaskResult, f64) {
+    let (total, count) = sum_windows(model, windows, batch_tokens, device);
+    let nll = total / count as f64;
+    let mut r = TaskResult::new(name, "perplexity", nll.exp(), windows.len());
+    r.details.insert("tokens".into(), count as f64);
+    r.details.insert("nll_mean".into(), nll);
+    (r, total)
+}
+
 pub fn evaluate<B: Backend>(
     model: &Llama<B>,
     tok: &LlamaTokenizer,
@@ -69,7 +85,7 @@ pub fn evaluate<B: Backend>(
         .expect("a model lives on a device");
     let seq = model.config().max_seq_len;
     let name = format!("ppl:{}", path.display());
-    let mut result = if path.join("manifest.json").is_file() {
+    let result = if path.join("manifest.json").is_file() {
         let manifest = Manifest::load(path)?;
         ensure!(
             manifest.tokenizer.vocab_size <= model.config().vocab_size,
@@ -85,16 +101,7 @@ pub fn evaluate<B: Backend>(
             "{} has no validation windows of {seq} tokens",
             path.display()
         );
-        let (total, count) = sum_windows(model, &windows, batch_tokens, &device);
-        let mut r = TaskResult::new(
-            &name,
-            "perplexity",
-            (total / count as f64).exp(),
-            windows.len(),
-        );
-        r.details.insert("tokens".into(), count as f64);
-        r.details.insert("nll_mean".into(), total / count as f64);
-        r
+        perplexity(&name, model, &windows, batch_tokens, &device).0
     } else {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
@@ -108,21 +115,12 @@ pub fn evaluate<B: Backend>(
             .step_by(seq)
             .map(|s| ids[s..(s + seq + 1).min(ids.len())].to_vec())
             .collect();
-        let (total, count) = sum_windows(model, &windows, batch_tokens, &device);
-        let mut r = TaskResult::new(
-            &name,
-            "perplexity",
-            (total / count as f64).exp(),
-            windows.len(),
-        );
-        r.details.insert("tokens".into(), count as f64);
-        r.details.insert("nll_mean".into(), total / count as f64);
+        let (mut r, total) = perplexity(&name, model, &windows, batch_tokens, &device);
         r.details.insert(
             "bits_per_byte".into(),
             total / std::f64::consts::LN_2 / text.len().max(1) as f64,
         );
         r
     };
-    result.stderr = None;
     Ok(result)
 }

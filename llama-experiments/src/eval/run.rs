@@ -17,7 +17,7 @@ use super::choice::{self, ANSWER_CONTEXT, ChoiceItem, ChoiceTask, Normalisation}
 use super::decode;
 use super::generation::{self, GenTask};
 use super::humaneval;
-use super::loglik::{Request, score};
+use super::loglik::{LogLik, Request, score};
 use super::perplexity;
 use super::records::read;
 use super::report::{EvalReport, TaskResult, accuracy};
@@ -209,8 +209,7 @@ impl BackendJob for EvalJob {
                 Task::Choice(t, path) => {
                     let all = choice::load(t, &path)?;
                     let shots = self.shots.unwrap_or(0);
-                    let selected = take(&all, self.limit);
-                    let prompted = with_shots(&selected, &all, shots, self.seed)?;
+                    let prompted = with_shots(first(&all, self.limit), &all, shots, self.seed)?;
                     let (res, its) =
                         self.choice_task(&model, &tok, name, &prompted, t.normalisation, shots)?;
                     report.tasks.push(res);
@@ -229,7 +228,7 @@ impl BackendJob for EvalJob {
                 }
                 Task::Generation(t, path) => {
                     let pool = generation::load(t, &path)?;
-                    let items = &pool[..self.limit.unwrap_or(pool.len()).min(pool.len())];
+                    let items = first(&pool, self.limit);
                     let shots = self.shots.unwrap_or(t.default_shots);
                     let bar = self.progress(name, items.len());
                     let (res, its) = decode::run_generation(
@@ -251,7 +250,7 @@ impl BackendJob for EvalJob {
                 }
                 Task::HumanEval(path) => {
                     let all = humaneval::load(&path)?;
-                    let problems = &all[..self.limit.unwrap_or(all.len()).min(all.len())];
+                    let problems = first(&all, self.limit);
                     let opts = humaneval::HumanEvalOptions {
                         samples: self.samples,
                         temperature: self.temperature,
@@ -303,8 +302,8 @@ impl BackendJob for EvalJob {
 }
 
 /// The first `limit` items.
-fn take(items: &[ChoiceItem], limit: Option<usize>) -> Vec<ChoiceItem> {
-    items[..limit.unwrap_or(items.len()).min(items.len())].to_vec()
+pub(crate) fn first<T>(items: &[T], limit: Option<usize>) -> &[T] {
+    &items[..limit.unwrap_or(items.len()).min(items.len())]
 }
 
 /// `shots` distinct indices into a pool of `pool` items, drawn with a seed per item, never the
@@ -421,15 +420,7 @@ impl EvalJob {
                 }
             }
         }
-        let bar = self.progress(name, requests.len());
-        let scores = score(model, &requests, self.batch_tokens, &mut |n| {
-            if let Some(b) = &bar {
-                b.inc(n as u64)
-            }
-        })?;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
+        let scores = self.score_all(model, name, &requests)?;
         let mut out = Vec::with_capacity(items.len());
         let mut k = 0;
         for item in items {
@@ -508,7 +499,7 @@ impl EvalJob {
                     prefix.push_str("\n\n");
                 }
             }
-            let items: Vec<ChoiceItem> = take(&items, self.limit)
+            let items: Vec<ChoiceItem> = first(&items, self.limit)
                 .iter()
                 .map(|i| i.with_prefix(&prefix))
                 .collect();
@@ -523,13 +514,13 @@ impl EvalJob {
 }
 
 impl EvalJob {
-    /// Log-likelihoods of `requests`, with a progress bar.
+    /// Scores of `requests`, with a progress bar.
     pub(crate) fn score_all<B: Backend>(
         &self,
         model: &Llama<B>,
         name: &str,
         requests: &[Request],
-    ) -> Result<Vec<f64>> {
+    ) -> Result<Vec<LogLik>> {
         let bar = self.progress(name, requests.len());
         let scores = score(model, requests, self.batch_tokens, &mut |n| {
             if let Some(b) = &bar {
@@ -539,7 +530,7 @@ impl EvalJob {
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        Ok(scores.into_iter().map(|s| s.loglik).collect())
+        Ok(scores)
     }
 }
 
