@@ -140,6 +140,8 @@ def main():
     b, t, vocab = a.batch, a.seq, c["vocab_size"]
     if t > c["max_seq_len"]:
         raise SystemExit(f"seq {t} exceeds max_seq_len {c['max_seq_len']}")
+    if a.mode == "decode" and t + a.warmup + a.iters > c["max_seq_len"]:
+        raise SystemExit(f"decode needs room for {a.warmup + a.iters} tokens after a {t}-token prompt")
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.dtype == "bf16")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     gen = torch.Generator(device="cpu").manual_seed(0)

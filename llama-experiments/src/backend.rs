@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
+use llama_model::sdpa::AttentionForward;
 
 /// A device named on the command line: `ndarray`, `flex`, `wgpu`, `tch-cpu`, `tch-cuda:N`, `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,28 +77,45 @@ impl DeviceSpec {
         match self {
             #[cfg(feature = "ndarray")]
             Self::NdArray => {
-                Ok(job.run::<burn::backend::Autodiff<burn::backend::NdArray>>(Default::default()))
+                use burn::backend::NdArray;
+                attention::<NdArray>(AttentionForward::Blocked)?;
+                Ok(job.run::<burn::backend::Autodiff<NdArray>>(Default::default()))
             }
             #[cfg(feature = "flex")]
             Self::Flex => {
-                Ok(job.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default()))
+                use burn::backend::Flex;
+                // Flex's own attention kernel in f32.
+                attention::<Flex>(AttentionForward::FusedF32)?;
+                Ok(job.run::<burn::backend::Autodiff<Flex>>(Default::default()))
             }
             #[cfg(feature = "wgpu")]
             Self::Wgpu => {
-                Ok(job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(Default::default()))
+                use burn::backend::Wgpu;
+                // Blocked, not CubeCL's flash kernel: not yet checked on Mesa's lavapipe, where
+                // CubeCL's fusion once gave wrong results (docs/backends.md).
+                attention::<Wgpu>(AttentionForward::Blocked)?;
+                Ok(job.run::<burn::backend::Autodiff<Wgpu>>(Default::default()))
             }
             #[cfg(feature = "tch")]
-            Self::TchCpu => Ok(job.run::<burn::backend::Autodiff<burn::backend::LibTorch>>(
-                burn::backend::libtorch::LibTorchDevice::Cpu,
-            )),
-            #[cfg(feature = "tch")]
-            Self::TchCuda(i) => Ok(job.run::<burn::backend::Autodiff<burn::backend::LibTorch>>(
-                burn::backend::libtorch::LibTorchDevice::Cuda(i),
-            )),
+            Self::TchCpu | Self::TchCuda(_) => {
+                use burn::backend::LibTorch;
+                use burn::backend::libtorch::LibTorchDevice;
+                // torch's SDPA keeps the softmax in f32 for bf16 inputs.
+                attention::<LibTorch>(AttentionForward::Fused)?;
+                let device = match self {
+                    Self::TchCuda(i) => LibTorchDevice::Cuda(i),
+                    _ => LibTorchDevice::Cpu,
+                };
+                Ok(job.run::<burn::backend::Autodiff<LibTorch>>(device))
+            }
             #[cfg(feature = "cuda")]
-            Self::Cuda(i) => Ok(job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(
-                burn::backend::cuda::CudaDevice::new(i),
-            )),
+            Self::Cuda(i) => {
+                use burn::backend::Cuda;
+                // CubeCL's attention autotune may pick Burn's decomposition (bf16 softmax).
+                attention::<Cuda>(AttentionForward::FusedF32)?;
+                Ok(job
+                    .run::<burn::backend::Autodiff<Cuda>>(burn::backend::cuda::CudaDevice::new(i)))
+            }
             #[allow(unreachable_patterns)]
             other => bail!(
                 "device `{other}` is not compiled into this binary; rebuild with `cargo build --release -p llama-experiments --features {}`",
@@ -105,6 +123,18 @@ impl DeviceSpec {
             ),
         }
     }
+}
+
+/// Registers the memory-efficient attention (`llama_model::sdpa`) for backend `I`, unless
+/// `LLAMA_ATTENTION=decomposed` asks for Burn's own decomposition (for comparisons).
+#[allow(dead_code)]
+fn attention<I: burn::tensor::backend::Backend>(forward: AttentionForward) -> Result<()> {
+    match std::env::var("LLAMA_ATTENTION").as_deref() {
+        Err(_) | Ok("") | Ok("auto") => llama_model::sdpa::register::<I>(forward),
+        Ok("decomposed") => {}
+        Ok(other) => bail!("LLAMA_ATTENTION={other}: expected `auto` or `decomposed`"),
+    }
+    Ok(())
 }
 
 #[cfg(feature = "tch")]

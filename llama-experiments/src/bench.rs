@@ -58,6 +58,8 @@ pub struct BenchReport {
     pub seq: usize,
     pub median_step_s: f64,
     pub steps_timed: usize,
+    /// Each untimed warm-up step, in seconds.
+    pub warmup_steps_s: Vec<f64>,
     pub tokens_per_s: f64,
     /// Training or forward FLOPs per token (6·N + attention, or a third of it) × tokens/s / peak.
     pub mfu: Option<f64>,
@@ -99,16 +101,24 @@ fn peak_rss() -> Option<u64> {
 }
 
 /// Runs `step` `warmup` times untimed, then `iters` times timed (each followed by a sync).
+/// Returns the median timed step and the warm-up steps' times (on a GPU the first holds kernel
+/// compilation and autotuning: the cold start a user waits through).
 fn time_steps<D>(
     warmup: usize,
     iters: usize,
     sync: impl Fn(),
     mut step: impl FnMut(usize) -> D,
-) -> f64 {
-    for i in 0..warmup {
-        let _ = step(i);
-        sync();
-    }
+) -> (f64, Vec<f64>) {
+    let warm: Vec<f64> = (0..warmup)
+        .map(|i| {
+            let t = Instant::now();
+            let _ = step(i);
+            sync();
+            let s = t.elapsed().as_secs_f64();
+            eprintln!("warm-up step {}: {s:.3} s", i + 1);
+            s
+        })
+        .collect();
     let mut times: Vec<f64> = (0..iters)
         .map(|i| {
             let t = Instant::now();
@@ -118,7 +128,7 @@ fn time_steps<D>(
         })
         .collect();
     times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    (times[times.len() / 2], warm)
 }
 
 impl BackendJob for BenchJob {
@@ -141,7 +151,7 @@ impl BackendJob for BenchJob {
         };
         let vocab = cfg.vocab_size;
         let (b, t) = (self.batch, self.seq);
-        let (median, tokens, flops_per_token) = match self.mode {
+        let ((median, warmup_steps_s), tokens, flops_per_token) = match self.mode {
             BenchMode::Train => {
                 let model: Llama<B> = init_model(cfg, 0, &device)?.with_precision(self.precision);
                 let optim_cfg = OptimConfig::default();
@@ -174,8 +184,10 @@ impl BackendJob for BenchJob {
             }
             BenchMode::Decode => {
                 ensure!(
-                    t < cfg.max_seq_len,
-                    "decode needs room after a {t}-token prompt"
+                    t + self.warmup + self.iters <= cfg.max_seq_len,
+                    "decode needs room for {} tokens after a {t}-token prompt (max_seq_len {})",
+                    self.warmup + self.iters,
+                    cfg.max_seq_len
                 );
                 let model = init_model::<B>(cfg, 0, &device)?
                     .valid()
@@ -219,6 +231,7 @@ impl BackendJob for BenchJob {
             seq: t,
             median_step_s: median,
             steps_timed: self.iters,
+            warmup_steps_s,
             tokens_per_s,
             mfu: self.peak_flops.map(|p| tokens_per_s * flops_per_token / p),
             peak_flops: self.peak_flops,

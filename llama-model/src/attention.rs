@@ -12,6 +12,7 @@ use crate::cache::LayerCache;
 use crate::ffn::linear;
 use crate::position::Rope;
 use crate::precision::Precision;
+use crate::sdpa;
 
 /// Which keys each query may see.
 #[derive(Debug, Clone)]
@@ -93,6 +94,20 @@ impl<B: Backend> Attention<B> {
             is_causal,
             ..Default::default()
         };
+        // Training (an autodiff backend that registered it): the memory-efficient operation.
+        let (q, k, v) = match mask {
+            AttentionMask::Causal if q.dims()[2] == k.dims()[2] => {
+                match sdpa::try_attention(q, k, v, true) {
+                    Ok(out) => return self.output(out, precision),
+                    Err(qkv) => qkv,
+                }
+            }
+            AttentionMask::Full => match sdpa::try_attention(q, k, v, false) {
+                Ok(out) => return self.output(out, precision),
+                Err(qkv) => qkv,
+            },
+            _ => (q, k, v),
+        };
         let out = match mask {
             // Burn's attention runs its softmax in the input dtype; in bf16 ours keeps it in f32.
             _ if precision.compute_dtype().is_some() => mixed_attention(q, k, v, mask),
@@ -104,7 +119,13 @@ impl<B: Backend> Attention<B> {
                 attention_fallback(q, k, v, Some(m), None, options(false))
             }
         };
-        proj(&self.wo, out.swap_dims(1, 2).reshape([b, t, h * hd]))
+        self.output(out, precision)
+    }
+
+    /// `[batch, heads, T, head_dim]` → the output projection `[batch, T, dim]`.
+    fn output(&self, out: Tensor<B, 4>, precision: Precision) -> Tensor<B, 3> {
+        let [b, h, t, hd] = out.dims();
+        precision.linear(&self.wo, out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
 }
 

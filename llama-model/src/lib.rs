@@ -23,6 +23,7 @@ pub mod norm;
 pub mod position;
 pub mod precision;
 pub mod record;
+pub mod sdpa;
 
 pub use attention::AttentionMask;
 pub use cache::{KvCache, LayerCache};

@@ -1,0 +1,351 @@
+//! Scaled dot-product attention for training, with a memory-efficient backward pass.
+//!
+//! Burn 0.21's `Autodiff` runs `attention` as its decomposition (matmul, softmax, matmul), so the
+//! graph keeps `[batch, heads, T, T]` scores and probabilities (and, in bf16, their casts) of every
+//! layer until the backward pass: O(T²) memory and many full passes over it. This module adds one
+//! autodiff operation instead:
+//!
+//! - forward on the inner backend: its fused kernel where it has a good one (CubeCL's flash
+//!   kernel, torch's SDPA), else the same decomposition one block of queries at a time; either way
+//!   nothing of size T² outlives the call;
+//! - saved for the backward pass: q, k, v and the output;
+//! - backward (FlashAttention-2's, written with tensor ops): one block of queries at a time the
+//!   probabilities are recomputed and dq, dk, dv accumulated, so the extra memory is
+//!   `block × T` per head. Causal blocks only touch the keys they can see.
+//!
+//! Products run in the inputs' dtype (bf16 on tensor cores when the model computes in bf16);
+//! scaling, masking, softmax and the dk/dv accumulators in f32, as in flash kernels.
+//!
+//! Generic code only knows `B: Backend`, and a backend-extension trait would put a new bound on
+//! every generic function of the toolkit and of its users. So backends opt in at run time:
+//! [`register`]`::<Inner>()` records the operation for `Autodiff<Inner>` (and the forward pass for
+//! `Inner`, inference) under their `TypeId`s, and [`try_attention`] hands back its inputs for any
+//! backend that did not register.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
+use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
+
+/// How the forward pass runs on the inner backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionForward {
+    /// The backend's own `attention` op in every dtype: for backends whose fused kernel keeps the
+    /// softmax in f32 for bf16 inputs (torch SDPA).
+    Fused,
+    /// The backend's own op for f32 inputs, [`Blocked`](Self::Blocked) for lower precisions: for
+    /// backends that may run Burn's decomposition, whose softmax is in the input dtype (CubeCL's
+    /// attention autotune picks between its flash kernel and that decomposition).
+    FusedF32,
+    /// Matmul, f32 softmax, matmul, one block of queries at a time (any backend).
+    Blocked,
+}
+
+/// The f32 probabilities of one block of queries (`batch × heads × block × t_k × 4` bytes) are
+/// kept under this many bytes (blocks are still at least 64 queries: the matmul tiles' size).
+pub const DEFAULT_BLOCK_BYTES: usize = 256 << 20;
+
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    forward: AttentionForward,
+    block_bytes: usize,
+}
+
+type Erased = fn(Box<dyn Any>, bool, Options) -> Box<dyn Any>;
+
+fn registry() -> &'static RwLock<HashMap<TypeId, (Erased, Options)>> {
+    static REGISTRY: OnceLock<RwLock<HashMap<TypeId, (Erased, Options)>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// Makes `Autodiff<I>` (the default, no-checkpointing form) use this module's operation, and `I`
+/// itself (inference) the same forward pass. Idempotent; the last registration wins.
+pub fn register<I: Backend>(forward: AttentionForward) {
+    register_with_block_bytes::<I>(forward, DEFAULT_BLOCK_BYTES);
+}
+
+/// [`register`] with another block budget (tests use a tiny one to get many blocks).
+pub fn register_with_block_bytes<I: Backend>(forward: AttentionForward, block_bytes: usize) {
+    fn train<I: Backend>(args: Box<dyn Any>, causal: bool, opts: Options) -> Box<dyn Any> {
+        type T<I> = Tensor<Autodiff<I>, 4>;
+        let (q, k, v) = *args
+            .downcast::<(T<I>, T<I>, T<I>)>()
+            .expect("registered under this type's TypeId");
+        Box::new(autodiff_attention::<I>(q, k, v, causal, opts))
+    }
+    fn infer<I: Backend>(args: Box<dyn Any>, causal: bool, opts: Options) -> Box<dyn Any> {
+        type T<I> = Tensor<I, 4>;
+        let (q, k, v) = *args
+            .downcast::<(T<I>, T<I>, T<I>)>()
+            .expect("registered under this type's TypeId");
+        Box::new(self::forward(q, k, v, causal, opts))
+    }
+    let opts = Options {
+        forward,
+        block_bytes,
+    };
+    let mut map = registry().write().unwrap_or_else(|e| e.into_inner());
+    map.insert(TypeId::of::<Autodiff<I>>(), (train::<I>, opts));
+    map.insert(TypeId::of::<I>(), (infer::<I>, opts));
+}
+
+/// Attention over `[batch, heads, T, head_dim]` tensors through the registered operation, or the
+/// inputs back when `B` has none. `causal` needs `t_q == t_k` (training).
+#[allow(clippy::type_complexity)]
+pub fn try_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    causal: bool,
+) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+    let entry = registry()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&TypeId::of::<B>())
+        .copied();
+    match entry {
+        Some((f, fwd)) => Ok(*f(Box::new((q, k, v)), causal, fwd)
+            .downcast::<Tensor<B, 4>>()
+            .expect("the registered function returns the same backend's tensor")),
+        None => Err((q, k, v)),
+    }
+}
+
+fn float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// Queries per block: the f32 probabilities of one block (`batch × heads × block × t_k`) stay
+/// under `budget` bytes, and a block is at least 64 queries (the matmul tiles' size) when T allows.
+fn block_len(b: usize, h: usize, tq: usize, tk: usize, budget: usize) -> usize {
+    let per_query = (b * h * tk * 4).max(1);
+    let n = (budget / per_query).max(64);
+    let n = if n >= 64 { n / 64 * 64 } else { n };
+    n.clamp(1, tq.max(1))
+}
+
+/// `softmax(q kᵀ / √d)` of queries `start..start + q.dims()[2]` against keys `0..k.dims()[2]`,
+/// in f32, with future keys hidden when `causal` (query i sees keys `0..=i`).
+fn probabilities<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    start: usize,
+    causal: bool,
+) -> Tensor<B, 4> {
+    let [b, h, bq, hd] = q.dims();
+    let tk = k.dims()[2];
+    let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) * (1.0 / (hd as f64).sqrt());
+    let scores = if causal {
+        let hidden = Tensor::<B, 2, Bool>::tril_mask([bq, tk], start as i64, &scores.device())
+            .unsqueeze::<4>()
+            .expand([b, h, bq, tk]);
+        scores.mask_fill(hidden, -1e30)
+    } else {
+        scores
+    };
+    softmax(scores, 3)
+}
+
+/// The forward pass on any backend, one block of queries at a time.
+fn blocked_forward<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    causal: bool,
+    block_bytes: usize,
+) -> Tensor<B, 4> {
+    let [b, h, tq, hd] = q.dims();
+    let tk = k.dims()[2];
+    let dtype = v.dtype();
+    let n = block_len(b, h, tq, tk, block_bytes);
+    let mut out = Vec::with_capacity(tq.div_ceil(n));
+    for s in (0..tq).step_by(n) {
+        let e = (s + n).min(tq);
+        let ke = if causal { e } else { tk };
+        let qb = q.clone().slice([0..b, 0..h, s..e, 0..hd]);
+        let p = probabilities(qb, k.clone().slice([0..b, 0..h, 0..ke, 0..hd]), s, causal);
+        out.push(
+            p.cast(dtype)
+                .matmul(v.clone().slice([0..b, 0..h, 0..ke, 0..hd])),
+        );
+    }
+    Tensor::cat(out, 2)
+}
+
+fn forward<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    causal: bool,
+    opts: Options,
+) -> Tensor<B, 4> {
+    let fused = match opts.forward {
+        AttentionForward::Fused => true,
+        AttentionForward::FusedF32 => q.dtype() == DType::F32,
+        AttentionForward::Blocked => false,
+    };
+    match fused {
+        true => {
+            let options = AttentionModuleOptions {
+                is_causal: causal,
+                ..Default::default()
+            };
+            attention(q, k, v, None, None, options)
+        }
+        false => blocked_forward(q, k, v, causal, opts.block_bytes),
+    }
+}
+
+/// dq, dk, dv of `o = softmax(q kᵀ/√d) v` given `dout`, recomputing the probabilities blockwise.
+fn backward_blocks<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    o: Tensor<B, 4>,
+    dout: Tensor<B, 4>,
+    causal: bool,
+    block_bytes: usize,
+) -> [Tensor<B, 4>; 3] {
+    let [b, h, tq, hd] = q.dims();
+    let tk = k.dims()[2];
+    let dtype = q.dtype();
+    let scale = 1.0 / (hd as f64).sqrt();
+    let dout = dout.cast(dtype);
+    // D_i = Σ_j dO_ij O_ij = Σ_j P_ij dP_ij: the softmax backward's row term, from the output.
+    let rows = (dout.clone().cast(DType::F32) * o.cast(DType::F32)).sum_dim(3);
+    let device = q.device();
+    let mut dk = Tensor::<B, 4>::zeros([b, h, tk, hd], &device);
+    let mut dv = Tensor::<B, 4>::zeros([b, h, tk, hd], &device);
+    let n = block_len(b, h, tq, tk, block_bytes);
+    let mut dq = Vec::with_capacity(tq.div_ceil(n));
+    for s in (0..tq).step_by(n) {
+        let e = (s + n).min(tq);
+        let ke = if causal { e } else { tk };
+        let keys = [0..b, 0..h, 0..ke, 0..hd];
+        let qb = q.clone().slice([0..b, 0..h, s..e, 0..hd]);
+        let (kb, vb) = (k.clone().slice(keys.clone()), v.clone().slice(keys.clone()));
+        let dob = dout.clone().slice([0..b, 0..h, s..e, 0..hd]);
+        let p = probabilities(qb.clone(), kb.clone(), s, causal);
+        let dvb = p.clone().cast(dtype).swap_dims(2, 3).matmul(dob.clone());
+        let dp = dob.matmul(vb.swap_dims(2, 3)).cast(DType::F32);
+        let drow = rows.clone().slice([0..b, 0..h, s..e, 0..1]);
+        let ds = (p * (dp - drow) * scale).cast(dtype);
+        dq.push(ds.clone().matmul(kb));
+        let dkb = ds.swap_dims(2, 3).matmul(qb);
+        if ke == tk {
+            dk = dk + dkb.cast(DType::F32);
+            dv = dv + dvb.cast(DType::F32);
+        } else {
+            let add = |acc: Tensor<B, 4>, x: Tensor<B, 4>| {
+                let part = acc.clone().slice(keys.clone()) + x.cast(DType::F32);
+                acc.slice_assign(keys.clone(), part)
+            };
+            dk = add(dk, dkb);
+            dv = add(dv, dvb);
+        }
+    }
+    [Tensor::cat(dq, 2), dk.cast(dtype), dv.cast(dtype)]
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl<B: Backend> Backward<B, 3> for AttentionBackward {
+    // q, k, v, the output, causal, the block budget.
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        bool,
+        usize,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let dout = float::<B, 4>(grads.consume::<B>(&ops.node));
+        let (q, k, v, o, causal, block_bytes) = ops.state;
+        let (q, k, v, o) = (float(q), float(k), float(v), float(o));
+        let [dq, dk, dv] = backward_blocks(q, k, v, o, dout, causal, block_bytes);
+        for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad.into_primitive().tensor());
+            }
+        }
+    }
+}
+
+fn autodiff_attention<I: Backend>(
+    q: Tensor<Autodiff<I>, 4>,
+    k: Tensor<Autodiff<I>, 4>,
+    v: Tensor<Autodiff<I>, 4>,
+    causal: bool,
+    opts: Options,
+) -> Tensor<Autodiff<I>, 4> {
+    let (q, k, v) = (
+        q.into_primitive().tensor(),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+    );
+    let run = |q: &FloatTensor<I>, k: &FloatTensor<I>, v: &FloatTensor<I>| -> FloatTensor<I> {
+        forward::<I>(
+            float(q.clone()),
+            float(k.clone()),
+            float(v.clone()),
+            causal,
+            opts,
+        )
+        .into_primitive()
+        .tensor()
+    };
+    let prep = AttentionBackward
+        .prepare::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>([
+            q.node.clone(),
+            k.node.clone(),
+            v.node.clone(),
+        ])
+        .compute_bound()
+        .stateful();
+    let out = match prep {
+        OpsKind::Tracked(prep) => {
+            let o = run(&q.primitive, &k.primitive, &v.primitive);
+            let state = (
+                q.primitive,
+                k.primitive,
+                v.primitive,
+                o.clone(),
+                causal,
+                opts.block_bytes,
+            );
+            prep.finish(state, o)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(run(&q.primitive, &k.primitive, &v.primitive)),
+    };
+    float(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_cover_long_sequences_within_the_budget() {
+        let budget = DEFAULT_BLOCK_BYTES;
+        assert_eq!(block_len(1, 1, 10, 10, budget), 10);
+        let n = block_len(8, 12, 2048, 2048, budget);
+        assert!(n >= 64 && n % 64 == 0 && n <= 2048, "{n}");
+        assert!(8 * 12 * n * 2048 * 4 <= budget);
+        // Even a huge batch (or a tiny budget) gets 64-query blocks, never zero.
+        assert_eq!(block_len(1024, 64, 4096, 4096, budget), 64);
+        assert_eq!(block_len(1, 1, 300, 300, 1), 64);
+    }
+}
