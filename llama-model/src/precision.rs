@@ -60,20 +60,31 @@ impl Precision {
         }
     }
 
-    /// `x · W` for a bias-free [`Linear`], in the compute dtype.
+    /// `x · W (+ b)` for a [`Linear`], in the compute dtype.
+    ///
+    /// The leading dimensions are flattened first: Burn's `linear` on a `[batch, T, d]` input
+    /// broadcasts the weight to a batched matmul, and its weight gradient is then `batch` separate
+    /// `[d_in, d_out]` products summed afterwards (for the output head, a `[batch, d, vocab]`
+    /// temporary); one `[batch·T, d]` matmul does the same work in one product.
     pub fn linear<B: Backend, const D: usize>(
         self,
         layer: &Linear<B>,
         x: Tensor<B, D>,
     ) -> Tensor<B, D> {
-        match self.compute_dtype() {
+        let dims = x.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let x = x.reshape([rows, dims[D - 1]]);
+        let y = match self.compute_dtype() {
             None => layer.forward(x),
             Some(dtype) => {
                 let w = layer.weight.val().cast(dtype);
                 let b = layer.bias.as_ref().map(|b| b.val().cast(dtype));
                 burn::tensor::module::linear(x.cast(dtype), w, b)
             }
-        }
+        };
+        let mut out = dims;
+        out[D - 1] = y.dims()[1];
+        y.reshape(out)
     }
 
     /// `x · Wᵀ` against a `[out, in]` matrix (the tied output head), in the compute dtype.
