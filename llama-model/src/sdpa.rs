@@ -342,7 +342,7 @@ mod tests {
         let budget = DEFAULT_BLOCK_BYTES;
         assert_eq!(block_len(1, 1, 10, 10, budget), 10);
         let n = block_len(8, 12, 2048, 2048, budget);
-        assert!(n >= 64 && n % 64 == 0 && n <= 2048, "{n}");
+        assert!(n >= 64 && n.is_multiple_of(64) && n <= 2048, "{n}");
         assert!(8 * 12 * n * 2048 * 4 <= budget);
         // Even a huge batch (or a tiny budget) gets 64-query blocks, never zero.
         assert_eq!(block_len(1024, 64, 4096, 4096, budget), 64);
