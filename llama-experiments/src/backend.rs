@@ -125,14 +125,22 @@ impl DeviceSpec {
     }
 }
 
-/// Registers the memory-efficient attention (`llama_model::sdpa`) for backend `I`, unless
-/// `LLAMA_ATTENTION=decomposed` asks for Burn's own decomposition (for comparisons).
+/// Registers the model's own autodiff operations for backend `I`: the memory-efficient attention
+/// (`llama_model::sdpa`) and the one-operation cross-entropy (`llama_model::loss`), unless
+/// `LLAMA_ATTENTION=decomposed` / `LLAMA_LOSS=decomposed` ask for the tensor-op forms (for
+/// comparisons).
 #[allow(dead_code)]
 fn attention<I: burn::tensor::backend::Backend>(forward: AttentionForward) -> Result<()> {
-    match std::env::var("LLAMA_ATTENTION").as_deref() {
-        Err(_) | Ok("") | Ok("auto") => llama_model::sdpa::register::<I>(forward),
-        Ok("decomposed") => {}
-        Ok(other) => bail!("LLAMA_ATTENTION={other}: expected `auto` or `decomposed`"),
+    let wanted = |var: &str| match std::env::var(var).as_deref() {
+        Err(_) | Ok("") | Ok("auto") => Ok(true),
+        Ok("decomposed") => Ok(false),
+        Ok(other) => bail!("{var}={other}: expected `auto` or `decomposed`"),
+    };
+    if wanted("LLAMA_ATTENTION")? {
+        llama_model::sdpa::register::<I>(forward);
+    }
+    if wanted("LLAMA_LOSS")? {
+        llama_model::loss::register::<I>();
     }
     Ok(())
 }

@@ -2,9 +2,8 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 
 use crate::attention::AttentionMask;
 use crate::block::Block;
@@ -13,6 +12,7 @@ use crate::config::LlamaConfig;
 use crate::error::ConfigError;
 use crate::ffn::linear;
 use crate::knobs::{NormPlacement, PositionKind};
+use crate::loss::cross_entropy;
 use crate::norm::Norm;
 use crate::position::{AbsolutePosition, Rope, Sinusoids};
 use crate::precision::Precision;
@@ -182,11 +182,4 @@ impl<B: Backend> Llama<B> {
             .map(|_| LayerCache::new(batch, c.kv_heads(), capacity, c.head_dim(), device))
             .collect()
     }
-}
-
-/// Mean cross-entropy of `logits: [n, vocab]` against `targets: [n]`, with the log-softmax in f32
-/// whatever the compute dtype (Burn's `CrossEntropyLoss` runs in the input dtype).
-pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
-    let logp = log_softmax(logits.cast(DType::F32), 1);
-    logp.gather(1, targets.unsqueeze_dim(1)).mean().neg()
 }

@@ -16,15 +16,12 @@
 //! Products run in the inputs' dtype (bf16 on tensor cores when the model computes in bf16);
 //! scaling, masking, softmax and the dk/dv accumulators in f32, as in flash kernels.
 //!
-//! Generic code only knows `B: Backend`, and a backend-extension trait would put a new bound on
-//! every generic function of the toolkit and of its users. So backends opt in at run time:
+//! Generic code only knows `B: Backend`, so backends opt in at run time (`crate::dispatch`):
 //! [`register`]`::<Inner>()` records the operation for `Autodiff<Inner>` (and the forward pass for
 //! `Inner`, inference) under their `TypeId`s, and [`try_attention`] hands back its inputs for any
 //! backend that did not register.
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -35,6 +32,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
 use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
+
+use crate::dispatch::Registry;
 
 /// How the forward pass runs on the inner backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,10 +61,7 @@ struct Options {
 
 type Erased = fn(Box<dyn Any>, bool, Options) -> Box<dyn Any>;
 
-fn registry() -> &'static RwLock<HashMap<TypeId, (Erased, Options)>> {
-    static REGISTRY: OnceLock<RwLock<HashMap<TypeId, (Erased, Options)>>> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
-}
+static REGISTRY: Registry<(Erased, Options)> = Registry::new();
 
 /// Makes `Autodiff<I>` (the default, no-checkpointing form) use this module's operation, and `I`
 /// itself (inference) the same forward pass. Idempotent; the last registration wins.
@@ -93,9 +89,8 @@ pub fn register_with_block_bytes<I: Backend>(forward: AttentionForward, block_by
         forward,
         block_bytes,
     };
-    let mut map = registry().write().unwrap_or_else(|e| e.into_inner());
-    map.insert(TypeId::of::<Autodiff<I>>(), (train::<I>, opts));
-    map.insert(TypeId::of::<I>(), (infer::<I>, opts));
+    REGISTRY.insert(TypeId::of::<Autodiff<I>>(), (train::<I>, opts));
+    REGISTRY.insert(TypeId::of::<I>(), (infer::<I>, opts));
 }
 
 /// Attention over `[batch, heads, T, head_dim]` tensors through the registered operation, or the
@@ -107,12 +102,7 @@ pub fn try_attention<B: Backend>(
     v: Tensor<B, 4>,
     causal: bool,
 ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
-    let entry = registry()
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&TypeId::of::<B>())
-        .copied();
-    match entry {
+    match REGISTRY.get(TypeId::of::<B>()) {
         Some((f, fwd)) => Ok(*f(Box::new((q, k, v)), causal, fwd)
             .downcast::<Tensor<B, 4>>()
             .expect("the registered function returns the same backend's tensor")),

@@ -1,0 +1,40 @@
+//! Run-time opt-in of backend-specific operations for generic code.
+//!
+//! The model is generic over `B: Backend`; operations that need to know the concrete backend (an
+//! autodiff operation with its own backward, [`crate::sdpa`] and [`crate::loss`]) are registered by
+//! the program that picks the backend, keyed by the backend's `TypeId`, and looked up from generic
+//! code. A backend-extension trait would put a new bound on every generic function of the toolkit
+//! and its users; this keeps `B: Backend` and falls back to the plain tensor-op path when nothing is
+//! registered.
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
+
+/// A `TypeId → V` table behind a lock (written at start-up, read on every call).
+pub(crate) struct Registry<V>(OnceLock<RwLock<HashMap<TypeId, V>>>);
+
+impl<V: Copy> Registry<V> {
+    pub(crate) const fn new() -> Self {
+        Self(OnceLock::new())
+    }
+
+    fn map(&self) -> &RwLock<HashMap<TypeId, V>> {
+        self.0.get_or_init(Default::default)
+    }
+
+    pub(crate) fn insert(&self, key: TypeId, value: V) {
+        self.map()
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, value);
+    }
+
+    pub(crate) fn get(&self, key: TypeId) -> Option<V> {
+        self.map()
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied()
+    }
+}
