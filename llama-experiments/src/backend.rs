@@ -78,14 +78,14 @@ impl DeviceSpec {
             #[cfg(feature = "ndarray")]
             Self::NdArray => {
                 use burn::backend::NdArray;
-                attention::<NdArray>(AttentionForward::Blocked)?;
+                register_ops::<NdArray>(AttentionForward::Blocked)?;
                 Ok(job.run::<burn::backend::Autodiff<NdArray>>(Default::default()))
             }
             #[cfg(feature = "flex")]
             Self::Flex => {
                 use burn::backend::Flex;
                 // Flex's own attention kernel in f32.
-                attention::<Flex>(AttentionForward::FusedF32)?;
+                register_ops::<Flex>(AttentionForward::FusedF32)?;
                 Ok(job.run::<burn::backend::Autodiff<Flex>>(Default::default()))
             }
             #[cfg(feature = "wgpu")]
@@ -93,7 +93,7 @@ impl DeviceSpec {
                 use burn::backend::Wgpu;
                 // Blocked, not CubeCL's flash kernel: not yet checked on Mesa's lavapipe, where
                 // CubeCL's fusion once gave wrong results (docs/backends.md).
-                attention::<Wgpu>(AttentionForward::Blocked)?;
+                register_ops::<Wgpu>(AttentionForward::Blocked)?;
                 Ok(job.run::<burn::backend::Autodiff<Wgpu>>(Default::default()))
             }
             #[cfg(feature = "tch")]
@@ -101,7 +101,7 @@ impl DeviceSpec {
                 use burn::backend::LibTorch;
                 use burn::backend::libtorch::LibTorchDevice;
                 // torch's SDPA keeps the softmax in f32 for bf16 inputs.
-                attention::<LibTorch>(AttentionForward::Fused)?;
+                register_ops::<LibTorch>(AttentionForward::Fused)?;
                 let device = match self {
                     Self::TchCuda(i) => LibTorchDevice::Cuda(i),
                     _ => LibTorchDevice::Cpu,
@@ -112,7 +112,7 @@ impl DeviceSpec {
             Self::Cuda(i) => {
                 use burn::backend::Cuda;
                 // CubeCL's attention autotune may pick Burn's decomposition (bf16 softmax).
-                attention::<Cuda>(AttentionForward::FusedF32)?;
+                register_ops::<Cuda>(AttentionForward::FusedF32)?;
                 Ok(job
                     .run::<burn::backend::Autodiff<Cuda>>(burn::backend::cuda::CudaDevice::new(i)))
             }
@@ -130,7 +130,7 @@ impl DeviceSpec {
 /// `LLAMA_ATTENTION=decomposed` / `LLAMA_LOSS=decomposed` ask for the tensor-op forms (for
 /// comparisons).
 #[allow(dead_code)]
-fn attention<I: burn::tensor::backend::Backend>(forward: AttentionForward) -> Result<()> {
+fn register_ops<I: burn::tensor::backend::Backend>(forward: AttentionForward) -> Result<()> {
     let wanted = |var: &str| match std::env::var(var).as_deref() {
         Err(_) | Ok("") | Ok("auto") => Ok(true),
         Ok("decomposed") => Ok(false),

@@ -118,8 +118,7 @@ fn float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
 /// under `budget` bytes, and a block is at least 64 queries (the matmul tiles' size) when T allows.
 fn block_len(b: usize, h: usize, tq: usize, tk: usize, budget: usize) -> usize {
     let per_query = (b * h * tk * 4).max(1);
-    let n = (budget / per_query).max(64);
-    let n = if n >= 64 { n / 64 * 64 } else { n };
+    let n = (budget / per_query).max(64) / 64 * 64;
     n.clamp(1, tq.max(1))
 }
 
