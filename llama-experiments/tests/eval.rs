@@ -56,6 +56,14 @@ fn job(evals: &Path, tasks: &[&str], limit: Option<usize>, items: &Path) -> Eval
     }
 }
 
+/// The `ppl:SOURCE` task (a text file or a prepared dataset) on the fixture's model.
+fn perplexity(source: &Path, items: &Path) -> EvalReport {
+    let task = format!("ppl:{}", source.display());
+    job(&fixture().join("mini"), &[task.as_str()], None, items)
+        .run::<B>(Default::default())
+        .unwrap()
+}
+
 /// Our per-item results keyed by (task, line).
 fn our_items(path: &Path) -> HashMap<(String, usize), Value> {
     std::fs::read_to_string(path)
@@ -403,15 +411,7 @@ fn text_perplexity_and_greedy_decoding_match_transformers() {
     let reference = reference();
     let dir = tempfile::tempdir().unwrap();
     let text = fixture().join("mini/ppl.txt");
-    let task = format!("ppl:{}", text.display());
-    let report = job(
-        &fixture().join("mini"),
-        &[task.as_str()],
-        None,
-        &dir.path().join("i"),
-    )
-    .run::<B>(Default::default())
-    .unwrap();
+    let report = perplexity(&text, &dir.path().join("i"));
     let ppl = &report.tasks[0];
     let want = &reference["perplexity"];
     assert_eq!(ppl.details["tokens"], want["tokens"].as_f64().unwrap());
@@ -459,15 +459,7 @@ fn shard_perplexity_averages_every_validation_window() {
         quiet: true,
     };
     llama_data::prepare(&recipe, &fixture().join("tokenizer.json"), &ds, &opts).unwrap();
-    let task = format!("ppl:{}", ds.display());
-    let report = job(
-        &fixture().join("mini"),
-        &[task.as_str()],
-        None,
-        &dir.path().join("i"),
-    )
-    .run::<B>(Default::default())
-    .unwrap();
+    let report = perplexity(&ds, &dir.path().join("i"));
     let got = &report.tasks[0];
 
     // Independently: the model's own mean loss on each validation window, averaged.

@@ -2,11 +2,10 @@
 
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, attention_fallback};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, DType, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 
 use crate::cache::LayerCache;
 use crate::ffn::linear;
@@ -136,26 +135,18 @@ fn mixed_attention<B: Backend>(
     v: Tensor<B, 4>,
     mask: &AttentionMask<B>,
 ) -> Tensor<B, 4> {
-    let [b, h, tq, hd] = q.dims();
+    let [b, h, tq, _] = q.dims();
     let tk = k.dims()[2];
     let dtype = v.dtype();
-    let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) / (hd as f64).sqrt();
     let hidden = match mask {
         AttentionMask::Full => None,
         // Bottom-right aligned (query i sits at key position tk - tq + i), as Burn's reference.
-        AttentionMask::Causal => Some(
-            // `true` above the diagonal shifted by tk - tq: the future keys.
-            Tensor::<B, 2, Bool>::tril_mask([tq, tk], (tk - tq) as i64, &scores.device())
-                .unsqueeze::<4>()
-                .expand([b, h, tq, tk]),
-        ),
+        AttentionMask::Causal => Some(sdpa::future_keys([b, h, tq, tk], tk - tq, &q.device())),
         AttentionMask::Explicit(m) => Some(m.clone().expand([b, h, tq, tk])),
     };
-    let scores = match hidden {
-        Some(m) => scores.mask_fill(m, -1e30),
-        None => scores,
-    };
-    softmax(scores, 3).cast(dtype).matmul(v)
+    sdpa::masked_probabilities(q, k, hidden)
+        .cast(dtype)
+        .matmul(v)
 }
 
 /// Repeats each key/value head `n_rep` times so grouped-query attention can use the multi-head op.

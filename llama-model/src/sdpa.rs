@@ -122,26 +122,48 @@ fn block_len(b: usize, h: usize, tq: usize, tk: usize, budget: usize) -> usize {
     n.clamp(1, tq.max(1))
 }
 
-/// `softmax(q kᵀ / √d)` of queries `start..start + q.dims()[2]` against keys `0..k.dims()[2]`,
-/// in f32, with future keys hidden when `causal` (query i sees keys `0..=i`).
+/// `softmax(q kᵀ / √d)` in f32 with the `hidden` scores filled with a large finite negative value
+/// (so a fully hidden row, a left-pad query, stays finite). Shared with the model's bf16 inference
+/// path (`attention::mixed_attention`).
+pub(crate) fn masked_probabilities<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    hidden: Option<Tensor<B, 4, Bool>>,
+) -> Tensor<B, 4> {
+    let hd = q.dims()[3];
+    let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) * (1.0 / (hd as f64).sqrt());
+    let scores = match hidden {
+        Some(m) => scores.mask_fill(m, -1e30),
+        None => scores,
+    };
+    softmax(scores, 3)
+}
+
+/// `[b, h, tq, tk]`, `true` for the keys after each query, query `r` sitting at key position
+/// `offset + r` (`tk − tq` aligns bottom-right as Burn's reference; a block of queries starting at
+/// `s` of a square matrix uses `s`).
+pub(crate) fn future_keys<B: Backend>(
+    [b, h, tq, tk]: [usize; 4],
+    offset: usize,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    Tensor::<B, 2, Bool>::tril_mask([tq, tk], offset as i64, device)
+        .unsqueeze::<4>()
+        .expand([b, h, tq, tk])
+}
+
+/// The f32 probabilities of queries `start..start + q.dims()[2]` against keys `0..k.dims()[2]`,
+/// with future keys hidden when `causal` (query i sees keys `0..=i`).
 fn probabilities<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     start: usize,
     causal: bool,
 ) -> Tensor<B, 4> {
-    let [b, h, bq, hd] = q.dims();
+    let [b, h, bq, _] = q.dims();
     let tk = k.dims()[2];
-    let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) * (1.0 / (hd as f64).sqrt());
-    let scores = if causal {
-        let hidden = Tensor::<B, 2, Bool>::tril_mask([bq, tk], start as i64, &scores.device())
-            .unsqueeze::<4>()
-            .expand([b, h, bq, tk]);
-        scores.mask_fill(hidden, -1e30)
-    } else {
-        scores
-    };
-    softmax(scores, 3)
+    let hidden = causal.then(|| future_keys([b, h, bq, tk], start, &q.device()));
+    masked_probabilities(q, k, hidden)
 }
 
 /// The forward pass on any backend, one block of queries at a time.
