@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
-use llama_model::sdpa::AttentionForward;
+use llama_model::sdpa::{AttentionForward, NativeAttention};
 
 /// A device named on the command line: `ndarray`, `flex`, `wgpu`, `tch-cpu`, `tch-cuda:N`, `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,14 +78,14 @@ impl DeviceSpec {
             #[cfg(feature = "ndarray")]
             Self::NdArray => {
                 use burn::backend::NdArray;
-                register_ops::<NdArray>(AttentionForward::Blocked)?;
+                register_ops::<NdArray>(AttentionForward::Blocked, None)?;
                 Ok(job.run::<burn::backend::Autodiff<NdArray>>(Default::default()))
             }
             #[cfg(feature = "flex")]
             Self::Flex => {
                 use burn::backend::Flex;
                 // Flex's own attention kernel in f32.
-                register_ops::<Flex>(AttentionForward::FusedF32)?;
+                register_ops::<Flex>(AttentionForward::FusedF32, None)?;
                 Ok(job.run::<burn::backend::Autodiff<Flex>>(Default::default()))
             }
             #[cfg(feature = "wgpu")]
@@ -93,15 +93,17 @@ impl DeviceSpec {
                 use burn::backend::Wgpu;
                 // Blocked, not CubeCL's flash kernel: not yet checked on Mesa's lavapipe, where
                 // CubeCL's fusion once gave wrong results (docs/backends.md).
-                register_ops::<Wgpu>(AttentionForward::Blocked)?;
+                register_ops::<Wgpu>(AttentionForward::Blocked, None)?;
                 Ok(job.run::<burn::backend::Autodiff<Wgpu>>(Default::default()))
             }
             #[cfg(feature = "tch")]
             Self::TchCpu | Self::TchCuda(_) => {
                 use burn::backend::LibTorch;
                 use burn::backend::libtorch::LibTorchDevice;
-                // torch's SDPA keeps the softmax in f32 for bf16 inputs.
-                register_ops::<LibTorch>(AttentionForward::Fused)?;
+                // torch's SDPA keeps the softmax in f32 for bf16 inputs; training goes through
+                // torch's own autograd for it (its flash backward).
+                let native = crate::libtorch_attention::native();
+                register_ops::<LibTorch>(AttentionForward::Fused, Some(native))?;
                 let device = match self {
                     Self::TchCuda(i) => LibTorchDevice::Cuda(i),
                     _ => LibTorchDevice::Cpu,
@@ -112,7 +114,7 @@ impl DeviceSpec {
             Self::Cuda(i) => {
                 use burn::backend::Cuda;
                 // CubeCL's attention autotune may pick Burn's decomposition (bf16 softmax).
-                register_ops::<Cuda>(AttentionForward::FusedF32)?;
+                register_ops::<Cuda>(AttentionForward::FusedF32, None)?;
                 Ok(job
                     .run::<burn::backend::Autodiff<Cuda>>(burn::backend::cuda::CudaDevice::new(i)))
             }
@@ -126,20 +128,35 @@ impl DeviceSpec {
 }
 
 /// Registers the model's own autodiff operations for backend `I`: the memory-efficient attention
-/// (`llama_model::sdpa`) and the one-operation cross-entropy (`llama_model::loss`), unless
-/// `LLAMA_ATTENTION=decomposed` / `LLAMA_LOSS=decomposed` ask for the tensor-op forms (for
-/// comparisons).
+/// (`llama_model::sdpa`, through the backend's `native` differentiable attention where it has one)
+/// and the one-operation cross-entropy (`llama_model::loss`). For comparisons,
+/// `LLAMA_ATTENTION=blocked` skips the native attention and `LLAMA_ATTENTION=decomposed` /
+/// `LLAMA_LOSS=decomposed` ask for Burn's tensor-op forms.
 #[allow(dead_code)]
-fn register_ops<I: burn::tensor::backend::Backend>(forward: AttentionForward) -> Result<()> {
-    let wanted = |var: &str| match std::env::var(var).as_deref() {
-        Err(_) | Ok("") | Ok("auto") => Ok(true),
-        Ok("decomposed") => Ok(false),
-        Ok(other) => bail!("{var}={other}: expected `auto` or `decomposed`"),
+fn register_ops<I: burn::tensor::backend::Backend>(
+    forward: AttentionForward,
+    native: Option<NativeAttention<I>>,
+) -> Result<()> {
+    let choice = |var: &str, allowed: &[&'static str]| -> Result<&'static str> {
+        let value = std::env::var(var).unwrap_or_default();
+        match value.as_str() {
+            "" => Ok("auto"),
+            v => allowed
+                .iter()
+                .copied()
+                .find(|a| *a == v)
+                .ok_or_else(|| anyhow!("{var}={v}: expected one of {}", allowed.join(", "))),
+        }
     };
-    if wanted("LLAMA_ATTENTION")? {
-        llama_model::sdpa::register::<I>(forward);
+    match (
+        choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
+        native,
+    ) {
+        ("decomposed", _) => {}
+        ("auto", Some(native)) => llama_model::sdpa::register_native::<I>(forward, native),
+        _ => llama_model::sdpa::register::<I>(forward),
     }
-    if wanted("LLAMA_LOSS")? {
+    if choice("LLAMA_LOSS", &["auto", "decomposed"])? == "auto" {
         llama_model::loss::register::<I>();
     }
     Ok(())

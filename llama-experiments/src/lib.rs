@@ -9,6 +9,8 @@ pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod generate;
+#[cfg(feature = "tch")]
+pub mod libtorch_attention;
 pub mod params;
 pub mod plot;
 pub mod quickstart;

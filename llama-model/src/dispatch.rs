@@ -14,7 +14,7 @@ use std::sync::{OnceLock, RwLock};
 /// A `TypeId → V` table behind a lock (written at start-up, read on every call).
 pub(crate) struct Registry<V>(OnceLock<RwLock<HashMap<TypeId, V>>>);
 
-impl<V: Copy> Registry<V> {
+impl<V: Clone> Registry<V> {
     pub(crate) const fn new() -> Self {
         Self(OnceLock::new())
     }
@@ -35,6 +35,6 @@ impl<V: Copy> Registry<V> {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .copied()
+            .cloned()
     }
 }

@@ -16,12 +16,17 @@
 //! Products run in the inputs' dtype (bf16 on tensor cores when the model computes in bf16);
 //! scaling, masking, softmax and the dk/dv accumulators in f32, as in flash kernels.
 //!
+//! A backend whose library has its own differentiable attention (torch's SDPA with its flash
+//! backward) can hand both passes over with [`register_native`]: the operation then saves what that
+//! forward returns and calls its backward instead of the blocked one.
+//!
 //! Generic code only knows `B: Backend`, so backends opt in at run time (`crate::dispatch`):
 //! [`register`]`::<Inner>()` records the operation for `Autodiff<Inner>` (and the forward pass for
 //! `Inner`, inference) under their `TypeId`s, and [`try_attention`] hands back its inputs for any
 //! backend that did not register.
 
 use std::any::{Any, TypeId};
+use std::sync::Arc;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -53,10 +58,40 @@ pub enum AttentionForward {
 /// kept under this many bytes (blocks are still at least 64 queries: the matmul tiles' size).
 pub const DEFAULT_BLOCK_BYTES: usize = 256 << 20;
 
-#[derive(Debug, Clone, Copy)]
+/// A backend's own attention with its own backward pass, for [`register_native`].
+pub struct NativeAttention<I: Backend> {
+    /// `(q, k, v, causal)` → the output and what the backward pass needs, or `None` to use this
+    /// module's forward and blocked backward for these inputs.
+    pub forward: NativeForward<I>,
+    /// What `forward` saved and the output's gradient → dq, dk, dv.
+    pub backward: NativeBackward<I>,
+}
+
+/// See [`NativeAttention::forward`].
+pub type NativeForward<I> = fn(
+    FloatTensor<I>,
+    FloatTensor<I>,
+    FloatTensor<I>,
+    bool,
+) -> Option<(FloatTensor<I>, Vec<FloatTensor<I>>)>;
+
+/// See [`NativeAttention::backward`].
+pub type NativeBackward<I> = fn(Vec<FloatTensor<I>>, FloatTensor<I>) -> [FloatTensor<I>; 3];
+
+// By hand: a derive would ask `I: Clone + Copy` of the backend type itself.
+impl<I: Backend> Clone for NativeAttention<I> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<I: Backend> Copy for NativeAttention<I> {}
+
+#[derive(Clone)]
 struct Options {
     forward: AttentionForward,
     block_bytes: usize,
+    /// A `NativeAttention<I>` of the registering backend, type-erased.
+    native: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 type Erased = fn(Box<dyn Any>, bool, Options) -> Box<dyn Any>;
@@ -71,6 +106,20 @@ pub fn register<I: Backend>(forward: AttentionForward) {
 
 /// [`register`] with another block budget (tests use a tiny one to get many blocks).
 pub fn register_with_block_bytes<I: Backend>(forward: AttentionForward, block_bytes: usize) {
+    register_all::<I>(forward, block_bytes, None);
+}
+
+/// [`register`], with training going through the backend's own differentiable attention wherever
+/// its `forward` accepts the inputs (`forward` still serves inference and the rest).
+pub fn register_native<I: Backend>(forward: AttentionForward, native: NativeAttention<I>) {
+    register_all::<I>(forward, DEFAULT_BLOCK_BYTES, Some(Arc::new(native)));
+}
+
+fn register_all<I: Backend>(
+    forward: AttentionForward,
+    block_bytes: usize,
+    native: Option<Arc<dyn Any + Send + Sync>>,
+) {
     fn train<I: Backend>(args: Box<dyn Any>, causal: bool, opts: Options) -> Box<dyn Any> {
         type T<I> = Tensor<Autodiff<I>, 4>;
         let (q, k, v) = *args
@@ -83,13 +132,14 @@ pub fn register_with_block_bytes<I: Backend>(forward: AttentionForward, block_by
         let (q, k, v) = *args
             .downcast::<(T<I>, T<I>, T<I>)>()
             .expect("registered under this type's TypeId");
-        Box::new(self::forward(q, k, v, causal, opts))
+        Box::new(self::forward(q, k, v, causal, &opts))
     }
     let opts = Options {
         forward,
         block_bytes,
+        native,
     };
-    REGISTRY.insert(TypeId::of::<Autodiff<I>>(), (train::<I>, opts));
+    REGISTRY.insert(TypeId::of::<Autodiff<I>>(), (train::<I>, opts.clone()));
     REGISTRY.insert(TypeId::of::<I>(), (infer::<I>, opts));
 }
 
@@ -197,7 +247,7 @@ fn forward<B: Backend>(
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     causal: bool,
-    opts: Options,
+    opts: &Options,
 ) -> Tensor<B, 4> {
     let fused = match opts.forward {
         AttentionForward::Fused => true,
@@ -270,26 +320,32 @@ fn backward_blocks<B: Backend>(
 #[derive(Debug)]
 struct AttentionBackward;
 
+/// What the forward pass keeps for the backward pass.
+#[derive(Debug, Clone)]
+enum Saved<B: Backend> {
+    /// q, k, v, the output, causal and the block budget: for [`backward_blocks`].
+    Blocked([FloatTensor<B>; 4], bool, usize),
+    /// What a native forward returned, and its backward.
+    Native(Vec<FloatTensor<B>>, NativeBackward<B>),
+}
+
 impl<B: Backend> Backward<B, 3> for AttentionBackward {
-    // q, k, v, the output, causal, the block budget.
-    type State = (
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-        bool,
-        usize,
-    );
+    type State = Saved<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_q, node_k, node_v] = ops.parents;
-        let dout = float::<B, 4>(grads.consume::<B>(&ops.node));
-        let (q, k, v, o, causal, block_bytes) = ops.state;
-        let (q, k, v, o) = (float(q), float(k), float(v), float(o));
-        let [dq, dk, dv] = backward_blocks(q, k, v, o, dout, causal, block_bytes);
+        let dout = grads.consume::<B>(&ops.node);
+        let [dq, dk, dv] = match ops.state {
+            Saved::Blocked([q, k, v, o], causal, block_bytes) => {
+                let (q, k, v, o) = (float(q), float(k), float(v), float(o));
+                backward_blocks::<B>(q, k, v, o, float(dout), causal, block_bytes)
+                    .map(|t| t.into_primitive().tensor())
+            }
+            Saved::Native(saved, backward) => backward(saved, dout),
+        };
         for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
             if let Some(node) = node {
-                grads.register::<B>(node.id, grad.into_primitive().tensor());
+                grads.register::<B>(node.id, grad);
             }
         }
     }
@@ -313,11 +369,16 @@ fn autodiff_attention<I: Backend>(
             float(k.clone()),
             float(v.clone()),
             causal,
-            opts,
+            &opts,
         )
         .into_primitive()
         .tensor()
     };
+    let native = opts
+        .native
+        .as_ref()
+        .and_then(|n| n.downcast_ref::<NativeAttention<I>>())
+        .copied();
     let prep = AttentionBackward
         .prepare::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>([
             q.node.clone(),
@@ -328,15 +389,16 @@ fn autodiff_attention<I: Backend>(
         .stateful();
     let out = match prep {
         OpsKind::Tracked(prep) => {
-            let o = run(&q.primitive, &k.primitive, &v.primitive);
-            let state = (
-                q.primitive,
-                k.primitive,
-                v.primitive,
-                o.clone(),
-                causal,
-                opts.block_bytes,
-            );
+            let (qp, kp, vp) = (q.primitive, k.primitive, v.primitive);
+            let by_native = native.and_then(|n| {
+                (n.forward)(qp.clone(), kp.clone(), vp.clone(), causal)
+                    .map(|(o, saved)| (o, Saved::Native(saved, n.backward)))
+            });
+            let (o, state) = by_native.unwrap_or_else(|| {
+                let o = run(&qp, &kp, &vp);
+                let state = Saved::Blocked([qp, kp, vp, o.clone()], causal, opts.block_bytes);
+                (o, state)
+            });
             prep.finish(state, o)
         }
         OpsKind::UnTracked(prep) => prep.finish(run(&q.primitive, &k.primitive, &v.primitive)),
