@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::backend::BackendJob;
 use crate::train::config::OptimConfig;
 use crate::train::init_model;
-use crate::train::optim::{LlamaOptimizer, global_norm, scale_grads};
+use crate::train::optim::{LlamaOptimizer, clip_global_norm};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -164,10 +164,8 @@ impl BackendJob for BenchJob {
                     let tokens = random_tokens::<B>(b, t + 1, vocab, i as u64, &device);
                     let loss = model.loss(tokens);
                     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-                    let norm = global_norm(&model, &grads);
-                    if norm > 1.0 {
-                        scale_grads(&model, &mut grads, 1.0 / (norm + 1e-6));
-                    }
+                    // On the device, as `llama train`: nothing is read back inside the step.
+                    let _ = clip_global_norm(&model, &mut grads, Some(1.0), &device);
                     slot = Some(optim.step(3e-4, model, grads));
                 });
                 (median, b * t, cfg.flops_per_token() as f64)

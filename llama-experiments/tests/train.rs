@@ -384,3 +384,49 @@ fn a_bf16_run_trains_like_f32_and_resumes_exactly() {
         );
     }
 }
+
+/// Two parameters whose gradients are known: `loss = Σ a ⊙ ca + Σ b ⊙ cb` has gradients ca, cb.
+#[derive(burn::module::Module, Debug)]
+struct Two<B: burn::tensor::backend::Backend> {
+    a: burn::module::Param<Tensor<B, 2>>,
+    b: burn::module::Param<Tensor<B, 1>>,
+}
+
+#[test]
+fn clipping_scales_by_the_global_norm_as_torch_does() {
+    use burn::optim::GradientsParams;
+    use llama_experiments::train::optim::clip_global_norm;
+    let device = Default::default();
+    let (ca, cb) = ([[3.0f32, -4.0], [0.0, 12.0]], [-5.0f32, 0.0]);
+    let norm = (9.0f64 + 16.0 + 144.0 + 25.0).sqrt(); // 13.928...
+    let model = Two::<B> {
+        a: burn::module::Param::from_tensor(Tensor::zeros([2, 2], &device).require_grad()),
+        b: burn::module::Param::from_tensor(Tensor::zeros([2], &device).require_grad()),
+    };
+    let grads = || {
+        let loss = (model.a.val() * Tensor::from_floats(ca, &device)).sum()
+            + (model.b.val() * Tensor::from_floats(cb, &device)).sum();
+        GradientsParams::from_grads::<B, _>(loss.backward(), &model)
+    };
+    for max in [None, Some(100.0), Some(1.0), Some(0.5)] {
+        let mut g = grads();
+        let n = clip_global_norm::<B, _>(&model, &mut g, max, &device).into_scalar() as f64;
+        assert!((n - norm).abs() < 1e-5, "norm {n}");
+        let factor = max.map_or(1.0, |m| (m / (norm + 1e-6)).min(1.0));
+        let ga = g.get::<NdArray, 2>(model.a.id).unwrap().into_data();
+        let gb = g.get::<NdArray, 1>(model.b.id).unwrap().into_data();
+        let want: Vec<f32> = ca
+            .iter()
+            .flatten()
+            .chain(&cb)
+            .map(|x| x * factor as f32)
+            .collect();
+        let got: Vec<f32> = [ga.to_vec::<f32>().unwrap(), gb.to_vec::<f32>().unwrap()].concat();
+        for (x, y) in got.iter().zip(&want) {
+            assert!(
+                (x - y).abs() <= 1e-6 * y.abs().max(1.0),
+                "max {max:?}: {got:?} vs {want:?}"
+            );
+        }
+    }
+}

@@ -88,15 +88,15 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
     }
 }
 
-/// The global L2 norm of `grads` (one host sync).
+/// The global L2 norm of `grads`, on the device (`[1]`; zero without gradients).
 pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
     grads: &GradientsParams,
-) -> f64 {
+    device: &B::Device,
+) -> Tensor<B::InnerBackend, 1> {
     let mut v = SquaredNorm::<B> { grads, sum: None };
     model.visit(&mut v);
-    v.sum
-        .map_or(0.0, |s| (s.into_scalar().elem::<f64>()).sqrt())
+    v.sum.unwrap_or_else(|| Tensor::zeros([1], device)).sqrt()
 }
 
 /// Multiplies every gradient by `scale`.
@@ -113,7 +113,43 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     model.visit(&mut v);
 }
 
-use burn::tensor::ElementConversion;
+/// Multiplies every gradient by a one-element device tensor.
+struct ScaleBy<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    factor: Tensor<B::InnerBackend, 1>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleBy<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            let factor = self.factor.clone().cast(g.dtype()).reshape([1; D]);
+            self.grads.register(param.id, g * factor);
+        }
+    }
+}
+
+/// Clips the global norm of `grads` to `max` as `torch.nn.utils.clip_grad_norm_` does (every
+/// gradient times `min(1, max / (norm + 1e-6))`) without reading the norm back: the factor stays
+/// on the device, so the host goes on queueing the optimiser while the GPU finishes the backward
+/// pass. Returns the norm before clipping, still on the device.
+pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    max: Option<f64>,
+    device: &B::Device,
+) -> Tensor<B::InnerBackend, 1> {
+    let norm = global_norm(model, grads, device);
+    if let Some(max) = max {
+        let factor = norm
+            .clone()
+            .add_scalar(1e-6)
+            .recip()
+            .mul_scalar(max)
+            .clamp_max(1.0);
+        model.visit(&mut ScaleBy::<B> { grads, factor });
+    }
+    norm
+}
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
     pub fn new(cfg: &OptimConfig, model: &M) -> Self {

@@ -16,7 +16,7 @@ use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::{DType, ElementConversion, Tensor};
 use llama_data::Manifest;
 use llama_data::dataset::PackedDataset;
 use llama_model::{Llama, LlamaConfig, save_native, write_dir_atomically};
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::RunConfig;
 use super::metrics::{MetricRow, MetricsLog, RunState, Status};
-use super::optim::{LlamaOptimizer, global_norm, scale_grads};
+use super::optim::{LlamaOptimizer, clip_global_norm, scale_grads};
 use super::schedule::lr_at;
 use crate::backend::BackendJob;
 use crate::batcher::{SequenceBatcher, TokenBatch};
@@ -201,12 +201,15 @@ fn train<B: AutodiffBackend>(job: &TrainJob, device: &B::Device) -> Result<Train
             run.optim.min_lr_ratio,
         );
         let mut acc = GradientsAccumulator::<Llama<B>>::new();
-        let mut loss_sum = 0.0;
+        // Loss and norm stay on the device until the step is queued: reading them earlier would
+        // make the GPU idle while the host queues the next pass.
+        let mut loss_sum: Option<Tensor<B::InnerBackend, 1>> = None;
         for k in 0..accum {
             let windows = train_ds.batch(step * accum as u64 + k as u64, micro);
             let batch: TokenBatch<B> = SequenceBatcher.batch(windows, device);
             let loss = model.loss(batch.tokens);
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
+            let value = loss.clone().inner().cast(DType::F32);
+            loss_sum = Some(loss_sum.map_or(value.clone(), |s| s + value));
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             acc.accumulate(&model, grads);
         }
@@ -214,10 +217,14 @@ fn train<B: AutodiffBackend>(job: &TrainJob, device: &B::Device) -> Result<Train
         if accum > 1 {
             scale_grads(&model, &mut grads, 1.0 / accum as f64);
         }
-        let loss = loss_sum / accum as f64;
-        let norm = global_norm(&model, &grads);
+        // As torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6)).
+        let norm = clip_global_norm(&model, &mut grads, run.optim.grad_clip, device);
+        let next = optim.step(lr, model, grads);
+        let loss = loss_sum.map_or(f64::NAN, |s| s.into_scalar().elem::<f64>()) / accum as f64;
+        let norm = norm.into_scalar().elem::<f64>();
         let exploded = t.diverge_grad_norm.is_some_and(|limit| norm > limit);
         if !loss.is_finite() || !norm.is_finite() || exploded {
+            // The updated model is dropped: nothing of this step is saved.
             status.state = RunState::Diverged;
             status.step = step;
             status.message = format!("diverged at step {step}: loss {loss}, gradient norm {norm}");
@@ -230,13 +237,7 @@ fn train<B: AutodiffBackend>(job: &TrainJob, device: &B::Device) -> Result<Train
                 out: out.clone(),
             });
         }
-        if let Some(max) = run.optim.grad_clip
-            && norm > max
-        {
-            // As torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6).
-            scale_grads(&model, &mut grads, max / (norm + 1e-6));
-        }
-        model = optim.step(lr, model, grads);
+        model = next;
         step += 1;
         tokens += tokens_per_step;
         if let Some(bar) = &progress {
