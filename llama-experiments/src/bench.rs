@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::backend::BackendJob;
 use crate::train::config::OptimConfig;
 use crate::train::init_model;
-use crate::train::optim::{LlamaOptimizer, clip_global_norm};
+use crate::train::optim::LlamaOptimizer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -163,10 +163,10 @@ impl BackendJob for BenchJob {
                     let model = slot.take().expect("the model is put back after every step");
                     let tokens = random_tokens::<B>(b, t + 1, vocab, i as u64, &device);
                     let loss = model.loss(tokens);
-                    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-                    // On the device, as `llama train`: nothing is read back inside the step.
-                    let _ = clip_global_norm(&model, &mut grads, Some(1.0), &device);
-                    slot = Some(optim.step(3e-4, model, grads));
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    // Clipping on the device, as `llama train`: nothing is read back in a step.
+                    let (model, _norm) = optim.step(3e-4, model, grads, 1.0, Some(1.0), &device);
+                    slot = Some(model);
                 });
                 (median, b * t, cfg.flops_per_token() as f64)
             }

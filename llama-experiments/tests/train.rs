@@ -385,48 +385,72 @@ fn a_bf16_run_trains_like_f32_and_resumes_exactly() {
     }
 }
 
-/// Two parameters whose gradients are known: `loss = Σ a ⊙ ca + Σ b ⊙ cb` has gradients ca, cb.
+/// A weight matrix (decayed) and a vector (not) whose gradients are known: `loss = Σ W ⊙ cw +
+/// Σ b ⊙ cb` has gradients cw, cb at every step.
 #[derive(burn::module::Module, Debug)]
 struct Two<B: burn::tensor::backend::Backend> {
-    a: burn::module::Param<Tensor<B, 2>>,
+    lin: burn::nn::Linear<B>,
     b: burn::module::Param<Tensor<B, 1>>,
 }
 
 #[test]
-fn clipping_scales_by_the_global_norm_as_torch_does() {
+fn the_optimiser_is_torchs_adamw_with_global_norm_clipping() {
     use burn::optim::GradientsParams;
-    use llama_experiments::train::optim::clip_global_norm;
+    use llama_experiments::train::config::OptimConfig;
+    use llama_experiments::train::optim::LlamaOptimizer;
     let device = Default::default();
-    let (ca, cb) = ([[3.0f32, -4.0], [0.0, 12.0]], [-5.0f32, 0.0]);
-    let norm = (9.0f64 + 16.0 + 144.0 + 25.0).sqrt(); // 13.928...
-    let model = Two::<B> {
-        a: burn::module::Param::from_tensor(Tensor::zeros([2, 2], &device).require_grad()),
-        b: burn::module::Param::from_tensor(Tensor::zeros([2], &device).require_grad()),
+    let (cw, cb) = ([[3.0f64, -4.0], [0.0, 12.0]], [-5.0f64, 0.0]);
+    let cfg = OptimConfig {
+        weight_decay: 0.1,
+        ..OptimConfig::default()
     };
-    let grads = || {
-        let loss = (model.a.val() * Tensor::from_floats(ca, &device)).sum()
-            + (model.b.val() * Tensor::from_floats(cb, &device)).sum();
-        GradientsParams::from_grads::<B, _>(loss.backward(), &model)
-    };
-    for max in [None, Some(100.0), Some(1.0), Some(0.5)] {
-        let mut g = grads();
-        let n = clip_global_norm::<B, _>(&model, &mut g, max, &device).into_scalar() as f64;
-        assert!((n - norm).abs() < 1e-5, "norm {n}");
-        let factor = max.map_or(1.0, |m| (m / (norm + 1e-6)).min(1.0));
-        let ga = g.get::<NdArray, 2>(model.a.id).unwrap().into_data();
-        let gb = g.get::<NdArray, 1>(model.b.id).unwrap().into_data();
-        let want: Vec<f32> = ca
-            .iter()
-            .flatten()
-            .chain(&cb)
-            .map(|x| x * factor as f32)
-            .collect();
-        let got: Vec<f32> = [ga.to_vec::<f32>().unwrap(), gb.to_vec::<f32>().unwrap()].concat();
-        for (x, y) in got.iter().zip(&want) {
-            assert!(
-                (x - y).abs() <= 1e-6 * y.abs().max(1.0),
-                "max {max:?}: {got:?} vs {want:?}"
-            );
+    let (lr, scale) = (0.1, 0.5);
+    for clip in [None, Some(100.0), Some(0.5)] {
+        let mut model = Two::<B> {
+            lin: burn::nn::LinearConfig::new(2, 2)
+                .with_bias(false)
+                .init(&device),
+            b: burn::module::Param::from_tensor(Tensor::from_floats([0.25, -0.5], &device)),
+        };
+        let values = |m: &Two<B>| -> Vec<f64> {
+            let w = m.lin.weight.val().into_data().to_vec::<f32>().unwrap();
+            let b = m.b.val().into_data().to_vec::<f32>().unwrap();
+            w.into_iter().chain(b).map(f64::from).collect()
+        };
+        // Reference in f64: torch.optim.AdamW after clip_grad_norm_.
+        let mut p = values(&model);
+        let c: Vec<f64> = cw.iter().flatten().chain(&cb).map(|x| x * scale).collect();
+        let norm = c.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let factor = clip.map_or(1.0, |m| (m / (norm + 1e-6)).min(1.0));
+        let (b1, b2, eps) = (cfg.beta1 as f64, cfg.beta2 as f64, cfg.eps as f64);
+        let (mut m, mut v) = (vec![0.0; 6], vec![0.0; 6]);
+        let mut optim = LlamaOptimizer::new(&cfg, &model);
+        assert_eq!(optim.no_decay_count(), 1);
+        for t in 1..=3 {
+            for i in 0..6 {
+                let g = c[i] * factor;
+                m[i] = b1 * m[i] + (1.0 - b1) * g;
+                v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+                if i < 4 {
+                    p[i] *= 1.0 - lr * cfg.weight_decay as f64;
+                }
+                let (mh, vh) = (m[i] / (1.0 - b1.powi(t)), v[i] / (1.0 - b2.powi(t)));
+                p[i] -= lr * mh / (vh.sqrt() + eps);
+            }
+            let loss = (model.lin.weight.val() * Tensor::from_floats(cw, &device)).sum()
+                + (model.b.val() * Tensor::from_floats(cb, &device)).sum();
+            let grads = GradientsParams::from_grads::<B, _>(loss.backward(), &model);
+            let (next, n) = optim.step(lr, model, grads, scale, clip, &device);
+            model = next;
+            let n = n.into_scalar() as f64;
+            assert!((n - norm).abs() < 1e-5, "norm {n} vs {norm}");
+            let got = values(&model);
+            for (x, y) in got.iter().zip(&p) {
+                assert!(
+                    (x - y).abs() <= 1e-5,
+                    "clip {clip:?} step {t}: {got:?} vs {p:?}"
+                );
+            }
         }
     }
 }

@@ -1,28 +1,46 @@
-//! The paper's optimiser around Burn's AdamW: decoupled weight decay on weight matrices only, and
-//! gradient clipping by the global norm over all parameters.
+//! The paper's optimiser: AdamW with decoupled weight decay on weight matrices only, and gradient
+//! clipping by the global norm over all parameters, as one multi-tensor step.
 //!
-//! Burn 0.21 has no parameter groups and clips each tensor by its own norm
-//! (`GradientClippingConfig::Norm`), so this module splits the gradients between two AdamW
-//! adaptors (decay 0.1 and 0) and rescales them itself.
+//! Burn 0.21's `AdamW` has no parameter groups, clips each tensor by its own norm
+//! (`GradientClippingConfig::Norm`), and updates one parameter at a time: ~15 kernels per
+//! parameter (~1,700 for `125m`), each a few microseconds of GPU work behind tens of microseconds of
+//! host dispatch, so the GPU idles through the optimiser (docs/performance.md, attempt 7). Here
+//! each group's parameters and gradients are concatenated into one flat f32 vector, AdamW runs on
+//! those (~10 kernels per group, as torch's `foreach` AdamW), and the parameters come back as
+//! views of the updated vector. The update is torch's `AdamW` (bias-corrected moments,
+//! `p ← p·(1 − lr·wd) − lr·m̂/(√v̂ + ε)`) and the clipping `clip_grad_norm_`'s, without reading
+//! anything back to the host.
 
 use std::collections::HashSet;
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
-use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Tensor};
 
 use super::config::OptimConfig;
 
-type Adaptor<M, B> = OptimizerAdaptor<AdamW, M, B>;
+type Inner<B> = <B as AutodiffBackend>::InnerBackend;
+type Flat<B> = Tensor<Inner<B>, 1>;
 
-/// Two AdamW adaptors: one for weight matrices (decayed), one for everything else.
+/// AdamW over two flat groups: weight matrices (decayed) and everything else.
 pub struct LlamaOptimizer<M: AutodiffModule<B>, B: AutodiffBackend> {
-    decay: Adaptor<M, B>,
-    no_decay: Adaptor<M, B>,
+    cfg: OptimConfig,
     no_decay_ids: HashSet<ParamId>,
+    /// Steps taken (AdamW's `t`).
+    time: usize,
+    /// First and second moments per group (`[decay, no_decay]`), after the first step.
+    moments: Option<[(Flat<B>, Flat<B>); 2]>,
+    _module: std::marker::PhantomData<M>,
+}
+
+/// What [`LlamaOptimizer::save`] writes.
+#[derive(Record)]
+struct MomentsRecord<B: Backend> {
+    time: usize,
+    first: Vec<Tensor<B, 1>>,
+    second: Vec<Tensor<B, 1>>,
 }
 
 /// Collects the ids of parameters that are not `Linear` weight matrices (norm scales, embeddings,
@@ -47,167 +65,248 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Groups {
     }
 }
 
-/// Moves the gradients of `ids` from one `GradientsParams` to another, or scales all of them.
-struct GradVisitor<'a> {
-    from: &'a mut GradientsParams,
-    to: Option<(&'a mut GradientsParams, &'a HashSet<ParamId>)>,
-    scale: Option<f64>,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradVisitor<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some((to, ids)) = &mut self.to {
-            if ids.contains(&param.id)
-                && let Some(g) = self.from.remove::<B::InnerBackend, D>(param.id)
-            {
-                to.register(param.id, g);
-            }
-        } else if let Some(s) = self.scale
-            && let Some(g) = self.from.remove::<B::InnerBackend, D>(param.id)
-        {
-            self.from.register(param.id, g.mul_scalar(s));
-        }
-    }
-}
-
-/// Sum of squared gradient entries over all parameters.
-struct SquaredNorm<'a, B: AutodiffBackend> {
-    grads: &'a GradientsParams,
-    sum: Option<Tensor<B::InnerBackend, 1>>,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let sq = g.cast(burn::tensor::DType::F32).powi_scalar(2).sum();
-            self.sum = Some(match self.sum.take() {
-                Some(s) => s + sq,
-                None => sq,
-            });
-        }
-    }
-}
-
-/// The global L2 norm of `grads`, on the device (`[1]`; zero without gradients).
-pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
-    model: &M,
-    grads: &GradientsParams,
-    device: &B::Device,
-) -> Tensor<B::InnerBackend, 1> {
-    let mut v = SquaredNorm::<B> { grads, sum: None };
-    model.visit(&mut v);
-    v.sum.unwrap_or_else(|| Tensor::zeros([1], device)).sqrt()
-}
-
-/// Multiplies every gradient by `scale`.
-pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
-    model: &M,
-    grads: &mut GradientsParams,
-    scale: f64,
-) {
-    let mut v = GradVisitor {
-        from: grads,
-        to: None,
-        scale: Some(scale),
-    };
-    model.visit(&mut v);
-}
-
-/// Multiplies every gradient by a one-element device tensor.
-struct ScaleBy<'a, B: AutodiffBackend> {
+/// Flattens every float parameter and its gradient (zeros where a parameter got none) into its
+/// group, in the module's visiting order.
+struct Flatten<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
-    factor: Tensor<B::InnerBackend, 1>,
+    no_decay: &'a HashSet<ParamId>,
+    /// Per group (`[decay, no_decay]`): parameters, gradients.
+    params: [Vec<Flat<B>>; 2],
+    grads_out: [Vec<Flat<B>>; 2],
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleBy<'_, B> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            let factor = self.factor.clone().cast(g.dtype()).reshape([1; D]);
-            self.grads.register(param.id, g * factor);
-        }
+        let value = param.val().inner();
+        let n = value.shape().num_elements();
+        let grad = match self.grads.remove::<Inner<B>, D>(param.id) {
+            Some(g) => g.cast(DType::F32).reshape([n]),
+            None => Tensor::zeros([n], &value.device()),
+        };
+        let g = usize::from(self.no_decay.contains(&param.id));
+        self.params[g].push(value.cast(DType::F32).reshape([n]));
+        self.grads_out[g].push(grad);
     }
 }
 
-/// Clips the global norm of `grads` to `max` as `torch.nn.utils.clip_grad_norm_` does (every
-/// gradient times `min(1, max / (norm + 1e-6))`) without reading the norm back: the factor stays
-/// on the device, so the host goes on queueing the optimiser while the GPU finishes the backward
-/// pass. Returns the norm before clipping, still on the device.
-pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
-    model: &M,
-    grads: &mut GradientsParams,
-    max: Option<f64>,
-    device: &B::Device,
-) -> Tensor<B::InnerBackend, 1> {
-    let norm = global_norm(model, grads, device);
-    if let Some(max) = max {
-        let factor = norm
+/// Puts each parameter back as a view of its group's updated flat vector (same visiting order).
+struct Unflatten<'a, B: AutodiffBackend> {
+    no_decay: &'a HashSet<ParamId>,
+    flat: [Tensor<Inner<B>, 1>; 2],
+    offset: [usize; 2],
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Unflatten<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let requires_grad = tensor.is_require_grad();
+        let g = usize::from(self.no_decay.contains(&id));
+        let shape = tensor.shape();
+        let n = shape.num_elements();
+        let start = self.offset[g];
+        self.offset[g] += n;
+        let value = self.flat[g]
             .clone()
-            .add_scalar(1e-6)
-            .recip()
-            .mul_scalar(max)
-            .clamp_max(1.0);
-        model.visit(&mut ScaleBy::<B> { grads, factor });
+            .narrow(0, start, n)
+            .reshape(shape)
+            .cast(tensor.dtype());
+        let mut tensor = Tensor::from_inner(value);
+        if requires_grad {
+            tensor = tensor.require_grad();
+        }
+        Param::from_mapped_value(id, tensor, mapper)
     }
-    norm
+}
+
+/// `cat` of a group's pieces (an empty group is an empty vector).
+fn cat<B: Backend>(parts: Vec<Tensor<B, 1>>, device: &B::Device) -> Tensor<B, 1> {
+    if parts.is_empty() {
+        Tensor::zeros([0], device)
+    } else {
+        Tensor::cat(parts, 0)
+    }
 }
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
     pub fn new(cfg: &OptimConfig, model: &M) -> Self {
-        let adamw = |wd: f32| {
-            AdamWConfig::new()
-                .with_beta_1(cfg.beta1)
-                .with_beta_2(cfg.beta2)
-                .with_epsilon(cfg.eps)
-                .with_weight_decay(wd)
-                .init::<B, M>()
-        };
         let mut groups = Groups {
             containers: Vec::new(),
             no_decay: HashSet::new(),
         };
         model.visit(&mut groups);
         Self {
-            decay: adamw(cfg.weight_decay),
-            no_decay: adamw(0.0),
+            cfg: cfg.clone(),
             no_decay_ids: groups.no_decay,
+            time: 0,
+            moments: None,
+            _module: std::marker::PhantomData,
         }
     }
 
-    /// Parameters that weight decay applies to, of all float parameters.
+    /// Parameters that weight decay does not apply to.
     pub fn no_decay_count(&self) -> usize {
         self.no_decay_ids.len()
     }
 
-    /// One AdamW step with `grads` (already averaged and clipped).
-    pub fn step(&mut self, lr: f64, model: M, mut grads: GradientsParams) -> M {
-        let mut other = GradientsParams::new();
-        let mut v = GradVisitor {
-            from: &mut grads,
-            to: Some((&mut other, &self.no_decay_ids)),
-            scale: None,
+    /// One AdamW step. The gradients are first multiplied by `grad_scale` (1/accumulation
+    /// steps), then clipped to a global norm of `clip` (torch's factor `min(1, clip / (norm +
+    /// 1e-6))`). Returns the updated model and the global norm before clipping, on the device.
+    pub fn step(
+        &mut self,
+        lr: f64,
+        model: M,
+        mut grads: GradientsParams,
+        grad_scale: f64,
+        clip: Option<f64>,
+        device: &B::Device,
+    ) -> (M, Tensor<Inner<B>, 1>) {
+        let mut flat = Flatten::<B> {
+            grads: &mut grads,
+            no_decay: &self.no_decay_ids,
+            params: Default::default(),
+            grads_out: Default::default(),
         };
-        model.visit(&mut v);
-        let model = self.decay.step(lr, model, grads);
-        self.no_decay.step(lr, model, other)
+        model.visit(&mut flat);
+        let params = flat.params.map(|p| cat(p, device));
+        let grads = flat
+            .grads_out
+            .map(|g| cat(g, device).mul_scalar(grad_scale));
+        let squared = grads
+            .iter()
+            .map(|g| g.clone().square().sum())
+            .reduce(|a, b| a + b)
+            .expect("two groups");
+        let norm = squared.sqrt();
+        let grads = match clip {
+            Some(max) => {
+                let factor = norm
+                    .clone()
+                    .add_scalar(1e-6)
+                    .recip()
+                    .mul_scalar(max)
+                    .clamp_max(1.0);
+                grads.map(|g| g * factor.clone())
+            }
+            None => grads,
+        };
+
+        self.time += 1;
+        let (b1, b2) = (self.cfg.beta1 as f64, self.cfg.beta2 as f64);
+        let t = self.time as i32;
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let moments = self.moments.take();
+        let mut updated = Vec::with_capacity(2);
+        let mut next_moments = Vec::with_capacity(2);
+        for (i, (p, g)) in params.into_iter().zip(grads).enumerate() {
+            let (m, v) = match &moments {
+                Some(ms) => (
+                    ms[i].0.clone().mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
+                    ms[i].1.clone().mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
+                ),
+                None => (
+                    g.clone().mul_scalar(1.0 - b1),
+                    g.square().mul_scalar(1.0 - b2),
+                ),
+            };
+            // lr·m̂/(√v̂ + ε) = (lr/c1)·m / (√v/√c2 + ε)
+            let denom = v
+                .clone()
+                .sqrt()
+                .mul_scalar(1.0 / c2.sqrt())
+                .add_scalar(self.cfg.eps as f64);
+            let delta = m.clone().div(denom).mul_scalar(lr / c1);
+            let decay = if i == 0 {
+                lr * self.cfg.weight_decay as f64
+            } else {
+                0.0
+            };
+            let p = if decay == 0.0 {
+                p
+            } else {
+                p.mul_scalar(1.0 - decay)
+            };
+            updated.push(p - delta);
+            next_moments.push((m, v));
+        }
+        let mut next = next_moments.into_iter();
+        self.moments = Some([next.next().expect("two"), next.next().expect("two")]);
+        let mut upd = updated.into_iter();
+        let mut back = Unflatten::<B> {
+            no_decay: &self.no_decay_ids,
+            flat: [upd.next().expect("two"), upd.next().expect("two")],
+            offset: [0, 0],
+        };
+        (model.map(&mut back), norm)
     }
 
-    /// Saves both adaptors' moments into the folder `path`.
+    /// Saves the step count and both groups' moments into the folder `path`.
     pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
-        let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-        rec.record(self.decay.to_record(), path.join("optim-decay"))?;
-        rec.record(self.no_decay.to_record(), path.join("optim-no-decay"))?;
+        let (first, second) = match &self.moments {
+            Some(ms) => ms.iter().cloned().unzip(),
+            None => (Vec::new(), Vec::new()),
+        };
+        let record = MomentsRecord::<Inner<B>> {
+            time: self.time,
+            first,
+            second,
+        };
+        NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+            .record(record, path.join("optim-adamw"))?;
         Ok(())
     }
 
-    /// Restores what [`save`](Self::save) wrote.
-    pub fn load(self, path: &std::path::Path, device: &B::Device) -> anyhow::Result<Self> {
-        let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-        let decay = rec.load(path.join("optim-decay"), device)?;
-        let no_decay = rec.load(path.join("optim-no-decay"), device)?;
-        Ok(Self {
-            decay: self.decay.load_record(decay),
-            no_decay: self.no_decay.load_record(no_decay),
-            no_decay_ids: self.no_decay_ids,
-        })
+    /// Restores what [`save`](Self::save) wrote, checking it fits this model's groups.
+    pub fn load(mut self, path: &std::path::Path, device: &B::Device) -> anyhow::Result<Self> {
+        let record: MomentsRecord<Inner<B>> = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+            .load(path.join("optim-adamw"), device)?;
+        self.time = record.time;
+        self.moments = match (record.first.len(), record.second.len()) {
+            (0, 0) => None,
+            (2, 2) => {
+                let mut m = record.first.into_iter();
+                let mut v = record.second.into_iter();
+                let mut pair = || (m.next().expect("two"), v.next().expect("two"));
+                Some([pair(), pair()])
+            }
+            (a, b) => anyhow::bail!(
+                "{}: optimiser state has {a}/{b} moment groups, expected 2",
+                path.display()
+            ),
+        };
+        Ok(self)
+    }
+
+    /// Checks loaded moments against the model's group sizes (a checkpoint of another model).
+    pub fn check_fits(&self, model: &M) -> anyhow::Result<()> {
+        let Some(ms) = &self.moments else {
+            return Ok(());
+        };
+        let mut sizes = Sizes {
+            no_decay: &self.no_decay_ids,
+            n: [0, 0],
+        };
+        model.visit(&mut sizes);
+        for (g, (m, v)) in ms.iter().enumerate() {
+            let (lm, lv) = (m.dims()[0], v.dims()[0]);
+            anyhow::ensure!(
+                lm == sizes.n[g] && lv == sizes.n[g],
+                "optimiser state does not fit this model: group {g} has {lm}/{lv} entries, the model {}",
+                sizes.n[g]
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Elements per group.
+struct Sizes<'a> {
+    no_decay: &'a HashSet<ParamId>,
+    n: [usize; 2],
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Sizes<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let g = usize::from(self.no_decay.contains(&param.id));
+        self.n[g] += param.lazy_shape().num_elements();
     }
 }

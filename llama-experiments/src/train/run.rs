@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::RunConfig;
 use super::metrics::{MetricRow, MetricsLog, RunState, Status};
-use super::optim::{LlamaOptimizer, clip_global_norm, scale_grads};
+use super::optim::LlamaOptimizer;
 use super::schedule::lr_at;
 use crate::backend::BackendJob;
 use crate::batcher::{SequenceBatcher, TokenBatch};
@@ -147,7 +147,9 @@ fn train<B: AutodiffBackend>(job: &TrainJob, device: &B::Device) -> Result<Train
                 .load_file(dir.join("model"), &recorder, device)
                 .with_context(|| format!("loading {}", dir.display()))?;
             (step, tokens, elapsed0) = (state.step, state.tokens, state.elapsed_s);
-            LlamaOptimizer::new(&run.optim, &model).load(dir, device)?
+            let optim = LlamaOptimizer::new(&run.optim, &model).load(dir, device)?;
+            optim.check_fits(&model)?;
+            optim
         }
         _ => LlamaOptimizer::new(&run.optim, &model),
     };
@@ -213,13 +215,10 @@ fn train<B: AutodiffBackend>(job: &TrainJob, device: &B::Device) -> Result<Train
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             acc.accumulate(&model, grads);
         }
-        let mut grads = acc.grads();
-        if accum > 1 {
-            scale_grads(&model, &mut grads, 1.0 / accum as f64);
-        }
-        // As torch.nn.utils.clip_grad_norm_: scale by min(1, max / (norm + 1e-6)).
-        let norm = clip_global_norm(&model, &mut grads, run.optim.grad_clip, device);
-        let next = optim.step(lr, model, grads);
+        // Averaged over the micro-batches, clipped as torch.nn.utils.clip_grad_norm_.
+        let scale = 1.0 / accum as f64;
+        let clip = run.optim.grad_clip;
+        let (next, norm) = optim.step(lr, model, acc.grads(), scale, clip, device);
         let loss = loss_sum.map_or(f64::NAN, |s| s.into_scalar().elem::<f64>()) / accum as f64;
         let norm = norm.into_scalar().elem::<f64>();
         let exploded = t.diverge_grad_norm.is_some_and(|limit| norm > limit);
