@@ -50,7 +50,7 @@ impl DeviceSpec {
             Self::Flex => cfg!(feature = "flex"),
             Self::Wgpu => cfg!(feature = "wgpu"),
             Self::TchCpu | Self::TchCuda(_) => cfg!(feature = "tch"),
-            Self::Cuda(_) => cfg!(feature = "cuda"),
+            Self::Cuda(_) => cfg!(feature = "cuda-untuned"),
         }
     }
 
@@ -110,7 +110,7 @@ impl DeviceSpec {
                 };
                 Ok(job.run::<burn::backend::Autodiff<LibTorch>>(device))
             }
-            #[cfg(feature = "cuda")]
+            #[cfg(feature = "cuda-untuned")]
             Self::Cuda(i) => {
                 use burn::backend::Cuda;
                 // CubeCL's attention autotune may pick Burn's decomposition (bf16 softmax).

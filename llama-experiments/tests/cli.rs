@@ -65,7 +65,7 @@ fn asking_for_a_backend_that_is_not_compiled_in_names_the_feature() {
         ("flex", "flex"),
     ] {
         let compiled = match feature {
-            "cuda" => cfg!(feature = "cuda"),
+            "cuda" => cfg!(feature = "cuda-untuned"),
             "tch" => cfg!(feature = "tch"),
             "wgpu" => cfg!(feature = "wgpu"),
             _ => cfg!(feature = "flex"),
