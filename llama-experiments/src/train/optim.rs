@@ -1,17 +1,20 @@
 //! The paper's optimiser: AdamW with decoupled weight decay on weight matrices only, and gradient
-//! clipping by the global norm over all parameters, as one multi-tensor step.
+//! clipping by the global norm over all parameters, as a multi-tensor step.
 //!
 //! Burn 0.21's `AdamW` has no parameter groups, clips each tensor by its own norm
 //! (`GradientClippingConfig::Norm`), and updates one parameter at a time: ~15 kernels per
 //! parameter (~1,700 for `125m`), each a few microseconds of GPU work behind tens of microseconds of
-//! host dispatch, so the GPU idles through the optimiser (docs/performance.md, attempt 7). Here
-//! each group's parameters and gradients are concatenated into one flat f32 vector, AdamW runs on
-//! those (~10 kernels per group, as torch's `foreach` AdamW), and the parameters come back as
-//! views of the updated vector. The update is torch's `AdamW` (bias-corrected moments,
+//! host dispatch, so the GPU idles through the optimiser (docs/performance.md, attempt 7). Here the
+//! parameters of each decay group are packed, in the module's order, into buckets of up to
+//! [`BUCKET_ELEMS`] elements; a bucket's parameters and gradients are concatenated into flat f32
+//! vectors, AdamW runs on those (~10 kernels per bucket, as torch's `foreach` AdamW), and the
+//! parameters come back as views of the bucket's updated vector. Buckets, rather than one vector
+//! per group, bound the step's extra memory to a bucket's temporaries (one flat copy of a 1b
+//! model is 4.4 GB). The update is torch's `AdamW` (bias-corrected moments,
 //! `p ← p·(1 − lr·wd) − lr·m̂/(√v̂ + ε)`) and the clipping `clip_grad_norm_`'s, without reading
 //! anything back to the host.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -24,14 +27,35 @@ use super::config::OptimConfig;
 type Inner<B> = <B as AutodiffBackend>::InnerBackend;
 type Flat<B> = Tensor<Inner<B>, 1>;
 
-/// AdamW over two flat groups: weight matrices (decayed) and everything else.
+/// Largest bucket, in elements (128 MiB of f32): large enough that a `125m` step is a handful of
+/// buckets, small enough that their temporaries are noise next to the model.
+pub const BUCKET_ELEMS: usize = 32 << 20;
+
+/// Where a parameter lives: its bucket and its range there.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    bucket: usize,
+    offset: usize,
+    len: usize,
+}
+
+/// A bucket: its decay group (weight matrices or not) and its length.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    decayed: bool,
+    len: usize,
+}
+
+/// AdamW over buckets of parameters, weight matrices decayed and everything else not.
 pub struct LlamaOptimizer<M: AutodiffModule<B>, B: AutodiffBackend> {
     cfg: OptimConfig,
-    no_decay_ids: HashSet<ParamId>,
+    slots: HashMap<ParamId, Slot>,
+    buckets: Vec<Bucket>,
+    no_decay_count: usize,
     /// Steps taken (AdamW's `t`).
     time: usize,
-    /// First and second moments per group (`[decay, no_decay]`), after the first step.
-    moments: Option<[(Flat<B>, Flat<B>); 2]>,
+    /// First and second moments per bucket, after the first step.
+    moments: Vec<Option<(Flat<B>, Flat<B>)>>,
     _module: std::marker::PhantomData<M>,
 }
 
@@ -43,14 +67,15 @@ struct MomentsRecord<B: Backend> {
     second: Vec<Tensor<B, 1>>,
 }
 
-/// Collects the ids of parameters that are not `Linear` weight matrices (norm scales, embeddings,
-/// learned positions, biases).
-struct Groups {
+/// Lists the float parameters in the module's order with their size and whether weight decay
+/// applies: to `Linear` weight matrices only (not norm scales, embeddings, learned positions or
+/// biases).
+struct Layout {
     containers: Vec<String>,
-    no_decay: HashSet<ParamId>,
+    params: Vec<(ParamId, usize, bool)>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for Groups {
+impl<B: AutodiffBackend> ModuleVisitor<B> for Layout {
     fn enter_module(&mut self, _name: &str, container_type: &str) {
         self.containers.push(container_type.to_string());
     }
@@ -59,56 +84,112 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Groups {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let in_linear = self.containers.last().is_some_and(|c| c == "Struct:Linear");
-        if !(D == 2 && in_linear) {
-            self.no_decay.insert(param.id);
-        }
+        let n = param.lazy_shape().num_elements();
+        self.params.push((param.id, n, D == 2 && in_linear));
     }
 }
 
-/// Flattens every float parameter and its gradient (zeros where a parameter got none) into its
-/// group, in the module's visiting order.
-struct Flatten<'a, B: AutodiffBackend> {
+/// Collects each bucket's parameter values (handles, not copies) and flattened gradients (zeros
+/// where a parameter got none), in bucket order.
+struct Gather<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
-    no_decay: &'a HashSet<ParamId>,
-    /// Per group (`[decay, no_decay]`): parameters, gradients.
-    params: [Vec<Flat<B>>; 2],
-    grads_out: [Vec<Flat<B>>; 2],
+    slots: &'a HashMap<ParamId, Slot>,
+    params: Vec<Vec<(usize, Flat<B>)>>,
+    grads_out: Vec<Vec<(usize, Flat<B>)>>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(slot) = self.slots.get(&param.id) else {
+            return;
+        };
         let value = param.val().inner();
-        let n = value.shape().num_elements();
+        let n = slot.len;
         let grad = match self.grads.remove::<Inner<B>, D>(param.id) {
             Some(g) => g.cast(DType::F32).reshape([n]),
             None => Tensor::zeros([n], &value.device()),
         };
-        let g = usize::from(self.no_decay.contains(&param.id));
-        self.params[g].push(value.cast(DType::F32).reshape([n]));
-        self.grads_out[g].push(grad);
+        let value = value.cast(DType::F32).reshape([n]);
+        self.params[slot.bucket].push((slot.offset, value));
+        self.grads_out[slot.bucket].push((slot.offset, grad));
     }
 }
 
-/// Puts each parameter back as a view of its group's updated flat vector (same visiting order).
-struct Unflatten<'a, B: AutodiffBackend> {
-    no_decay: &'a HashSet<ParamId>,
-    flat: [Tensor<Inner<B>, 1>; 2],
-    offset: [usize; 2],
+/// `cat` of a bucket's pieces in offset order.
+fn cat<B: Backend>(mut parts: Vec<(usize, Tensor<B, 1>)>) -> Tensor<B, 1> {
+    parts.sort_by_key(|(offset, _)| *offset);
+    Tensor::cat(parts.into_iter().map(|(_, t)| t).collect(), 0)
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for Unflatten<'_, B> {
+/// The update of one bucket and the parameters as views of it, computed when the mapper reaches
+/// the bucket's first parameter, so that each bucket's old values are released before the next.
+struct Update<'a, B: AutodiffBackend> {
+    opt: &'a mut Step<B>,
+    slots: &'a HashMap<ParamId, Slot>,
+}
+
+/// Everything one step needs per bucket.
+struct Step<B: AutodiffBackend> {
+    params: Vec<Vec<(usize, Flat<B>)>>,
+    grads: Vec<Option<Flat<B>>>,
+    moments: Vec<Option<(Flat<B>, Flat<B>)>>,
+    updated: Vec<Option<Flat<B>>>,
+    buckets: Vec<Bucket>,
+    lr: f64,
+    cfg: OptimConfig,
+    time: usize,
+}
+
+impl<B: AutodiffBackend> Step<B> {
+    /// AdamW on bucket `k`: new moments into `moments[k]`, new values into `updated[k]`.
+    fn run(&mut self, k: usize) {
+        let p = cat(std::mem::take(&mut self.params[k]));
+        let g = self.grads[k].take().expect("each bucket is updated once");
+        let (b1, b2) = (self.cfg.beta1 as f64, self.cfg.beta2 as f64);
+        let t = self.time as i32;
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let (m, v) = match self.moments[k].take() {
+            Some((m, v)) => (
+                m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
+                v.mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
+            ),
+            None => (
+                g.clone().mul_scalar(1.0 - b1),
+                g.square().mul_scalar(1.0 - b2),
+            ),
+        };
+        // lr·m̂/(√v̂ + ε) = (lr/c1)·m / (√v/√c2 + ε)
+        let denom = v
+            .clone()
+            .sqrt()
+            .mul_scalar(1.0 / c2.sqrt())
+            .add_scalar(self.cfg.eps as f64);
+        let delta = m.clone().div(denom).mul_scalar(self.lr / c1);
+        let p = match self.buckets[k].decayed {
+            true => p.mul_scalar(1.0 - self.lr * self.cfg.weight_decay as f64),
+            false => p,
+        };
+        self.updated[k] = Some(p - delta);
+        self.moments[k] = Some((m, v));
+    }
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let Some(slot) = self.slots.get(&param.id).copied() else {
+            return param;
+        };
+        if self.opt.updated[slot.bucket].is_none() {
+            self.opt.run(slot.bucket);
+        }
         let (id, tensor, mapper) = param.consume();
         let requires_grad = tensor.is_require_grad();
-        let g = usize::from(self.no_decay.contains(&id));
-        let shape = tensor.shape();
-        let n = shape.num_elements();
-        let start = self.offset[g];
-        self.offset[g] += n;
-        let value = self.flat[g]
+        let value = self.opt.updated[slot.bucket]
+            .as_ref()
+            .expect("just updated")
             .clone()
-            .narrow(0, start, n)
-            .reshape(shape)
+            .narrow(0, slot.offset, slot.len)
+            .reshape(tensor.shape())
             .cast(tensor.dtype());
         let mut tensor = Tensor::from_inner(value);
         if requires_grad {
@@ -118,34 +199,56 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Unflatten<'_, B> {
     }
 }
 
-/// `cat` of a group's pieces (an empty group is an empty vector).
-fn cat<B: Backend>(parts: Vec<Tensor<B, 1>>, device: &B::Device) -> Tensor<B, 1> {
-    if parts.is_empty() {
-        Tensor::zeros([0], device)
-    } else {
-        Tensor::cat(parts, 0)
-    }
-}
-
 impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
     pub fn new(cfg: &OptimConfig, model: &M) -> Self {
-        let mut groups = Groups {
+        Self::with_bucket_elems(cfg, model, BUCKET_ELEMS)
+    }
+
+    /// [`new`](Self::new) with another bucket size (tests use tiny ones).
+    pub fn with_bucket_elems(cfg: &OptimConfig, model: &M, bucket_elems: usize) -> Self {
+        let mut layout = Layout {
             containers: Vec::new(),
-            no_decay: HashSet::new(),
+            params: Vec::new(),
         };
-        model.visit(&mut groups);
+        model.visit(&mut layout);
+        let mut slots = HashMap::new();
+        let mut buckets: Vec<Bucket> = Vec::new();
+        for decayed in [true, false] {
+            let mut open: Option<usize> = None;
+            for &(id, n, _) in layout.params.iter().filter(|p| p.2 == decayed) {
+                let k = match open {
+                    Some(k) if buckets[k].len + n <= bucket_elems => k,
+                    _ => {
+                        buckets.push(Bucket { decayed, len: 0 });
+                        buckets.len() - 1
+                    }
+                };
+                open = Some(k);
+                slots.insert(
+                    id,
+                    Slot {
+                        bucket: k,
+                        offset: buckets[k].len,
+                        len: n,
+                    },
+                );
+                buckets[k].len += n;
+            }
+        }
         Self {
             cfg: cfg.clone(),
-            no_decay_ids: groups.no_decay,
+            no_decay_count: layout.params.iter().filter(|p| !p.2).count(),
+            moments: vec![None; buckets.len()],
+            slots,
+            buckets,
             time: 0,
-            moments: None,
             _module: std::marker::PhantomData,
         }
     }
 
     /// Parameters that weight decay does not apply to.
     pub fn no_decay_count(&self) -> usize {
-        self.no_decay_ids.len()
+        self.no_decay_count
     }
 
     /// One AdamW step. The gradients are first multiplied by `grad_scale` (1/accumulation
@@ -160,28 +263,28 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
         clip: Option<f64>,
         device: &B::Device,
     ) -> (M, Tensor<Inner<B>, 1>) {
-        let mut flat = Flatten::<B> {
+        let n = self.buckets.len();
+        let mut gather = Gather::<B> {
             grads: &mut grads,
-            no_decay: &self.no_decay_ids,
-            params: Default::default(),
-            grads_out: Default::default(),
+            slots: &self.slots,
+            params: (0..n).map(|_| Vec::new()).collect(),
+            grads_out: (0..n).map(|_| Vec::new()).collect(),
         };
-        model.visit(&mut flat);
-        let params = flat.params.map(|p| cat(p, device));
-        let grads = flat.grads_out.map(|g| {
-            let g = cat(g, device);
-            if grad_scale == 1.0 {
-                g
-            } else {
-                g.mul_scalar(grad_scale)
-            }
-        });
-        let squared = grads
+        model.visit(&mut gather);
+        let (params, parts) = (gather.params, gather.grads_out);
+        let grads: Vec<Flat<B>> = parts
+            .into_iter()
+            .map(|g| match grad_scale == 1.0 {
+                true => cat(g),
+                false => cat(g).mul_scalar(grad_scale),
+            })
+            .collect();
+        let norm = grads
             .iter()
             .map(|g| g.clone().square().sum())
             .reduce(|a, b| a + b)
-            .expect("two groups");
-        let norm = squared.sqrt();
+            .unwrap_or_else(|| Tensor::zeros([1], device))
+            .sqrt();
         let grads = match clip {
             Some(max) => {
                 let factor = norm
@@ -190,72 +293,32 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
                     .recip()
                     .mul_scalar(max)
                     .clamp_max(1.0);
-                grads.map(|g| g * factor.clone())
+                grads.into_iter().map(|g| g * factor.clone()).collect()
             }
             None => grads,
         };
-
         self.time += 1;
-        let (b1, b2) = (self.cfg.beta1 as f64, self.cfg.beta2 as f64);
-        let t = self.time as i32;
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-        // Each group's old moments are consumed as its new ones are made, and every temporary
-        // dies before the next group starts: with 1b's 4.4 GB vectors the optimiser's transient
-        // memory is what decides the step's peak.
-        let old = match self.moments.take() {
-            Some([a, b]) => [Some(a), Some(b)],
-            None => [None, None],
+        let mut step = Step::<B> {
+            params,
+            grads: grads.into_iter().map(Some).collect(),
+            moments: std::mem::take(&mut self.moments),
+            updated: vec![None; n],
+            buckets: self.buckets.clone(),
+            lr,
+            cfg: self.cfg.clone(),
+            time: self.time,
         };
-        let mut updated = Vec::with_capacity(2);
-        let mut next_moments = Vec::with_capacity(2);
-        for (i, ((p, g), old)) in params.into_iter().zip(grads).zip(old).enumerate() {
-            let (m, v) = match old {
-                Some((m, v)) => (
-                    m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
-                    v.mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
-                ),
-                None => (
-                    g.clone().mul_scalar(1.0 - b1),
-                    g.square().mul_scalar(1.0 - b2),
-                ),
-            };
-            // lr·m̂/(√v̂ + ε) = (lr/c1)·m / (√v/√c2 + ε)
-            let denom = v
-                .clone()
-                .sqrt()
-                .mul_scalar(1.0 / c2.sqrt())
-                .add_scalar(self.cfg.eps as f64);
-            let delta = m.clone().div(denom).mul_scalar(lr / c1);
-            let decay = if i == 0 {
-                lr * self.cfg.weight_decay as f64
-            } else {
-                0.0
-            };
-            let p = if decay == 0.0 {
-                p
-            } else {
-                p.mul_scalar(1.0 - decay)
-            };
-            updated.push(p - delta);
-            next_moments.push((m, v));
-        }
-        let mut next = next_moments.into_iter();
-        self.moments = Some([next.next().expect("two"), next.next().expect("two")]);
-        let mut upd = updated.into_iter();
-        let mut back = Unflatten::<B> {
-            no_decay: &self.no_decay_ids,
-            flat: [upd.next().expect("two"), upd.next().expect("two")],
-            offset: [0, 0],
-        };
-        (model.map(&mut back), norm)
+        let model = model.map(&mut Update {
+            opt: &mut step,
+            slots: &self.slots,
+        });
+        self.moments = step.moments;
+        (model, norm)
     }
 
-    /// Saves the step count and both groups' moments into the folder `path`.
+    /// Saves the step count and every bucket's moments into the folder `path`.
     pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
-        let (first, second) = match &self.moments {
-            Some(ms) => ms.iter().cloned().unzip(),
-            None => (Vec::new(), Vec::new()),
-        };
+        let (first, second) = self.moments.iter().flatten().cloned().unzip();
         let record = MomentsRecord::<Inner<B>> {
             time: self.time,
             first,
@@ -266,58 +329,32 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
         Ok(())
     }
 
-    /// Restores what [`save`](Self::save) wrote, checking it fits this model's groups.
+    /// Restores what [`save`](Self::save) wrote, checking it fits this model's buckets.
     pub fn load(mut self, path: &std::path::Path, device: &B::Device) -> anyhow::Result<Self> {
         let record: MomentsRecord<Inner<B>> = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
             .load(path.join("optim-adamw"), device)?;
-        self.time = record.time;
-        self.moments = match (record.first.len(), record.second.len()) {
-            (0, 0) => None,
-            (2, 2) => {
-                let mut m = record.first.into_iter();
-                let mut v = record.second.into_iter();
-                let mut pair = || (m.next().expect("two"), v.next().expect("two"));
-                Some([pair(), pair()])
-            }
-            (a, b) => anyhow::bail!(
-                "{}: optimiser state has {a}/{b} moment groups, expected 2",
-                path.display()
-            ),
-        };
-        Ok(self)
-    }
-
-    /// Checks loaded moments against the model's group sizes (a checkpoint of another model).
-    pub fn check_fits(&self, model: &M) -> anyhow::Result<()> {
-        let Some(ms) = &self.moments else {
-            return Ok(());
-        };
-        let mut sizes = Sizes {
-            no_decay: &self.no_decay_ids,
-            n: [0, 0],
-        };
-        model.visit(&mut sizes);
-        for (g, (m, v)) in ms.iter().enumerate() {
-            let (lm, lv) = (m.dims()[0], v.dims()[0]);
-            anyhow::ensure!(
-                lm == sizes.n[g] && lv == sizes.n[g],
-                "optimiser state does not fit this model: group {g} has {lm}/{lv} entries, the model {}",
-                sizes.n[g]
-            );
+        let saved = record.first.len();
+        if saved == 0 {
+            self.time = record.time;
+            return Ok(self);
         }
-        Ok(())
-    }
-}
-
-/// Elements per group.
-struct Sizes<'a> {
-    no_decay: &'a HashSet<ParamId>,
-    n: [usize; 2],
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for Sizes<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let g = usize::from(self.no_decay.contains(&param.id));
-        self.n[g] += param.lazy_shape().num_elements();
+        let fits = saved == self.buckets.len()
+            && record.second.len() == saved
+            && (record.first.iter().zip(&record.second).zip(&self.buckets))
+                .all(|((m, v), b)| m.dims()[0] == b.len && v.dims()[0] == b.len);
+        anyhow::ensure!(
+            fits,
+            "{}: the optimiser state does not fit this model ({saved} moment buckets, the model has {})",
+            path.display(),
+            self.buckets.len()
+        );
+        self.time = record.time;
+        self.moments = record
+            .first
+            .into_iter()
+            .zip(record.second)
+            .map(Some)
+            .collect();
+        Ok(self)
     }
 }

@@ -147,9 +147,7 @@ fn train<B: AutodiffBackend>(job: &TrainJob, device: &B::Device) -> Result<Train
                 .load_file(dir.join("model"), &recorder, device)
                 .with_context(|| format!("loading {}", dir.display()))?;
             (step, tokens, elapsed0) = (state.step, state.tokens, state.elapsed_s);
-            let optim = LlamaOptimizer::new(&run.optim, &model).load(dir, device)?;
-            optim.check_fits(&model)?;
-            optim
+            LlamaOptimizer::new(&run.optim, &model).load(dir, device)?
         }
         _ => LlamaOptimizer::new(&run.optim, &model),
     };
