@@ -200,8 +200,14 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
 }
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
+    /// Buckets of [`BUCKET_ELEMS`], or of `LLAMA_OPTIM_BUCKET_ELEMS` when set (for comparisons;
+    /// a huge value gives one bucket per decay group).
     pub fn new(cfg: &OptimConfig, model: &M) -> Self {
-        Self::with_bucket_elems(cfg, model, BUCKET_ELEMS)
+        let elems = std::env::var("LLAMA_OPTIM_BUCKET_ELEMS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(BUCKET_ELEMS);
+        Self::with_bucket_elems(cfg, model, elems.max(1))
     }
 
     /// [`new`](Self::new) with another bucket size (tests use tiny ones).
