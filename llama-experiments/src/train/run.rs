@@ -209,7 +209,10 @@ fn train<B: AutodiffBackend>(job: &TrainJob, device: &B::Device) -> Result<Train
             let batch: TokenBatch<B> = SequenceBatcher.batch(windows, device);
             let loss = model.loss(batch.tokens);
             let value = loss.clone().inner().cast(DType::F32);
-            loss_sum = Some(loss_sum.map_or(value.clone(), |s| s + value));
+            loss_sum = Some(match loss_sum {
+                Some(s) => s + value,
+                None => value,
+            });
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             acc.accumulate(&model, grads);
         }
