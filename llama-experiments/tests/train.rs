@@ -392,6 +392,8 @@ struct Three<B: burn::tensor::backend::Backend> {
     lin: burn::nn::Linear<B>,
     b: burn::module::Param<Tensor<B, 1>>,
     c: burn::module::Param<Tensor<B, 1>>,
+    /// Not trained: the optimiser must leave it alone (a weight matrix: no decay either).
+    frozen: burn::nn::Linear<B>,
 }
 
 #[test]
@@ -419,7 +421,15 @@ fn the_optimiser_is_torchs_adamw_with_global_norm_clipping() {
                     .init(&device),
                 b: burn::module::Param::from_tensor(Tensor::from_floats([0.25, -0.5], &device)),
                 c: burn::module::Param::from_tensor(Tensor::from_floats([1.0, 0.0, -1.0], &device)),
+                frozen: {
+                    let mut lin = burn::nn::LinearConfig::new(2, 2)
+                        .with_bias(false)
+                        .init(&device);
+                    lin.weight = lin.weight.set_require_grad(false);
+                    lin
+                },
             };
+            let frozen = model.frozen.weight.val().into_data();
             let values = |m: &Three<B>| -> Vec<f64> {
                 let w = m.lin.weight.val().into_data().to_vec::<f32>().unwrap();
                 let b = m.b.val().into_data().to_vec::<f32>().unwrap();
@@ -460,6 +470,7 @@ fn the_optimiser_is_torchs_adamw_with_global_norm_clipping() {
                 model = next;
                 let n = n.into_scalar() as f64;
                 assert!((n - norm).abs() < 1e-5, "norm {n} vs {norm}");
+                assert_eq!(model.frozen.weight.val().into_data(), frozen);
                 let got = values(&model);
                 for (x, y) in got.iter().zip(&p) {
                     let what = format!("bucket {bucket} clip {clip:?} step {t}");

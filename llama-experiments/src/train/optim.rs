@@ -67,7 +67,7 @@ struct MomentsRecord<B: Backend> {
     second: Vec<Tensor<B, 1>>,
 }
 
-/// Lists the float parameters in the module's order with their size and whether weight decay
+/// Lists the trained float parameters in the module's order with their size and whether weight decay
 /// applies: to `Linear` weight matrices only (not norm scales, embeddings, learned positions or
 /// biases).
 struct Layout {
@@ -83,6 +83,10 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Layout {
         self.containers.pop();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        // Frozen parameters get no slot: the step leaves them as they are (no decay either).
+        if !param.is_require_grad() {
+            return;
+        }
         let in_linear = self.containers.last().is_some_and(|c| c == "Struct:Linear");
         let n = param.lazy_shape().num_elements();
         self.params.push((param.id, n, D == 2 && in_linear));
