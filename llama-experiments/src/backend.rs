@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
+use llama_model::loss::NativeLoss;
 use llama_model::sdpa::{AttentionForward, NativeAttention};
 
 /// A device named on the command line: `ndarray`, `flex`, `wgpu`, `tch-cpu`, `tch-cuda:N`, `cuda:N`.
@@ -78,14 +79,14 @@ impl DeviceSpec {
             #[cfg(feature = "ndarray")]
             Self::NdArray => {
                 use burn::backend::NdArray;
-                register_ops::<NdArray>(AttentionForward::Blocked, None)?;
+                register_ops::<NdArray>(AttentionForward::Blocked, None, None)?;
                 Ok(job.run::<burn::backend::Autodiff<NdArray>>(Default::default()))
             }
             #[cfg(feature = "flex")]
             Self::Flex => {
                 use burn::backend::Flex;
                 // Flex's own attention kernel in f32.
-                register_ops::<Flex>(AttentionForward::FusedF32, None)?;
+                register_ops::<Flex>(AttentionForward::FusedF32, None, None)?;
                 Ok(job.run::<burn::backend::Autodiff<Flex>>(Default::default()))
             }
             #[cfg(feature = "wgpu")]
@@ -93,7 +94,7 @@ impl DeviceSpec {
                 use burn::backend::Wgpu;
                 // Blocked, not CubeCL's flash kernel: not yet checked on Mesa's lavapipe, where
                 // CubeCL's fusion once gave wrong results (docs/backends.md).
-                register_ops::<Wgpu>(AttentionForward::Blocked, None)?;
+                register_ops::<Wgpu>(AttentionForward::Blocked, None, None)?;
                 Ok(job.run::<burn::backend::Autodiff<Wgpu>>(Default::default()))
             }
             #[cfg(feature = "tch")]
@@ -102,8 +103,10 @@ impl DeviceSpec {
                 use burn::backend::libtorch::LibTorchDevice;
                 // torch's SDPA keeps the softmax in f32 for bf16 inputs; training goes through
                 // torch's own autograd for it (its flash backward).
-                let native = crate::libtorch_attention::native();
-                register_ops::<LibTorch>(AttentionForward::Fused, Some(native))?;
+                // torch's log-softmax/NLL kernels for the loss: half its passes over the logits.
+                let attention = crate::libtorch_attention::native();
+                let loss = crate::libtorch_loss::native();
+                register_ops::<LibTorch>(AttentionForward::Fused, Some(attention), Some(loss))?;
                 let device = match self {
                     Self::TchCuda(i) => LibTorchDevice::Cuda(i),
                     _ => LibTorchDevice::Cpu,
@@ -114,7 +117,7 @@ impl DeviceSpec {
             Self::Cuda(i) => {
                 use burn::backend::Cuda;
                 // CubeCL's attention autotune may pick Burn's decomposition (bf16 softmax).
-                register_ops::<Cuda>(AttentionForward::FusedF32, None)?;
+                register_ops::<Cuda>(AttentionForward::FusedF32, None, None)?;
                 Ok(job
                     .run::<burn::backend::Autodiff<Cuda>>(burn::backend::cuda::CudaDevice::new(i)))
             }
@@ -128,14 +131,15 @@ impl DeviceSpec {
 }
 
 /// Registers the model's own autodiff operations for backend `I`: the memory-efficient attention
-/// (`llama_model::sdpa`, through the backend's `native` differentiable attention where it has one)
-/// and the one-operation cross-entropy (`llama_model::loss`). For comparisons,
-/// `LLAMA_ATTENTION=blocked` skips the native attention and `LLAMA_ATTENTION=decomposed` /
-/// `LLAMA_LOSS=decomposed` ask for Burn's tensor-op forms.
+/// (`llama_model::sdpa`) and the one-operation cross-entropy (`llama_model::loss`), each through
+/// the backend's `native` differentiable form where it has one. For comparisons,
+/// `LLAMA_ATTENTION=blocked` / `LLAMA_LOSS=closed-form` skip the native forms and
+/// `LLAMA_ATTENTION=decomposed` / `LLAMA_LOSS=decomposed` ask for Burn's tensor-op forms.
 #[allow(dead_code)]
 fn register_ops<I: burn::tensor::backend::Backend>(
     forward: AttentionForward,
-    native: Option<NativeAttention<I>>,
+    native_attention: Option<NativeAttention<I>>,
+    native_loss: Option<NativeLoss<I>>,
 ) -> Result<()> {
     let choice = |var: &str, allowed: &[&'static str]| -> Result<&'static str> {
         let value = std::env::var(var).unwrap_or_default();
@@ -150,14 +154,19 @@ fn register_ops<I: burn::tensor::backend::Backend>(
     };
     match (
         choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
-        native,
+        native_attention,
     ) {
         ("decomposed", _) => {}
         ("auto", Some(native)) => llama_model::sdpa::register_native::<I>(forward, native),
         _ => llama_model::sdpa::register::<I>(forward),
     }
-    if choice("LLAMA_LOSS", &["auto", "decomposed"])? == "auto" {
-        llama_model::loss::register::<I>();
+    match (
+        choice("LLAMA_LOSS", &["auto", "closed-form", "decomposed"])?,
+        native_loss,
+    ) {
+        ("decomposed", _) => {}
+        ("auto", Some(native)) => llama_model::loss::register_native::<I>(native),
+        _ => llama_model::loss::register::<I>(),
     }
     Ok(())
 }

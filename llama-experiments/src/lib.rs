@@ -11,6 +11,8 @@ pub mod eval;
 pub mod generate;
 #[cfg(feature = "tch")]
 pub mod libtorch_attention;
+#[cfg(feature = "tch")]
+pub mod libtorch_loss;
 pub mod params;
 pub mod plot;
 pub mod quickstart;

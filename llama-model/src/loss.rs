@@ -6,9 +6,12 @@
 //! batch 8 × 2048 one such tensor is 2.1 GB. The operation here saves the logits (in their own
 //! dtype) and one log-sum-exp per row, and its backward is the closed form
 //! `(softmax(logits) − onehot(target)) · g / n`. Registered per backend like [`crate::sdpa`];
-//! without a registration [`cross_entropy`] is the tensor-op form.
+//! without a registration [`cross_entropy`] is the tensor-op form. A backend whose library has a
+//! differentiable cross-entropy with fewer passes over the logits (torch's log-softmax kernels) can
+//! hand both passes over with [`register_native`].
 
 use std::any::{Any, TypeId};
+use std::sync::Arc;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -22,26 +25,66 @@ use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorPrimitive};
 
 use crate::dispatch::Registry;
 
-type Erased = fn(Box<dyn Any>) -> Box<dyn Any>;
+/// A type-erased `NativeLoss<I>` of the registering backend.
+type Native = Option<Arc<dyn Any + Send + Sync>>;
+type Erased = fn(Box<dyn Any>, &Native) -> Box<dyn Any>;
 
-static REGISTRY: Registry<Erased> = Registry::new();
+static REGISTRY: Registry<(Erased, Native)> = Registry::new();
+
+/// A backend's own differentiable mean cross-entropy, for [`register_native`].
+pub struct NativeLoss<I: Backend> {
+    /// `(logits [n, vocab], targets [n])` → the loss (`[1]`, f32) and what the backward pass
+    /// needs, or `None` to use this module's operation for these inputs.
+    pub forward: NativeLossForward<I>,
+    /// What `forward` saved and the loss's gradient (`[1]`) → the logits' gradient.
+    pub backward: NativeLossBackward<I>,
+}
+
+/// See [`NativeLoss::forward`].
+pub type NativeLossForward<I> =
+    fn(FloatTensor<I>, IntTensor<I>) -> Option<(FloatTensor<I>, Vec<FloatTensor<I>>)>;
+
+/// See [`NativeLoss::backward`].
+pub type NativeLossBackward<I> = fn(Vec<FloatTensor<I>>, FloatTensor<I>) -> FloatTensor<I>;
+
+// By hand: a derive would ask `I: Clone + Copy` of the backend type itself.
+impl<I: Backend> Clone for NativeLoss<I> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<I: Backend> Copy for NativeLoss<I> {}
 
 /// Makes `Autodiff<I>` (no checkpointing) compute [`cross_entropy`] as one operation.
 pub fn register<I: Backend>() {
-    fn erased<I: Backend>(args: Box<dyn Any>) -> Box<dyn Any> {
+    register_all::<I>(None);
+}
+
+/// [`register`], with training going through the backend's own differentiable cross-entropy
+/// wherever its `forward` accepts the inputs.
+pub fn register_native<I: Backend>(native: NativeLoss<I>) {
+    register_all::<I>(Some(Arc::new(native)));
+}
+
+fn register_all<I: Backend>(native: Native) {
+    fn erased<I: Backend>(args: Box<dyn Any>, native: &Native) -> Box<dyn Any> {
         let (logits, targets) = *args
             .downcast::<(Tensor<Autodiff<I>, 2>, Tensor<Autodiff<I>, 1, Int>)>()
             .expect("registered under this type's TypeId");
-        Box::new(autodiff_cross_entropy::<I>(logits, targets))
+        let native = native
+            .as_ref()
+            .and_then(|n| n.downcast_ref::<NativeLoss<I>>())
+            .copied();
+        Box::new(autodiff_cross_entropy::<I>(logits, targets, native))
     }
-    REGISTRY.insert(TypeId::of::<Autodiff<I>>(), erased::<I>);
+    REGISTRY.insert(TypeId::of::<Autodiff<I>>(), (erased::<I>, native));
 }
 
 /// Mean cross-entropy of `logits: [n, vocab]` against `targets: [n]`, with the log-softmax in f32
 /// whatever the compute dtype (Burn's `CrossEntropyLoss` runs in the input dtype).
 pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
-    if let Some(f) = REGISTRY.get(TypeId::of::<B>()) {
-        return *f(Box::new((logits, targets)))
+    if let Some((f, native)) = REGISTRY.get(TypeId::of::<B>()) {
+        return *f(Box::new((logits, targets)), &native)
             .downcast::<Tensor<B, 1>>()
             .expect("the registered function returns the same backend's tensor");
     }
@@ -62,15 +105,30 @@ fn float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
 #[derive(Debug)]
 struct CrossEntropyBackward;
 
+/// What the forward pass keeps for the backward pass.
+#[derive(Debug, Clone)]
+enum Saved<B: Backend> {
+    /// The logits, their rows' log-sum-exp (f32, `[n, 1]`), the targets.
+    ClosedForm(FloatTensor<B>, FloatTensor<B>, IntTensor<B>),
+    /// What a native forward returned, and its backward.
+    Native(Vec<FloatTensor<B>>, NativeLossBackward<B>),
+}
+
 impl<B: Backend> Backward<B, 1> for CrossEntropyBackward {
-    // The logits, their rows' log-sum-exp (f32, `[n, 1]`), the targets.
-    type State = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>);
+    type State = Saved<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node] = ops.parents;
         let Some(node) = node else { return };
-        let g = float::<B, 1>(grads.consume::<B>(&ops.node));
-        let (logits, lse, targets) = ops.state;
+        let g = grads.consume::<B>(&ops.node);
+        let (logits, lse, targets) = match ops.state {
+            Saved::ClosedForm(logits, lse, targets) => (logits, lse, targets),
+            Saved::Native(saved, backward) => {
+                grads.register::<B>(node.id, backward(saved, g));
+                return;
+            }
+        };
+        let g = float::<B, 1>(g);
         let logits = float::<B, 2>(logits);
         let dtype = logits.dtype();
         let [n, _] = logits.dims();
@@ -87,6 +145,7 @@ impl<B: Backend> Backward<B, 1> for CrossEntropyBackward {
 fn autodiff_cross_entropy<I: Backend>(
     logits: Tensor<Autodiff<I>, 2>,
     targets: Tensor<Autodiff<I>, 1, Int>,
+    native: Option<NativeLoss<I>>,
 ) -> Tensor<Autodiff<I>, 1> {
     let logits = logits.into_primitive().tensor();
     let targets: Tensor<I, 1, Int> = Tensor::from_primitive(targets.into_primitive());
@@ -103,13 +162,20 @@ fn autodiff_cross_entropy<I: Backend>(
         .stateful();
     let out = match prep {
         OpsKind::Tracked(prep) => {
-            let (loss, lse) = forward(&logits.primitive);
-            let state = (
-                logits.primitive,
-                lse.into_primitive().tensor(),
-                targets.into_primitive(),
-            );
-            prep.finish(state, loss.into_primitive().tensor())
+            let by_native = native.and_then(|n| {
+                (n.forward)(logits.primitive.clone(), targets.clone().into_primitive())
+                    .map(|(loss, saved)| (loss, Saved::Native(saved, n.backward)))
+            });
+            let (loss, state) = by_native.unwrap_or_else(|| {
+                let (loss, lse) = forward(&logits.primitive);
+                let state = Saved::ClosedForm(
+                    logits.primitive,
+                    lse.into_primitive().tensor(),
+                    targets.clone().into_primitive(),
+                );
+                (loss.into_primitive().tensor(), state)
+            });
+            prep.finish(state, loss)
         }
         OpsKind::UnTracked(prep) => {
             prep.finish(forward(&logits.primitive).0.into_primitive().tensor())
