@@ -103,7 +103,7 @@ impl DeviceSpec {
                 use burn::backend::libtorch::LibTorchDevice;
                 // torch's SDPA keeps the softmax in f32 for bf16 inputs; training goes through
                 // torch's own autograd for it (its flash backward).
-                // torch's log-softmax/NLL kernels for the loss: half its passes over the logits.
+                // torch's log-softmax/NLL kernels for the loss on request (`LLAMA_LOSS=torch`).
                 let attention = crate::libtorch_attention::native();
                 let loss = crate::libtorch_loss::native();
                 register_ops::<LibTorch>(AttentionForward::Fused, Some(attention), Some(loss))?;
@@ -131,9 +131,9 @@ impl DeviceSpec {
 }
 
 /// Registers the model's own autodiff operations for backend `I`: the memory-efficient attention
-/// (`llama_model::sdpa`) and the one-operation cross-entropy (`llama_model::loss`), each through
-/// the backend's `native` differentiable form where it has one. For comparisons,
-/// `LLAMA_ATTENTION=blocked` / `LLAMA_LOSS=closed-form` skip the native forms and
+/// (`llama_model::sdpa`, through the backend's `native_attention` where it has one) and the
+/// one-operation cross-entropy (`llama_model::loss`; `LLAMA_LOSS=torch` asks for the backend's
+/// `native_loss`). For comparisons, `LLAMA_ATTENTION=blocked` skips the native attention and
 /// `LLAMA_ATTENTION=decomposed` / `LLAMA_LOSS=decomposed` ask for Burn's tensor-op forms.
 #[allow(dead_code)]
 fn register_ops<I: burn::tensor::backend::Backend>(
@@ -160,12 +160,15 @@ fn register_ops<I: burn::tensor::backend::Backend>(
         ("auto", Some(native)) => llama_model::sdpa::register_native::<I>(forward, native),
         _ => llama_model::sdpa::register::<I>(forward),
     }
+    // torch's cross-entropy is opt-in: on the CPU it was slower than the closed form
+    // (docs/performance.md, attempt 8) and it has not been measured on a GPU yet.
     match (
-        choice("LLAMA_LOSS", &["auto", "closed-form", "decomposed"])?,
+        choice("LLAMA_LOSS", &["auto", "torch", "decomposed"])?,
         native_loss,
     ) {
         ("decomposed", _) => {}
-        ("auto", Some(native)) => llama_model::loss::register_native::<I>(native),
+        ("torch", Some(native)) => llama_model::loss::register_native::<I>(native),
+        ("torch", None) => bail!("LLAMA_LOSS=torch needs a libtorch device (tch-cpu, tch-cuda)"),
         _ => llama_model::loss::register::<I>(),
     }
     Ok(())

@@ -8,6 +8,9 @@
 //! the forward runs on a detached leaf that requires a gradient and keeps the graph; the backward
 //! asks torch for the vector-Jacobian product with the loss's gradient. torch keeps the f32
 //! log-probabilities for its backward (PyTorch's own training step does the same).
+//!
+//! Opt-in (`LLAMA_LOSS=torch`): on this project's 2-core CPU it was slower than the closed form
+//! and took more memory (docs/performance.md, attempt 8); on a GPU it is not measured yet.
 
 use burn::backend::LibTorch;
 use burn::backend::libtorch::TchTensor;
