@@ -12,6 +12,8 @@ pub mod generate;
 #[cfg(feature = "tch")]
 pub mod libtorch_attention;
 #[cfg(feature = "tch")]
+mod libtorch_autograd;
+#[cfg(feature = "tch")]
 pub mod libtorch_loss;
 pub mod params;
 pub mod plot;

@@ -4,10 +4,9 @@
 //! `llama_model::loss` makes about ten passes over the `[tokens, vocab]` logits (cast, max,
 //! subtract, exp, sum forward; cast, subtract, exp, scatter, scale, cast backward): at `125m` with
 //! batch 8 × 2048 one pass is 2.1 GB in f32 and the passes were ~11 ms of an 87 ms step on an H200
-//! (docs/performance.md). torch's kernels make about half as many. As in `libtorch_attention`,
-//! the forward runs on a detached leaf that requires a gradient and keeps the graph; the backward
-//! asks torch for the vector-Jacobian product with the loss's gradient. torch keeps the f32
-//! log-probabilities for its backward (PyTorch's own training step does the same).
+//! (docs/performance.md). torch's kernels make about half as many; they run through torch's
+//! autograd (`libtorch_autograd`), which keeps the f32 log-probabilities for the backward pass
+//! (PyTorch's own training step does the same).
 //!
 //! Opt-in (`LLAMA_LOSS=torch`): on this project's 2-core CPU it was slower than the closed form
 //! and took more memory (docs/performance.md, attempt 8); on a GPU it is not measured yet.
@@ -17,30 +16,22 @@ use burn::backend::libtorch::TchTensor;
 use llama_model::loss::NativeLoss;
 use tch::{Kind, Reduction, Tensor};
 
+use crate::libtorch_autograd::{keep_graph, leaf, vjp};
+
 /// The pair to register with `llama_model::loss::register_native::<LibTorch>`.
 pub fn native() -> NativeLoss<LibTorch> {
     NativeLoss { forward, backward }
 }
 
 fn forward(logits: TchTensor, targets: TchTensor) -> Option<(TchTensor, Vec<TchTensor>)> {
-    // `from_existing` with the input's storage, so Burn-tch never updates it in place while torch
-    // holds it for the backward pass.
-    let leaf = TchTensor::from_existing(
-        logits.tensor.detach().set_requires_grad(true),
-        logits.storage.clone(),
-    );
+    let leaf = leaf(&logits);
     let loss = leaf
         .tensor
         .to_kind(Kind::Float)
         .f_cross_entropy_loss::<Tensor>(&targets.tensor, None, Reduction::Mean, -100, 0.0)
         .ok()?
         .reshape([1]);
-    // No graph (torch's grad mode off on this thread): let the generic operation do it.
-    if !loss.requires_grad() {
-        return None;
-    }
-    let graph = TchTensor::new(loss);
-    let out = TchTensor::from_existing(graph.tensor.detach(), graph.storage.clone());
+    let (out, graph) = keep_graph(loss)?;
     Some((out, vec![graph, leaf]))
 }
 
@@ -48,8 +39,7 @@ fn backward(saved: Vec<TchTensor>, dloss: TchTensor) -> TchTensor {
     let [graph, leaf]: [TchTensor; 2] = saved
         .try_into()
         .unwrap_or_else(|s: Vec<_>| panic!("forward saves 2 tensors, got {}", s.len()));
-    // d(Σ loss ⊙ dloss)/d loss = dloss.
-    let seed = (&graph.tensor * dloss.tensor.to_kind(Kind::Float)).sum(Kind::Float);
-    let mut grads = Tensor::run_backward(&[seed], &[&leaf.tensor], false, false);
-    TchTensor::new(grads.pop().expect("one input, one gradient"))
+    vjp(&graph, &dloss, &[&leaf])
+        .pop()
+        .expect("one input, one gradient")
 }

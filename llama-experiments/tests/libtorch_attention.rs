@@ -3,9 +3,12 @@
 //! `--features tch`.
 #![cfg(feature = "tch")]
 
+mod common;
+
 use burn::backend::libtorch::{LibTorch, LibTorchDevice};
 use burn::backend::{Autodiff, libtorch::TchTensor};
 use burn::tensor::{DType, Distribution, Tensor, TensorPrimitive};
+use common::rel;
 use llama_experiments::libtorch_attention::native;
 use llama_model::sdpa::{self, AttentionForward};
 
@@ -14,12 +17,6 @@ type A = Autodiff<LibTorch>;
 
 fn float(p: TchTensor) -> Tensor<B, 4> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
-}
-
-fn rel(a: &Tensor<B, 4>, b: &Tensor<B, 4>) -> f64 {
-    let (a, b) = (a.clone().cast(DType::F32), b.clone().cast(DType::F32));
-    let err = (a - b.clone()).abs().max().into_scalar() as f64;
-    err / (b.abs().max().into_scalar() as f64).max(1e-12)
 }
 
 /// Output and dq, dk, dv of `Σ attention(q, k, v) ⊙ w` through the registered operation.

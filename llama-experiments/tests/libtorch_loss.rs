@@ -3,9 +3,12 @@
 //! gradient other than one. Needs `--features tch`.
 #![cfg(feature = "tch")]
 
+mod common;
+
 use burn::backend::Autodiff;
 use burn::backend::libtorch::{LibTorch, LibTorchDevice, TchTensor};
 use burn::tensor::{DType, Distribution, Int, Tensor, TensorPrimitive};
+use common::rel;
 use llama_experiments::libtorch_loss::native;
 use llama_model::loss;
 
@@ -14,12 +17,6 @@ type A = Autodiff<LibTorch>;
 
 fn float<const D: usize>(p: TchTensor) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
-}
-
-fn rel<const D: usize>(a: &Tensor<B, D>, b: &Tensor<B, D>) -> f64 {
-    let (a, b) = (a.clone().cast(DType::F32), b.clone().cast(DType::F32));
-    let err = (a - b.clone()).abs().max().into_scalar() as f64;
-    err / (b.abs().max().into_scalar() as f64).max(1e-12)
 }
 
 /// The loss and the logits' gradient of `0.5 · cross_entropy` through the registered operation.

@@ -7,9 +7,9 @@
 //! and its users; this keeps `B: Backend` and falls back to the plain tensor-op path when nothing is
 //! registered.
 
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// A `TypeId → V` table behind a lock (written at start-up, read on every call).
 pub(crate) struct Registry<V>(OnceLock<RwLock<HashMap<TypeId, V>>>);
@@ -36,5 +36,21 @@ impl<V: Clone> Registry<V> {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
             .cloned()
+    }
+}
+
+/// A backend's native form of an operation (`sdpa::NativeAttention<I>`, `loss::NativeLoss<I>`),
+/// type-erased so that it can sit beside a non-generic registry entry.
+#[derive(Clone, Default)]
+pub(crate) struct ErasedNative(Option<Arc<dyn Any + Send + Sync>>);
+
+impl ErasedNative {
+    pub(crate) fn new<T: Any + Send + Sync>(native: T) -> Self {
+        Self(Some(Arc::new(native)))
+    }
+
+    /// The native form registered for the type `T` asks for, if any.
+    pub(crate) fn get<T: Any + Copy>(&self) -> Option<T> {
+        self.0.as_ref().and_then(|n| n.downcast_ref::<T>()).copied()
     }
 }

@@ -11,7 +11,6 @@
 //! hand both passes over with [`register_native`].
 
 use std::any::{Any, TypeId};
-use std::sync::Arc;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -23,13 +22,12 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorPrimitive};
 
-use crate::dispatch::Registry;
+use crate::dispatch::{ErasedNative, Registry};
 
-/// A type-erased `NativeLoss<I>` of the registering backend.
-type Native = Option<Arc<dyn Any + Send + Sync>>;
-type Erased = fn(Box<dyn Any>, &Native) -> Box<dyn Any>;
+type Erased = fn(Box<dyn Any>, &ErasedNative) -> Box<dyn Any>;
 
-static REGISTRY: Registry<(Erased, Native)> = Registry::new();
+/// The operation and the registering backend's `NativeLoss<I>`, if any.
+static REGISTRY: Registry<(Erased, ErasedNative)> = Registry::new();
 
 /// A backend's own differentiable mean cross-entropy, for [`register_native`].
 pub struct NativeLoss<I: Backend> {
@@ -57,25 +55,21 @@ impl<I: Backend> Copy for NativeLoss<I> {}
 
 /// Makes `Autodiff<I>` (no checkpointing) compute [`cross_entropy`] as one operation.
 pub fn register<I: Backend>() {
-    register_all::<I>(None);
+    register_all::<I>(ErasedNative::default());
 }
 
 /// [`register`], with training going through the backend's own differentiable cross-entropy
 /// wherever its `forward` accepts the inputs.
 pub fn register_native<I: Backend>(native: NativeLoss<I>) {
-    register_all::<I>(Some(Arc::new(native)));
+    register_all::<I>(ErasedNative::new(native));
 }
 
-fn register_all<I: Backend>(native: Native) {
-    fn erased<I: Backend>(args: Box<dyn Any>, native: &Native) -> Box<dyn Any> {
+fn register_all<I: Backend>(native: ErasedNative) {
+    fn erased<I: Backend>(args: Box<dyn Any>, native: &ErasedNative) -> Box<dyn Any> {
         let (logits, targets) = *args
             .downcast::<(Tensor<Autodiff<I>, 2>, Tensor<Autodiff<I>, 1, Int>)>()
             .expect("registered under this type's TypeId");
-        let native = native
-            .as_ref()
-            .and_then(|n| n.downcast_ref::<NativeLoss<I>>())
-            .copied();
-        Box::new(autodiff_cross_entropy::<I>(logits, targets, native))
+        Box::new(autodiff_cross_entropy::<I>(logits, targets, native.get()))
     }
     REGISTRY.insert(TypeId::of::<Autodiff<I>>(), (erased::<I>, native));
 }

@@ -26,7 +26,6 @@
 //! backend that did not register.
 
 use std::any::{Any, TypeId};
-use std::sync::Arc;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -38,7 +37,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
 use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
 
-use crate::dispatch::Registry;
+use crate::dispatch::{ErasedNative, Registry};
 
 /// How the forward pass runs on the inner backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,8 +89,8 @@ impl<I: Backend> Copy for NativeAttention<I> {}
 struct Options {
     forward: AttentionForward,
     block_bytes: usize,
-    /// A `NativeAttention<I>` of the registering backend, type-erased.
-    native: Option<Arc<dyn Any + Send + Sync>>,
+    /// The registering backend's `NativeAttention<I>`, if any.
+    native: ErasedNative,
 }
 
 type Erased = fn(Box<dyn Any>, bool, Options) -> Box<dyn Any>;
@@ -106,20 +105,16 @@ pub fn register<I: Backend>(forward: AttentionForward) {
 
 /// [`register`] with another block budget (tests use a tiny one to get many blocks).
 pub fn register_with_block_bytes<I: Backend>(forward: AttentionForward, block_bytes: usize) {
-    register_all::<I>(forward, block_bytes, None);
+    register_all::<I>(forward, block_bytes, ErasedNative::default());
 }
 
 /// [`register`], with training going through the backend's own differentiable attention wherever
 /// its `forward` accepts the inputs (`forward` still serves inference and the rest).
 pub fn register_native<I: Backend>(forward: AttentionForward, native: NativeAttention<I>) {
-    register_all::<I>(forward, DEFAULT_BLOCK_BYTES, Some(Arc::new(native)));
+    register_all::<I>(forward, DEFAULT_BLOCK_BYTES, ErasedNative::new(native));
 }
 
-fn register_all<I: Backend>(
-    forward: AttentionForward,
-    block_bytes: usize,
-    native: Option<Arc<dyn Any + Send + Sync>>,
-) {
+fn register_all<I: Backend>(forward: AttentionForward, block_bytes: usize, native: ErasedNative) {
     fn train<I: Backend>(args: Box<dyn Any>, causal: bool, opts: Options) -> Box<dyn Any> {
         type T<I> = Tensor<Autodiff<I>, 4>;
         let (q, k, v) = *args
@@ -374,11 +369,7 @@ fn autodiff_attention<I: Backend>(
         .into_primitive()
         .tensor()
     };
-    let native = opts
-        .native
-        .as_ref()
-        .and_then(|n| n.downcast_ref::<NativeAttention<I>>())
-        .copied();
+    let native = opts.native.get::<NativeAttention<I>>();
     let prep = AttentionBackward
         .prepare::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>([
             q.node.clone(),

@@ -1,6 +1,8 @@
 //! The registered cross-entropy (`llama_model::loss`) against the tensor-op form: same loss and
 //! the same gradient for the logits, in f32 and bf16, and the loss against a hand computation.
 
+mod common;
+
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
 use llama_model::loss::{self, cross_entropy};
@@ -45,12 +47,7 @@ fn check<B: burn::tensor::backend::AutodiffBackend>(dtype: Option<DType>, tol: f
         (want_loss - got_loss).abs() <= tol * want_loss.abs(),
         "{want_loss} vs {got_loss}"
     );
-    let d = (want_grad.clone() - got_grad)
-        .abs()
-        .max()
-        .into_scalar()
-        .elem::<f32>();
-    let scale = want_grad.abs().max().into_scalar().elem::<f32>();
+    let (d, scale) = common::diff_and_scale(got_grad, want_grad);
     assert!(
         d <= tol * scale,
         "gradient differs by {d} (largest {scale})"

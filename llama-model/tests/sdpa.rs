@@ -2,6 +2,8 @@
 //! outputs and the same gradients for q, k and v, causal and full, several query blocks, f32 and
 //! bf16; and a whole model's gradients unchanged by registering it.
 
+mod common;
+
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -30,14 +32,6 @@ fn reference<B: Backend>(
         s
     };
     softmax(s, 3).cast(dtype).matmul(v)
-}
-
-fn max_diff<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> f32 {
-    (a.cast(DType::F32) - b.cast(DType::F32))
-        .abs()
-        .max()
-        .into_scalar()
-        .elem::<f32>()
 }
 
 use burn::tensor::ElementConversion;
@@ -90,15 +84,8 @@ fn compare<B: AutodiffBackend>(forward: AttentionForward, dtype: Option<DType>, 
                 .iter()
                 .zip(got.into_iter().zip(want))
             {
-                let scale = w
-                    .clone()
-                    .cast(DType::F32)
-                    .abs()
-                    .max()
-                    .into_scalar()
-                    .elem::<f32>()
-                    .max(1.0);
-                let d = max_diff(g, w);
+                let (d, scale) = common::diff_and_scale(g, w);
+                let scale = scale.max(1.0);
                 assert!(
                     d <= tol * scale,
                     "{name} causal={causal} {dims:?}: {d} > {tol}·{scale}"
@@ -163,11 +150,6 @@ fn a_model_trains_to_the_same_gradients_with_the_registered_attention() {
         (loss_before - loss_after).abs() < 1e-5,
         "{loss_before} vs {loss_after}"
     );
-    let d = (g_before.clone() - g_after)
-        .abs()
-        .max()
-        .into_scalar()
-        .elem::<f32>();
-    let scale = g_before.abs().max().into_scalar().elem::<f32>();
+    let (d, scale) = common::diff_and_scale(g_after, g_before);
     assert!(d <= 1e-4 * scale, "{d} vs {scale}");
 }

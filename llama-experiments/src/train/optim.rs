@@ -127,24 +127,24 @@ fn cat<B: Backend>(mut parts: Vec<(usize, Tensor<B, 1>)>) -> Tensor<B, 1> {
 
 /// The update of one bucket and the parameters as views of it, computed when the mapper reaches
 /// the bucket's first parameter, so that each bucket's old values are released before the next.
-struct Update<'a, B: AutodiffBackend> {
-    opt: &'a mut Step<B>,
+struct Update<'a, 'b, B: AutodiffBackend> {
+    opt: &'a mut Step<'b, B>,
     slots: &'a HashMap<ParamId, Slot>,
 }
 
 /// Everything one step needs per bucket.
-struct Step<B: AutodiffBackend> {
+struct Step<'a, B: AutodiffBackend> {
     params: Vec<Vec<(usize, Flat<B>)>>,
     grads: Vec<Option<Flat<B>>>,
     moments: Vec<Option<(Flat<B>, Flat<B>)>>,
     updated: Vec<Option<Flat<B>>>,
-    buckets: Vec<Bucket>,
+    buckets: &'a [Bucket],
     lr: f64,
-    cfg: OptimConfig,
+    cfg: &'a OptimConfig,
     time: usize,
 }
 
-impl<B: AutodiffBackend> Step<B> {
+impl<B: AutodiffBackend> Step<'_, B> {
     /// AdamW on bucket `k`: new moments into `moments[k]`, new values into `updated[k]`.
     fn run(&mut self, k: usize) {
         let p = cat(std::mem::take(&mut self.params[k]));
@@ -178,7 +178,7 @@ impl<B: AutodiffBackend> Step<B> {
     }
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
+impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, '_, B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let Some(slot) = self.slots.get(&param.id).copied() else {
             return param;
@@ -313,9 +313,9 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
             grads: grads.into_iter().map(Some).collect(),
             moments: std::mem::take(&mut self.moments),
             updated: vec![None; n],
-            buckets: self.buckets.clone(),
+            buckets: &self.buckets,
             lr,
-            cfg: self.cfg.clone(),
+            cfg: &self.cfg,
             time: self.time,
         };
         let model = model.map(&mut Update {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
 use llama_model::{FfnKind, LlamaConfig, NormKind, NormPlacement, PositionKind};
 
 pub type B = burn::backend::NdArray<f32>;
@@ -102,6 +102,18 @@ pub fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = a.iter().fold(1f32, |m, x| m.max(x.abs()));
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// The largest absolute difference of two tensors (compared in f32) and the largest magnitude of
+/// `want`, for assertions of the form `diff <= tol · scale`.
+pub fn diff_and_scale<Bk: Backend, const D: usize>(
+    got: Tensor<Bk, D>,
+    want: Tensor<Bk, D>,
+) -> (f32, f32) {
+    let (got, want) = (got.cast(DType::F32), want.cast(DType::F32));
+    let scale = want.clone().abs().max().into_scalar().elem::<f32>();
+    let diff = (got - want).abs().max().into_scalar().elem::<f32>();
+    (diff, scale)
 }
 
 /// `../shared/data` beside the project (or `$LLAMA_SHARED_DATA`), when present.
