@@ -173,7 +173,8 @@ impl BackendJob for BenchJob {
             BenchMode::Prefill => {
                 let model = init_model::<B>(cfg, 0, &device)?
                     .valid()
-                    .with_precision(self.precision);
+                    .with_precision(self.precision)
+                    .with_inference_weights();
                 let median = time_steps(self.warmup, self.iters, sync, |i| {
                     let tokens = random_tokens::<B::InnerBackend>(b, t, vocab, i as u64, &device);
                     model.forward(tokens)
@@ -189,7 +190,8 @@ impl BackendJob for BenchJob {
                 );
                 let model = init_model::<B>(cfg, 0, &device)?
                     .valid()
-                    .with_precision(self.precision);
+                    .with_precision(self.precision)
+                    .with_inference_weights();
                 let mut cache = model.new_cache(b, t + self.warmup + self.iters, &device);
                 let prompt = random_tokens::<B::InnerBackend>(b, t, vocab, 0, &device);
                 let pos = Llama::<B::InnerBackend>::default_positions(b, t, &device);

@@ -32,7 +32,8 @@ impl BackendJob for GenerateJob {
         let tok = LlamaTokenizer::from_file(&self.tokenizer)?;
         self.precision.check::<B>(&device)?;
         let model = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &device)?
-            .with_precision(self.precision);
+            .with_precision(self.precision)
+            .with_inference_weights();
         ensure!(
             tok.vocab_size() <= model.config().vocab_size,
             "tokenizer {} has {} tokens but the model's vocabulary has {}",

@@ -5,11 +5,11 @@ use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, attention_fallback};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Tensor};
 
 use crate::cache::LayerCache;
 use crate::ffn::linear;
-use crate::position::Rope;
+use crate::position::RopeAngles;
 use crate::precision::Precision;
 use crate::sdpa;
 
@@ -63,12 +63,12 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    /// `x: [batch, time, dim]`, `positions: [batch, time]` → `[batch, time, dim]`.
+    /// `x: [batch, time, dim]` → `[batch, time, dim]`; `rope` holds the rotary angles of the
+    /// tokens' positions.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        positions: &Tensor<B, 2, Int>,
-        rope: Option<&Rope<B>>,
+        rope: Option<&RopeAngles<B>>,
         mask: &AttentionMask<B>,
         cache: Option<&mut LayerCache<B>>,
         precision: Precision,
@@ -81,8 +81,8 @@ impl<B: Backend> Attention<B> {
         let mut k = heads(proj(&self.wk, x.clone()), hkv);
         let v = heads(proj(&self.wv, x), hkv);
         if let Some(rope) = rope {
-            q = rope.apply(q, positions);
-            k = rope.apply(k, positions);
+            q = rope.apply(q);
+            k = rope.apply(k);
         }
         let (k, v) = match cache {
             Some(cache) => cache.append(k, v),

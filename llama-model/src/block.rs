@@ -2,8 +2,8 @@
 //! placed before (LLaMA) or after (original Transformer) it.
 
 use burn::module::Module;
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
 
 use crate::attention::{Attention, AttentionMask};
 use crate::cache::LayerCache;
@@ -11,7 +11,7 @@ use crate::config::LlamaConfig;
 use crate::ffn::FeedForward;
 use crate::knobs::NormPlacement;
 use crate::norm::Norm;
-use crate::position::Rope;
+use crate::position::RopeAngles;
 use crate::precision::Precision;
 
 #[derive(Module, Debug)]
@@ -47,8 +47,7 @@ impl<B: Backend> Block<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        positions: &Tensor<B, 2, Int>,
-        rope: Option<&Rope<B>>,
+        rope: Option<&RopeAngles<B>>,
         mask: &AttentionMask<B>,
         cache: Option<&mut LayerCache<B>>,
         precision: Precision,
@@ -58,7 +57,7 @@ impl<B: Backend> Block<B> {
         let dtype = x.dtype();
         let attn = |a| {
             self.attention
-                .forward(a, positions, rope, mask, cache, precision)
+                .forward(a, rope, mask, cache, precision)
                 .cast(dtype)
         };
         let ffn = |f| self.feed_forward.forward(f, precision).cast(dtype);

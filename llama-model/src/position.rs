@@ -46,10 +46,18 @@ impl<B: Backend> Rope<B> {
 
     /// Rotates `x: [batch, heads, time, head_dim]` by the angles of `positions: [batch, time]`.
     pub fn apply(&self, x: Tensor<B, 4>, positions: &Tensor<B, 2, Int>) -> Tensor<B, 4> {
-        let [b, _, t, hd] = x.dims();
-        let half = hd / 2;
-        let idx = positions.clone().reshape([b * t]);
         let dtype = x.dtype();
+        self.angles(positions, dtype).apply(x)
+    }
+
+    /// The cosines and sines of `positions: [batch, time]`, gathered once per forward pass and
+    /// shared by every layer's queries and keys (two gathers and casts per pass instead of four per
+    /// layer: a decoded token runs each operation once per layer, and on a GPU each one costs a
+    /// kernel launch and its host-side dispatch whatever the size).
+    pub fn angles(&self, positions: &Tensor<B, 2, Int>, dtype: DType) -> RopeAngles<B> {
+        let [b, t] = positions.dims();
+        let half = self.cos.dims()[1];
+        let idx = positions.clone().reshape([b * t]);
         let gather = |table: &Tensor<B, 2>| {
             table
                 .clone()
@@ -57,7 +65,27 @@ impl<B: Backend> Rope<B> {
                 .reshape([b, 1, t, half])
                 .cast(dtype)
         };
-        let (cos, sin) = (gather(&self.cos), gather(&self.sin));
+        RopeAngles {
+            cos: gather(&self.cos),
+            sin: gather(&self.sin),
+        }
+    }
+}
+
+/// [`Rope`]'s angles for one batch of positions: `[batch, 1, time, head_dim / 2]` each.
+#[derive(Debug, Clone)]
+pub struct RopeAngles<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> RopeAngles<B> {
+    /// Rotates `x: [batch, heads, time, head_dim]` (its dtype; a no-op cast when the angles were
+    /// gathered in it).
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let half = x.dims()[3] / 2;
+        let dtype = x.dtype();
+        let (cos, sin) = (self.cos.clone().cast(dtype), self.sin.clone().cast(dtype));
         let x1 = x.clone().narrow(3, 0, half);
         let x2 = x.narrow(3, half, half);
         let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();

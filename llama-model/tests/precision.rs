@@ -224,3 +224,62 @@ fn bf16_batched_generation_with_left_padding_matches_one_prompt_at_a_time() {
         }
     }
 }
+
+/// Inference weights cast once give exactly the numbers of casting on every call, in a full pass
+/// and in cached decoding; only the projections change dtype.
+#[test]
+fn inference_weights_are_cast_once_with_the_same_logits() {
+    let vocab = 64;
+    // LLaMA-shaped, one with grouped-query attention and a tied head, one untied GeGLU.
+    let variants = all_variants(vocab);
+    for cfg in [realistic(vocab), variants[3].clone(), variants[5].clone()] {
+        let model = cfg
+            .init::<F>(&fdev())
+            .unwrap()
+            .with_precision(Precision::Bf16);
+        // Parameters initialise lazily: a first pass fixes them before the model is copied.
+        let toks = tokens::<F>(2, 10, vocab, 4, &fdev());
+        let full = to_vec(model.forward(toks.clone()));
+        let cast = model.clone().with_inference_weights();
+        let block = &cast.layers[0];
+        assert_eq!(block.attention.wq.weight.val().dtype(), DType::BF16);
+        assert_eq!(block.feed_forward.w2.weight.val().dtype(), DType::BF16);
+        assert_eq!(cast.tok_embeddings.weight.val().dtype(), DType::F32);
+        if let Some(out) = &cast.output {
+            assert_eq!(out.weight.val().dtype(), DType::BF16);
+        }
+        let f32_params = |m: &Llama<F>| {
+            let mut n = 0;
+            m.visit(&mut CountF32(&mut n));
+            n
+        };
+        assert!(f32_params(&cast) < f32_params(&model), "{}", label(&cfg));
+        assert_eq!(full, to_vec(cast.forward(toks.clone())), "{}", label(&cfg));
+        let decode = |m: &Llama<F>| {
+            let mut cache = m.new_cache(2, 10, &fdev());
+            let pos = Llama::<F>::default_positions(2, 8, &fdev());
+            let prompt = toks.clone().narrow(1, 0, 8);
+            m.forward_hidden(prompt, &pos, &AttentionMask::Causal, Some(&mut cache));
+            let pos = Tensor::<F, 2, Int>::full([2, 1], 8, &fdev());
+            let h = m.forward_hidden(
+                toks.clone().narrow(1, 8, 1),
+                &pos,
+                &AttentionMask::Full,
+                Some(&mut cache),
+            );
+            to_vec(m.logits(h))
+        };
+        assert_eq!(decode(&model), decode(&cast), "{}", label(&cfg));
+    }
+}
+
+/// Counts the f32 parameter tensors of a module.
+struct CountF32<'a>(&'a mut usize);
+
+impl<Bk: burn::tensor::backend::Backend> ModuleVisitor<Bk> for CountF32<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Bk, D>>) {
+        if param.val().dtype() == DType::F32 {
+            *self.0 += 1;
+        }
+    }
+}

@@ -195,7 +195,8 @@ impl BackendJob for EvalJob {
             .collect::<Result<Vec<_>>>()?;
         let tok = LlamaTokenizer::from_file(&tokenizer_path(&self)?)?;
         let model = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &device)?
-            .with_precision(self.precision);
+            .with_precision(self.precision)
+            .with_inference_weights();
         ensure!(
             tok.vocab_size() <= model.config().vocab_size,
             "the tokenizer has {} tokens but the model's vocabulary has {}",
