@@ -155,7 +155,7 @@ impl BackendJob for BenchJob {
             BenchMode::Train => {
                 let model: Llama<B> = init_model(cfg, 0, &device)?.with_precision(self.precision);
                 let optim_cfg = OptimConfig::default();
-                let mut optim = LlamaOptimizer::new(&optim_cfg, &model);
+                let mut optim = LlamaOptimizer::new(&optim_cfg, &model)?;
                 // Moved in and out of the step (as `llama train` does), never cloned: a second
                 // handle on the parameters would stop the optimiser updating them in place.
                 let mut slot = Some(model);

@@ -347,3 +347,25 @@ fn bench_times_train_prefill_and_decode_steps() {
     assert_eq!(code, 1);
     assert!(err.contains("max_seq_len"), "{err}");
 }
+
+#[test]
+fn bad_comparison_knobs_in_the_environment_are_one_clear_line() {
+    for (var, value) in [
+        ("LLAMA_OPTIM_BUCKET_ELEMS", "lots"),
+        ("LLAMA_OPTIM_BUCKET_ELEMS", "0"),
+        ("LLAMA_ATTENTION", "flash"),
+        ("LLAMA_LOSS", "fancy"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama"))
+            .args(["--device", "ndarray", "bench", "--preset", "tiny"])
+            .args(["--mode", "train", "--batch", "1", "--seq", "8"])
+            .args(["--warmup", "1", "--iters", "1"])
+            .env(var, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{var}={value}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(var) && err.contains(value), "{err}");
+    }
+}

@@ -205,13 +205,23 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, '_, B> {
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
     /// Buckets of [`BUCKET_ELEMS`], or of `LLAMA_OPTIM_BUCKET_ELEMS` when set (for comparisons;
-    /// a huge value gives one bucket per decay group).
-    pub fn new(cfg: &OptimConfig, model: &M) -> Self {
-        let elems = std::env::var("LLAMA_OPTIM_BUCKET_ELEMS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(BUCKET_ELEMS);
-        Self::with_bucket_elems(cfg, model, elems.max(1))
+    /// a huge value gives one bucket per decay group). A value that is not a positive integer is
+    /// an error, not silently the default.
+    pub fn new(cfg: &OptimConfig, model: &M) -> anyhow::Result<Self> {
+        let elems = match std::env::var("LLAMA_OPTIM_BUCKET_ELEMS") {
+            Err(_) => BUCKET_ELEMS,
+            Ok(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "LLAMA_OPTIM_BUCKET_ELEMS must be a positive number of elements, not `{v}`"
+                    )
+                })?,
+        };
+        Ok(Self::with_bucket_elems(cfg, model, elems))
     }
 
     /// [`new`](Self::new) with another bucket size (tests use tiny ones).

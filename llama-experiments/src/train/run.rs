@@ -147,9 +147,9 @@ fn train<B: AutodiffBackend>(job: &TrainJob, device: &B::Device) -> Result<Train
                 .load_file(dir.join("model"), &recorder, device)
                 .with_context(|| format!("loading {}", dir.display()))?;
             (step, tokens, elapsed0) = (state.step, state.tokens, state.elapsed_s);
-            LlamaOptimizer::new(&run.optim, &model).load(dir, device)?
+            LlamaOptimizer::new(&run.optim, &model)?.load(dir, device)?
         }
-        _ => LlamaOptimizer::new(&run.optim, &model),
+        _ => LlamaOptimizer::new(&run.optim, &model)?,
     };
     // The compute precision is a runtime choice, not part of the weights: set it after loading.
     let mut model = model.with_precision(t.precision);
