@@ -355,6 +355,7 @@ fn bad_comparison_knobs_in_the_environment_are_one_clear_line() {
         ("LLAMA_OPTIM_BUCKET_ELEMS", "0"),
         ("LLAMA_ATTENTION", "flash"),
         ("LLAMA_LOSS", "fancy"),
+        ("LLAMA_NORM", "fused"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama"))
             .args(["--device", "ndarray", "bench", "--preset", "tiny"])

@@ -25,6 +25,7 @@ pub mod norm;
 pub mod position;
 pub mod precision;
 pub mod record;
+pub mod rms_norm;
 pub mod sdpa;
 
 pub use attention::AttentionMask;

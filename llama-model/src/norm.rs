@@ -6,6 +6,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use crate::knobs::NormKind;
+use crate::rms_norm::rms_norm;
 
 /// RMSNorm (gain only) or LayerNorm (gain and bias), chosen by [`NormKind`].
 #[derive(Module, Debug)]
@@ -26,7 +27,8 @@ impl<B: Backend> Norm<B> {
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Self::Rms(n) => n.forward(x),
+            // burn-nn's formula; one autodiff operation where registered (`rms_norm`).
+            Self::Rms(n) => rms_norm(x, n.gamma.val(), n.epsilon),
             Self::Layer(n) => n.forward(x),
         }
     }
