@@ -369,4 +369,17 @@ fn bad_comparison_knobs_in_the_environment_are_one_clear_line() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(err.contains(var) && err.contains(value), "{err}");
     }
+    // The opt-in RMSNorm operation trains end to end.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama"))
+        .args(["--device", "ndarray", "bench", "--preset", "tiny", "--json"])
+        .args(["--mode", "train", "--batch", "1", "--seq", "8"])
+        .args(["--warmup", "1", "--iters", "1"])
+        .env("LLAMA_NORM", "operation")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
