@@ -2,16 +2,17 @@
 //!
 //! Burn's `RmsNorm` is written with tensor ops: under `Autodiff` it keeps the input, its square,
 //! the root mean square and the normalised tensor for the backward pass, whose chain (square →
-//! mean → sqrt → divide → scale, then summing the two paths into the input's gradient) walks
-//! the `[tokens, dim]` tensor about 29 times. The operation here keeps only the normalised input
-//! `x̂ = x·r` (f32) and the per-row `r = 1/√(mean(x²) + ε)`, and its backward is the closed form
+//! mean → sqrt → divide → scale, then summing the two paths into the input's gradient) runs about
+//! 12 full-size operations on the `[tokens, dim]` tensor. The operation here keeps only the
+//! normalised input `x̂ = x·r` (f32) and the per-row `r = 1/√(mean(x²) + ε)`, and its backward is
+//! the closed form (8 full-size operations)
 //!
 //! ```text
 //! t = dy ⊙ γ,   dγ = Σ_rows dy ⊙ x̂,   dx = r ⊙ (t − x̂ ⊙ mean_row(t ⊙ x̂))
 //! ```
 //!
-//! (about 17 passes). Registered per backend like [`crate::loss`]; without a registration
-//! [`rms_norm`] is Burn's tensor-op form.
+//! Registered per backend like [`crate::loss`] (opt-in in the `llama` tool: on the CPU it was no
+//! faster, docs/performance.md); without a registration [`rms_norm`] is Burn's tensor-op form.
 
 use std::any::{Any, TypeId};
 
