@@ -11,6 +11,10 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+
 /// A `TypeId → V` table behind a lock (written at start-up, read on every call).
 pub(crate) struct Registry<V>(OnceLock<RwLock<HashMap<TypeId, V>>>);
 
@@ -53,4 +57,14 @@ impl ErasedNative {
     pub(crate) fn get<T: Any + Copy>(&self) -> Option<T> {
         self.0.as_ref().and_then(|n| n.downcast_ref::<T>()).copied()
     }
+}
+
+/// A backend's float primitive as a tensor (autodiff operations work on primitives).
+pub(crate) fn float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// A float tensor's primitive.
+pub(crate) fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
 }

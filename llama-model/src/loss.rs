@@ -20,9 +20,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorPrimitive};
+use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor};
 
-use crate::dispatch::{ErasedNative, Registry};
+use crate::dispatch::{ErasedNative, Registry, float};
 
 type Erased = fn(Box<dyn Any>, &ErasedNative) -> Box<dyn Any>;
 
@@ -90,10 +90,6 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int
 fn log_sum_exp<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let m = x.clone().max_dim(1);
     (x - m.clone()).exp().sum_dim(1).log() + m
-}
-
-fn float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 
 #[derive(Debug)]

@@ -23,9 +23,9 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Tensor};
 
-use crate::dispatch::Registry;
+use crate::dispatch::{Registry, float, prim};
 
 type Erased = fn(Box<dyn Any>) -> Box<dyn Any>;
 
@@ -55,31 +55,28 @@ pub fn rms_norm<B: Backend, const D: usize>(
     gamma: Tensor<B, 1>,
     eps: f64,
 ) -> Tensor<B, D> {
+    // Unregistered, no reshapes: each is one more dispatched operation per norm and decoded token.
+    let Some(f) = REGISTRY.get(TypeId::of::<B>()) else {
+        return decomposed(x, gamma, eps);
+    };
     let dims = x.dims();
     let d = dims[D - 1];
     let x = x.reshape([dims[..D - 1].iter().product::<usize>(), d]);
-    let y = match REGISTRY.get(TypeId::of::<B>()) {
-        Some(f) => *f(Box::new((x, gamma, eps)))
-            .downcast::<Tensor<B, 2>>()
-            .expect("the registered function returns the same backend's tensor"),
-        None => decomposed(x, gamma, eps),
-    };
+    let y = *f(Box::new((x, gamma, eps)))
+        .downcast::<Tensor<B, 2>>()
+        .expect("the registered function returns the same backend's tensor");
     y.reshape(dims)
 }
 
 /// burn-nn's `RmsNorm::forward`, the formula the operation must reproduce.
-pub fn decomposed<B: Backend>(x: Tensor<B, 2>, gamma: Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+pub fn decomposed<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
     let dtype = x.dtype();
-    let rms = (x.clone().cast(DType::F32).square().mean_dim(1) + eps).sqrt();
+    let rms = (x.clone().cast(DType::F32).square().mean_dim(D - 1) + eps).sqrt();
     (x / rms.cast(dtype)) * gamma.unsqueeze()
-}
-
-fn float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(p))
-}
-
-fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
 }
 
 #[derive(Debug)]

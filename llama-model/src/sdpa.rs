@@ -35,9 +35,9 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
-use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
+use burn::tensor::{Bool, DType, Tensor};
 
-use crate::dispatch::{ErasedNative, Registry};
+use crate::dispatch::{ErasedNative, Registry, float};
 
 /// How the forward pass runs on the inner backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,10 +153,6 @@ pub fn try_attention<B: Backend>(
             .expect("the registered function returns the same backend's tensor")),
         None => Err((q, k, v)),
     }
-}
-
-fn float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 
 /// Queries per block: the f32 probabilities of one block (`batch × heads × block × t_k`) stay

@@ -29,6 +29,13 @@ fn realistic(vocab: usize) -> LlamaConfig {
     }
 }
 
+/// `cfg` initialised on Flex, computing in bf16.
+fn bf16_model(cfg: &LlamaConfig) -> Llama<F> {
+    cfg.init::<F>(&fdev())
+        .unwrap()
+        .with_precision(Precision::Bf16)
+}
+
 #[test]
 fn precision_support_is_checked_per_backend() {
     assert!(Precision::F32.check::<B>(&dev()).is_ok());
@@ -184,10 +191,7 @@ fn bf16_cached_decoding_matches_a_full_bf16_pass() {
         n_kv_heads: Some(2),
         ..realistic(vocab)
     };
-    let model = cfg
-        .init::<F>(&fdev())
-        .unwrap()
-        .with_precision(Precision::Bf16);
+    let model = bf16_model(&cfg);
     let toks = tokens::<F>(1, 12, vocab, 5, &fdev());
     let full = to_vec(model.forward(toks.clone()));
     let mut cache = model.new_cache(1, 12, &fdev());
@@ -211,10 +215,7 @@ fn bf16_batched_generation_with_left_padding_matches_one_prompt_at_a_time() {
         ..Default::default()
     };
     for cfg in [realistic(vocab), all_variants(vocab).swap_remove(9)] {
-        let model = cfg
-            .init::<F>(&fdev())
-            .unwrap()
-            .with_precision(Precision::Bf16);
+        let model = bf16_model(&cfg);
         // The short prompts' pad queries see no key at all: they must stay finite.
         let prompts = vec![vec![3, 14, 15], vec![9, 2, 6, 5, 35, 8, 9], vec![7]];
         let batch = generate(&model, &prompts, &greedy).unwrap();
@@ -233,10 +234,7 @@ fn inference_weights_are_cast_once_with_the_same_logits() {
     // LLaMA-shaped, one with grouped-query attention and a tied head, one untied GeGLU.
     let variants = all_variants(vocab);
     for cfg in [realistic(vocab), variants[3].clone(), variants[5].clone()] {
-        let model = cfg
-            .init::<F>(&fdev())
-            .unwrap()
-            .with_precision(Precision::Bf16);
+        let model = bf16_model(&cfg);
         // Parameters initialise lazily: a first pass fixes them before the model is copied.
         let toks = tokens::<F>(2, 10, vocab, 4, &fdev());
         let full = to_vec(model.forward(toks.clone()));
