@@ -11,6 +11,7 @@ use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use llama_model::loss::NativeLoss;
 use llama_model::sdpa::{AttentionForward, NativeAttention};
+use llama_model::swiglu::NativeSwiglu;
 
 /// A device named on the command line: `ndarray`, `flex`, `wgpu`, `tch-cpu`, `tch-cuda:N`, `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,14 +80,14 @@ impl DeviceSpec {
             #[cfg(feature = "ndarray")]
             Self::NdArray => {
                 use burn::backend::NdArray;
-                register_ops::<NdArray>(AttentionForward::Blocked, None, None)?;
+                register_ops(Ops::<NdArray>::new(AttentionForward::Blocked))?;
                 Ok(job.run::<burn::backend::Autodiff<NdArray>>(Default::default()))
             }
             #[cfg(feature = "flex")]
             Self::Flex => {
                 use burn::backend::Flex;
                 // Flex's own attention kernel in f32.
-                register_ops::<Flex>(AttentionForward::FusedF32, None, None)?;
+                register_ops(Ops::<Flex>::new(AttentionForward::FusedF32))?;
                 Ok(job.run::<burn::backend::Autodiff<Flex>>(Default::default()))
             }
             #[cfg(feature = "wgpu")]
@@ -94,7 +95,7 @@ impl DeviceSpec {
                 use burn::backend::Wgpu;
                 // Blocked, not CubeCL's flash kernel: not yet checked on Mesa's lavapipe, where
                 // CubeCL's fusion once gave wrong results (docs/backends.md).
-                register_ops::<Wgpu>(AttentionForward::Blocked, None, None)?;
+                register_ops(Ops::<Wgpu>::new(AttentionForward::Blocked))?;
                 Ok(job.run::<burn::backend::Autodiff<Wgpu>>(Default::default()))
             }
             #[cfg(feature = "tch")]
@@ -102,11 +103,18 @@ impl DeviceSpec {
                 use burn::backend::LibTorch;
                 use burn::backend::libtorch::LibTorchDevice;
                 // torch's SDPA keeps the softmax in f32 for bf16 inputs; training goes through
-                // torch's own autograd for it (its flash backward).
-                // torch's log-softmax/NLL kernels for the loss on request (`LLAMA_LOSS=torch`).
-                let attention = crate::libtorch_attention::native();
-                let loss = crate::libtorch_loss::native();
-                register_ops::<LibTorch>(AttentionForward::Fused, Some(attention), Some(loss))?;
+                // torch's own autograd for it (its flash backward), and for the loss. On CUDA
+                // torch's loss and the RMSNorm operation are the defaults (measured faster on an
+                // H200, docs/performance.md attempts 8 and 10); on the CPU neither was.
+                let cuda = matches!(self, Self::TchCuda(_));
+                register_ops(Ops::<LibTorch> {
+                    attention: Some(crate::libtorch_attention::native()),
+                    loss: Some(crate::libtorch_loss::native()),
+                    swiglu: Some(crate::libtorch_swiglu::native()),
+                    torch_loss: cuda,
+                    norm_operation: cuda,
+                    ..Ops::new(AttentionForward::Fused)
+                })?;
                 let device = match self {
                     Self::TchCuda(i) => LibTorchDevice::Cuda(i),
                     _ => LibTorchDevice::Cpu,
@@ -117,7 +125,7 @@ impl DeviceSpec {
             Self::Cuda(i) => {
                 use burn::backend::Cuda;
                 // CubeCL's attention autotune may pick Burn's decomposition (bf16 softmax).
-                register_ops::<Cuda>(AttentionForward::FusedF32, None, None)?;
+                register_ops(Ops::<Cuda>::new(AttentionForward::FusedF32))?;
                 Ok(job
                     .run::<burn::backend::Autodiff<Cuda>>(burn::backend::cuda::CudaDevice::new(i)))
             }
@@ -130,19 +138,43 @@ impl DeviceSpec {
     }
 }
 
-/// Registers the model's own autodiff operations for backend `I`: the memory-efficient attention
-/// (`llama_model::sdpa`, through the backend's `native_attention` where it has one) and the
-/// one-operation cross-entropy (`llama_model::loss`; `LLAMA_LOSS=torch` asks for the backend's
-/// `native_loss`); RMSNorm as one operation on request (`LLAMA_NORM=operation`,
-/// `llama_model::rms_norm`). For comparisons, `LLAMA_ATTENTION=blocked` skips the native
-/// attention and `LLAMA_ATTENTION=decomposed` / `LLAMA_LOSS=decomposed` ask for Burn's tensor-op
-/// forms.
-#[allow(dead_code)]
-fn register_ops<I: burn::tensor::backend::Backend>(
+/// What [`register_ops`] registers for a backend `I`: the attention's forward, the backend's own
+/// forms of the operations where it has them, and which of the opt-in operations are its defaults.
+struct Ops<I: burn::tensor::backend::Backend> {
     forward: AttentionForward,
-    native_attention: Option<NativeAttention<I>>,
-    native_loss: Option<NativeLoss<I>>,
-) -> Result<()> {
+    attention: Option<NativeAttention<I>>,
+    loss: Option<NativeLoss<I>>,
+    swiglu: Option<NativeSwiglu<I>>,
+    /// `LLAMA_LOSS=auto` means the backend's own loss (else the closed-form operation).
+    torch_loss: bool,
+    /// `LLAMA_NORM=auto` means the RMSNorm operation (else burn-nn's tensor-op form).
+    norm_operation: bool,
+}
+
+impl<I: burn::tensor::backend::Backend> Ops<I> {
+    #[allow(dead_code)]
+    fn new(forward: AttentionForward) -> Self {
+        Self {
+            forward,
+            attention: None,
+            loss: None,
+            swiglu: None,
+            torch_loss: false,
+            norm_operation: false,
+        }
+    }
+}
+
+/// Registers the model's own autodiff operations for backend `I`: the memory-efficient attention
+/// (`llama_model::sdpa`, through the backend's native attention where it has one), the
+/// cross-entropy (`llama_model::loss`, closed form or the backend's own), RMSNorm
+/// (`llama_model::rms_norm`) and SwiGLU's gate (`llama_model::swiglu`) as single operations.
+/// Each has an environment knob for comparisons (`auto` is the backend's default):
+/// `LLAMA_ATTENTION=auto|blocked|decomposed`, `LLAMA_LOSS=auto|operation|torch|decomposed`,
+/// `LLAMA_NORM=auto|operation|decomposed`, `LLAMA_SWIGLU=auto|operation|torch|decomposed`
+/// (`decomposed` is Burn's tensor-op form, `torch` the libtorch kernels).
+#[allow(dead_code)]
+fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     let choice = |var: &str, allowed: &[&'static str]| -> Result<&'static str> {
         let value = std::env::var(var).unwrap_or_default();
         match value.as_str() {
@@ -154,29 +186,43 @@ fn register_ops<I: burn::tensor::backend::Backend>(
                 .ok_or_else(|| anyhow!("{var}={v}: expected one of {}", allowed.join(", "))),
         }
     };
+    let libtorch_only =
+        |var: &str| anyhow!("{var}=torch needs a libtorch device (tch-cpu, tch-cuda)");
     match (
         choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
-        native_attention,
+        ops.attention,
     ) {
         ("decomposed", _) => {}
-        ("auto", Some(native)) => llama_model::sdpa::register_native::<I>(forward, native),
-        _ => llama_model::sdpa::register::<I>(forward),
+        ("auto", Some(native)) => llama_model::sdpa::register_native::<I>(ops.forward, native),
+        _ => llama_model::sdpa::register::<I>(ops.forward),
     }
-    // torch's cross-entropy is opt-in: on the CPU it was slower than the closed form
-    // (docs/performance.md, attempt 8) and it has not been measured on a GPU yet.
     match (
-        choice("LLAMA_LOSS", &["auto", "torch", "decomposed"])?,
-        native_loss,
+        choice("LLAMA_LOSS", &["auto", "operation", "torch", "decomposed"])?,
+        ops.loss,
     ) {
         ("decomposed", _) => {}
         ("torch", Some(native)) => llama_model::loss::register_native::<I>(native),
-        ("torch", None) => bail!("LLAMA_LOSS=torch needs a libtorch device (tch-cpu, tch-cuda)"),
+        ("auto", Some(native)) if ops.torch_loss => llama_model::loss::register_native::<I>(native),
+        ("torch", None) => return Err(libtorch_only("LLAMA_LOSS")),
         _ => llama_model::loss::register::<I>(),
     }
-    // The RMSNorm operation is opt-in: on the CPU it was no faster than burn-nn's form
-    // (docs/performance.md, attempt 10) and it has not been measured on a GPU yet.
-    if choice("LLAMA_NORM", &["auto", "operation", "decomposed"])? == "operation" {
-        llama_model::rms_norm::register::<I>();
+    match choice("LLAMA_NORM", &["auto", "operation", "decomposed"])? {
+        "operation" => llama_model::rms_norm::register::<I>(),
+        "auto" if ops.norm_operation => llama_model::rms_norm::register::<I>(),
+        _ => {}
+    }
+    match (
+        choice(
+            "LLAMA_SWIGLU",
+            &["auto", "operation", "torch", "decomposed"],
+        )?,
+        ops.swiglu,
+    ) {
+        ("decomposed", _) => {}
+        ("torch" | "auto", Some(native)) => llama_model::swiglu::register_native::<I>(native),
+        ("torch", None) => return Err(libtorch_only("LLAMA_SWIGLU")),
+        ("operation", _) => llama_model::swiglu::register::<I>(),
+        _ => {}
     }
     Ok(())
 }

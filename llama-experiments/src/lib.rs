@@ -15,6 +15,8 @@ pub mod libtorch_attention;
 mod libtorch_autograd;
 #[cfg(feature = "tch")]
 pub mod libtorch_loss;
+#[cfg(feature = "tch")]
+pub mod libtorch_swiglu;
 pub mod params;
 pub mod plot;
 pub mod quickstart;

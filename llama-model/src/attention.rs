@@ -74,6 +74,7 @@ impl<B: Backend> Attention<B> {
         precision: Precision,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
+        let x = precision.input(x);
         let proj = |l: &Linear<B>, x| precision.linear(l, x);
         let (h, hkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);

@@ -3,11 +3,12 @@
 use burn::module::Module;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::Tensor;
-use burn::tensor::activation::{gelu, relu, silu};
+use burn::tensor::activation::{gelu, relu};
 use burn::tensor::backend::Backend;
 
 use crate::knobs::FfnKind;
 use crate::precision::Precision;
+use crate::swiglu::swiglu;
 
 /// `w2(act(w1 x) * w3 x)` for gated kinds, `w2(act(w1 x))` otherwise. Names follow Meta's code:
 /// `w1` is the gate (or the only up-projection), `w3` the gated up-projection, `w2` the down-projection.
@@ -56,9 +57,10 @@ impl<B: Backend> FeedForward<B> {
 
     /// `x: [batch, time, dim]` → `[batch, time, dim]` in `precision`'s compute dtype.
     pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
+        let x = precision.input(x);
         let a = precision.linear(&self.w1, x.clone());
         let h = match (self.kind, &self.w3) {
-            (FfnKind::Swiglu, Some(w3)) => silu(a) * precision.linear(w3, x),
+            (FfnKind::Swiglu, Some(w3)) => swiglu(a, precision.linear(w3, x)),
             (FfnKind::Geglu, Some(w3)) => gelu(a) * precision.linear(w3, x),
             (FfnKind::Relu, _) => relu(a),
             (FfnKind::Gelu, _) => gelu(a),

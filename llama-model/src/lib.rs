@@ -27,6 +27,7 @@ pub mod precision;
 pub mod record;
 pub mod rms_norm;
 pub mod sdpa;
+pub mod swiglu;
 
 pub use attention::AttentionMask;
 pub use cache::{KvCache, LayerCache};

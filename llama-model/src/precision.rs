@@ -60,6 +60,19 @@ impl Precision {
         }
     }
 
+    /// `x` in the compute dtype, for an input that several projections share (attention's q, k,
+    /// v; the gated feed-forward's w1, w3): one cast instead of one per projection, and in the
+    /// backward pass the projections' input gradients meet in the compute dtype and are cast back
+    /// once (with a cast per projection, each gradient is cast to f32 and then summed: two more
+    /// casts and f32 sums per sublayer, docs/performance.md, attempt 11). [`Self::linear`] on the
+    /// result casts nothing.
+    pub fn input<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self.compute_dtype() {
+            Some(dtype) => cast_to(x, dtype),
+            None => x,
+        }
+    }
+
     /// `x · W (+ b)` for a [`Linear`], in the compute dtype.
     ///
     /// The leading dimensions are flattened first: Burn's `linear` on a `[batch, T, d]` input
@@ -77,9 +90,9 @@ impl Precision {
         let y = match self.compute_dtype() {
             None => layer.forward(x),
             Some(dtype) => {
-                let w = layer.weight.val().cast(dtype);
-                let b = layer.bias.as_ref().map(|b| b.val().cast(dtype));
-                burn::tensor::module::linear(x.cast(dtype), w, b)
+                let w = cast_to(layer.weight.val(), dtype);
+                let b = layer.bias.as_ref().map(|b| cast_to(b.val(), dtype));
+                burn::tensor::module::linear(cast_to(x, dtype), w, b)
             }
         };
         let mut out = dims;
@@ -91,8 +104,16 @@ impl Precision {
     pub fn matmul_t<B: Backend>(self, x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
         match self.compute_dtype() {
             None => x.matmul(w.transpose()),
-            Some(dtype) => x.cast(dtype).matmul(w.cast(dtype).transpose()),
+            Some(dtype) => cast_to(x, dtype).matmul(cast_to(w, dtype).transpose()),
         }
+    }
+}
+
+/// `t` in `dtype`; no operation (and no autodiff node) when it already is.
+fn cast_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    match t.dtype() == dtype {
+        true => t,
+        false => t.cast(dtype),
     }
 }
 
