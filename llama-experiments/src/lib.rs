@@ -10,6 +10,8 @@ pub mod data;
 pub mod eval;
 pub mod generate;
 #[cfg(feature = "tch")]
+pub mod libtorch_adamw;
+#[cfg(feature = "tch")]
 pub mod libtorch_attention;
 #[cfg(feature = "tch")]
 mod libtorch_autograd;

@@ -52,6 +52,8 @@ pub struct LlamaOptimizer<M: AutodiffModule<B>, B: AutodiffBackend> {
     slots: HashMap<ParamId, Slot>,
     buckets: Vec<Bucket>,
     no_decay_count: usize,
+    /// Whether a backend's own update kernels may run (else the tensor-op form everywhere).
+    native_update: bool,
     /// Steps taken (AdamW's `t`).
     time: usize,
     /// First and second moments per bucket, after the first step.
@@ -142,17 +144,69 @@ struct Step<'a, B: AutodiffBackend> {
     lr: f64,
     cfg: &'a OptimConfig,
     time: usize,
+    /// Whether a backend's own update kernels may run (`LLAMA_ADAMW`).
+    #[cfg_attr(not(feature = "tch"), allow(dead_code))]
+    native: bool,
 }
 
 impl<B: AutodiffBackend> Step<'_, B> {
     /// AdamW on bucket `k`: new moments into `moments[k]`, new values into `updated[k]`.
     fn run(&mut self, k: usize) {
-        let p = cat(std::mem::take(&mut self.params[k]));
-        let g = self.grads[k].take().expect("each bucket is updated once");
         let (b1, b2) = (self.cfg.beta1 as f64, self.cfg.beta2 as f64);
         let t = self.time as i32;
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-        let (m, v) = match self.moments[k].take() {
+        let step = AdamwStep {
+            param: cat(std::mem::take(&mut self.params[k])),
+            grad: self.grads[k].take().expect("each bucket is updated once"),
+            moments: self.moments[k].take(),
+            beta1: b1,
+            beta2: b2,
+            eps: self.cfg.eps as f64,
+            lr: self.lr,
+            decay: match self.buckets[k].decayed {
+                true => self.lr * self.cfg.weight_decay as f64,
+                false => 0.0,
+            },
+            c1: 1.0 - b1.powi(t),
+            c2: 1.0 - b2.powi(t),
+        };
+        #[cfg(feature = "tch")]
+        let step = match self.native {
+            true => crate::libtorch_adamw::try_update(step),
+            false => Err(step),
+        };
+        #[cfg(feature = "tch")]
+        let (p, m, v) = step.unwrap_or_else(AdamwStep::decomposed);
+        #[cfg(not(feature = "tch"))]
+        let (p, m, v) = step.decomposed();
+        self.updated[k] = Some(p);
+        self.moments[k] = Some((m, v));
+    }
+}
+
+/// One bucket's AdamW update: what it needs, for the tensor-op form here or a backend's own
+/// kernels (`libtorch_adamw`).
+pub struct AdamwStep<I: Backend> {
+    /// The bucket's parameters, freshly concatenated (an update may write it in place).
+    pub param: Tensor<I, 1>,
+    pub grad: Tensor<I, 1>,
+    /// First and second moments, `None` before the first step.
+    pub moments: Option<(Tensor<I, 1>, Tensor<I, 1>)>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub lr: f64,
+    /// `lr · weight_decay` for a decayed bucket, 0 otherwise.
+    pub decay: f64,
+    /// Bias corrections `1 − β₁ᵗ`, `1 − β₂ᵗ`.
+    pub c1: f64,
+    pub c2: f64,
+}
+
+impl<I: Backend> AdamwStep<I> {
+    /// New parameters and moments, in tensor ops (one kernel per scalar operation).
+    pub fn decomposed(self) -> (Tensor<I, 1>, Tensor<I, 1>, Tensor<I, 1>) {
+        let (b1, b2, g) = (self.beta1, self.beta2, self.grad);
+        let (m, v) = match self.moments {
             Some((m, v)) => (
                 m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
                 v.mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
@@ -166,15 +220,14 @@ impl<B: AutodiffBackend> Step<'_, B> {
         let denom = v
             .clone()
             .sqrt()
-            .mul_scalar(1.0 / c2.sqrt())
-            .add_scalar(self.cfg.eps as f64);
-        let delta = m.clone().div(denom).mul_scalar(self.lr / c1);
-        let p = match self.buckets[k].decayed {
-            true => p.mul_scalar(1.0 - self.lr * self.cfg.weight_decay as f64),
-            false => p,
+            .mul_scalar(1.0 / self.c2.sqrt())
+            .add_scalar(self.eps);
+        let delta = m.clone().div(denom).mul_scalar(self.lr / self.c1);
+        let p = match self.decay != 0.0 {
+            true => self.param.mul_scalar(1.0 - self.decay),
+            false => self.param,
         };
-        self.updated[k] = Some(p - delta);
-        self.moments[k] = Some((m, v));
+        (p - delta, m, v)
     }
 }
 
@@ -221,7 +274,19 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
                     )
                 })?,
         };
-        Ok(Self::with_bucket_elems(cfg, model, elems))
+        let native = match std::env::var("LLAMA_ADAMW").as_deref() {
+            Err(_) | Ok("" | "auto") => true,
+            Ok("decomposed") => false,
+            Ok(v) => anyhow::bail!("LLAMA_ADAMW={v}: expected one of auto, decomposed"),
+        };
+        Ok(Self::with_bucket_elems(cfg, model, elems).with_native_update(native))
+    }
+
+    /// Whether a backend's own AdamW kernels may run where it has them (libtorch:
+    /// `libtorch_adamw`; default) or the tensor-op form everywhere (`LLAMA_ADAMW=decomposed`).
+    pub fn with_native_update(mut self, native: bool) -> Self {
+        self.native_update = native;
+        self
     }
 
     /// [`new`](Self::new) with another bucket size (tests use tiny ones).
@@ -262,6 +327,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
             slots,
             buckets,
             time: 0,
+            native_update: true,
             _module: std::marker::PhantomData,
         }
     }
@@ -327,6 +393,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
             lr,
             cfg: &self.cfg,
             time: self.time,
+            native: self.native_update,
         };
         let model = model.map(&mut Update {
             opt: &mut step,

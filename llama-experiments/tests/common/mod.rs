@@ -1,6 +1,8 @@
 //! Shared by the binary's integration tests (each uses some of it).
 #![allow(dead_code)]
 
+pub mod adamw;
+
 use std::process::Command;
 
 use burn::tensor::backend::Backend;

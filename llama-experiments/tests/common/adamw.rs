@@ -1,0 +1,103 @@
+//! The optimiser's reference check, shared by `train` (NdArray) and `libtorch_adamw` (tch-cpu).
+
+use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::backend::AutodiffBackend;
+
+/// A weight matrix (decayed) and two vectors (not) whose gradients are known: `loss = Σ W ⊙ cw +
+/// Σ b ⊙ cb + Σ c ⊙ cc` has gradients cw, cb, cc at every step.
+#[derive(burn::module::Module, Debug)]
+struct Three<B: burn::tensor::backend::Backend> {
+    lin: burn::nn::Linear<B>,
+    b: burn::module::Param<Tensor<B, 1>>,
+    c: burn::module::Param<Tensor<B, 1>>,
+    /// Not trained: the optimiser must leave it alone (a weight matrix: no decay either).
+    frozen: burn::nn::Linear<B>,
+}
+
+/// Three steps of [`LlamaOptimizer`] against an f64 implementation of `torch.optim.AdamW` after
+/// `clip_grad_norm_`: decay on the matrix only, clipping off/inactive/active, four bucket sizes, a
+/// frozen weight matrix left untouched. `native`: the backend's own update kernels where it has
+/// them (`LlamaOptimizer::with_native_update`).
+pub fn check_torch_adamw<B: AutodiffBackend>(device: &B::Device, native: bool) {
+    use burn::optim::GradientsParams;
+    use llama_experiments::train::config::OptimConfig;
+    use llama_experiments::train::optim::{BUCKET_ELEMS, LlamaOptimizer};
+    let (cw, cb, cc) = (
+        [[3.0f64, -4.0], [0.0, 12.0]],
+        [-5.0f64, 0.0],
+        [1.0f64, -2.0, 0.5],
+    );
+    let cfg = OptimConfig {
+        weight_decay: 0.1,
+        ..OptimConfig::default()
+    };
+    let (lr, scale) = (0.1, 0.5);
+    // Bucket sizes: every parameter alone, b and c split, b and c sharing one, the default.
+    for bucket in [1, 4, 5, BUCKET_ELEMS] {
+        for clip in [None, Some(100.0), Some(0.5)] {
+            let mut model = Three::<B> {
+                lin: burn::nn::LinearConfig::new(2, 2)
+                    .with_bias(false)
+                    .init(device),
+                b: burn::module::Param::from_tensor(Tensor::from_floats([0.25, -0.5], device)),
+                c: burn::module::Param::from_tensor(Tensor::from_floats([1.0, 0.0, -1.0], device)),
+                frozen: {
+                    let mut lin = burn::nn::LinearConfig::new(2, 2)
+                        .with_bias(false)
+                        .init(device);
+                    lin.weight = lin.weight.set_require_grad(false);
+                    lin
+                },
+            };
+            let frozen = model.frozen.weight.val().into_data();
+            let values = |m: &Three<B>| -> Vec<f64> {
+                let w = m.lin.weight.val().into_data().to_vec::<f32>().unwrap();
+                let b = m.b.val().into_data().to_vec::<f32>().unwrap();
+                let c = m.c.val().into_data().to_vec::<f32>().unwrap();
+                w.into_iter().chain(b).chain(c).map(f64::from).collect()
+            };
+            // Reference in f64: torch.optim.AdamW after clip_grad_norm_.
+            let mut p = values(&model);
+            let grad: Vec<f64> = cw
+                .iter()
+                .flatten()
+                .chain(&cb)
+                .chain(&cc)
+                .map(|x| x * scale)
+                .collect();
+            let norm = grad.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let factor = clip.map_or(1.0, |m| (m / (norm + 1e-6)).min(1.0));
+            let (b1, b2, eps) = (cfg.beta1 as f64, cfg.beta2 as f64, cfg.eps as f64);
+            let (mut m, mut v) = (vec![0.0; 9], vec![0.0; 9]);
+            let mut optim =
+                LlamaOptimizer::with_bucket_elems(&cfg, &model, bucket).with_native_update(native);
+            assert_eq!(optim.no_decay_count(), 2);
+            for t in 1..=3 {
+                for i in 0..9 {
+                    let g = grad[i] * factor;
+                    m[i] = b1 * m[i] + (1.0 - b1) * g;
+                    v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+                    if i < 4 {
+                        p[i] *= 1.0 - lr * cfg.weight_decay as f64;
+                    }
+                    let (mh, vh) = (m[i] / (1.0 - b1.powi(t)), v[i] / (1.0 - b2.powi(t)));
+                    p[i] -= lr * mh / (vh.sqrt() + eps);
+                }
+                let loss = (model.lin.weight.val() * Tensor::from_floats(cw, device)).sum()
+                    + (model.b.val() * Tensor::from_floats(cb, device)).sum()
+                    + (model.c.val() * Tensor::from_floats(cc, device)).sum();
+                let grads = GradientsParams::from_grads::<B, _>(loss.backward(), &model);
+                let (next, n) = optim.step(lr, model, grads, scale, clip, device);
+                model = next;
+                let n: f64 = n.into_scalar().elem();
+                assert!((n - norm).abs() < 1e-5, "norm {n} vs {norm}");
+                assert_eq!(model.frozen.weight.val().into_data(), frozen);
+                let got = values(&model);
+                for (x, y) in got.iter().zip(&p) {
+                    let what = format!("bucket {bucket} clip {clip:?} step {t}");
+                    assert!((x - y).abs() <= 1e-5, "{what}: {got:?} vs {p:?}");
+                }
+            }
+        }
+    }
+}
