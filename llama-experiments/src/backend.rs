@@ -113,6 +113,7 @@ impl DeviceSpec {
                     swiglu: Some(crate::libtorch_swiglu::native()),
                     torch_loss: cuda,
                     norm_operation: cuda,
+                    rope_operation: true,
                     ..Ops::new(AttentionForward::Fused)
                 })?;
                 let device = match self {
@@ -149,6 +150,8 @@ struct Ops<I: burn::tensor::backend::Backend> {
     torch_loss: bool,
     /// `LLAMA_NORM=auto` means the RMSNorm operation (else burn-nn's tensor-op form).
     norm_operation: bool,
+    /// `LLAMA_ROPE=auto` means the rotary operation (else the tensor-op form).
+    rope_operation: bool,
 }
 
 impl<I: burn::tensor::backend::Backend> Ops<I> {
@@ -161,6 +164,7 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
             swiglu: None,
             torch_loss: false,
             norm_operation: false,
+            rope_operation: false,
         }
     }
 }
@@ -168,10 +172,12 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// Registers the model's own autodiff operations for backend `I`: the memory-efficient attention
 /// (`llama_model::sdpa`, through the backend's native attention where it has one), the
 /// cross-entropy (`llama_model::loss`, closed form or the backend's own), RMSNorm
-/// (`llama_model::rms_norm`) and SwiGLU's gate (`llama_model::swiglu`) as single operations.
+/// (`llama_model::rms_norm`), the rotary embedding (`llama_model::rotary`) and SwiGLU's gate
+/// (`llama_model::swiglu`) as single operations.
 /// Each has an environment knob for comparisons (`auto` is the backend's default):
 /// `LLAMA_ATTENTION=auto|blocked|decomposed`, `LLAMA_LOSS=auto|operation|torch|decomposed`,
-/// `LLAMA_NORM=auto|operation|decomposed`, `LLAMA_SWIGLU=auto|operation|torch|decomposed`
+/// `LLAMA_NORM=auto|operation|decomposed`, `LLAMA_ROPE=auto|operation|decomposed`,
+/// `LLAMA_SWIGLU=auto|operation|torch|decomposed`
 /// (`decomposed` is Burn's tensor-op form, `torch` the libtorch kernels).
 #[allow(dead_code)]
 fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
@@ -209,6 +215,11 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     match choice("LLAMA_NORM", &["auto", "operation", "decomposed"])? {
         "operation" => llama_model::rms_norm::register::<I>(),
         "auto" if ops.norm_operation => llama_model::rms_norm::register::<I>(),
+        _ => {}
+    }
+    match choice("LLAMA_ROPE", &["auto", "operation", "decomposed"])? {
+        "operation" => llama_model::rotary::register::<I>(),
+        "auto" if ops.rope_operation => llama_model::rotary::register::<I>(),
         _ => {}
     }
     match (

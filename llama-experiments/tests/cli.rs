@@ -356,6 +356,10 @@ fn bad_comparison_knobs_in_the_environment_are_one_clear_line() {
         ("LLAMA_ATTENTION", "flash"),
         ("LLAMA_LOSS", "fancy"),
         ("LLAMA_NORM", "fused"),
+        ("LLAMA_ROPE", "fused"),
+        ("LLAMA_SWIGLU", "fused"),
+        ("LLAMA_SWIGLU", "torch"),
+        ("LLAMA_ADAMW", "fused"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama"))
             .args(["--device", "ndarray", "bench", "--preset", "tiny"])
@@ -369,12 +373,14 @@ fn bad_comparison_knobs_in_the_environment_are_one_clear_line() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(err.contains(var) && err.contains(value), "{err}");
     }
-    // The opt-in RMSNorm operation trains end to end.
+    // The opt-in operations (RMSNorm, rotary, SwiGLU's closed form) train end to end.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama"))
         .args(["--device", "ndarray", "bench", "--preset", "tiny", "--json"])
         .args(["--mode", "train", "--batch", "1", "--seq", "8"])
         .args(["--warmup", "1", "--iters", "1"])
         .env("LLAMA_NORM", "operation")
+        .env("LLAMA_ROPE", "operation")
+        .env("LLAMA_SWIGLU", "operation")
         .output()
         .unwrap();
     assert!(

@@ -26,6 +26,7 @@ pub mod position;
 pub mod precision;
 pub mod record;
 pub mod rms_norm;
+pub mod rotary;
 pub mod sdpa;
 pub mod swiglu;
 

@@ -8,6 +8,8 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
+use crate::rotary;
+
 /// Rotary position embedding in the "rotate half" layout of Hugging Face / GPT-NeoX: dimension `i`
 /// pairs with `i + head_dim/2`. Meta's checkpoints rotate interleaved pairs `(2i, 2i+1)`; importers
 /// permute the rows of `wq`/`wk` to this layout. (Burn's `RotaryEncoding` is interleaved and builds its
@@ -65,10 +67,12 @@ impl<B: Backend> Rope<B> {
                 .reshape([b, 1, t, half])
                 .cast(dtype)
         };
-        RopeAngles {
-            cos: gather(&self.cos),
-            sin: gather(&self.sin),
-        }
+        let (cos, sin) = (gather(&self.cos), gather(&self.sin));
+        // The rotary operation's full-width tables, once per pass (training only: the operation
+        // is registered for autodiff backends).
+        let full =
+            rotary::is_registered::<B>().then(|| rotary::full_tables(cos.clone(), sin.clone()));
+        RopeAngles { cos, sin, full }
     }
 }
 
@@ -77,14 +81,19 @@ impl<B: Backend> Rope<B> {
 pub struct RopeAngles<B: Backend> {
     cos: Tensor<B, 4>,
     sin: Tensor<B, 4>,
+    /// `rotary::full_tables` of the two, where the rotary operation is registered.
+    full: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
 }
 
 impl<B: Backend> RopeAngles<B> {
     /// Rotates `x: [batch, heads, time, head_dim]` (its dtype; a no-op cast when the angles were
     /// gathered in it).
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let half = x.dims()[3] / 2;
         let dtype = x.dtype();
+        if let Some((c, s)) = &self.full {
+            return rotary::rotate(x, c.clone().cast(dtype), s.clone().cast(dtype));
+        }
+        let half = x.dims()[3] / 2;
         let (cos, sin) = (self.cos.clone().cast(dtype), self.sin.clone().cast(dtype));
         let x1 = x.clone().narrow(3, 0, half);
         let x2 = x.narrow(3, half, half);

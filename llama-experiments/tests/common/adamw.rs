@@ -1,7 +1,7 @@
 //! The optimiser's reference check, shared by `train` (NdArray) and `libtorch_adamw` (tch-cpu).
 
-use burn::tensor::{ElementConversion, Tensor};
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
 
 /// A weight matrix (decayed) and two vectors (not) whose gradients are known: `loss = Σ W ⊙ cw +
 /// Σ b ⊙ cb + Σ c ⊙ cc` has gradients cw, cb, cc at every step.

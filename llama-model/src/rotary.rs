@@ -1,0 +1,124 @@
+//! The rotary embedding as one autodiff operation.
+//!
+//! Written with tensor ops (`cat(x₁c − x₂s, x₂c + x₁s)` on the two halves of each head), `Autodiff`
+//! records two slices, four products, a difference, a sum and a concatenation, and its backward
+//! turns each slice into a zero tensor of the full size plus a slice-assign, then sums them: on an
+//! H200 ~12 kernels per rotation and ~0.4 ms per `125m` layer for queries and keys
+//! (docs/performance.md, attempt 13). A rotation's backward is the inverse rotation, so the
+//! operation runs the same four kernels both ways on full-width tables prepared once per pass:
+//!
+//! ```text
+//! C = [cos, cos],  S = [−sin, sin],  y = x ⊙ C + swap(x) ⊙ S,  dx = g ⊙ C + swap(g ⊙ S)
+//! ```
+//!
+//! where `swap` exchanges the two halves. The forward pass is bit for bit the tensor-op form's
+//! (each half is the same two products and one sum). Registered per backend like
+//! [`crate::rms_norm`]; unregistered, [`crate::position::RopeAngles::apply`] keeps the tensor-op
+//! form.
+
+use std::any::{Any, TypeId};
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+
+use crate::dispatch::{Registry, float, prim};
+
+type Erased = fn(Box<dyn Any>) -> Box<dyn Any>;
+
+/// The operation, per registered `Autodiff<I>`.
+static REGISTRY: Registry<Erased> = Registry::new();
+
+/// Makes `Autodiff<I>` (no checkpointing) rotate as one operation.
+pub fn register<I: Backend>() {
+    fn erased<I: Backend>(args: Box<dyn Any>) -> Box<dyn Any> {
+        let (x, c, s) = *args
+            .downcast::<(
+                Tensor<Autodiff<I>, 4>,
+                Tensor<Autodiff<I>, 4>,
+                Tensor<Autodiff<I>, 4>,
+            )>()
+            .expect("registered under this type's TypeId");
+        Box::new(autodiff_rotate::<I>(x, c, s))
+    }
+    REGISTRY.insert(TypeId::of::<Autodiff<I>>(), erased::<I>);
+}
+
+/// Whether `B` rotates as one operation.
+pub fn is_registered<B: Backend>() -> bool {
+    REGISTRY.get(TypeId::of::<B>()).is_some()
+}
+
+/// The full-width tables `(C, S) = ([cos, cos], [−sin, sin])` along the last dimension.
+pub fn full_tables<B: Backend>(
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    (
+        Tensor::cat(vec![cos.clone(), cos], 3),
+        Tensor::cat(vec![sin.clone().neg(), sin], 3),
+    )
+}
+
+/// `x ⊙ C + swap(x) ⊙ S` for `x: [batch, heads, time, head_dim]` and tables `[batch, 1, time,
+/// head_dim]` from [`full_tables`] in `x`'s dtype; one operation where registered.
+pub fn rotate<B: Backend>(x: Tensor<B, 4>, c: Tensor<B, 4>, s: Tensor<B, 4>) -> Tensor<B, 4> {
+    match REGISTRY.get(TypeId::of::<B>()) {
+        Some(f) => *f(Box::new((x, c, s)))
+            .downcast::<Tensor<B, 4>>()
+            .expect("the registered function returns the same backend's tensor"),
+        None => x.clone() * c + swap_halves(x) * s,
+    }
+}
+
+/// The two halves of the last dimension exchanged.
+fn swap_halves<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let half = x.dims()[3] / 2;
+    Tensor::cat(
+        vec![x.clone().narrow(3, half, half), x.narrow(3, 0, half)],
+        3,
+    )
+}
+
+#[derive(Debug)]
+struct RotaryBackward;
+
+impl<B: Backend> Backward<B, 1> for RotaryBackward {
+    /// The tables `C`, `S`.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let g = float::<B, 4>(grads.consume::<B>(&ops.node));
+        let Some(node) = node else { return };
+        let (c, s) = (float::<B, 4>(ops.state.0), float::<B, 4>(ops.state.1));
+        let dx = g.clone() * c + swap_halves(g * s);
+        grads.register::<B>(node.id, prim(dx));
+    }
+}
+
+fn autodiff_rotate<I: Backend>(
+    x: Tensor<Autodiff<I>, 4>,
+    c: Tensor<Autodiff<I>, 4>,
+    s: Tensor<Autodiff<I>, 4>,
+) -> Tensor<Autodiff<I>, 4> {
+    let x = x.into_primitive().tensor();
+    // The tables are constants (built from buffers): their own graph, if any, is not followed.
+    let (c, s) = (c.inner(), s.inner());
+    let xi = float::<I, 4>(x.primitive.clone());
+    let y = prim(xi.clone() * c.clone() + swap_halves(xi) * s.clone());
+    let prep = RotaryBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful();
+    let out = match prep {
+        OpsKind::Tracked(prep) => prep.finish((prim(c), prim(s)), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    float(out)
+}
