@@ -105,7 +105,9 @@ impl DeviceSpec {
                 // torch's SDPA keeps the softmax in f32 for bf16 inputs; training goes through
                 // torch's own autograd for it (its flash backward), and for the loss. On CUDA
                 // torch's loss and the RMSNorm operation are the defaults (measured faster on an
-                // H200, docs/performance.md attempts 8 and 10); on the CPU neither was.
+                // H200, docs/performance.md attempts 8 and 10); on the CPU neither was. torch's
+                // SwiGLU kernels and the rotary operation on both (attempts 11 and 13; the
+                // optimiser picks torch's AdamW kernels itself, attempt 12).
                 let cuda = matches!(self, Self::TchCuda(_));
                 register_ops(Ops::<LibTorch> {
                     attention: Some(crate::libtorch_attention::native()),

@@ -22,7 +22,7 @@ use burn::backend::LibTorch;
 use burn::backend::libtorch::TchTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use crate::train::optim::AdamwStep;
+use crate::train::optim::{AdamwOutput, AdamwStep};
 
 type T = Tensor<LibTorch, 1>;
 
@@ -37,7 +37,7 @@ fn wrap(t: tch::Tensor) -> T {
 /// The update of `step` when its tensors are libtorch's, else `step` back unchanged.
 pub fn try_update<I: burn::tensor::backend::Backend>(
     step: AdamwStep<I>,
-) -> Result<(Tensor<I, 1>, Tensor<I, 1>, Tensor<I, 1>), AdamwStep<I>> {
+) -> Result<AdamwOutput<I>, AdamwStep<I>> {
     let boxed: Box<dyn Any> = Box::new(step);
     let step = match boxed.downcast::<AdamwStep<LibTorch>>() {
         Ok(step) => *step,
@@ -45,11 +45,11 @@ pub fn try_update<I: burn::tensor::backend::Backend>(
     };
     let out: Box<dyn Any> = Box::new(update(step));
     Ok(*out
-        .downcast::<(Tensor<I, 1>, Tensor<I, 1>, Tensor<I, 1>)>()
+        .downcast::<AdamwOutput<I>>()
         .expect("I is LibTorch here"))
 }
 
-fn update(s: AdamwStep<LibTorch>) -> (T, T, T) {
+fn update(s: AdamwStep<LibTorch>) -> AdamwOutput<LibTorch> {
     let g = raw(s.grad).tensor;
     let gg = &g * &g;
     let (m, v) = match s.moments {

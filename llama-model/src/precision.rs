@@ -2,8 +2,9 @@
 //!
 //! Burn 0.21 has no autocast and no dtype promotion, so mixed precision is done by hand, the way
 //! `torch.autocast(dtype=torch.bfloat16)` treats a LLaMA: parameters (and so gradients and the
-//! optimiser state) stay in their own dtype; every projection casts its input and its weight to
-//! bf16 and returns bf16; the residual stream, the norms and the loss's log-softmax stay in f32.
+//! optimiser state) stay in their own dtype; every projection casts its input (once when several
+//! share it, [`Precision::input`]) and its weight to bf16 and returns bf16; the residual stream,
+//! the norms and the loss's log-softmax stay in f32.
 //! `cast` is differentiable, so a weight's gradient arrives in f32.
 
 use std::fmt;

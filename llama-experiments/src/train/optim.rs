@@ -202,9 +202,12 @@ pub struct AdamwStep<I: Backend> {
     pub c2: f64,
 }
 
+/// An update's result: the new parameters, first and second moments.
+pub type AdamwOutput<I> = (Tensor<I, 1>, Tensor<I, 1>, Tensor<I, 1>);
+
 impl<I: Backend> AdamwStep<I> {
     /// New parameters and moments, in tensor ops (one kernel per scalar operation).
-    pub fn decomposed(self) -> (Tensor<I, 1>, Tensor<I, 1>, Tensor<I, 1>) {
+    pub fn decomposed(self) -> AdamwOutput<I> {
         let (b1, b2, g) = (self.beta1, self.beta2, self.grad);
         let (m, v) = match self.moments {
             Some((m, v)) => (
