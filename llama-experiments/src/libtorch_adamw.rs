@@ -1,14 +1,15 @@
-//! One AdamW bucket update on libtorch with torch's multi-operand kernels: `lerp` for the first
-//! moment, `addcmul` for the second, `addcdiv` for the parameters.
+//! One AdamW bucket update on libtorch with torch's multi-operand kernels: `lerp` for both
+//! moments and `addcdiv` for the parameters.
 //!
 //! `train::optim` writes the update in Burn tensor ops, one kernel per scalar operation: about
 //! fourteen full passes over each bucket (the moments' scale-and-add, the square, the
 //! bias-corrected denominator, the division, the decay and the subtraction); on an H200 that was
 //! 5.5 ms of a `125m` step against 3.3 ms for torch's `foreach` AdamW (docs/performance.md,
-//! attempt 12). Here it is seven kernels, as torch's own `foreach` implementation:
+//! attempt 12). Here it is eight kernels (`g²`, two `lerp`s, the denominator's square root, add
+//! and scale, the decay, `addcdiv`), about as many as torch's own `foreach` implementation:
 //!
 //! ```text
-//! m ← lerp(m, g, 1 − β₁)            v ← β₂·v + (1 − β₂)·g²
+//! m ← lerp(m, g, 1 − β₁)            v ← lerp(v, g², 1 − β₂)
 //! p ← p·(1 − lr·λ) − (lr·√c₂/c₁) · m / (√v + ε·√c₂)
 //! ```
 //!
