@@ -141,6 +141,20 @@ impl DeviceSpec {
     }
 }
 
+/// The value of the comparison knob `var` among `allowed` (`auto` when unset or empty), or a
+/// one-line error naming the knob, the value and the choices.
+pub(crate) fn env_choice(var: &str, allowed: &[&'static str]) -> Result<&'static str> {
+    let value = std::env::var(var).unwrap_or_default();
+    match value.as_str() {
+        "" => Ok("auto"),
+        v => allowed
+            .iter()
+            .copied()
+            .find(|a| *a == v)
+            .ok_or_else(|| anyhow!("{var}={v}: expected one of {}", allowed.join(", "))),
+    }
+}
+
 /// What [`register_ops`] registers for a backend `I`: the attention's forward, the backend's own
 /// forms of the operations where it has them, and which of the opt-in operations are its defaults.
 struct Ops<I: burn::tensor::backend::Backend> {
@@ -183,21 +197,10 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// (`decomposed` is Burn's tensor-op form, `torch` the libtorch kernels).
 #[allow(dead_code)]
 fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
-    let choice = |var: &str, allowed: &[&'static str]| -> Result<&'static str> {
-        let value = std::env::var(var).unwrap_or_default();
-        match value.as_str() {
-            "" => Ok("auto"),
-            v => allowed
-                .iter()
-                .copied()
-                .find(|a| *a == v)
-                .ok_or_else(|| anyhow!("{var}={v}: expected one of {}", allowed.join(", "))),
-        }
-    };
     let libtorch_only =
         |var: &str| anyhow!("{var}=torch needs a libtorch device (tch-cpu, tch-cuda)");
     match (
-        choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
+        env_choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
         ops.attention,
     ) {
         ("decomposed", _) => {}
@@ -205,7 +208,7 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         _ => llama_model::sdpa::register::<I>(ops.forward),
     }
     match (
-        choice("LLAMA_LOSS", &["auto", "operation", "torch", "decomposed"])?,
+        env_choice("LLAMA_LOSS", &["auto", "operation", "torch", "decomposed"])?,
         ops.loss,
     ) {
         ("decomposed", _) => {}
@@ -214,18 +217,18 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         ("torch", None) => return Err(libtorch_only("LLAMA_LOSS")),
         _ => llama_model::loss::register::<I>(),
     }
-    match choice("LLAMA_NORM", &["auto", "operation", "decomposed"])? {
+    match env_choice("LLAMA_NORM", &["auto", "operation", "decomposed"])? {
         "operation" => llama_model::rms_norm::register::<I>(),
         "auto" if ops.norm_operation => llama_model::rms_norm::register::<I>(),
         _ => {}
     }
-    match choice("LLAMA_ROPE", &["auto", "operation", "decomposed"])? {
+    match env_choice("LLAMA_ROPE", &["auto", "operation", "decomposed"])? {
         "operation" => llama_model::rotary::register::<I>(),
         "auto" if ops.rope_operation => llama_model::rotary::register::<I>(),
         _ => {}
     }
     match (
-        choice(
+        env_choice(
             "LLAMA_SWIGLU",
             &["auto", "operation", "torch", "decomposed"],
         )?,

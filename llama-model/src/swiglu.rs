@@ -90,11 +90,11 @@ pub fn swiglu<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
 }
 
 /// The closed-form gradients `(da, db)` of `Σ g ⊙ silu(a) ⊙ b`.
-pub fn closed_form_backward<B: Backend, const D: usize>(
-    a: Tensor<B, D>,
-    b: Tensor<B, D>,
-    g: Tensor<B, D>,
-) -> (Tensor<B, D>, Tensor<B, D>) {
+fn closed_form_backward<B: Backend>(
+    a: Tensor<B, 3>,
+    b: Tensor<B, 3>,
+    g: Tensor<B, 3>,
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
     let s = sigmoid(a.clone());
     let db = g.clone() * a.clone() * s.clone();
     let ds = s.clone() * (a * (s.neg() + 1.0) + 1.0);
@@ -121,7 +121,7 @@ impl<B: Backend> Backward<B, 2> for SwigluBackward {
         let (da, db) = match native {
             Some(backward) => backward(a, b, g),
             None => {
-                let (da, db) = closed_form_backward::<B, 3>(float(a), float(b), float(g));
+                let (da, db) = closed_form_backward::<B>(float(a), float(b), float(g));
                 (prim(da), prim(db))
             }
         };

@@ -8,7 +8,7 @@ mod common;
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
-use common::diff_and_scale;
+use common::assert_close;
 use llama_model::position::Rope;
 use llama_model::rotary::{is_registered, register};
 
@@ -88,11 +88,7 @@ fn check<B: AutodiffBackend>(dtype: DType, tol: f32) {
     let got = run::<B>(&x, &w, &positions, true);
     for (name, (g, w)) in ["output", "dx"].iter().zip(got.iter().zip(&want)) {
         assert_eq!(g.dtype(), dtype, "{name}");
-        let (diff, scale) = diff_and_scale(g.clone(), w.clone());
-        assert!(
-            diff <= tol * scale,
-            "{name} ({dtype:?}): {diff} against {scale}"
-        );
+        assert_close(&format!("{name} ({dtype:?})"), g.clone(), w.clone(), tol);
     }
 }
 

@@ -145,7 +145,6 @@ struct Step<'a, B: AutodiffBackend> {
     cfg: &'a OptimConfig,
     time: usize,
     /// Whether a backend's own update kernels may run (`LLAMA_ADAMW`).
-    #[cfg_attr(not(feature = "tch"), allow(dead_code))]
     native: bool,
 }
 
@@ -169,18 +168,23 @@ impl<B: AutodiffBackend> Step<'_, B> {
             c1: 1.0 - b1.powi(t),
             c2: 1.0 - b2.powi(t),
         };
-        #[cfg(feature = "tch")]
-        let step = match self.native {
-            true => crate::libtorch_adamw::try_update(step),
+        let by_backend = match self.native {
+            true => backend_update(step),
             false => Err(step),
         };
-        #[cfg(feature = "tch")]
-        let (p, m, v) = step.unwrap_or_else(AdamwStep::decomposed);
-        #[cfg(not(feature = "tch"))]
-        let (p, m, v) = step.decomposed();
+        let (p, m, v) = by_backend.unwrap_or_else(AdamwStep::decomposed);
         self.updated[k] = Some(p);
         self.moments[k] = Some((m, v));
     }
+}
+
+/// The update by the backend's own kernels where this build has them (libtorch), else `step` back.
+fn backend_update<I: Backend>(step: AdamwStep<I>) -> Result<AdamwOutput<I>, AdamwStep<I>> {
+    #[cfg(feature = "tch")]
+    let out = crate::libtorch_adamw::try_update(step);
+    #[cfg(not(feature = "tch"))]
+    let out = Err(step);
+    out
 }
 
 /// One bucket's AdamW update: what it needs, for the tensor-op form here or a backend's own
@@ -277,11 +281,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
                     )
                 })?,
         };
-        let native = match std::env::var("LLAMA_ADAMW").as_deref() {
-            Err(_) | Ok("" | "auto") => true,
-            Ok("decomposed") => false,
-            Ok(v) => anyhow::bail!("LLAMA_ADAMW={v}: expected one of auto, decomposed"),
-        };
+        let native = crate::backend::env_choice("LLAMA_ADAMW", &["auto", "decomposed"])? == "auto";
         Ok(Self::with_bucket_elems(cfg, model, elems).with_native_update(native))
     }
 

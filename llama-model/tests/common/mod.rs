@@ -116,6 +116,17 @@ pub fn diff_and_scale<Bk: Backend, const D: usize>(
     (diff, scale)
 }
 
+/// Asserts `diff <= tol · scale` ([`diff_and_scale`]), naming `what` when it fails.
+pub fn assert_close<Bk: Backend, const D: usize>(
+    what: &str,
+    got: Tensor<Bk, D>,
+    want: Tensor<Bk, D>,
+    tol: f32,
+) {
+    let (diff, scale) = diff_and_scale(got, want);
+    assert!(diff <= tol * scale, "{what}: {diff} against {scale}");
+}
+
 /// `../shared/data` beside the project (or `$LLAMA_SHARED_DATA`), when present.
 pub fn shared_data() -> Option<PathBuf> {
     let dir = std::env::var_os("LLAMA_SHARED_DATA")
