@@ -10,6 +10,7 @@ use std::str::FromStr;
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use llama_model::loss::NativeLoss;
+use llama_model::rms_norm::NativeRmsNorm;
 use llama_model::sdpa::{AttentionForward, NativeAttention};
 use llama_model::swiglu::NativeSwiglu;
 
@@ -107,12 +108,23 @@ impl DeviceSpec {
                 // torch's loss and the RMSNorm operation are the defaults (measured faster on an
                 // H200, docs/performance.md attempts 8 and 10); on the CPU neither was. torch's
                 // SwiGLU kernels and the rotary operation on both (attempts 11 and 13; the
-                // optimiser picks torch's AdamW kernels itself, attempt 12).
+                // optimiser picks torch's AdamW kernels itself, attempt 12). On CUDA our fused
+                // kernels for the loss, RMSNorm and SwiGLU replace torch's where NVRTC compiles
+                // them (attempt 14).
                 let cuda = matches!(self, Self::TchCuda(_));
+                let fused = match self {
+                    Self::TchCuda(i) => crate::libtorch_fused::available(tch::Device::Cuda(i)),
+                    _ => false,
+                };
                 register_ops(Ops::<LibTorch> {
                     attention: Some(crate::libtorch_attention::native()),
                     loss: Some(crate::libtorch_loss::native()),
                     swiglu: Some(crate::libtorch_swiglu::native()),
+                    fused: fused.then(|| Fused {
+                        loss: crate::libtorch_fused::loss(),
+                        norm: crate::libtorch_fused::rms_norm(),
+                        swiglu: crate::libtorch_fused::swiglu(),
+                    }),
                     torch_loss: cuda,
                     norm_operation: cuda,
                     rope_operation: true,
@@ -162,12 +174,22 @@ struct Ops<I: burn::tensor::backend::Backend> {
     attention: Option<NativeAttention<I>>,
     loss: Option<NativeLoss<I>>,
     swiglu: Option<NativeSwiglu<I>>,
+    /// Fused kernels of this project for the backend, the default of `auto` where present.
+    fused: Option<Fused<I>>,
     /// `LLAMA_LOSS=auto` means the backend's own loss (else the closed-form operation).
     torch_loss: bool,
     /// `LLAMA_NORM=auto` means the RMSNorm operation (else burn-nn's tensor-op form).
     norm_operation: bool,
     /// `LLAMA_ROPE=auto` means the rotary operation (else the tensor-op form).
     rope_operation: bool,
+}
+
+/// The operations with this project's fused kernels (`LLAMA_LOSS/NORM/SWIGLU=fused`).
+#[allow(dead_code)]
+struct Fused<I: burn::tensor::backend::Backend> {
+    loss: NativeLoss<I>,
+    norm: NativeRmsNorm<I>,
+    swiglu: NativeSwiglu<I>,
 }
 
 impl<I: burn::tensor::backend::Backend> Ops<I> {
@@ -178,6 +200,7 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
             attention: None,
             loss: None,
             swiglu: None,
+            fused: None,
             torch_loss: false,
             norm_operation: false,
             rope_operation: false,
@@ -191,14 +214,24 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// (`llama_model::rms_norm`), the rotary embedding (`llama_model::rotary`) and SwiGLU's gate
 /// (`llama_model::swiglu`) as single operations.
 /// Each has an environment knob for comparisons (`auto` is the backend's default):
-/// `LLAMA_ATTENTION=auto|blocked|decomposed`, `LLAMA_LOSS=auto|operation|torch|decomposed`,
-/// `LLAMA_NORM=auto|operation|decomposed`, `LLAMA_ROPE=auto|operation|decomposed`,
-/// `LLAMA_SWIGLU=auto|operation|torch|decomposed`
-/// (`decomposed` is Burn's tensor-op form, `torch` the libtorch kernels).
+/// `LLAMA_ATTENTION=auto|blocked|decomposed`, `LLAMA_LOSS=auto|operation|torch|fused|decomposed`,
+/// `LLAMA_NORM=auto|operation|fused|decomposed`, `LLAMA_ROPE=auto|operation|decomposed`,
+/// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`
+/// (`decomposed` is Burn's tensor-op form, `torch` the libtorch kernels, `fused` this project's
+/// CUDA kernels on tch-cuda).
 #[allow(dead_code)]
 fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     let libtorch_only =
         |var: &str| anyhow!("{var}=torch needs a libtorch device (tch-cpu, tch-cuda)");
+    let fused_only = |var: &str| {
+        anyhow!(
+            "{var}=fused needs tch-cuda with NVRTC (a CUDA toolkit's libnvrtc) on the library path"
+        )
+    };
+    let (fused_loss, fused_norm, fused_swiglu) = match ops.fused {
+        Some(f) => (Some(f.loss), Some(f.norm), Some(f.swiglu)),
+        None => (None, None, None),
+    };
     match (
         env_choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
         ops.attention,
@@ -208,18 +241,31 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         _ => llama_model::sdpa::register::<I>(ops.forward),
     }
     match (
-        env_choice("LLAMA_LOSS", &["auto", "operation", "torch", "decomposed"])?,
+        env_choice(
+            "LLAMA_LOSS",
+            &["auto", "operation", "torch", "fused", "decomposed"],
+        )?,
         ops.loss,
+        fused_loss,
     ) {
-        ("decomposed", _) => {}
-        ("torch", Some(native)) => llama_model::loss::register_native::<I>(native),
-        ("auto", Some(native)) if ops.torch_loss => llama_model::loss::register_native::<I>(native),
-        ("torch", None) => return Err(libtorch_only("LLAMA_LOSS")),
+        ("decomposed", _, _) => {}
+        ("fused" | "auto", _, Some(fused)) => llama_model::loss::register_native::<I>(fused),
+        ("fused", _, None) => return Err(fused_only("LLAMA_LOSS")),
+        ("torch", Some(native), _) => llama_model::loss::register_native::<I>(native),
+        ("auto", Some(native), _) if ops.torch_loss => {
+            llama_model::loss::register_native::<I>(native)
+        }
+        ("torch", None, _) => return Err(libtorch_only("LLAMA_LOSS")),
         _ => llama_model::loss::register::<I>(),
     }
-    match env_choice("LLAMA_NORM", &["auto", "operation", "decomposed"])? {
-        "operation" => llama_model::rms_norm::register::<I>(),
-        "auto" if ops.norm_operation => llama_model::rms_norm::register::<I>(),
+    match (
+        env_choice("LLAMA_NORM", &["auto", "operation", "fused", "decomposed"])?,
+        fused_norm,
+    ) {
+        ("fused" | "auto", Some(fused)) => llama_model::rms_norm::register_native::<I>(fused),
+        ("fused", None) => return Err(fused_only("LLAMA_NORM")),
+        ("operation", _) => llama_model::rms_norm::register::<I>(),
+        ("auto", _) if ops.norm_operation => llama_model::rms_norm::register::<I>(),
         _ => {}
     }
     match env_choice("LLAMA_ROPE", &["auto", "operation", "decomposed"])? {
@@ -230,14 +276,17 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     match (
         env_choice(
             "LLAMA_SWIGLU",
-            &["auto", "operation", "torch", "decomposed"],
+            &["auto", "operation", "torch", "fused", "decomposed"],
         )?,
         ops.swiglu,
+        fused_swiglu,
     ) {
-        ("decomposed", _) => {}
-        ("torch" | "auto", Some(native)) => llama_model::swiglu::register_native::<I>(native),
-        ("torch", None) => return Err(libtorch_only("LLAMA_SWIGLU")),
-        ("operation", _) => llama_model::swiglu::register::<I>(),
+        ("decomposed", _, _) => {}
+        ("fused" | "auto", _, Some(fused)) => llama_model::swiglu::register_native::<I>(fused),
+        ("fused", _, None) => return Err(fused_only("LLAMA_SWIGLU")),
+        ("torch" | "auto", Some(native), _) => llama_model::swiglu::register_native::<I>(native),
+        ("torch", None, _) => return Err(libtorch_only("LLAMA_SWIGLU")),
+        ("operation", _, _) => llama_model::swiglu::register::<I>(),
         _ => {}
     }
     Ok(())

@@ -6,6 +6,8 @@ pub mod batcher;
 pub mod bench;
 pub mod check;
 pub mod checkpoint;
+#[cfg(feature = "tch")]
+pub mod cuda_kernels;
 pub mod data;
 pub mod eval;
 pub mod generate;
@@ -15,6 +17,8 @@ pub mod libtorch_adamw;
 pub mod libtorch_attention;
 #[cfg(feature = "tch")]
 mod libtorch_autograd;
+#[cfg(feature = "tch")]
+pub mod libtorch_fused;
 #[cfg(feature = "tch")]
 pub mod libtorch_loss;
 #[cfg(feature = "tch")]

@@ -23,7 +23,10 @@ pub fn native() -> NativeLoss<LibTorch> {
     NativeLoss { forward, backward }
 }
 
-fn forward(logits: TchTensor, targets: TchTensor) -> Option<(TchTensor, Vec<TchTensor>)> {
+pub(crate) fn forward(
+    logits: TchTensor,
+    targets: TchTensor,
+) -> Option<(TchTensor, Vec<TchTensor>)> {
     let leaf = leaf(&logits);
     let loss = leaf
         .tensor
@@ -35,7 +38,7 @@ fn forward(logits: TchTensor, targets: TchTensor) -> Option<(TchTensor, Vec<TchT
     Some((out, vec![graph, leaf]))
 }
 
-fn backward(saved: Vec<TchTensor>, dloss: TchTensor) -> TchTensor {
+pub(crate) fn backward(saved: Vec<TchTensor>, dloss: TchTensor) -> TchTensor {
     let [graph, leaf]: [TchTensor; 2] = saved
         .try_into()
         .unwrap_or_else(|s: Vec<_>| panic!("forward saves 2 tensors, got {}", s.len()));

@@ -14,11 +14,11 @@ pub fn native() -> NativeSwiglu<LibTorch> {
     NativeSwiglu { forward, backward }
 }
 
-fn forward(a: TchTensor, b: TchTensor) -> TchTensor {
+pub(crate) fn forward(a: TchTensor, b: TchTensor) -> TchTensor {
     TchTensor::new(a.tensor.silu() * &b.tensor)
 }
 
-fn backward(a: TchTensor, b: TchTensor, g: TchTensor) -> (TchTensor, TchTensor) {
+pub(crate) fn backward(a: TchTensor, b: TchTensor, g: TchTensor) -> (TchTensor, TchTensor) {
     let g = g.tensor.to_kind(a.tensor.kind());
     let da = a.tensor.silu_backward(&(&g * &b.tensor));
     let db = g * a.tensor.silu();

@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Registered per backend like [`crate::loss`] (opt-in in the `llama` tool: on the CPU it was no
-//! faster, docs/performance.md); without a registration [`rms_norm`] is Burn's tensor-op form.
+//! faster, docs/performance.md); without a registration [`rms_norm`] is Burn's tensor-op form. A
+//! backend with its own kernels for both passes (one fused kernel each way on CUDA) hands them
+//! over with [`register_native`].
 
 use std::any::{Any, TypeId};
 
@@ -25,22 +27,57 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor};
 
-use crate::dispatch::{Registry, float, prim};
+use crate::dispatch::{ErasedNative, Registry, float, prim};
 
-type Erased = fn(Box<dyn Any>) -> Box<dyn Any>;
+type Erased = fn(Box<dyn Any>, &ErasedNative) -> Box<dyn Any>;
 
-/// The operation, per registered `Autodiff<I>`.
-static REGISTRY: Registry<Erased> = Registry::new();
+/// The operation and the registering backend's `NativeRmsNorm<I>`, if any.
+static REGISTRY: Registry<(Erased, ErasedNative)> = Registry::new();
+
+/// A backend's own kernels for both passes, for [`register_native`].
+pub struct NativeRmsNorm<I: Backend> {
+    /// `(x [n, d], γ [d], ε)` → `y` (x's dtype) and what the backward pass needs, or `None` to use
+    /// this module's tensor ops for these inputs.
+    pub forward: NativeRmsNormForward<I>,
+    /// What `forward` saved and `dy` → `(dx, dγ)`.
+    pub backward: NativeRmsNormBackward<I>,
+}
+
+/// See [`NativeRmsNorm::forward`].
+pub type NativeRmsNormForward<I> =
+    fn(FloatTensor<I>, FloatTensor<I>, f64) -> Option<(FloatTensor<I>, Vec<FloatTensor<I>>)>;
+
+/// See [`NativeRmsNorm::backward`].
+pub type NativeRmsNormBackward<I> =
+    fn(Vec<FloatTensor<I>>, FloatTensor<I>) -> (FloatTensor<I>, FloatTensor<I>);
+
+// By hand: a derive would ask `I: Clone + Copy` of the backend type itself.
+impl<I: Backend> Clone for NativeRmsNorm<I> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<I: Backend> Copy for NativeRmsNorm<I> {}
 
 /// Makes `Autodiff<I>` (no checkpointing) compute [`rms_norm`] as one operation.
 pub fn register<I: Backend>() {
-    fn erased<I: Backend>(args: Box<dyn Any>) -> Box<dyn Any> {
+    register_all::<I>(ErasedNative::default());
+}
+
+/// [`register`], with both passes in the backend's own kernels wherever its `forward` accepts the
+/// inputs.
+pub fn register_native<I: Backend>(native: NativeRmsNorm<I>) {
+    register_all::<I>(ErasedNative::new(native));
+}
+
+fn register_all<I: Backend>(native: ErasedNative) {
+    fn erased<I: Backend>(args: Box<dyn Any>, native: &ErasedNative) -> Box<dyn Any> {
         let (x, gamma, eps) = *args
             .downcast::<(Tensor<Autodiff<I>, 2>, Tensor<Autodiff<I>, 1>, f64)>()
             .expect("registered under this type's TypeId");
-        Box::new(autodiff_rms_norm::<I>(x, gamma, eps))
+        Box::new(autodiff_rms_norm::<I>(x, gamma, eps, native.get()))
     }
-    REGISTRY.insert(TypeId::of::<Autodiff<I>>(), erased::<I>);
+    REGISTRY.insert(TypeId::of::<Autodiff<I>>(), (erased::<I>, native));
 }
 
 /// Whether `B` computes [`rms_norm`] as one operation.
@@ -56,13 +93,13 @@ pub fn rms_norm<B: Backend, const D: usize>(
     eps: f64,
 ) -> Tensor<B, D> {
     // Unregistered, no reshapes: each is one more dispatched operation per norm and decoded token.
-    let Some(f) = REGISTRY.get(TypeId::of::<B>()) else {
+    let Some((f, native)) = REGISTRY.get(TypeId::of::<B>()) else {
         return decomposed(x, gamma, eps);
     };
     let dims = x.dims();
     let d = dims[D - 1];
     let x = x.reshape([dims[..D - 1].iter().product::<usize>(), d]);
-    let y = *f(Box::new((x, gamma, eps)))
+    let y = *f(Box::new((x, gamma, eps)), &native)
         .downcast::<Tensor<B, 2>>()
         .expect("the registered function returns the same backend's tensor");
     y.reshape(dims)
@@ -82,16 +119,35 @@ pub fn decomposed<B: Backend, const D: usize>(
 #[derive(Debug)]
 struct RmsNormBackward;
 
-/// What the backward pass needs: `x̂` (f32, `[n, d]`), `r` (f32, `[n, 1]`), `γ`, and `x`'s dtype.
-type Saved<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, DType);
+/// What the backward pass needs.
+#[derive(Debug, Clone)]
+enum Saved<B: Backend> {
+    /// `x̂` (f32, `[n, d]`), `r` (f32, `[n, 1]`), `γ`, and `x`'s dtype.
+    ClosedForm(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, DType),
+    /// What a native forward returned, and its backward.
+    Native(Vec<FloatTensor<B>>, NativeRmsNormBackward<B>),
+}
 
 impl<B: Backend> Backward<B, 2> for RmsNormBackward {
     type State = Saved<B>;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_gamma] = ops.parents;
-        let dy = float::<B, 2>(grads.consume::<B>(&ops.node)).cast(DType::F32);
-        let (xhat, r, gamma, x_dtype) = ops.state;
+        let dy = grads.consume::<B>(&ops.node);
+        let (xhat, r, gamma, x_dtype) = match ops.state {
+            Saved::ClosedForm(xhat, r, gamma, x_dtype) => (xhat, r, gamma, x_dtype),
+            Saved::Native(saved, backward) => {
+                let (dx, dgamma) = backward(saved, dy);
+                if let Some(node) = node_gamma {
+                    grads.register::<B>(node.id, dgamma);
+                }
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, dx);
+                }
+                return;
+            }
+        };
+        let dy = float::<B, 2>(dy).cast(DType::F32);
         let xhat = float::<B, 2>(xhat);
         let gamma = float::<B, 1>(gamma);
         if let Some(node) = node_gamma {
@@ -112,25 +168,36 @@ fn autodiff_rms_norm<I: Backend>(
     x: Tensor<Autodiff<I>, 2>,
     gamma: Tensor<Autodiff<I>, 1>,
     eps: f64,
+    native: Option<NativeRmsNorm<I>>,
 ) -> Tensor<Autodiff<I>, 2> {
     let x = x.into_primitive().tensor();
     let gamma = gamma.into_primitive().tensor();
-    let x_in = float::<I, 2>(x.primitive.clone());
-    let gamma_in = float::<I, 1>(gamma.primitive.clone());
-    let x_dtype = x_in.dtype();
-    let xf = x_in.cast(DType::F32);
-    let r = (xf.clone().square().mean_dim(1) + eps).sqrt().recip();
-    let xhat = xf * r.clone();
-    let y = (xhat.clone() * gamma_in.clone().cast(DType::F32).unsqueeze()).cast(x_dtype);
+    // The closed form's forward: y and what its backward keeps.
+    let closed_form = || {
+        let x_in = float::<I, 2>(x.primitive.clone());
+        let gamma_in = float::<I, 1>(gamma.primitive.clone());
+        let x_dtype = x_in.dtype();
+        let xf = x_in.cast(DType::F32);
+        let r = (xf.clone().square().mean_dim(1) + eps).sqrt().recip();
+        let xhat = xf * r.clone();
+        let y = (xhat.clone() * gamma_in.clone().cast(DType::F32).unsqueeze()).cast(x_dtype);
+        let saved = Saved::ClosedForm(prim(xhat), prim(r), prim(gamma_in), x_dtype);
+        (prim(y), saved)
+    };
     let prep = RmsNormBackward
         .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone()])
         .compute_bound()
         .stateful();
     let out = match prep {
         OpsKind::Tracked(prep) => {
-            prep.finish((prim(xhat), prim(r), prim(gamma_in), x_dtype), prim(y))
+            let by_native = native.and_then(|n| {
+                (n.forward)(x.primitive.clone(), gamma.primitive.clone(), eps)
+                    .map(|(y, saved)| (y, Saved::Native(saved, n.backward)))
+            });
+            let (y, state) = by_native.unwrap_or_else(closed_form);
+            prep.finish(state, y)
         }
-        OpsKind::UnTracked(prep) => prep.finish(prim(y)),
+        OpsKind::UnTracked(prep) => prep.finish(closed_form().0),
     };
     float(out)
 }

@@ -1,0 +1,404 @@
+//! Fused element-wise CUDA kernels for libtorch tensors (`cuda_kernels.cu`), compiled at run time
+//! by NVRTC and launched through `cudarc` on the stream torch uses.
+//!
+//! Why our own kernels: after attempts 1–13 a tch-cuda training step runs the same kernels as
+//! PyTorch eager, and what separates both from `torch.compile` is fusion (docs/performance.md).
+//! Compile's Triton kernels cannot be reached from Rust and libtorch has no fused cross-entropy,
+//! RMSNorm or SwiGLU, so these are written out: the cross-entropy reads the `[tokens, vocab]`
+//! logits once forward and once backward (torch: about six passes, two of them in f32), RMSNorm
+//! is one kernel each way instead of about seven, SwiGLU one instead of two forward and four
+//! backward. `cudarc` is the CUDA binding candle and CubeCL use; it loads the driver and NVRTC
+//! when first asked, so a binary without a GPU never needs them.
+//!
+//! Launches go to the legacy default stream, torch's current stream unless a program changes it
+//! (this one never does), so they are ordered with torch's kernels and its caching allocator's
+//! reuse of freed blocks. Every function returns `None` when it cannot run (a CPU tensor, another
+//! dtype, no NVRTC, a too-wide row); the callers then use torch's kernels.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+use tch::{Device, Kind, Tensor};
+
+const SOURCE: &str = include_str!("cuda_kernels.cu");
+
+/// Kernel names without their dtype suffix (`_f32`, `_bf16`).
+const KERNELS: [&str; 6] = [
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "swiglu_forward",
+    "swiglu_backward",
+    "rms_norm_forward",
+    "rms_norm_backward",
+];
+
+/// Columns per thread the row kernels keep in registers (`RMS_COLS` in the source).
+const ROW_COLS: usize = 16;
+
+/// Whether NVRTC can be loaded (a CUDA toolkit, or PyPI's `nvidia-cuda-nvrtc`, on the library
+/// path).
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to open the shared library.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// The kernels compiled to PTX (no GPU needed; the tests use it to check the source).
+pub fn compile() -> Result<Ptx, String> {
+    if !nvrtc_present() {
+        return Err("NVRTC (libnvrtc) is not on the library path".into());
+    }
+    let options = CompileOptions {
+        // Accurate expf/logf/division: the statistics must match torch's to f32 rounding.
+        use_fast_math: Some(false),
+        name: Some("cuda_kernels.cu".into()),
+        ..Default::default()
+    };
+    compile_ptx_with_opts(SOURCE, options).map_err(|e| format!("NVRTC: {e}"))
+}
+
+/// The loaded kernels of one device.
+struct Loaded {
+    stream: Arc<CudaStream>,
+    functions: HashMap<String, CudaFunction>,
+}
+
+/// Per CUDA ordinal: the loaded kernels, or `None` after a failure (reported once).
+static LOADED: OnceLock<Mutex<HashMap<usize, Option<Arc<Loaded>>>>> = OnceLock::new();
+
+fn load(ordinal: usize) -> Result<Loaded, String> {
+    let ptx = compile()?;
+    let ctx = CudaContext::new(ordinal).map_err(|e| format!("CUDA context: {e}"))?;
+    let module = ctx
+        .load_module(ptx)
+        .map_err(|e| format!("loading the kernels: {e}"))?;
+    let mut functions = HashMap::new();
+    for name in KERNELS {
+        for suffix in ["f32", "bf16"] {
+            let full = format!("{name}_{suffix}");
+            let f = module
+                .load_function(&full)
+                .map_err(|e| format!("kernel {full}: {e}"))?;
+            functions.insert(full, f);
+        }
+    }
+    Ok(Loaded {
+        stream: ctx.default_stream(),
+        functions,
+    })
+}
+
+fn loaded(device: Device) -> Option<Arc<Loaded>> {
+    let Device::Cuda(ordinal) = device else {
+        return None;
+    };
+    let mut map = LOADED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    map.entry(ordinal)
+        .or_insert_with(|| match load(ordinal) {
+            Ok(k) => Some(Arc::new(k)),
+            Err(e) => {
+                eprintln!("warning: fused CUDA kernels unavailable, using torch's: {e}");
+                None
+            }
+        })
+        .clone()
+}
+
+/// Whether the fused kernels load on `device` (compiling them on first use).
+pub fn available(device: Device) -> bool {
+    loaded(device).is_some()
+}
+
+/// The dtype suffix of a tensor the kernels take.
+fn suffix(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Float => Some("f32"),
+        Kind::BFloat16 => Some("bf16"),
+        _ => None,
+    }
+}
+
+fn ptr(t: &Tensor) -> u64 {
+    t.data_ptr() as u64
+}
+
+fn launch(
+    k: &Loaded,
+    name: &str,
+    kind: Kind,
+    grid: usize,
+    block: usize,
+    args: &[&dyn Arg],
+) -> Option<()> {
+    let f = k.functions.get(&format!("{name}_{}", suffix(kind)?))?;
+    let mut b = k.stream.launch_builder(f);
+    for a in args {
+        a.push(&mut b);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (u32::try_from(grid).ok()?, 1, 1),
+        block_dim: (block as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: every pointer argument is the data of a contiguous tensor of the kind and size the
+    // kernel indexes (checked by the callers), alive until this call returns; torch's allocator
+    // reuses a freed block only for work queued after this launch on the same stream.
+    match unsafe { b.launch(cfg) } {
+        Ok(_) => Some(()),
+        Err(e) => {
+            eprintln!("warning: fused CUDA kernel {name} failed to launch: {e}");
+            None
+        }
+    }
+}
+
+/// A kernel argument (`cudarc`'s builder borrows each; this keeps them in one slice).
+trait Arg {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
+}
+impl Arg for u64 {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+        b.arg(self);
+    }
+}
+impl Arg for i64 {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+        b.arg(self);
+    }
+}
+impl Arg for i32 {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+        b.arg(self);
+    }
+}
+impl Arg for f32 {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+        b.arg(self);
+    }
+}
+
+/// `t` contiguous, on a CUDA device with the kernels loaded, of a kind they take.
+fn ready(t: &Tensor) -> Option<(Tensor, Arc<Loaded>)> {
+    suffix(t.kind())?;
+    let k = loaded(t.device())?;
+    Some((t.contiguous(), k))
+}
+
+/// Threads per block of a row kernel over `dim` columns (about four columns per thread), or
+/// `None` when a row does not fit the registers.
+fn row_block(dim: usize) -> Option<usize> {
+    let block = dim.div_ceil(4).next_multiple_of(32).clamp(32, 1024);
+    (dim > 0 && dim <= ROW_COLS * block).then_some(block)
+}
+
+const ELEMENT_BLOCK: usize = 256;
+
+fn element_grid(n: usize) -> usize {
+    n.div_ceil(ELEMENT_BLOCK).clamp(1, 65_536)
+}
+
+/// Mean cross-entropy of `logits [n, vocab]` against `targets [n]` (int64): the loss (`[1]`, f32)
+/// and each row's log-sum-exp (`[n]`, f32) for [`cross_entropy_backward`].
+pub fn cross_entropy_forward(logits: &Tensor, targets: &Tensor) -> Option<(Tensor, Tensor)> {
+    let (logits, k) = ready(logits)?;
+    let [n, vocab] = logits.size()[..] else {
+        return None;
+    };
+    let targets = targets.to_kind(Kind::Int64).contiguous();
+    if targets.size() != [n] || targets.device() != logits.device() || n == 0 {
+        return None;
+    }
+    let opts = (Kind::Float, logits.device());
+    let lse = Tensor::empty([n], opts);
+    let rows = Tensor::empty([n], opts);
+    let vocab = i32::try_from(vocab).ok()?;
+    launch(
+        &k,
+        "cross_entropy_forward",
+        logits.kind(),
+        n as usize,
+        512,
+        &[
+            &ptr(&logits),
+            &ptr(&targets),
+            &ptr(&lse),
+            &ptr(&rows),
+            &vocab,
+        ],
+    )?;
+    Some((rows.mean(Kind::Float).reshape([1]), lse))
+}
+
+/// The logits' gradient for the loss's gradient `g` (`[1]`): `(softmax − onehot) · g / n`, in the
+/// logits' dtype.
+pub fn cross_entropy_backward(
+    logits: &Tensor,
+    targets: &Tensor,
+    lse: &Tensor,
+    g: &Tensor,
+) -> Option<Tensor> {
+    let (logits, k) = ready(logits)?;
+    let [n, vocab] = logits.size()[..] else {
+        return None;
+    };
+    let targets = targets.to_kind(Kind::Int64).contiguous();
+    let lse = lse.to_kind(Kind::Float).contiguous();
+    let g = g
+        .to_kind(Kind::Float)
+        .to_device(logits.device())
+        .contiguous();
+    let dlogits = logits.empty_like();
+    let inv_n = 1.0 / n as f32;
+    let vocab = i32::try_from(vocab).ok()?;
+    launch(
+        &k,
+        "cross_entropy_backward",
+        logits.kind(),
+        n as usize,
+        512,
+        &[
+            &ptr(&logits),
+            &ptr(&targets),
+            &ptr(&lse),
+            &ptr(&g),
+            &ptr(&dlogits),
+            &vocab,
+            &inv_n,
+        ],
+    )?;
+    Some(dlogits)
+}
+
+/// `silu(a) ⊙ b` in one kernel (`a`, `b` of one shape and kind).
+pub fn swiglu_forward(a: &Tensor, b: &Tensor) -> Option<Tensor> {
+    let (a, k) = ready(a)?;
+    if b.size() != a.size() || b.kind() != a.kind() {
+        return None;
+    }
+    let b = b.contiguous();
+    let out = a.empty_like();
+    let n = a.numel() as i64;
+    launch(
+        &k,
+        "swiglu_forward",
+        a.kind(),
+        element_grid(n as usize),
+        ELEMENT_BLOCK,
+        &[&ptr(&a), &ptr(&b), &ptr(&out), &n],
+    )?;
+    Some(out)
+}
+
+/// `(da, db)` of `silu(a) ⊙ b` for the output's gradient `g`, in one kernel.
+pub fn swiglu_backward(a: &Tensor, b: &Tensor, g: &Tensor) -> Option<(Tensor, Tensor)> {
+    let (a, k) = ready(a)?;
+    if b.size() != a.size() || b.kind() != a.kind() || g.size() != a.size() {
+        return None;
+    }
+    let b = b.contiguous();
+    let g = g.to_kind(a.kind()).contiguous();
+    let (da, db) = (a.empty_like(), a.empty_like());
+    let n = a.numel() as i64;
+    launch(
+        &k,
+        "swiglu_backward",
+        a.kind(),
+        element_grid(n as usize),
+        ELEMENT_BLOCK,
+        &[&ptr(&a), &ptr(&b), &ptr(&g), &ptr(&da), &ptr(&db), &n],
+    )?;
+    Some((da, db))
+}
+
+/// RMSNorm of `x [n, dim]` with `gamma [dim]`: `y` (x's kind) and each row's `r = 1/√(mean(x²)+ε)`
+/// (`[n]`, f32) for [`rms_norm_backward`].
+pub fn rms_norm_forward(x: &Tensor, gamma: &Tensor, eps: f64) -> Option<(Tensor, Tensor)> {
+    let (x, k) = ready(x)?;
+    let [n, dim] = x.size()[..] else {
+        return None;
+    };
+    let block = row_block(dim as usize)?;
+    if gamma.size() != [dim] || n == 0 {
+        return None;
+    }
+    let gamma = gamma.to_kind(Kind::Float).contiguous();
+    let y = x.empty_like();
+    let r = Tensor::empty([n], (Kind::Float, x.device()));
+    let (dim, eps) = (dim as i32, eps as f32);
+    launch(
+        &k,
+        "rms_norm_forward",
+        x.kind(),
+        n as usize,
+        block,
+        &[&ptr(&x), &ptr(&gamma), &ptr(&y), &ptr(&r), &dim, &eps],
+    )?;
+    Some((y, r))
+}
+
+/// Blocks of the RMSNorm backward: enough to fill the card, few enough that summing their
+/// `dγ` rows is cheap.
+const ROW_GRID: usize = 1024;
+
+/// `(dx, dγ)` of RMSNorm for the output's gradient `dy`, from what [`rms_norm_forward`] kept:
+/// `dx` in x's kind, `dγ` in f32.
+pub fn rms_norm_backward(
+    dy: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    r: &Tensor,
+) -> Option<(Tensor, Tensor)> {
+    let (x, k) = ready(x)?;
+    let [n, dim] = x.size()[..] else {
+        return None;
+    };
+    let block = row_block(dim as usize)?;
+    if dy.size() != x.size() || gamma.size() != [dim] || r.size() != [n] || n == 0 {
+        return None;
+    }
+    let dy = dy.to_kind(x.kind()).contiguous();
+    let gamma = gamma.to_kind(Kind::Float).contiguous();
+    let r = r.to_kind(Kind::Float).contiguous();
+    let grid = (n as usize).min(ROW_GRID);
+    let dx = x.empty_like();
+    let partial = Tensor::empty([grid as i64, dim], (Kind::Float, x.device()));
+    let dim32 = dim as i32;
+    launch(
+        &k,
+        "rms_norm_backward",
+        x.kind(),
+        grid,
+        block,
+        &[
+            &ptr(&dy),
+            &ptr(&x),
+            &ptr(&gamma),
+            &ptr(&r),
+            &ptr(&dx),
+            &ptr(&partial),
+            &n,
+            &dim32,
+        ],
+    )?;
+    Some((dx, partial.sum_dim_intlist(0, false, Kind::Float)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_blocks_fit_the_registers() {
+        assert_eq!(row_block(768), Some(192));
+        assert_eq!(row_block(2048), Some(512));
+        assert_eq!(row_block(8192), Some(1024));
+        assert_eq!(row_block(16_384), Some(1024));
+        assert_eq!(row_block(16_385), None);
+        assert_eq!(row_block(0), None);
+        assert_eq!(row_block(5), Some(32));
+    }
+}

@@ -1,0 +1,166 @@
+//! The fused CUDA kernels (`cuda_kernels`) against torch's own formulas and autograd, f32 and
+//! bf16: cross-entropy (loss and the logits' gradient), RMSNorm (y, dx, dγ) and SwiGLU's gate (out,
+//! da, db), each with a non-uniform upstream gradient.
+//!
+//! Needs `--features tch`. The source is compiled wherever NVRTC loads (a CUDA toolkit, or PyPI's
+//! `nvidia-cuda-nvrtc`, on `LD_LIBRARY_PATH`); the numerical checks run where torch sees a GPU and
+//! skip (saying so) elsewhere. On the CPU every kernel declines, so the callers fall back.
+#![cfg(feature = "tch")]
+
+use llama_experiments::cuda_kernels as k;
+use tch::{Device, Kind, Reduction, Tensor};
+
+fn cuda() -> Option<Device> {
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: torch sees no CUDA device");
+        return None;
+    }
+    let d = Device::Cuda(0);
+    if !k::available(d) {
+        eprintln!("skipped: the fused kernels do not load (NVRTC missing?)");
+        return None;
+    }
+    Some(d)
+}
+
+/// max |got − want| / max |want|, both in f32.
+fn rel(got: &Tensor, want: &Tensor) -> f64 {
+    let (got, want) = (got.to_kind(Kind::Float), want.to_kind(Kind::Float));
+    let err = (&got - &want).abs().max().double_value(&[]);
+    let scale = want.abs().max().double_value(&[]).max(1e-30);
+    err / scale
+}
+
+fn bound(kind: Kind) -> f64 {
+    // One bf16 rounding of the result (2⁻⁸), plus the inputs' f32 arithmetic.
+    if kind == Kind::BFloat16 { 1e-2 } else { 2e-5 }
+}
+
+#[test]
+fn kernels_compile_with_nvrtc() {
+    if !k::nvrtc_present() {
+        eprintln!("skipped: NVRTC is not on the library path");
+        return;
+    }
+    let ptx = k::compile().expect("the kernel source compiles");
+    let text = ptx.to_src();
+    for name in [
+        "cross_entropy_forward",
+        "cross_entropy_backward",
+        "swiglu_forward",
+        "swiglu_backward",
+        "rms_norm_forward",
+        "rms_norm_backward",
+    ] {
+        for suffix in ["f32", "bf16"] {
+            let entry = format!(".entry {name}_{suffix}(");
+            assert!(text.contains(&entry), "{entry} missing from the PTX");
+        }
+    }
+}
+
+#[test]
+fn cpu_tensors_are_declined() {
+    let x = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
+    let t = Tensor::zeros([4], (Kind::Int64, Device::Cpu));
+    assert!(k::cross_entropy_forward(&x, &t).is_none());
+    assert!(k::swiglu_forward(&x, &x).is_none());
+    assert!(
+        k::rms_norm_forward(&x, &Tensor::ones([8], (Kind::Float, Device::Cpu)), 1e-6).is_none()
+    );
+}
+
+#[test]
+fn cross_entropy_matches_torch() {
+    let Some(dev) = cuda() else { return };
+    for kind in [Kind::Float, Kind::BFloat16] {
+        // 37 rows (not a multiple of anything), a vocabulary wider than a block's stride.
+        let (n, vocab) = (37i64, 3001i64);
+        let logits = (Tensor::randn([n, vocab], (Kind::Float, dev)) * 4.0).to_kind(kind);
+        let targets = Tensor::randint(vocab, [n], (Kind::Int64, dev));
+        let leaf = logits.to_kind(Kind::Float).detach().set_requires_grad(true);
+        let want = leaf.cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, 0.0);
+        let g = Tensor::from_slice(&[0.7f32]).to_device(dev);
+        let want_grad = Tensor::run_backward(&[&want * &g], &[&leaf], false, false).remove(0);
+
+        let (loss, lse) = k::cross_entropy_forward(&logits, &targets).expect("runs on CUDA");
+        assert_eq!(loss.size(), [1]);
+        let err = rel(&loss, &want.reshape([1]));
+        assert!(err < 1e-5, "{kind:?} loss: relative error {err:e}");
+        let want_lse = logits.to_kind(Kind::Float).logsumexp([1], false);
+        assert!(rel(&lse, &want_lse) < 1e-5, "{kind:?} log-sum-exp");
+
+        let d = k::cross_entropy_backward(&logits, &targets, &lse, &g).expect("runs");
+        assert_eq!(d.kind(), kind);
+        let err = rel(&d, &want_grad);
+        assert!(
+            err < bound(kind),
+            "{kind:?} d logits: relative error {err:e}"
+        );
+    }
+}
+
+#[test]
+fn rms_norm_matches_torch() {
+    let Some(dev) = cuda() else { return };
+    for kind in [Kind::Float, Kind::BFloat16] {
+        // 768 and 2048 are the 125m and 1b widths; 100 leaves threads idle in the last column.
+        for dim in [100i64, 768, 2048] {
+            let n = 1500i64; // more rows than the backward's blocks: each block takes several
+            let x = (Tensor::randn([n, dim], (Kind::Float, dev)) * 3.0).to_kind(kind);
+            let gamma = Tensor::randn([dim], (Kind::Float, dev)) + 1.0;
+            let dy = Tensor::randn([n, dim], (Kind::Float, dev)).to_kind(kind);
+            let eps = 1e-5;
+
+            let xl = x.to_kind(Kind::Float).detach().set_requires_grad(true);
+            let gl = gamma.detach().set_requires_grad(true);
+            let r = ((&xl * &xl).mean_dim([1i64].as_slice(), true, Kind::Float) + eps).rsqrt();
+            let want = &xl * r * &gl;
+            let seed = (&want * dy.to_kind(Kind::Float)).sum(Kind::Float);
+            let grads = Tensor::run_backward(&[seed], &[&xl, &gl], false, false);
+
+            let (y, rr) = k::rms_norm_forward(&x, &gamma, eps).expect("runs on CUDA");
+            assert_eq!(y.kind(), kind);
+            let err = rel(&y, &want);
+            assert!(
+                err < bound(kind),
+                "{kind:?} d={dim} y: relative error {err:e}"
+            );
+            let (dx, dgamma) = k::rms_norm_backward(&dy, &x, &gamma, &rr).expect("runs");
+            assert_eq!(dx.kind(), kind);
+            let err = rel(&dx, &grads[0]);
+            assert!(
+                err < bound(kind),
+                "{kind:?} d={dim} dx: relative error {err:e}"
+            );
+            // dγ sums 1,500 rows in f32 in a different order than torch.
+            let err = rel(&dgamma, &grads[1]);
+            assert!(err < 1e-4, "{kind:?} d={dim} dγ: relative error {err:e}");
+        }
+    }
+}
+
+#[test]
+fn swiglu_matches_torch() {
+    let Some(dev) = cuda() else { return };
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let shape = [3i64, 333, 517];
+        let a = (Tensor::randn(shape, (Kind::Float, dev)) * 4.0).to_kind(kind);
+        let b = Tensor::randn(shape, (Kind::Float, dev)).to_kind(kind);
+        let g = Tensor::randn(shape, (Kind::Float, dev)).to_kind(kind);
+        let al = a.to_kind(Kind::Float).detach().set_requires_grad(true);
+        let bl = b.to_kind(Kind::Float).detach().set_requires_grad(true);
+        let want = al.silu() * &bl;
+        let seed = (&want * g.to_kind(Kind::Float)).sum(Kind::Float);
+        let grads = Tensor::run_backward(&[seed], &[&al, &bl], false, false);
+
+        let out = k::swiglu_forward(&a, &b).expect("runs on CUDA");
+        let err = rel(&out, &want);
+        assert!(err < bound(kind), "{kind:?} out: relative error {err:e}");
+        let (da, db) = k::swiglu_backward(&a, &b, &g).expect("runs");
+        let err = rel(&da, &grads[0]);
+        assert!(err < bound(kind), "{kind:?} da: relative error {err:e}");
+        let err = rel(&db, &grads[1]);
+        assert!(err < bound(kind), "{kind:?} db: relative error {err:e}");
+    }
+}
