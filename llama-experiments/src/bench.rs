@@ -15,7 +15,7 @@ use anyhow::{Result, ensure};
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use llama_model::{AttentionMask, Llama, LlamaConfig, Precision};
 use serde::Serialize;
 
@@ -66,6 +66,9 @@ pub struct BenchReport {
     pub peak_flops: Option<f64>,
     /// Peak resident memory of the process (CPU backends; a GPU's own memory is not in it).
     pub peak_rss_bytes: Option<u64>,
+    /// Training: the loss of the last timed step (fixed seeds, so a check that two runs computed
+    /// the same steps).
+    pub final_loss: Option<f64>,
 }
 
 fn random_tokens<B: Backend>(
@@ -101,14 +104,14 @@ fn peak_rss() -> Option<u64> {
 }
 
 /// Runs `step` `warmup` times untimed, then `iters` times timed (each followed by a sync).
-/// Returns the median timed step and the warm-up steps' times (on a GPU the first holds kernel
-/// compilation and autotuning: the cold start a user waits through).
+/// Returns the median timed step, the warm-up steps' times (on a GPU the first holds kernel
+/// compilation and autotuning: the cold start a user waits through) and the last step's output.
 fn time_steps<D>(
     warmup: usize,
     iters: usize,
     sync: impl Fn(),
     mut step: impl FnMut(usize) -> D,
-) -> (f64, Vec<f64>) {
+) -> (f64, Vec<f64>, Option<D>) {
     let warm: Vec<f64> = (0..warmup)
         .map(|i| {
             let t = Instant::now();
@@ -119,16 +122,17 @@ fn time_steps<D>(
             s
         })
         .collect();
+    let mut last = None;
     let mut times: Vec<f64> = (0..iters)
         .map(|i| {
             let t = Instant::now();
-            let _ = step(warmup + i);
+            last = Some(step(warmup + i));
             sync();
             t.elapsed().as_secs_f64()
         })
         .collect();
     times.sort_by(f64::total_cmp);
-    (times[times.len() / 2], warm)
+    (times[times.len() / 2], warm, last)
 }
 
 impl BackendJob for BenchJob {
@@ -151,6 +155,7 @@ impl BackendJob for BenchJob {
         };
         let vocab = cfg.vocab_size;
         let (b, t) = (self.batch, self.seq);
+        let mut final_loss = None;
         let ((median, warmup_steps_s), tokens, flops_per_token) = match self.mode {
             BenchMode::Train => {
                 let model: Llama<B> = init_model(cfg, 0, &device)?.with_precision(self.precision);
@@ -159,7 +164,7 @@ impl BackendJob for BenchJob {
                 // Moved in and out of the step (as `llama train` does), never cloned: a second
                 // handle on the parameters would stop the optimiser updating them in place.
                 let mut slot = Some(model);
-                let median = time_steps(self.warmup, self.iters, sync, |i| {
+                let (median, warm, last) = time_steps(self.warmup, self.iters, sync, |i| {
                     let model = slot.take().expect("the model is put back after every step");
                     let tokens = random_tokens::<B>(b, t + 1, vocab, i as u64, &device);
                     let loss = model.loss(tokens);
@@ -167,19 +172,23 @@ impl BackendJob for BenchJob {
                     // Clipping on the device, as `llama train`: nothing is read back in a step.
                     let (model, _norm) = optim.step(3e-4, model, grads, 1.0, Some(1.0), &device);
                     slot = Some(model);
+                    loss.inner()
                 });
-                (median, b * t, cfg.flops_per_token() as f64)
+                // Read after the timing: seeds are fixed, so two builds or knob settings that
+                // compute the same step report the same loss (up to rounding).
+                final_loss = last.map(|l| l.into_scalar().elem::<f64>());
+                ((median, warm), b * t, cfg.flops_per_token() as f64)
             }
             BenchMode::Prefill => {
                 let model = init_model::<B>(cfg, 0, &device)?
                     .valid()
                     .with_precision(self.precision)
                     .with_inference_weights();
-                let median = time_steps(self.warmup, self.iters, sync, |i| {
+                let (median, warm, _) = time_steps(self.warmup, self.iters, sync, |i| {
                     let tokens = random_tokens::<B::InnerBackend>(b, t, vocab, i as u64, &device);
                     model.forward(tokens)
                 });
-                (median, b * t, cfg.flops_per_token() as f64 / 3.0)
+                ((median, warm), b * t, cfg.flops_per_token() as f64 / 3.0)
             }
             BenchMode::Decode => {
                 ensure!(
@@ -198,7 +207,7 @@ impl BackendJob for BenchJob {
                 let _ =
                     model.forward_hidden(prompt, &pos, &AttentionMask::Causal, Some(&mut cache));
                 sync();
-                let median = time_steps(self.warmup, self.iters, sync, |i| {
+                let (median, warm, _) = time_steps(self.warmup, self.iters, sync, |i| {
                     let cur = t + i;
                     let tok = random_tokens::<B::InnerBackend>(b, 1, vocab, i as u64, &device);
                     let pos = Tensor::<B::InnerBackend, 1, Int>::from_data(
@@ -210,7 +219,7 @@ impl BackendJob for BenchJob {
                     let h = model.forward_hidden(tok, &pos, &AttentionMask::Full, Some(&mut cache));
                     model.logits(h)
                 });
-                (median, b, cfg.flops_per_token() as f64 / 3.0)
+                ((median, warm), b, cfg.flops_per_token() as f64 / 3.0)
             }
         };
         let tokens_per_s = tokens as f64 / median;
@@ -236,6 +245,7 @@ impl BackendJob for BenchJob {
             mfu: self.peak_flops.map(|p| tokens_per_s * flops_per_token / p),
             peak_flops: self.peak_flops,
             peak_rss_bytes: peak_rss(),
+            final_loss,
         })
     }
 }
