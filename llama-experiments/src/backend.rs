@@ -11,6 +11,7 @@ use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use llama_model::loss::NativeLoss;
 use llama_model::rms_norm::NativeRmsNorm;
+use llama_model::rotary::NativeRotary;
 use llama_model::sdpa::{AttentionForward, NativeAttention};
 use llama_model::swiglu::NativeSwiglu;
 
@@ -109,8 +110,8 @@ impl DeviceSpec {
                 // H200, docs/performance.md attempts 8 and 10); on the CPU neither was. torch's
                 // SwiGLU kernels and the rotary operation on both (attempts 11 and 13; the
                 // optimiser picks torch's AdamW kernels itself, attempt 12). On CUDA our fused
-                // kernels for the loss, RMSNorm and SwiGLU replace torch's where NVRTC compiles
-                // them (attempt 14).
+                // kernels for the loss, RMSNorm, rotary and SwiGLU replace those where NVRTC
+                // compiles them (attempt 14).
                 let cuda = matches!(self, Self::TchCuda(_));
                 let fused = match self {
                     Self::TchCuda(i) => crate::libtorch_fused::available(tch::Device::Cuda(i)),
@@ -123,6 +124,7 @@ impl DeviceSpec {
                     fused: fused.then(|| Fused {
                         loss: crate::libtorch_fused::loss(),
                         norm: crate::libtorch_fused::rms_norm(),
+                        rotary: crate::libtorch_fused::rotary(),
                         swiglu: crate::libtorch_fused::swiglu(),
                     }),
                     torch_loss: cuda,
@@ -184,11 +186,12 @@ struct Ops<I: burn::tensor::backend::Backend> {
     rope_operation: bool,
 }
 
-/// The operations with this project's fused kernels (`LLAMA_LOSS/NORM/SWIGLU=fused`).
+/// The operations with this project's fused kernels (`LLAMA_LOSS/NORM/ROPE/SWIGLU=fused`).
 #[allow(dead_code)]
 struct Fused<I: burn::tensor::backend::Backend> {
     loss: NativeLoss<I>,
     norm: NativeRmsNorm<I>,
+    rotary: NativeRotary<I>,
     swiglu: NativeSwiglu<I>,
 }
 
@@ -215,7 +218,7 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// (`llama_model::swiglu`) as single operations.
 /// Each has an environment knob for comparisons (`auto` is the backend's default):
 /// `LLAMA_ATTENTION=auto|blocked|decomposed`, `LLAMA_LOSS=auto|operation|torch|fused|decomposed`,
-/// `LLAMA_NORM=auto|operation|fused|decomposed`, `LLAMA_ROPE=auto|operation|decomposed`,
+/// `LLAMA_NORM=auto|operation|fused|decomposed`, `LLAMA_ROPE=auto|operation|fused|decomposed`,
 /// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`
 /// (`decomposed` is Burn's tensor-op form, `torch` the libtorch kernels, `fused` this project's
 /// CUDA kernels on tch-cuda).
@@ -228,9 +231,9 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
             "{var}=fused needs tch-cuda with NVRTC (a CUDA toolkit's libnvrtc) on the library path"
         )
     };
-    let (fused_loss, fused_norm, fused_swiglu) = match ops.fused {
-        Some(f) => (Some(f.loss), Some(f.norm), Some(f.swiglu)),
-        None => (None, None, None),
+    let (fused_loss, fused_norm, fused_rotary, fused_swiglu) = match ops.fused {
+        Some(f) => (Some(f.loss), Some(f.norm), Some(f.rotary), Some(f.swiglu)),
+        None => (None, None, None, None),
     };
     match (
         env_choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
@@ -268,9 +271,14 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         ("auto", _) if ops.norm_operation => llama_model::rms_norm::register::<I>(),
         _ => {}
     }
-    match env_choice("LLAMA_ROPE", &["auto", "operation", "decomposed"])? {
-        "operation" => llama_model::rotary::register::<I>(),
-        "auto" if ops.rope_operation => llama_model::rotary::register::<I>(),
+    match (
+        env_choice("LLAMA_ROPE", &["auto", "operation", "fused", "decomposed"])?,
+        fused_rotary,
+    ) {
+        ("fused" | "auto", Some(fused)) => llama_model::rotary::register_native::<I>(fused),
+        ("fused", None) => return Err(fused_only("LLAMA_ROPE")),
+        ("operation", _) => llama_model::rotary::register::<I>(),
+        ("auto", _) if ops.rope_operation => llama_model::rotary::register::<I>(),
         _ => {}
     }
     match (

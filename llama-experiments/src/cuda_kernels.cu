@@ -27,6 +27,39 @@ __device__ __forceinline__ void store(bf16_t* p, long long i, float v) {
     p[i] = (bf16_t)(u >> 16);
 }
 
+// Four consecutive elements, for the 8- or 16-byte loads that use the memory bus fully (2-byte
+// loads move half as much per instruction). Callers check 4-element alignment.
+struct Four {
+    float v[4];
+};
+__device__ __forceinline__ Four load4(const float* p, long long i) {
+    const float4 q = *reinterpret_cast<const float4*>(p + i);
+    Four f;
+    f.v[0] = q.x; f.v[1] = q.y; f.v[2] = q.z; f.v[3] = q.w;
+    return f;
+}
+__device__ __forceinline__ Four load4(const bf16_t* p, long long i) {
+    const uint2 q = *reinterpret_cast<const uint2*>(p + i);
+    Four f;
+    f.v[0] = __uint_as_float(q.x << 16); f.v[1] = __uint_as_float(q.x & 0xffff0000u);
+    f.v[2] = __uint_as_float(q.y << 16); f.v[3] = __uint_as_float(q.y & 0xffff0000u);
+    return f;
+}
+__device__ __forceinline__ void store4(float* p, long long i, const Four& f) {
+    float4 q;
+    q.x = f.v[0]; q.y = f.v[1]; q.z = f.v[2]; q.w = f.v[3];
+    *reinterpret_cast<float4*>(p + i) = q;
+}
+__device__ __forceinline__ void store4(bf16_t* p, long long i, const Four& f) {
+    bf16_t h[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) store(h, k, f.v[k]);
+    uint2 q;
+    q.x = (unsigned int)h[0] | ((unsigned int)h[1] << 16);
+    q.y = (unsigned int)h[2] | ((unsigned int)h[3] << 16);
+    *reinterpret_cast<uint2*>(p + i) = q;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -77,20 +110,30 @@ __device__ void block_lse(float& m, float& s) {
 // Cross-entropy forward, one block per row of `logits [n, vocab]`: the row's log-sum-exp (kept
 // for the backward pass) and its loss `lse - logits[target]` (NaN for a target outside the
 // vocabulary, so that bad data shows instead of reading out of bounds).
+__device__ __forceinline__ void lse_add(float& m, float& s, float v) {
+    if (v > m) {
+        s = s * expf(m - v) + 1.0f;
+        m = v;
+    } else {
+        s += expf(v - m);
+    }
+}
+
+// `vec`: rows start 4-element aligned and `vocab` is a multiple of 4 (four per load).
 template <typename T>
 __device__ void cross_entropy_forward(const T* logits, const long long* targets, float* lse,
-                                      float* loss, int vocab) {
+                                      float* loss, int vocab, int vec) {
     const long long row = blockIdx.x;
     const T* x = logits + row * vocab;
     float m = NEG_INF, s = 0.0f;
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-        const float v = load(x, j);
-        if (v > m) {
-            s = s * expf(m - v) + 1.0f;
-            m = v;
-        } else {
-            s += expf(v - m);
+    if (vec) {
+        for (int j = 4 * threadIdx.x; j < vocab; j += 4 * blockDim.x) {
+            const Four f = load4(x, j);
+#pragma unroll
+            for (int k = 0; k < 4; ++k) lse_add(m, s, f.v[k]);
         }
+    } else {
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) lse_add(m, s, load(x, j));
     }
     block_lse(m, s);
     if (threadIdx.x == 0) {
@@ -105,42 +148,107 @@ __device__ void cross_entropy_forward(const T* logits, const long long* targets,
 // loss's gradient read on the device (no host synchronisation).
 template <typename T>
 __device__ void cross_entropy_backward(const T* logits, const long long* targets, const float* lse,
-                                       const float* g, T* dlogits, int vocab, float inv_n) {
+                                       const float* g, T* dlogits, int vocab, float inv_n,
+                                       int vec) {
     const long long row = blockIdx.x;
     const T* x = logits + row * vocab;
     T* dx = dlogits + row * vocab;
     const float l = lse[row], scale = g[0] * inv_n;
     const long long t = targets[row];
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-        const float p = expf(load(x, j) - l);
-        store(dx, j, (p - (j == t ? 1.0f : 0.0f)) * scale);
+    if (vec) {
+        for (int j = 4 * threadIdx.x; j < vocab; j += 4 * blockDim.x) {
+            Four f = load4(x, j);
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+                f.v[k] = (expf(f.v[k] - l) - (j + k == t ? 1.0f : 0.0f)) * scale;
+            store4(dx, j, f);
+        }
+    } else {
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+            const float p = expf(load(x, j) - l);
+            store(dx, j, (p - (j == t ? 1.0f : 0.0f)) * scale);
+        }
     }
 }
+
+// Element-wise kernels take four elements per thread and step (`vec`: every pointer 4-element
+// aligned), then the last n % 4 one by one: `first`, `stride` and `n4` below.
+#define GRID_STRIDE                                                                               \
+    const long long stride = (long long)gridDim.x * blockDim.x;                                   \
+    const long long first = blockIdx.x * (long long)blockDim.x + threadIdx.x;                     \
+    const long long n4 = vec ? n / 4 : 0;
+
+__device__ __forceinline__ float silu_mul(float a, float b) { return a / (1.0f + expf(-a)) * b; }
 
 // SwiGLU's gate, element-wise: out = silu(a) * b.
 template <typename T>
-__device__ void swiglu_forward(const T* a, const T* b, T* out, long long n) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        const float x = load(a, i);
-        store(out, i, x / (1.0f + expf(-x)) * load(b, i));
+__device__ void swiglu_forward(const T* a, const T* b, T* out, long long n, int vec) {
+    GRID_STRIDE
+    for (long long q = first; q < n4; q += stride) {
+        Four x = load4(a, 4 * q);
+        const Four y = load4(b, 4 * q);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) x.v[k] = silu_mul(x.v[k], y.v[k]);
+        store4(out, 4 * q, x);
     }
+    for (long long i = 4 * n4 + first; i < n; i += stride) store(out, i, silu_mul(load(a, i), load(b, i)));
 }
 
 // Its backward: da = g * b * σ(a) * (1 + a * (1 - σ(a))), db = g * silu(a).
+__device__ __forceinline__ void swiglu_grad(float x, float y, float d, float& da, float& db) {
+    const float sig = 1.0f / (1.0f + expf(-x));
+    da = d * y * sig * (1.0f + x * (1.0f - sig));
+    db = d * x * sig;
+}
+
 template <typename T>
-__device__ void swiglu_backward(const T* a, const T* b, const T* g, T* da, T* db, long long n) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        const float x = load(a, i), y = load(b, i), d = load(g, i);
-        const float sig = 1.0f / (1.0f + expf(-x));
-        store(da, i, d * y * sig * (1.0f + x * (1.0f - sig)));
-        store(db, i, d * x * sig);
+__device__ void swiglu_backward(const T* a, const T* b, const T* g, T* da, T* db, long long n,
+                                int vec) {
+    GRID_STRIDE
+    for (long long q = first; q < n4; q += stride) {
+        const Four x = load4(a, 4 * q), y = load4(b, 4 * q), d = load4(g, 4 * q);
+        Four ga, gb;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) swiglu_grad(x.v[k], y.v[k], d.v[k], ga.v[k], gb.v[k]);
+        store4(da, 4 * q, ga);
+        store4(db, 4 * q, gb);
+    }
+    for (long long i = 4 * n4 + first; i < n; i += stride) {
+        float ga, gb;
+        swiglu_grad(load(a, i), load(b, i), load(g, i), ga, gb);
+        store(da, i, ga);
+        store(db, i, gb);
+    }
+}
+
+// The rotary embedding of `x [batch, heads, time, dim]` (strides xb, xh, xt; unit stride within a
+// head) with full-width tables `c = [cos, cos]`, `s = [-sin, sin]` (`[batch or 1, 1, time, dim]`,
+// strides cb, ct), into a contiguous `y`. The rotation exchanges the two halves of each head:
+//   forward  y = x c + swap(x) s,     backward  dx = g c + swap(g s)
+// (a rotation's backward is the inverse rotation).
+template <typename T>
+__device__ void rotary(const T* x, const T* c, const T* s, T* y, long long n, int heads, int time,
+                       int dim, long long xb, long long xh, long long xt, long long cb,
+                       long long ct, int backward) {
+    const int half = dim / 2;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const int i = (int)(idx % dim);
+        long long rest = idx / dim;
+        const int t = (int)(rest % time);
+        rest /= time;
+        const int h = (int)(rest % heads);
+        const long long b = rest / heads;
+        const int j = i < half ? i + half : i - half;
+        const T* xr = x + b * xb + h * xh + t * xt;
+        const long long tr = b * cb + t * ct;
+        const float other = backward ? load(xr, j) * load(s, tr + j) : load(xr, j) * load(s, tr + i);
+        store(y, idx, load(xr, i) * load(c, tr + i) + other);
     }
 }
 
 // Columns per thread that a row kernel keeps in registers: dim <= RMS_COLS * blockDim.x.
-#define RMS_COLS 16
+#define RMS_COLS 8
 
 // RMSNorm forward, one block per row of `x [n, dim]`: r = 1 / sqrt(mean(x²) + eps) (kept for the
 // backward pass) and y = (x * r) * gamma, in f32 and rounded once to x's dtype.
@@ -208,27 +316,32 @@ __device__ void rms_norm_backward(const T* dy, const T* x, const float* gamma, c
 
 #define INSTANTIATE(SUFFIX, T)                                                                    \
     extern "C" __global__ void cross_entropy_forward_##SUFFIX(                                    \
-        const T* logits, const long long* targets, float* lse, float* loss, int vocab) {          \
-        cross_entropy_forward<T>(logits, targets, lse, loss, vocab);                              \
+        const T* logits, const long long* targets, float* lse, float* loss, int vocab, int vec) { \
+        cross_entropy_forward<T>(logits, targets, lse, loss, vocab, vec);                         \
     }                                                                                             \
     extern "C" __global__ void cross_entropy_backward_##SUFFIX(                                   \
         const T* logits, const long long* targets, const float* lse, const float* g, T* dlogits,  \
-        int vocab, float inv_n) {                                                                 \
-        cross_entropy_backward<T>(logits, targets, lse, g, dlogits, vocab, inv_n);                \
+        int vocab, float inv_n, int vec) {                                                        \
+        cross_entropy_backward<T>(logits, targets, lse, g, dlogits, vocab, inv_n, vec);           \
     }                                                                                             \
     extern "C" __global__ void swiglu_forward_##SUFFIX(const T* a, const T* b, T* out,            \
-                                                       long long n) {                             \
-        swiglu_forward<T>(a, b, out, n);                                                          \
+                                                       long long n, int vec) {                    \
+        swiglu_forward<T>(a, b, out, n, vec);                                                     \
     }                                                                                             \
     extern "C" __global__ void swiglu_backward_##SUFFIX(const T* a, const T* b, const T* g,       \
-                                                        T* da, T* db, long long n) {              \
-        swiglu_backward<T>(a, b, g, da, db, n);                                                   \
+                                                        T* da, T* db, long long n, int vec) {     \
+        swiglu_backward<T>(a, b, g, da, db, n, vec);                                              \
     }                                                                                             \
-    extern "C" __global__ void rms_norm_forward_##SUFFIX(const T* x, const float* gamma, T* y,    \
-                                                         float* r, int dim, float eps) {          \
+    extern "C" __global__ void rotary_##SUFFIX(                                                   \
+        const T* x, const T* c, const T* s, T* y, long long n, int heads, int time, int dim,      \
+        long long xb, long long xh, long long xt, long long cb, long long ct, int backward) {     \
+        rotary<T>(x, c, s, y, n, heads, time, dim, xb, xh, xt, cb, ct, backward);                 \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(1024) rms_norm_forward_##SUFFIX(                 \
+        const T* x, const float* gamma, T* y, float* r, int dim, float eps) {                     \
         rms_norm_forward<T>(x, gamma, y, r, dim, eps);                                            \
     }                                                                                             \
-    extern "C" __global__ void rms_norm_backward_##SUFFIX(                                        \
+    extern "C" __global__ void __launch_bounds__(1024) rms_norm_backward_##SUFFIX(                \
         const T* dy, const T* x, const float* gamma, const float* r, T* dx,                       \
         float* dgamma_partial, long long n, int dim) {                                            \
         rms_norm_backward<T>(dy, x, gamma, r, dx, dgamma_partial, n, dim);                        \

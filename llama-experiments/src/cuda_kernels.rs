@@ -25,17 +25,19 @@ use tch::{Device, Kind, Tensor};
 const SOURCE: &str = include_str!("cuda_kernels.cu");
 
 /// Kernel names without their dtype suffix (`_f32`, `_bf16`).
-const KERNELS: [&str; 6] = [
+pub const KERNELS: [&str; 7] = [
     "cross_entropy_forward",
     "cross_entropy_backward",
     "swiglu_forward",
     "swiglu_backward",
+    "rotary",
     "rms_norm_forward",
     "rms_norm_backward",
 ];
 
-/// Columns per thread the row kernels keep in registers (`RMS_COLS` in the source).
-const ROW_COLS: usize = 16;
+/// Columns per thread the row kernels keep in registers (`RMS_COLS` in the source; with 1,024
+/// threads a block then fits the 64 K registers of an SM).
+const ROW_COLS: usize = 8;
 
 /// Whether NVRTC can be loaded (a CUDA toolkit, or PyPI's `nvidia-cuda-nvrtc`, on the library
 /// path).
@@ -124,6 +126,13 @@ fn suffix(kind: Kind) -> Option<&'static str> {
 
 fn ptr(t: &Tensor) -> u64 {
     t.data_ptr() as u64
+}
+
+/// 1 when every tensor's data is aligned for the kernels' four-element loads, else 0.
+fn vec4(ts: &[&Tensor]) -> i32 {
+    ts.iter()
+        .all(|t| ptr(t) % (4 * t.kind().elt_size_in_bytes() as u64) == 0)
+        .into()
 }
 
 fn launch(
@@ -253,6 +262,7 @@ pub fn cross_entropy_backward(
         .contiguous();
     let dlogits = logits.empty_like();
     let inv_n = 1.0 / n as f32;
+    let vec = vec4(&[&logits, &dlogits]) * i32::from(vocab % 4 == 0);
     let vocab = i32::try_from(vocab).ok()?;
     launch(
         &k,
@@ -268,6 +278,7 @@ pub fn cross_entropy_backward(
             &ptr(&dlogits),
             &vocab,
             &inv_n,
+            &vec,
         ],
     )?;
     Some(dlogits)
@@ -282,13 +293,14 @@ pub fn swiglu_forward(a: &Tensor, b: &Tensor) -> Option<Tensor> {
     let b = b.contiguous();
     let out = a.empty_like();
     let n = a.numel() as i64;
+    let vec = vec4(&[&a, &b, &out]);
     launch(
         &k,
         "swiglu_forward",
         a.kind(),
-        element_grid(n as usize),
+        element_grid(n as usize / 4),
         ELEMENT_BLOCK,
-        &[&ptr(&a), &ptr(&b), &ptr(&out), &n],
+        &[&ptr(&a), &ptr(&b), &ptr(&out), &n, &vec],
     )?;
     Some(out)
 }
@@ -303,15 +315,82 @@ pub fn swiglu_backward(a: &Tensor, b: &Tensor, g: &Tensor) -> Option<(Tensor, Te
     let g = g.to_kind(a.kind()).contiguous();
     let (da, db) = (a.empty_like(), a.empty_like());
     let n = a.numel() as i64;
+    let vec = vec4(&[&a, &b, &g, &da, &db]);
     launch(
         &k,
         "swiglu_backward",
         a.kind(),
-        element_grid(n as usize),
+        element_grid(n as usize / 4),
         ELEMENT_BLOCK,
-        &[&ptr(&a), &ptr(&b), &ptr(&g), &ptr(&da), &ptr(&db), &n],
+        &[&ptr(&a), &ptr(&b), &ptr(&g), &ptr(&da), &ptr(&db), &n, &vec],
     )?;
     Some((da, db))
+}
+
+/// The rotary embedding of `x [batch, heads, time, dim]` with the full-width tables `c`, `s`
+/// (`[batch or 1, 1, time, dim]`, x's kind) of `llama_model::rotary`: `x c + swap(x) s`, or with
+/// `backward` the inverse rotation `x c + swap(x s)` (x is then the output's gradient). The
+/// result is contiguous; `x` may be any view with unit stride along `dim` (a transposed head
+/// layout needs no copy).
+pub fn rotary(x: &Tensor, c: &Tensor, s: &Tensor, backward: bool) -> Option<Tensor> {
+    suffix(x.kind())?;
+    let k = loaded(x.device())?;
+    let [batch, heads, time, dim] = x.size()[..] else {
+        return None;
+    };
+    let table_ok = |t: &Tensor| {
+        let sz = t.size();
+        t.kind() == x.kind()
+            && t.device() == x.device()
+            && sz.len() == 4
+            && (sz[0] == batch || sz[0] == 1)
+            && sz[1] == 1
+            && sz[2] == time
+            && sz[3] == dim
+    };
+    if !table_ok(c) || !table_ok(s) || c.size() != s.size() || dim % 2 != 0 {
+        return None;
+    }
+    let x = if x.stride()[3] == 1 {
+        x.shallow_clone()
+    } else {
+        x.contiguous()
+    };
+    let (c, s) = (c.contiguous(), s.contiguous());
+    let y = Tensor::empty([batch, heads, time, dim], (x.kind(), x.device()));
+    let n = y.numel() as i64;
+    let st = x.stride();
+    let cb = if c.size()[0] == 1 { 0 } else { c.stride()[0] };
+    let ct = c.stride()[2];
+    let (heads, time, dim) = (
+        i32::try_from(heads).ok()?,
+        i32::try_from(time).ok()?,
+        i32::try_from(dim).ok()?,
+    );
+    launch(
+        &k,
+        "rotary",
+        x.kind(),
+        element_grid(n as usize),
+        ELEMENT_BLOCK,
+        &[
+            &ptr(&x),
+            &ptr(&c),
+            &ptr(&s),
+            &ptr(&y),
+            &n,
+            &heads,
+            &time,
+            &dim,
+            &st[0],
+            &st[1],
+            &st[2],
+            &cb,
+            &ct,
+            &i32::from(backward),
+        ],
+    )?;
+    Some(y)
 }
 
 /// RMSNorm of `x [n, dim]` with `gamma [dim]`: `y` (x's kind) and each row's `r = 1/√(mean(x²)+ε)`
@@ -395,9 +474,8 @@ mod tests {
     fn row_blocks_fit_the_registers() {
         assert_eq!(row_block(768), Some(192));
         assert_eq!(row_block(2048), Some(512));
-        assert_eq!(row_block(8192), Some(1024));
-        assert_eq!(row_block(16_384), Some(1024));
-        assert_eq!(row_block(16_385), None);
+        assert_eq!(row_block(8192), Some(1024)); // 65B's width
+        assert_eq!(row_block(8192 + 1), None);
         assert_eq!(row_block(0), None);
         assert_eq!(row_block(5), Some(32));
     }

@@ -44,14 +44,7 @@ fn kernels_compile_with_nvrtc() {
     }
     let ptx = k::compile().expect("the kernel source compiles");
     let text = ptx.to_src();
-    for name in [
-        "cross_entropy_forward",
-        "cross_entropy_backward",
-        "swiglu_forward",
-        "swiglu_backward",
-        "rms_norm_forward",
-        "rms_norm_backward",
-    ] {
+    for name in k::KERNELS {
         for suffix in ["f32", "bf16"] {
             let entry = format!(".entry {name}_{suffix}(");
             assert!(text.contains(&entry), "{entry} missing from the PTX");
@@ -163,4 +156,92 @@ fn swiglu_matches_torch() {
         let err = rel(&db, &grads[1]);
         assert!(err < bound(kind), "{kind:?} db: relative error {err:e}");
     }
+}
+
+/// The two halves of the last dimension exchanged.
+fn swap_halves(x: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    Tensor::cat(&[x.narrow(3, half, half), x.narrow(3, 0, half)], 3)
+}
+
+#[test]
+fn rotary_matches_the_formula() {
+    let Some(dev) = cuda() else { return };
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let (b, t, h, d) = (2i64, 77, 3, 64);
+        // Queries as the attention makes them: [b, t, h, d] seen as [b, h, t, d] (not contiguous).
+        let x = Tensor::randn([b, t, h, d], (Kind::Float, dev))
+            .to_kind(kind)
+            .transpose(1, 2);
+        let g = Tensor::randn([b, h, t, d], (Kind::Float, dev)).to_kind(kind);
+        let angle = Tensor::rand([1, 1, t, d / 2], (Kind::Float, dev)) * 6.0;
+        let (cos, sin) = (angle.cos(), angle.sin());
+        let c = Tensor::cat(&[&cos, &cos], 3).to_kind(kind);
+        let s = Tensor::cat(&[-&sin, sin.shallow_clone()], 3).to_kind(kind);
+        let f = |t: &Tensor| t.to_kind(Kind::Float);
+
+        let want = f(&x) * f(&c) + swap_halves(&f(&x)) * f(&s);
+        let y = k::rotary(&x, &c, &s, false).expect("runs on CUDA");
+        let err = rel(&y, &want);
+        assert!(
+            err < bound(kind),
+            "{kind:?} forward: relative error {err:e}"
+        );
+
+        let want = f(&g) * f(&c) + swap_halves(&(f(&g) * f(&s)));
+        let dx = k::rotary(&g, &c, &s, true).expect("runs");
+        let err = rel(&dx, &want);
+        assert!(
+            err < bound(kind),
+            "{kind:?} backward: relative error {err:e}"
+        );
+        // The backward is the inverse rotation: it undoes the forward.
+        if kind == Kind::Float {
+            let back = k::rotary(&y, &c, &s, true).expect("runs");
+            assert!(rel(&back, &x) < 1e-5, "inverse rotation");
+        }
+    }
+}
+
+/// On the CPU the kernels decline, so the registered backward passes take their torch-operation
+/// fallbacks (the path a failed launch takes on a GPU): they must be the same closed forms.
+#[test]
+fn backward_fallbacks_match_torch_autograd() {
+    use burn::backend::libtorch::TchTensor;
+    use llama_experiments::libtorch_fused;
+    let cpu = (Kind::Float, Device::Cpu);
+
+    let (n, vocab) = (9i64, 50i64);
+    let logits = Tensor::randn([n, vocab], cpu) * 3.0;
+    let targets = Tensor::randint(vocab, [n], (Kind::Int64, Device::Cpu));
+    let lse = logits.logsumexp([1i64].as_slice(), false);
+    let g = Tensor::from_slice(&[0.3f32]);
+    let leaf = logits.detach().set_requires_grad(true);
+    let loss = leaf.cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, 0.0);
+    let want = Tensor::run_backward(&[loss * &g], &[&leaf], false, false).remove(0);
+    let saved = vec![
+        TchTensor::new(logits.shallow_clone()),
+        TchTensor::new(targets.shallow_clone()),
+        TchTensor::new(lse),
+    ];
+    let got = (libtorch_fused::loss().backward)(saved, TchTensor::new(g.shallow_clone()));
+    let err = rel(&got.tensor, &want);
+    assert!(err < 1e-5, "cross-entropy fallback: relative error {err:e}");
+
+    let (n, dim, eps) = (11i64, 24i64, 1e-5);
+    let x = Tensor::randn([n, dim], cpu) * 2.0;
+    let gamma = Tensor::randn([dim], cpu) + 1.0;
+    let dy = Tensor::randn([n, dim], cpu);
+    let xl = x.detach().set_requires_grad(true);
+    let gl = gamma.detach().set_requires_grad(true);
+    let r = ((&xl * &xl).mean_dim([1i64].as_slice(), true, Kind::Float) + eps).rsqrt();
+    let seed = (&xl * &r * &gl * &dy).sum(Kind::Float);
+    let want = Tensor::run_backward(&[seed], &[&xl, &gl], false, false);
+    let r = r.detach().reshape([n]);
+    let saved = vec![TchTensor::new(x), TchTensor::new(gamma), TchTensor::new(r)];
+    let (dx, dgamma) = (libtorch_fused::rms_norm().backward)(saved, TchTensor::new(dy));
+    let err = rel(&dx.tensor, &want[0]);
+    assert!(err < 1e-5, "RMSNorm fallback dx: relative error {err:e}");
+    let err = rel(&dgamma.tensor, &want[1]);
+    assert!(err < 1e-5, "RMSNorm fallback dγ: relative error {err:e}");
 }

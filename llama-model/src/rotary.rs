@@ -14,7 +14,8 @@
 //! where `swap` exchanges the two halves. The forward pass is bit for bit the tensor-op form's
 //! (each half is the same two products and one sum). Registered per backend like
 //! [`crate::rms_norm`]; unregistered, [`crate::position::RopeAngles::apply`] keeps the tensor-op
-//! form.
+//! form. A backend with a kernel for the rotation (one fused kernel each way on CUDA) hands it over
+//! with [`register_native`].
 
 use std::any::{Any, TypeId};
 
@@ -27,16 +28,45 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 
-use crate::dispatch::{Registry, float, prim};
+use crate::dispatch::{ErasedNative, Registry, float, prim};
 
-type Erased = fn(Box<dyn Any>) -> Box<dyn Any>;
+type Erased = fn(Box<dyn Any>, &ErasedNative) -> Box<dyn Any>;
 
-/// The operation, per registered `Autodiff<I>`.
-static REGISTRY: Registry<Erased> = Registry::new();
+/// The operation and the registering backend's `NativeRotary<I>`, if any.
+static REGISTRY: Registry<(Erased, ErasedNative)> = Registry::new();
+
+/// A backend's own kernel for the rotation, for [`register_native`].
+pub struct NativeRotary<I: Backend> {
+    /// `(x, C, S)` → `x ⊙ C + swap(x) ⊙ S`, or `None` for this module's tensor ops.
+    pub forward: NativeRotation<I>,
+    /// `(g, C, S)` → `g ⊙ C + swap(g ⊙ S)`, or `None` for this module's tensor ops.
+    pub backward: NativeRotation<I>,
+}
+
+/// See [`NativeRotary`].
+pub type NativeRotation<I> =
+    fn(FloatTensor<I>, FloatTensor<I>, FloatTensor<I>) -> Option<FloatTensor<I>>;
+
+// By hand: a derive would ask `I: Clone + Copy` of the backend type itself.
+impl<I: Backend> Clone for NativeRotary<I> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<I: Backend> Copy for NativeRotary<I> {}
 
 /// Makes `Autodiff<I>` (no checkpointing) rotate as one operation.
 pub fn register<I: Backend>() {
-    fn erased<I: Backend>(args: Box<dyn Any>) -> Box<dyn Any> {
+    register_all::<I>(ErasedNative::default());
+}
+
+/// [`register`], with the backend's own kernel for both passes wherever it takes the inputs.
+pub fn register_native<I: Backend>(native: NativeRotary<I>) {
+    register_all::<I>(ErasedNative::new(native));
+}
+
+fn register_all<I: Backend>(native: ErasedNative) {
+    fn erased<I: Backend>(args: Box<dyn Any>, native: &ErasedNative) -> Box<dyn Any> {
         let (x, c, s) = *args
             .downcast::<(
                 Tensor<Autodiff<I>, 4>,
@@ -44,9 +74,9 @@ pub fn register<I: Backend>() {
                 Tensor<Autodiff<I>, 4>,
             )>()
             .expect("registered under this type's TypeId");
-        Box::new(autodiff_rotate::<I>(x, c, s))
+        Box::new(autodiff_rotate::<I>(x, c, s, native.get()))
     }
-    REGISTRY.insert(TypeId::of::<Autodiff<I>>(), erased::<I>);
+    REGISTRY.insert(TypeId::of::<Autodiff<I>>(), (erased::<I>, native));
 }
 
 /// Whether `B` rotates as one operation.
@@ -69,7 +99,7 @@ pub fn full_tables<B: Backend>(
 /// head_dim]` from [`full_tables`] in `x`'s dtype; one operation where registered.
 pub fn rotate<B: Backend>(x: Tensor<B, 4>, c: Tensor<B, 4>, s: Tensor<B, 4>) -> Tensor<B, 4> {
     match REGISTRY.get(TypeId::of::<B>()) {
-        Some(f) => *f(Box::new((x, c, s)))
+        Some((f, native)) => *f(Box::new((x, c, s)), &native)
             .downcast::<Tensor<B, 4>>()
             .expect("the registered function returns the same backend's tensor"),
         None => x.clone() * c + swap_halves(x) * s,
@@ -89,14 +119,19 @@ fn swap_halves<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 struct RotaryBackward;
 
 impl<B: Backend> Backward<B, 1> for RotaryBackward {
-    /// The tables `C`, `S`.
-    type State = (FloatTensor<B>, FloatTensor<B>);
+    /// The tables `C`, `S`, and the backend's kernel for the inverse rotation, if any.
+    type State = (FloatTensor<B>, FloatTensor<B>, Option<NativeRotation<B>>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node] = ops.parents;
-        let g = float::<B, 4>(grads.consume::<B>(&ops.node));
+        let g = grads.consume::<B>(&ops.node);
         let Some(node) = node else { return };
-        let (c, s) = (float::<B, 4>(ops.state.0), float::<B, 4>(ops.state.1));
+        let (c, s, native) = ops.state;
+        if let Some(dx) = native.and_then(|f| f(g.clone(), c.clone(), s.clone())) {
+            grads.register::<B>(node.id, dx);
+            return;
+        }
+        let (g, c, s) = (float::<B, 4>(g), float::<B, 4>(c), float::<B, 4>(s));
         let dx = g.clone() * c + swap_halves(g * s);
         grads.register::<B>(node.id, prim(dx));
     }
@@ -106,18 +141,24 @@ fn autodiff_rotate<I: Backend>(
     x: Tensor<Autodiff<I>, 4>,
     c: Tensor<Autodiff<I>, 4>,
     s: Tensor<Autodiff<I>, 4>,
+    native: Option<NativeRotary<I>>,
 ) -> Tensor<Autodiff<I>, 4> {
     let x = x.into_primitive().tensor();
     // The tables are constants (built from buffers): their own graph, if any, is not followed.
-    let (c, s) = (c.inner(), s.inner());
-    let xi = float::<I, 4>(x.primitive.clone());
-    let y = prim(xi.clone() * c.clone() + swap_halves(xi) * s.clone());
+    let (c, s) = (prim(c.inner()), prim(s.inner()));
+    let y = native
+        .and_then(|n| (n.forward)(x.primitive.clone(), c.clone(), s.clone()))
+        .unwrap_or_else(|| {
+            let xi = float::<I, 4>(x.primitive.clone());
+            let (ct, st) = (float::<I, 4>(c.clone()), float::<I, 4>(s.clone()));
+            prim(xi.clone() * ct + swap_halves(xi) * st)
+        });
     let prep = RotaryBackward
         .prepare::<NoCheckpointing>([x.node.clone()])
         .compute_bound()
         .stateful();
     let out = match prep {
-        OpsKind::Tracked(prep) => prep.finish((prim(c), prim(s)), y),
+        OpsKind::Tracked(prep) => prep.finish((c, s, native.map(|n| n.backward)), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     float(out)
