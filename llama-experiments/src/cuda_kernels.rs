@@ -15,7 +15,7 @@
 //! reuse of freed blocks. Every function returns `None` when it cannot run (a CPU tensor, another
 //! dtype, no NVRTC, a too-wide row); the callers then use torch's kernels.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
@@ -64,6 +64,8 @@ pub fn compile() -> Result<Ptx, String> {
 struct Loaded {
     stream: Arc<CudaStream>,
     functions: HashMap<String, CudaFunction>,
+    /// Kernels whose argument list was checked against their signature.
+    checked: Mutex<HashSet<String>>,
 }
 
 /// Per CUDA ordinal: the loaded kernels, or `None` after a failure (reported once).
@@ -88,6 +90,7 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
     Ok(Loaded {
         stream: ctx.default_stream(),
         functions,
+        checked: Mutex::default(),
     })
 }
 
@@ -143,7 +146,25 @@ fn launch(
     block: usize,
     args: &[&dyn Arg],
 ) -> Option<()> {
-    let f = k.functions.get(&format!("{name}_{}", suffix(kind)?))?;
+    let full = format!("{name}_{}", suffix(kind)?);
+    let f = k.functions.get(&full)?;
+    // The driver reads one value per parameter of the kernel from the argument list: a list that
+    // does not match would make it read past it (a crash in the driver, not an error), so the
+    // first launch of each kernel checks the list against the kernel's signature.
+    let mut checked = k.checked.lock().unwrap_or_else(|e| e.into_inner());
+    if !checked.contains(&full) {
+        let want: Vec<usize> = args.iter().map(|a| a.size()).collect();
+        if let Some(have) = param_sizes(f)
+            && have != want
+        {
+            eprintln!(
+                "warning: fused CUDA kernel {full} takes parameters of {have:?} bytes, given {want:?}"
+            );
+            return None;
+        }
+        checked.insert(full.clone());
+    }
+    drop(checked);
     let mut b = k.stream.launch_builder(f);
     for a in args {
         a.push(&mut b);
@@ -168,25 +189,41 @@ fn launch(
 /// A kernel argument (`cudarc`'s builder borrows each; this keeps them in one slice).
 trait Arg {
     fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
+    fn size(&self) -> usize;
 }
-impl Arg for u64 {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-        b.arg(self);
-    }
+macro_rules! arg {
+    ($($t:ty),*) => {$(
+        impl Arg for $t {
+            fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+                b.arg(self);
+            }
+            fn size(&self) -> usize {
+                std::mem::size_of::<$t>()
+            }
+        }
+    )*};
 }
-impl Arg for i64 {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-        b.arg(self);
-    }
-}
-impl Arg for i32 {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-        b.arg(self);
-    }
-}
-impl Arg for f32 {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-        b.arg(self);
+arg!(u64, i64, i32, f32);
+
+/// The byte size of each of `f`'s parameters as the driver reads them (`cuFuncGetParamInfo`), or
+/// `None` where the driver cannot say (before CUDA 12.4).
+fn param_sizes(f: &CudaFunction) -> Option<Vec<usize>> {
+    use cudarc::driver::sys;
+    let mut version = 0;
+    // SAFETY: plain driver queries with out-pointers we own; `f` is a loaded function.
+    unsafe {
+        if sys::cuDriverGetVersion(&mut version) != sys::CUresult::CUDA_SUCCESS || version < 12040 {
+            return None;
+        }
+        let mut sizes = Vec::new();
+        loop {
+            let (mut offset, mut size) = (0usize, 0usize);
+            let r = sys::cuFuncGetParamInfo(f.cu_function(), sizes.len(), &mut offset, &mut size);
+            if r != sys::CUresult::CUDA_SUCCESS || sizes.len() > 64 {
+                return Some(sizes);
+            }
+            sizes.push(size);
+        }
     }
 }
 
@@ -224,6 +261,7 @@ pub fn cross_entropy_forward(logits: &Tensor, targets: &Tensor) -> Option<(Tenso
     let opts = (Kind::Float, logits.device());
     let lse = Tensor::empty([n], opts);
     let rows = Tensor::empty([n], opts);
+    let vec = vec4(&[&logits]) * i32::from(vocab % 4 == 0);
     let vocab = i32::try_from(vocab).ok()?;
     launch(
         &k,
@@ -237,6 +275,7 @@ pub fn cross_entropy_forward(logits: &Tensor, targets: &Tensor) -> Option<(Tenso
             &ptr(&lse),
             &ptr(&rows),
             &vocab,
+            &vec,
         ],
     )?;
     Some((rows.mean(Kind::Float).reshape([1]), lse))
