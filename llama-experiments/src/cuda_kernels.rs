@@ -134,7 +134,7 @@ fn ptr(t: &Tensor) -> u64 {
 /// 1 when every tensor's data is aligned for the kernels' four-element loads, else 0.
 fn vec4(ts: &[&Tensor]) -> i32 {
     ts.iter()
-        .all(|t| ptr(t) % (4 * t.kind().elt_size_in_bytes() as u64) == 0)
+        .all(|t| ptr(t).is_multiple_of(4 * t.kind().elt_size_in_bytes() as u64))
         .into()
 }
 

@@ -3,8 +3,9 @@
 //! da, db), each with a non-uniform upstream gradient.
 //!
 //! Needs `--features tch`. The source is compiled wherever NVRTC loads (a CUDA toolkit, or PyPI's
-//! `nvidia-cuda-nvrtc`, on `LD_LIBRARY_PATH`); the numerical checks run where torch sees a GPU and
-//! skip (saying so) elsewhere. On the CPU every kernel declines, so the callers fall back.
+//! `nvidia-cuda-nvrtc`, on `LD_LIBRARY_PATH`; `LLAMA_REQUIRE_NVRTC=1` makes its absence a failure,
+//! as in CI); the numerical checks run where torch sees a GPU and skip (saying so) elsewhere. On
+//! the CPU every kernel declines, so the callers fall back.
 #![cfg(feature = "tch")]
 
 use llama_experiments::cuda_kernels as k;
@@ -39,6 +40,10 @@ fn bound(kind: Kind) -> f64 {
 #[test]
 fn kernels_compile_with_nvrtc() {
     if !k::nvrtc_present() {
+        assert!(
+            std::env::var_os("LLAMA_REQUIRE_NVRTC").is_none(),
+            "LLAMA_REQUIRE_NVRTC is set but NVRTC is not on the library path"
+        );
         eprintln!("skipped: NVRTC is not on the library path");
         return;
     }
