@@ -247,16 +247,66 @@ __device__ void rotary(const T* x, const T* c, const T* s, T* y, long long n, in
     }
 }
 
+// AdamW on one flat f32 bucket (torch's update with decoupled decay, `train::optim`'s formula):
+//   g ← g·factor,  m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,
+//   p ← p·keep − lr_c1 · m / (√v · inv_root_c2 + ε)
+// with keep = 1 − lr·λ, lr_c1 = lr / (1 − β₁ᵗ), inv_root_c2 = 1 / √(1 − β₂ᵗ). `factor` (the
+// clipping's, on the device) may be null (1); `m`, `v` are null on the first step (zero). New
+// values go to p_out, m_out, v_out: one pass where torch's foreach AdamW makes about eight.
+__device__ __forceinline__ void adamw_one(float p, float g, float m, float v, float f, float b1,
+                                          float b2, float lr_c1, float inv_root_c2, float eps,
+                                          float keep, float& po, float& mo, float& vo) {
+    g *= f;
+    mo = b1 * m + (1.0f - b1) * g;
+    vo = b2 * v + (1.0f - b2) * (g * g);
+    po = p * keep - lr_c1 * (mo / (sqrtf(vo) * inv_root_c2 + eps));
+}
+
+extern "C" __global__ void adamw_f32(const float* p, const float* g, const float* m,
+                                     const float* v, float* p_out, float* m_out, float* v_out,
+                                     long long n, const float* factor, float b1, float b2,
+                                     float lr_c1, float inv_root_c2, float eps, float keep,
+                                     int vec) {
+    GRID_STRIDE
+    const float f = factor ? factor[0] : 1.0f;
+    for (long long q = first; q < n4; q += stride) {
+        const long long i = 4 * q;
+        const Four pp = load4(p, i), gg = load4(g, i);
+        Four mm, vv, po, mo, vo;
+        if (m) { mm = load4(m, i); vv = load4(v, i); }
+        else {
+#pragma unroll
+            for (int k = 0; k < 4; ++k) { mm.v[k] = 0.0f; vv.v[k] = 0.0f; }
+        }
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+            adamw_one(pp.v[k], gg.v[k], mm.v[k], vv.v[k], f, b1, b2, lr_c1, inv_root_c2, eps, keep,
+                      po.v[k], mo.v[k], vo.v[k]);
+        store4(p_out, i, po);
+        store4(m_out, i, mo);
+        store4(v_out, i, vo);
+    }
+    for (long long i = 4 * n4 + first; i < n; i += stride) {
+        float po, mo, vo;
+        adamw_one(p[i], g[i], m ? m[i] : 0.0f, v ? v[i] : 0.0f, f, b1, b2, lr_c1, inv_root_c2,
+                  eps, keep, po, mo, vo);
+        p_out[i] = po;
+        m_out[i] = mo;
+        v_out[i] = vo;
+    }
+}
+
 // Columns per thread that a row kernel keeps in registers: dim <= RMS_COLS * blockDim.x.
 #define RMS_COLS 8
 
 // RMSNorm forward, one block per row of `x [n, dim]`: r = 1 / sqrt(mean(x²) + eps) (kept for the
-// backward pass) and y = (x * r) * gamma, in f32 and rounded once to x's dtype.
-template <typename T>
-__device__ void rms_norm_forward(const T* x, const float* gamma, T* y, float* r, int dim,
+// backward pass) and y = (x * r) * gamma, in f32 and rounded once to y's dtype (x's, or the next
+// layer's compute dtype: the cast is then free).
+template <typename TX, typename TY>
+__device__ void rms_norm_forward(const TX* x, const float* gamma, TY* y, float* r, int dim,
                                  float eps) {
     const long long row = blockIdx.x;
-    const T* xr = x + row * dim;
+    const TX* xr = x + row * dim;
     float v[RMS_COLS];
     float ss = 0.0f;
 #pragma unroll
@@ -277,10 +327,10 @@ __device__ void rms_norm_forward(const T* x, const float* gamma, T* y, float* r,
 // RMSNorm backward over rows `blockIdx.x, blockIdx.x + gridDim.x, ...`:
 //   x̂ = x r,  t = dy γ,  dx = r (t - x̂ mean(t x̂)),
 // and this block's share of dγ = Σ_rows dy x̂, written to dgamma_partial[blockIdx.x, :] (the
-// caller sums the blocks' rows).
-template <typename T>
-__device__ void rms_norm_backward(const T* dy, const T* x, const float* gamma, const float* r,
-                                  T* dx, float* dgamma_partial, long long n, int dim) {
+// caller sums the blocks' rows). dy in y's dtype, dx in x's.
+template <typename TX, typename TY>
+__device__ void rms_norm_backward(const TY* dy, const TX* x, const float* gamma, const float* r,
+                                  TX* dx, float* dgamma_partial, long long n, int dim) {
     float acc[RMS_COLS];
 #pragma unroll
     for (int k = 0; k < RMS_COLS; ++k) acc[k] = 0.0f;
@@ -337,14 +387,20 @@ __device__ void rms_norm_backward(const T* dy, const T* x, const float* gamma, c
         long long xb, long long xh, long long xt, long long cb, long long ct, int backward) {     \
         rotary<T>(x, c, s, y, n, heads, time, dim, xb, xh, xt, cb, ct, backward);                 \
     }                                                                                             \
+    RMS_NORM(SUFFIX, T, T)
+
+// RMSNorm over x of type TX with its output (and the output's gradient) of type TY.
+#define RMS_NORM(SUFFIX, TX, TY)                                                                  \
     extern "C" __global__ void __launch_bounds__(1024) rms_norm_forward_##SUFFIX(                 \
-        const T* x, const float* gamma, T* y, float* r, int dim, float eps) {                     \
-        rms_norm_forward<T>(x, gamma, y, r, dim, eps);                                            \
+        const TX* x, const float* gamma, TY* y, float* r, int dim, float eps) {                   \
+        rms_norm_forward<TX, TY>(x, gamma, y, r, dim, eps);                                       \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(1024) rms_norm_backward_##SUFFIX(                \
-        const T* dy, const T* x, const float* gamma, const float* r, T* dx,                       \
+        const TY* dy, const TX* x, const float* gamma, const float* r, TX* dx,                    \
         float* dgamma_partial, long long n, int dim) {                                            \
-        rms_norm_backward<T>(dy, x, gamma, r, dx, dgamma_partial, n, dim);                        \
+        rms_norm_backward<TX, TY>(dy, x, gamma, r, dx, dgamma_partial, n, dim);                   \
     }
 
 FOR_DTYPES(INSTANTIATE)
+// The residual stream in f32 normalised into a bf16 layer input.
+RMS_NORM(f32_bf16, float, bf16_t)

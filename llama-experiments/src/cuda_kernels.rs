@@ -24,7 +24,7 @@ use tch::{Device, Kind, Tensor};
 
 const SOURCE: &str = include_str!("cuda_kernels.cu");
 
-/// Kernel names without their dtype suffix (`_f32`, `_bf16`).
+/// Kernel names without their dtype suffix (`_f32`, `_bf16`), in both dtypes.
 pub const KERNELS: [&str; 7] = [
     "cross_entropy_forward",
     "cross_entropy_backward",
@@ -34,6 +34,12 @@ pub const KERNELS: [&str; 7] = [
     "rms_norm_forward",
     "rms_norm_backward",
 ];
+
+/// Kernels with an f32 form only.
+pub const F32_KERNELS: [&str; 1] = ["adamw"];
+
+/// RMSNorm's f32 input with a bf16 output (`_f32_bf16`).
+pub const MIXED_KERNELS: [&str; 2] = ["rms_norm_forward", "rms_norm_backward"];
 
 /// Columns per thread the row kernels keep in registers (`RMS_COLS` in the source; with 1,024
 /// threads a block then fits the 64 K registers of an SM).
@@ -78,14 +84,16 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
         .load_module(ptx)
         .map_err(|e| format!("loading the kernels: {e}"))?;
     let mut functions = HashMap::new();
-    for name in KERNELS {
-        for suffix in ["f32", "bf16"] {
-            let full = format!("{name}_{suffix}");
-            let f = module
-                .load_function(&full)
-                .map_err(|e| format!("kernel {full}: {e}"))?;
-            functions.insert(full, f);
-        }
+    let names = KERNELS
+        .iter()
+        .flat_map(|name| [format!("{name}_f32"), format!("{name}_bf16")])
+        .chain(F32_KERNELS.iter().map(|name| format!("{name}_f32")))
+        .chain(MIXED_KERNELS.iter().map(|name| format!("{name}_f32_bf16")));
+    for full in names {
+        let f = module
+            .load_function(&full)
+            .map_err(|e| format!("kernel {full}: {e}"))?;
+        functions.insert(full, f);
     }
     Ok(Loaded {
         stream: ctx.default_stream(),
@@ -138,15 +146,13 @@ fn vec4(ts: &[&Tensor]) -> i32 {
         .into()
 }
 
-fn launch(
-    k: &Loaded,
-    name: &str,
-    kind: Kind,
-    grid: usize,
-    block: usize,
-    args: &[&dyn Arg],
-) -> Option<()> {
-    let full = format!("{name}_{}", suffix(kind)?);
+/// `name` with the suffix of the dtype it runs in.
+fn named(name: &str, kind: Kind) -> Option<String> {
+    Some(format!("{name}_{}", suffix(kind)?))
+}
+
+fn launch(k: &Loaded, full: String, grid: usize, block: usize, args: &[&dyn Arg]) -> Option<()> {
+    let name = &full;
     let f = k.functions.get(&full)?;
     // The driver reads one value per parameter of the kernel from the argument list: a list that
     // does not match would make it read past it (a crash in the driver, not an error), so the
@@ -265,8 +271,7 @@ pub fn cross_entropy_forward(logits: &Tensor, targets: &Tensor) -> Option<(Tenso
     let vocab = i32::try_from(vocab).ok()?;
     launch(
         &k,
-        "cross_entropy_forward",
-        logits.kind(),
+        named("cross_entropy_forward", logits.kind())?,
         n as usize,
         512,
         &[
@@ -305,8 +310,7 @@ pub fn cross_entropy_backward(
     let vocab = i32::try_from(vocab).ok()?;
     launch(
         &k,
-        "cross_entropy_backward",
-        logits.kind(),
+        named("cross_entropy_backward", logits.kind())?,
         n as usize,
         512,
         &[
@@ -335,8 +339,7 @@ pub fn swiglu_forward(a: &Tensor, b: &Tensor) -> Option<Tensor> {
     let vec = vec4(&[&a, &b, &out]);
     launch(
         &k,
-        "swiglu_forward",
-        a.kind(),
+        named("swiglu_forward", a.kind())?,
         element_grid(n as usize / 4),
         ELEMENT_BLOCK,
         &[&ptr(&a), &ptr(&b), &ptr(&out), &n, &vec],
@@ -357,8 +360,7 @@ pub fn swiglu_backward(a: &Tensor, b: &Tensor, g: &Tensor) -> Option<(Tensor, Te
     let vec = vec4(&[&a, &b, &g, &da, &db]);
     launch(
         &k,
-        "swiglu_backward",
-        a.kind(),
+        named("swiglu_backward", a.kind())?,
         element_grid(n as usize / 4),
         ELEMENT_BLOCK,
         &[&ptr(&a), &ptr(&b), &ptr(&g), &ptr(&da), &ptr(&db), &n, &vec],
@@ -408,8 +410,7 @@ pub fn rotary(x: &Tensor, c: &Tensor, s: &Tensor, backward: bool) -> Option<Tens
     );
     launch(
         &k,
-        "rotary",
-        x.kind(),
+        named("rotary", x.kind())?,
         element_grid(n as usize),
         ELEMENT_BLOCK,
         &[
@@ -432,10 +433,26 @@ pub fn rotary(x: &Tensor, c: &Tensor, s: &Tensor, backward: bool) -> Option<Tens
     Some(y)
 }
 
-/// RMSNorm of `x [n, dim]` with `gamma [dim]`: `y` (x's kind) and each row's `r = 1/√(mean(x²)+ε)`
-/// (`[n]`, f32) for [`rms_norm_backward`].
-pub fn rms_norm_forward(x: &Tensor, gamma: &Tensor, eps: f64) -> Option<(Tensor, Tensor)> {
+/// The RMSNorm kernels' name for an input of kind `x` and an output of kind `y`: the same kind,
+/// or an f32 residual stream into a bf16 layer input.
+fn rms_named(name: &str, x: Kind, y: Kind) -> Option<String> {
+    match (x, y) {
+        (Kind::Float, Kind::BFloat16) => Some(format!("{name}_f32_bf16")),
+        _ if x == y => named(name, x),
+        _ => None,
+    }
+}
+
+/// RMSNorm of `x [n, dim]` with `gamma [dim]`: `y` (of kind `out`: x's, or bf16 from f32) and each
+/// row's `r = 1/√(mean(x²)+ε)` (`[n]`, f32) for [`rms_norm_backward`].
+pub fn rms_norm_forward(
+    x: &Tensor,
+    gamma: &Tensor,
+    eps: f64,
+    out: Kind,
+) -> Option<(Tensor, Tensor)> {
     let (x, k) = ready(x)?;
+    let name = rms_named("rms_norm_forward", x.kind(), out)?;
     let [n, dim] = x.size()[..] else {
         return None;
     };
@@ -444,13 +461,12 @@ pub fn rms_norm_forward(x: &Tensor, gamma: &Tensor, eps: f64) -> Option<(Tensor,
         return None;
     }
     let gamma = gamma.to_kind(Kind::Float).contiguous();
-    let y = x.empty_like();
+    let y = Tensor::empty([n, dim], (out, x.device()));
     let r = Tensor::empty([n], (Kind::Float, x.device()));
     let (dim, eps) = (dim as i32, eps as f32);
     launch(
         &k,
-        "rms_norm_forward",
-        x.kind(),
+        name,
         n as usize,
         block,
         &[&ptr(&x), &ptr(&gamma), &ptr(&y), &ptr(&r), &dim, &eps],
@@ -462,8 +478,8 @@ pub fn rms_norm_forward(x: &Tensor, gamma: &Tensor, eps: f64) -> Option<(Tensor,
 /// `dγ` rows is cheap.
 const ROW_GRID: usize = 1024;
 
-/// `(dx, dγ)` of RMSNorm for the output's gradient `dy`, from what [`rms_norm_forward`] kept:
-/// `dx` in x's kind, `dγ` in f32.
+/// `(dx, dγ)` of RMSNorm for the output's gradient `dy` (of the output's kind), from what
+/// [`rms_norm_forward`] kept: `dx` in x's kind, `dγ` in f32.
 pub fn rms_norm_backward(
     dy: &Tensor,
     x: &Tensor,
@@ -478,7 +494,11 @@ pub fn rms_norm_backward(
     if dy.size() != x.size() || gamma.size() != [dim] || r.size() != [n] || n == 0 {
         return None;
     }
-    let dy = dy.to_kind(x.kind()).contiguous();
+    let dy = match rms_named("rms_norm_backward", x.kind(), dy.kind()) {
+        Some(_) => dy.contiguous(),
+        None => dy.to_kind(x.kind()).contiguous(),
+    };
+    let name = rms_named("rms_norm_backward", x.kind(), dy.kind())?;
     let gamma = gamma.to_kind(Kind::Float).contiguous();
     let r = r.to_kind(Kind::Float).contiguous();
     let grid = (n as usize).min(ROW_GRID);
@@ -487,8 +507,7 @@ pub fn rms_norm_backward(
     let dim32 = dim as i32;
     launch(
         &k,
-        "rms_norm_backward",
-        x.kind(),
+        name,
         grid,
         block,
         &[
@@ -518,4 +537,78 @@ mod tests {
         assert_eq!(row_block(0), None);
         assert_eq!(row_block(5), Some(32));
     }
+}
+
+/// AdamW's scalars for [`adamw`], in `train::optim::AdamwStep`'s terms.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamwScalars {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub lr: f64,
+    /// `lr · weight_decay`, or 0.
+    pub decay: f64,
+    /// Bias corrections `1 − β₁ᵗ`, `1 − β₂ᵗ`.
+    pub c1: f64,
+    pub c2: f64,
+}
+
+/// One AdamW update of a flat f32 bucket in one kernel: new `(p, m, v)`. `moments` is `None` on
+/// the first step; `factor` (`[1]`, f32, on the device) scales the gradient first.
+pub fn adamw(
+    p: &Tensor,
+    g: &Tensor,
+    moments: Option<(&Tensor, &Tensor)>,
+    factor: Option<&Tensor>,
+    s: AdamwScalars,
+) -> Option<(Tensor, Tensor, Tensor)> {
+    if p.kind() != Kind::Float || g.kind() != Kind::Float || p.size() != g.size() {
+        return None;
+    }
+    let (p, k) = ready(p)?;
+    let g = g.contiguous();
+    let moments = match moments {
+        Some((m, v)) => {
+            if m.size() != p.size() || v.size() != p.size() || m.kind() != Kind::Float {
+                return None;
+            }
+            Some((m.contiguous(), v.to_kind(Kind::Float).contiguous()))
+        }
+        None => None,
+    };
+    let factor = factor.map(|f| f.to_kind(Kind::Float).to_device(p.device()).contiguous());
+    let (po, mo, vo) = (p.empty_like(), p.empty_like(), p.empty_like());
+    let n = p.numel() as i64;
+    let (mp, vp) = moments.as_ref().map_or((0, 0), |(m, v)| (ptr(m), ptr(v)));
+    let mut aligned = vec![&p, &g, &po, &mo, &vo];
+    if let Some((m, v)) = &moments {
+        aligned.extend([m, v]);
+    }
+    let vec = vec4(&aligned);
+    let f = |x: f64| x as f32;
+    launch(
+        &k,
+        named("adamw", Kind::Float)?,
+        element_grid(n as usize / 4),
+        ELEMENT_BLOCK,
+        &[
+            &ptr(&p),
+            &ptr(&g),
+            &mp,
+            &vp,
+            &ptr(&po),
+            &ptr(&mo),
+            &ptr(&vo),
+            &n,
+            &factor.as_ref().map_or(0, ptr),
+            &f(s.beta1),
+            &f(s.beta2),
+            &f(s.lr / s.c1),
+            &f(1.0 / s.c2.sqrt()),
+            &f(s.eps),
+            &f(1.0 - s.decay),
+            &vec,
+        ],
+    )?;
+    Some((po, mo, vo))
 }

@@ -15,7 +15,8 @@
 //!
 //! (the last line is torch's `lr·m̂/(√v̂ + ε)` with both sides multiplied by `√c₂`). Every in-place
 //! kernel writes a tensor made in this function or the freshly concatenated bucket the caller
-//! hands over, never a tensor Burn-tch shares.
+//! hands over, never a tensor Burn-tch shares. On CUDA the whole update, clipping factor included,
+//! is one fused kernel instead (`cuda_kernels::adamw`, where NVRTC loads).
 
 use std::any::Any;
 
@@ -35,29 +36,57 @@ fn wrap(t: tch::Tensor) -> T {
     Tensor::from_primitive(TensorPrimitive::Float(TchTensor::new(t)))
 }
 
-/// The update of `step` when its tensors are libtorch's, else `step` back unchanged.
+/// The update of `step` when its tensors are libtorch's, else `step` back unchanged. `fused`: by
+/// the fused kernel where it runs (CUDA).
 pub fn try_update<I: burn::tensor::backend::Backend>(
     step: AdamwStep<I>,
+    fused: bool,
 ) -> Result<AdamwOutput<I>, AdamwStep<I>> {
     let boxed: Box<dyn Any> = Box::new(step);
     let step = match boxed.downcast::<AdamwStep<LibTorch>>() {
         Ok(step) => *step,
         Err(boxed) => return Err(*boxed.downcast::<AdamwStep<I>>().expect("its own type")),
     };
-    let out: Box<dyn Any> = Box::new(update(step));
+    let out: Box<dyn Any> = Box::new(update(step, fused));
     Ok(*out
         .downcast::<AdamwOutput<I>>()
         .expect("I is LibTorch here"))
 }
 
-fn update(s: AdamwStep<LibTorch>) -> AdamwOutput<LibTorch> {
-    let g = raw(s.grad).tensor;
+fn update(s: AdamwStep<LibTorch>, fused: bool) -> AdamwOutput<LibTorch> {
+    let scalars = crate::cuda_kernels::AdamwScalars {
+        beta1: s.beta1,
+        beta2: s.beta2,
+        eps: s.eps,
+        lr: s.lr,
+        decay: s.decay,
+        c1: s.c1,
+        c2: s.c2,
+    };
+    let factor = s.grad_factor.map(|f| raw(f).tensor);
+    let (p, g) = (raw(s.param).tensor, raw(s.grad).tensor);
+    let moments = s.moments.map(|(m, v)| (raw(m).tensor, raw(v).tensor));
+    let by_kernel = fused
+        .then(|| {
+            crate::cuda_kernels::adamw(
+                &p,
+                &g,
+                moments.as_ref().map(|(m, v)| (m, v)),
+                factor.as_ref(),
+                scalars,
+            )
+        })
+        .flatten();
+    if let Some((p, m, v)) = by_kernel {
+        return (wrap(p), wrap(m), wrap(v));
+    }
+    let g = match &factor {
+        Some(f) => g * f,
+        None => g,
+    };
     let gg = &g * &g;
-    let (m, v) = match s.moments {
-        Some((m, v)) => (
-            raw(m).tensor.lerp(&g, 1.0 - s.beta1),
-            raw(v).tensor.lerp(&gg, 1.0 - s.beta2),
-        ),
+    let (m, v) = match moments {
+        Some((m, v)) => (m.lerp(&g, 1.0 - s.beta1), v.lerp(&gg, 1.0 - s.beta2)),
         None => (&g * (1.0 - s.beta1), gg * (1.0 - s.beta2)),
     };
     let root_c2 = s.c2.sqrt();
@@ -65,7 +94,7 @@ fn update(s: AdamwStep<LibTorch>) -> AdamwOutput<LibTorch> {
     let mut denom = v.sqrt();
     let _ = denom.g_add_scalar_(s.eps * root_c2);
     let _ = denom.g_div_scalar_(-(s.lr * root_c2 / s.c1));
-    let mut p = raw(s.param).tensor;
+    let mut p = p;
     if s.decay != 0.0 {
         let _ = p.g_mul_scalar_(1.0 - s.decay);
     }

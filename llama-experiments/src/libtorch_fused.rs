@@ -9,6 +9,7 @@
 
 use burn::backend::LibTorch;
 use burn::backend::libtorch::TchTensor;
+use burn::tensor::DType;
 use llama_model::loss::NativeLoss;
 use llama_model::rms_norm::NativeRmsNorm;
 use llama_model::rotary::NativeRotary;
@@ -90,8 +91,14 @@ fn rms_norm_forward(
     x: TchTensor,
     gamma: TchTensor,
     eps: f64,
+    out: DType,
 ) -> Option<(TchTensor, Vec<TchTensor>)> {
-    let (y, r) = k::rms_norm_forward(&x.tensor, &gamma.tensor, eps)?;
+    let out = match out {
+        DType::F32 => Kind::Float,
+        DType::BF16 => Kind::BFloat16,
+        _ => return None,
+    };
+    let (y, r) = k::rms_norm_forward(&x.tensor, &gamma.tensor, eps, out)?;
     Some((TchTensor::new(y), vec![x, gamma, TchTensor::new(r)]))
 }
 

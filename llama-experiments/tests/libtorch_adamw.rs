@@ -23,11 +23,17 @@ fn the_optimiser_with_torchs_kernels_is_torchs_adamw() {
 fn torchs_kernels_match_the_tensor_op_update() {
     let device = LibTorchDevice::Cpu;
     let r = |std| Tensor::<LibTorch, 1>::random([1000], Distribution::Normal(0.0, std), &device);
-    for (t, decay, moments) in [(1, 0.01, false), (7, 0.0, true), (7, 0.01, true)] {
+    let factor = Tensor::<LibTorch, 1>::from_floats([0.37], &device);
+    for (t, decay, moments, scaled) in [
+        (1, 0.01, false, false),
+        (7, 0.0, true, true),
+        (7, 0.01, true, false),
+    ] {
         let (m, v) = (r(0.01), r(1e-4).abs());
         let step = || AdamwStep {
             param: r(1.0),
             grad: r(0.1),
+            grad_factor: scaled.then(|| factor.clone()),
             moments: moments.then(|| (m.clone(), v.clone())),
             beta1: 0.9,
             beta2: 0.95,
@@ -41,11 +47,13 @@ fn torchs_kernels_match_the_tensor_op_update() {
         let b = AdamwStep {
             param: a.param.clone() * 1.0,
             grad: a.grad.clone(),
+            grad_factor: a.grad_factor.clone(),
             moments: a.moments.clone(),
             ..step()
         };
         let want = b.decomposed();
-        let got = try_update(a).unwrap_or_else(|_| panic!("libtorch tensors take torch's kernels"));
+        let got = try_update(a, false)
+            .unwrap_or_else(|_| panic!("libtorch tensors take torch's kernels"));
         for (name, g, w) in [
             ("param", &got.0, &want.0),
             ("m", &got.1, &want.1),

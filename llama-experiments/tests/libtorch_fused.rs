@@ -49,11 +49,14 @@ fn kernels_compile_with_nvrtc() {
     }
     let ptx = k::compile().expect("the kernel source compiles");
     let text = ptx.to_src();
-    for name in k::KERNELS {
-        for suffix in ["f32", "bf16"] {
-            let entry = format!(".entry {name}_{suffix}(");
-            assert!(text.contains(&entry), "{entry} missing from the PTX");
-        }
+    let names = k::KERNELS
+        .iter()
+        .flat_map(|n| [format!("{n}_f32"), format!("{n}_bf16")])
+        .chain(k::F32_KERNELS.iter().map(|n| format!("{n}_f32")))
+        .chain(k::MIXED_KERNELS.iter().map(|n| format!("{n}_f32_bf16")));
+    for name in names {
+        let entry = format!(".entry {name}(");
+        assert!(text.contains(&entry), "{entry} missing from the PTX");
     }
 }
 
@@ -63,9 +66,8 @@ fn cpu_tensors_are_declined() {
     let t = Tensor::zeros([4], (Kind::Int64, Device::Cpu));
     assert!(k::cross_entropy_forward(&x, &t).is_none());
     assert!(k::swiglu_forward(&x, &x).is_none());
-    assert!(
-        k::rms_norm_forward(&x, &Tensor::ones([8], (Kind::Float, Device::Cpu)), 1e-6).is_none()
-    );
+    let ones = Tensor::ones([8], (Kind::Float, Device::Cpu));
+    assert!(k::rms_norm_forward(&x, &ones, 1e-6, Kind::Float).is_none());
 }
 
 #[test]
@@ -117,23 +119,41 @@ fn rms_norm_matches_torch() {
             let seed = (&want * dy.to_kind(Kind::Float)).sum(Kind::Float);
             let grads = Tensor::run_backward(&[seed], &[&xl, &gl], false, false);
 
-            let (y, rr) = k::rms_norm_forward(&x, &gamma, eps).expect("runs on CUDA");
-            assert_eq!(y.kind(), kind);
-            let err = rel(&y, &want);
-            assert!(
-                err < bound(kind),
-                "{kind:?} d={dim} y: relative error {err:e}"
-            );
-            let (dx, dgamma) = k::rms_norm_backward(&dy, &x, &gamma, &rr).expect("runs");
-            assert_eq!(dx.kind(), kind);
-            let err = rel(&dx, &grads[0]);
-            assert!(
-                err < bound(kind),
-                "{kind:?} d={dim} dx: relative error {err:e}"
-            );
-            // dγ sums 1,500 rows in f32 in a different order than torch.
-            let err = rel(&dgamma, &grads[1]);
-            assert!(err < 1e-4, "{kind:?} d={dim} dγ: relative error {err:e}");
+            // The output in x's kind, and (from f32) in bf16 with a bf16 gradient.
+            let outs = match kind {
+                Kind::Float => vec![Kind::Float, Kind::BFloat16],
+                _ => vec![kind],
+            };
+            for out in outs {
+                let (y, rr) = k::rms_norm_forward(&x, &gamma, eps, out).expect("runs on CUDA");
+                assert_eq!(y.kind(), out);
+                let err = rel(&y, &want);
+                assert!(
+                    err < bound(out),
+                    "{kind:?}→{out:?} d={dim} y: relative error {err:e}"
+                );
+                let dy = dy.to_kind(out);
+                let grads = match out == kind {
+                    true => grads.iter().map(|g| g.shallow_clone()).collect::<Vec<_>>(),
+                    false => {
+                        let seed = (&want * dy.to_kind(Kind::Float)).sum(Kind::Float);
+                        Tensor::run_backward(&[seed], &[&xl, &gl], false, false)
+                    }
+                };
+                let (dx, dgamma) = k::rms_norm_backward(&dy, &x, &gamma, &rr).expect("runs");
+                assert_eq!(dx.kind(), kind);
+                let err = rel(&dx, &grads[0]);
+                assert!(
+                    err < bound(out),
+                    "{kind:?}→{out:?} d={dim} dx: relative error {err:e}"
+                );
+                // dγ sums 1,500 rows in f32 in a different order than torch.
+                let err = rel(&dgamma, &grads[1]);
+                assert!(
+                    err < 1e-4,
+                    "{kind:?}→{out:?} d={dim} dγ: relative error {err:e}"
+                );
+            }
         }
     }
 }
@@ -249,4 +269,66 @@ fn backward_fallbacks_match_torch_autograd() {
     assert!(err < 1e-5, "RMSNorm fallback dx: relative error {err:e}");
     let err = rel(&dgamma.tensor, &want[1]);
     assert!(err < 1e-5, "RMSNorm fallback dγ: relative error {err:e}");
+}
+
+/// The fused AdamW kernel (reached through `libtorch_adamw` on CUDA) against the tensor-op update,
+/// first step and later, with and without decay and a clipping factor; sizes that leave a tail
+/// after the four-element loads.
+#[test]
+fn adamw_matches_the_tensor_op_update() {
+    use burn::backend::libtorch::{LibTorch, LibTorchDevice};
+    use burn::tensor::{Distribution, Tensor as BurnTensor};
+    use llama_experiments::libtorch_adamw::try_update;
+    use llama_experiments::train::optim::AdamwStep;
+    if cuda().is_none() {
+        return;
+    }
+    let device = LibTorchDevice::Cuda(0);
+    let r =
+        |n, std| BurnTensor::<LibTorch, 1>::random([n], Distribution::Normal(0.0, std), &device);
+    let factor = BurnTensor::<LibTorch, 1>::from_floats([0.37], &device);
+    for (n, t, decay, moments, scaled) in [
+        (1001, 1, 0.01, false, true),
+        (4096, 7, 0.0, true, false),
+        (999, 7, 0.01, true, true),
+    ] {
+        let (m, v) = (r(n, 0.01), r(n, 1e-4).abs());
+        let a = AdamwStep {
+            param: r(n, 1.0),
+            grad: r(n, 0.1),
+            grad_factor: scaled.then(|| factor.clone()),
+            moments: moments.then(|| (m.clone(), v.clone())),
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            lr: 3e-4,
+            decay,
+            c1: 1.0 - 0.9f64.powi(t),
+            c2: 1.0 - 0.95f64.powi(t),
+        };
+        let b = AdamwStep {
+            param: a.param.clone() * 1.0,
+            grad: a.grad.clone(),
+            grad_factor: a.grad_factor.clone(),
+            moments: a.moments.clone(),
+            ..a
+        };
+        let want = b.decomposed();
+        let got = try_update(a, true).unwrap_or_else(|_| panic!("libtorch tensors are taken"));
+        for (name, g, w) in [
+            ("param", &got.0, &want.0),
+            ("m", &got.1, &want.1),
+            ("v", &got.2, &want.2),
+        ] {
+            let (g, w) = (
+                g.clone().into_primitive().tensor().tensor,
+                w.clone().into_primitive().tensor().tensor,
+            );
+            let err = rel(&g, &w);
+            assert!(
+                err <= 1e-6,
+                "n {n} step {t} decay {decay}: {name} relative error {err:e}"
+            );
+        }
+    }
 }

@@ -63,8 +63,10 @@ impl<B: Backend> Block<B> {
         let ffn = |f| self.feed_forward.forward(f, precision).cast(dtype);
         match self.placement {
             NormPlacement::Pre => {
-                let h = x.clone() + attn(self.attention_norm.forward(x));
-                h.clone() + ffn(self.ffn_norm.forward(h))
+                // The norms' outputs only feed the sublayers: produced in their compute dtype.
+                let to = precision.compute_dtype().unwrap_or(dtype);
+                let h = x.clone() + attn(self.attention_norm.forward_to(x, to));
+                h.clone() + ffn(self.ffn_norm.forward_to(h, to))
             }
             NormPlacement::Post => {
                 let h = self.attention_norm.forward(x.clone() + attn(x));

@@ -2,11 +2,11 @@
 
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
 
 use crate::knobs::NormKind;
-use crate::rms_norm::rms_norm;
+use crate::rms_norm::rms_norm_to;
 
 /// RMSNorm (gain only) or LayerNorm (gain and bias), chosen by [`NormKind`].
 #[derive(Module, Debug)]
@@ -26,10 +26,23 @@ impl<B: Backend> Norm<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        self.forward_to(x, dtype)
+    }
+
+    /// The norm with its result in `out`: the dtype the next layer computes in, so that a fused
+    /// RMSNorm kernel writes it directly (otherwise the same as `forward` and a cast).
+    pub fn forward_to<const D: usize>(&self, x: Tensor<B, D>, out: DType) -> Tensor<B, D> {
         match self {
             // burn-nn's formula; one autodiff operation where registered (`rms_norm`).
-            Self::Rms(n) => rms_norm(x, n.gamma.val(), n.epsilon),
-            Self::Layer(n) => n.forward(x),
+            Self::Rms(n) => rms_norm_to(x, n.gamma.val(), n.epsilon, out),
+            Self::Layer(n) => {
+                let y = n.forward(x);
+                match y.dtype() == out {
+                    true => y,
+                    false => y.cast(out),
+                }
+            }
         }
     }
 }

@@ -36,7 +36,7 @@ static REGISTRY: Registry<(Erased, ErasedNative)> = Registry::new();
 
 /// A backend's own kernels for both passes, for [`register_native`].
 pub struct NativeRmsNorm<I: Backend> {
-    /// `(x [n, d], γ [d], ε)` → `y` (x's dtype) and what the backward pass needs, or `None` to use
+    /// `(x [n, d], γ [d], ε, y's dtype)` → `y` and what the backward pass needs, or `None` to use
     /// this module's tensor ops for these inputs.
     pub forward: NativeRmsNormForward<I>,
     /// What `forward` saved and `dy` → `(dx, dγ)`.
@@ -45,9 +45,9 @@ pub struct NativeRmsNorm<I: Backend> {
 
 /// See [`NativeRmsNorm::forward`].
 pub type NativeRmsNormForward<I> =
-    fn(FloatTensor<I>, FloatTensor<I>, f64) -> Option<(FloatTensor<I>, Vec<FloatTensor<I>>)>;
+    fn(FloatTensor<I>, FloatTensor<I>, f64, DType) -> Option<(FloatTensor<I>, Vec<FloatTensor<I>>)>;
 
-/// See [`NativeRmsNorm::backward`].
+/// See [`NativeRmsNorm::backward`]; `dx` in x's dtype, `dγ` in γ's or f32.
 pub type NativeRmsNormBackward<I> =
     fn(Vec<FloatTensor<I>>, FloatTensor<I>) -> (FloatTensor<I>, FloatTensor<I>);
 
@@ -72,10 +72,10 @@ pub fn register_native<I: Backend>(native: NativeRmsNorm<I>) {
 
 fn register_all<I: Backend>(native: ErasedNative) {
     fn erased<I: Backend>(args: Box<dyn Any>, native: &ErasedNative) -> Box<dyn Any> {
-        let (x, gamma, eps) = *args
-            .downcast::<(Tensor<Autodiff<I>, 2>, Tensor<Autodiff<I>, 1>, f64)>()
+        let (x, gamma, eps, out) = *args
+            .downcast::<(Tensor<Autodiff<I>, 2>, Tensor<Autodiff<I>, 1>, f64, DType)>()
             .expect("registered under this type's TypeId");
-        Box::new(autodiff_rms_norm::<I>(x, gamma, eps, native.get()))
+        Box::new(autodiff_rms_norm::<I>(x, gamma, eps, out, native.get()))
     }
     REGISTRY.insert(TypeId::of::<Autodiff<I>>(), (erased::<I>, native));
 }
@@ -92,14 +92,30 @@ pub fn rms_norm<B: Backend, const D: usize>(
     gamma: Tensor<B, 1>,
     eps: f64,
 ) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    rms_norm_to(x, gamma, eps, dtype)
+}
+
+/// [`rms_norm`] with the result in `out` (the next layer's compute dtype: one kernel can then
+/// normalise and cast, and the backward pass takes the gradient in that dtype).
+pub fn rms_norm_to<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    eps: f64,
+    out: DType,
+) -> Tensor<B, D> {
     // Unregistered, no reshapes: each is one more dispatched operation per norm and decoded token.
     let Some((f, native)) = REGISTRY.get(TypeId::of::<B>()) else {
-        return decomposed(x, gamma, eps);
+        let y = decomposed(x, gamma, eps);
+        return match y.dtype() == out {
+            true => y,
+            false => y.cast(out),
+        };
     };
     let dims = x.dims();
     let d = dims[D - 1];
     let x = x.reshape([dims[..D - 1].iter().product::<usize>(), d]);
-    let y = *f(Box::new((x, gamma, eps)), &native)
+    let y = *f(Box::new((x, gamma, eps, out)), &native)
         .downcast::<Tensor<B, 2>>()
         .expect("the registered function returns the same backend's tensor");
     y.reshape(dims)
@@ -168,6 +184,7 @@ fn autodiff_rms_norm<I: Backend>(
     x: Tensor<Autodiff<I>, 2>,
     gamma: Tensor<Autodiff<I>, 1>,
     eps: f64,
+    out: DType,
     native: Option<NativeRmsNorm<I>>,
 ) -> Tensor<Autodiff<I>, 2> {
     let x = x.into_primitive().tensor();
@@ -180,7 +197,7 @@ fn autodiff_rms_norm<I: Backend>(
         let xf = x_in.cast(DType::F32);
         let r = (xf.clone().square().mean_dim(1) + eps).sqrt().recip();
         let xhat = xf * r.clone();
-        let y = (xhat.clone() * gamma_in.clone().cast(DType::F32).unsqueeze()).cast(x_dtype);
+        let y = (xhat.clone() * gamma_in.clone().cast(DType::F32).unsqueeze()).cast(out);
         let saved = Saved::ClosedForm(prim(xhat), prim(r), prim(gamma_in), x_dtype);
         (prim(y), saved)
     };
@@ -191,7 +208,7 @@ fn autodiff_rms_norm<I: Backend>(
     let out = match prep {
         OpsKind::Tracked(prep) => {
             let by_native = native.and_then(|n| {
-                (n.forward)(x.primitive.clone(), gamma.primitive.clone(), eps)
+                (n.forward)(x.primitive.clone(), gamma.primitive.clone(), eps, out)
                     .map(|(y, saved)| (y, Saved::Native(saved, n.backward)))
             });
             let (y, state) = by_native.unwrap_or_else(closed_form);

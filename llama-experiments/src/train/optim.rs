@@ -54,6 +54,8 @@ pub struct LlamaOptimizer<M: AutodiffModule<B>, B: AutodiffBackend> {
     no_decay_count: usize,
     /// Whether a backend's own update kernels may run (else the tensor-op form everywhere).
     native_update: bool,
+    /// Whether that may be the fused kernel (CUDA).
+    fused_update: bool,
     /// Steps taken (AdamW's `t`).
     time: usize,
     /// First and second moments per bucket, after the first step.
@@ -144,8 +146,11 @@ struct Step<'a, B: AutodiffBackend> {
     lr: f64,
     cfg: &'a OptimConfig,
     time: usize,
-    /// Whether a backend's own update kernels may run (`LLAMA_ADAMW`).
+    /// Whether a backend's own update kernels may run (`LLAMA_ADAMW`), and a fused one.
     native: bool,
+    fused: bool,
+    /// The clipping factor every gradient is multiplied by, on the device.
+    grad_factor: Option<Flat<B>>,
 }
 
 impl<B: AutodiffBackend> Step<'_, B> {
@@ -156,6 +161,7 @@ impl<B: AutodiffBackend> Step<'_, B> {
         let step = AdamwStep {
             param: cat(std::mem::take(&mut self.params[k])),
             grad: self.grads[k].take().expect("each bucket is updated once"),
+            grad_factor: self.grad_factor.clone(),
             moments: self.moments[k].take(),
             beta1: b1,
             beta2: b2,
@@ -169,7 +175,7 @@ impl<B: AutodiffBackend> Step<'_, B> {
             c2: 1.0 - b2.powi(t),
         };
         let by_backend = match self.native {
-            true => backend_update(step),
+            true => backend_update(step, self.fused),
             false => Err(step),
         };
         let (p, m, v) = by_backend.unwrap_or_else(AdamwStep::decomposed);
@@ -178,10 +184,15 @@ impl<B: AutodiffBackend> Step<'_, B> {
     }
 }
 
-/// The update by the backend's own kernels where this build has them (libtorch), else `step` back.
-fn backend_update<I: Backend>(step: AdamwStep<I>) -> Result<AdamwOutput<I>, AdamwStep<I>> {
+/// The update by the backend's own kernels where this build has them (libtorch; `fused`: the
+/// fused kernel on CUDA), else `step` back.
+#[allow(unused_variables)]
+fn backend_update<I: Backend>(
+    step: AdamwStep<I>,
+    fused: bool,
+) -> Result<AdamwOutput<I>, AdamwStep<I>> {
     #[cfg(feature = "tch")]
-    let out = crate::libtorch_adamw::try_update(step);
+    let out = crate::libtorch_adamw::try_update(step, fused);
     #[cfg(not(feature = "tch"))]
     let out = Err(step);
     out
@@ -193,6 +204,9 @@ pub struct AdamwStep<I: Backend> {
     /// The bucket's parameters, freshly concatenated (an update may write it in place).
     pub param: Tensor<I, 1>,
     pub grad: Tensor<I, 1>,
+    /// A factor (`[1]`, on the device: the clipping's) the gradient is multiplied by first, so
+    /// that an update can fold the scaling into its own pass over the gradient.
+    pub grad_factor: Option<Tensor<I, 1>>,
     /// First and second moments, `None` before the first step.
     pub moments: Option<(Tensor<I, 1>, Tensor<I, 1>)>,
     pub beta1: f64,
@@ -212,7 +226,11 @@ pub type AdamwOutput<I> = (Tensor<I, 1>, Tensor<I, 1>, Tensor<I, 1>);
 impl<I: Backend> AdamwStep<I> {
     /// New parameters and moments, in tensor ops (one kernel per scalar operation).
     pub fn decomposed(self) -> AdamwOutput<I> {
-        let (b1, b2, g) = (self.beta1, self.beta2, self.grad);
+        let g = match self.grad_factor {
+            Some(f) => self.grad * f,
+            None => self.grad,
+        };
+        let (b1, b2) = (self.beta1, self.beta2);
         let (m, v) = match self.moments {
             Some((m, v)) => (
                 m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
@@ -281,12 +299,16 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
                     )
                 })?,
         };
-        let native = crate::backend::env_choice("LLAMA_ADAMW", &["auto", "decomposed"])? == "auto";
-        Ok(Self::with_bucket_elems(cfg, model, elems).with_native_update(native))
+        let choice = crate::backend::env_choice("LLAMA_ADAMW", &["auto", "torch", "decomposed"])?;
+        let mut opt =
+            Self::with_bucket_elems(cfg, model, elems).with_native_update(choice != "decomposed");
+        opt.fused_update = choice == "auto";
+        Ok(opt)
     }
 
     /// Whether a backend's own AdamW kernels may run where it has them (libtorch:
-    /// `libtorch_adamw`; default) or the tensor-op form everywhere (`LLAMA_ADAMW=decomposed`).
+    /// `libtorch_adamw`, on CUDA the fused kernel; default) or the tensor-op form everywhere
+    /// (`LLAMA_ADAMW=decomposed`). `LLAMA_ADAMW=torch` keeps torch's kernels on CUDA too.
     pub fn with_native_update(mut self, native: bool) -> Self {
         self.native_update = native;
         self
@@ -331,6 +353,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
             buckets,
             time: 0,
             native_update: true,
+            fused_update: true,
             _module: std::marker::PhantomData,
         }
     }
@@ -374,18 +397,14 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
             .reduce(|a, b| a + b)
             .unwrap_or_else(|| Tensor::zeros([1], device))
             .sqrt();
-        let grads = match clip {
-            Some(max) => {
-                let factor = norm
-                    .clone()
-                    .add_scalar(1e-6)
-                    .recip()
-                    .mul_scalar(max)
-                    .clamp_max(1.0);
-                grads.into_iter().map(|g| g * factor.clone()).collect()
-            }
-            None => grads,
-        };
+        // Applied by the update itself (one pass over each gradient fewer).
+        let grad_factor = clip.map(|max| {
+            norm.clone()
+                .add_scalar(1e-6)
+                .recip()
+                .mul_scalar(max)
+                .clamp_max(1.0)
+        });
         self.time += 1;
         let mut step = Step::<B> {
             params,
@@ -397,6 +416,8 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
             cfg: &self.cfg,
             time: self.time,
             native: self.native_update,
+            fused: self.fused_update,
+            grad_factor,
         };
         let model = model.map(&mut Update {
             opt: &mut step,
