@@ -117,7 +117,8 @@ fn rms_norm_matches_torch() {
             let r = ((&xl * &xl).mean_dim([1i64].as_slice(), true, Kind::Float) + eps).rsqrt();
             let want = &xl * r * &gl;
             let seed = (&want * dy.to_kind(Kind::Float)).sum(Kind::Float);
-            let grads = Tensor::run_backward(&[seed], &[&xl, &gl], false, false);
+            // The graph is kept for a second upstream gradient (the bf16 output's) below.
+            let grads = Tensor::run_backward(&[seed], &[&xl, &gl], true, false);
 
             // The output in x's kind, and (from f32) in bf16 with a bf16 gradient.
             let outs = match kind {
