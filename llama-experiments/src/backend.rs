@@ -141,8 +141,13 @@ impl DeviceSpec {
             #[cfg(feature = "cuda-untuned")]
             Self::Cuda(i) => {
                 use burn::backend::Cuda;
-                // CubeCL's attention autotune may pick Burn's decomposition (bf16 softmax).
-                register_ops(Ops::<Cuda>::new(AttentionForward::FusedF32))?;
+                // CubeCL's attention autotune may pick Burn's decomposition (bf16 softmax). Its
+                // matmul does not split long reductions: the weight gradients are split here
+                // (`llama_model::split_k`, attempt 16).
+                register_ops(Ops::<Cuda> {
+                    split_linear: true,
+                    ..Ops::new(AttentionForward::FusedF32)
+                })?;
                 Ok(job
                     .run::<burn::backend::Autodiff<Cuda>>(burn::backend::cuda::CudaDevice::new(i)))
             }
@@ -169,6 +174,10 @@ pub(crate) fn env_choice(var: &str, allowed: &[&'static str]) -> Result<&'static
     }
 }
 
+/// Most row blocks a projection's weight gradient is split into (`LLAMA_LINEAR=split`): a
+/// `125m` weight gradient (768 × 768 over 16,384 tokens) then runs on 16× the cubes.
+const MAX_SPLITS: usize = 16;
+
 /// What [`register_ops`] registers for a backend `I`: the attention's forward, the backend's own
 /// forms of the operations where it has them, and which of the opt-in operations are its defaults.
 struct Ops<I: burn::tensor::backend::Backend> {
@@ -184,6 +193,8 @@ struct Ops<I: burn::tensor::backend::Backend> {
     norm_operation: bool,
     /// `LLAMA_ROPE=auto` means the rotary operation (else the tensor-op form).
     rope_operation: bool,
+    /// `LLAMA_LINEAR=auto` splits the projections' weight gradients (`llama_model::split_k`).
+    split_linear: bool,
 }
 
 /// The operations with this project's fused kernels (`LLAMA_LOSS/NORM/ROPE/SWIGLU=fused`).
@@ -207,6 +218,7 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
             torch_loss: false,
             norm_operation: false,
             rope_operation: false,
+            split_linear: false,
         }
     }
 }
@@ -219,9 +231,9 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// Each has an environment knob for comparisons (`auto` is the backend's default):
 /// `LLAMA_ATTENTION=auto|blocked|decomposed`, `LLAMA_LOSS=auto|operation|torch|fused|decomposed`,
 /// `LLAMA_NORM=auto|operation|fused|decomposed`, `LLAMA_ROPE=auto|operation|fused|decomposed`,
-/// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`
+/// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`, `LLAMA_LINEAR=auto|flat|split`
 /// (`decomposed` is Burn's tensor-op form, `torch` the libtorch kernels, `fused` this project's
-/// CUDA kernels on tch-cuda).
+/// CUDA kernels on tch-cuda; `split`: projections' weight gradients over row blocks).
 #[allow(dead_code)]
 fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     let libtorch_only =
@@ -295,6 +307,11 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         ("torch" | "auto", Some(native), _) => llama_model::swiglu::register_native::<I>(native),
         ("torch", None, _) => return Err(libtorch_only("LLAMA_SWIGLU")),
         ("operation", _, _) => llama_model::swiglu::register::<I>(),
+        _ => {}
+    }
+    match env_choice("LLAMA_LINEAR", &["auto", "flat", "split"])? {
+        "split" => llama_model::split_k::register::<I>(MAX_SPLITS),
+        "auto" if ops.split_linear => llama_model::split_k::register::<I>(MAX_SPLITS),
         _ => {}
     }
     Ok(())

@@ -28,6 +28,7 @@ pub mod record;
 pub mod rms_norm;
 pub mod rotary;
 pub mod sdpa;
+pub mod split_k;
 pub mod swiglu;
 
 pub use attention::AttentionMask;

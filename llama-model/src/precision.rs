@@ -87,25 +87,48 @@ impl Precision {
     ) -> Tensor<B, D> {
         let dims = x.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
-        let x = x.reshape([rows, dims[D - 1]]);
-        let y = match self.compute_dtype() {
-            None => layer.forward(x),
-            Some(dtype) => {
-                let w = cast_to(layer.weight.val(), dtype);
-                let b = layer.bias.as_ref().map(|b| cast_to(b.val(), dtype));
-                burn::tensor::module::linear(cast_to(x, dtype), w, b)
-            }
+        let d = dims[D - 1];
+        // Split into row blocks where the backend wants its weight gradients split (`split_k`).
+        let y = match crate::split_k::splits::<B>(rows) {
+            Some(s) => self
+                .project(layer, x.reshape([s, rows / s, d]))
+                .flatten(0, 1),
+            None => self.project(layer, x.reshape([rows, d])),
         };
         let mut out = dims;
         out[D - 1] = y.dims()[1];
         y.reshape(out)
     }
 
+    /// `x · W (+ b)` in the compute dtype, for any rank.
+    fn project<B: Backend, const D: usize>(
+        self,
+        layer: &Linear<B>,
+        x: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        match self.compute_dtype() {
+            None => layer.forward(x),
+            Some(dtype) => {
+                let w = cast_to(layer.weight.val(), dtype);
+                let b = layer.bias.as_ref().map(|b| cast_to(b.val(), dtype));
+                burn::tensor::module::linear(cast_to(x, dtype), w, b)
+            }
+        }
+    }
+
     /// `x · Wᵀ` against a `[out, in]` matrix (the tied output head), in the compute dtype.
     pub fn matmul_t<B: Backend>(self, x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
-        match self.compute_dtype() {
+        let (x, w) = match self.compute_dtype() {
+            None => (x, w),
+            Some(dtype) => (cast_to(x, dtype), cast_to(w, dtype)),
+        };
+        let [rows, d] = x.dims();
+        match crate::split_k::splits::<B>(rows) {
+            Some(s) => x
+                .reshape([s, rows / s, d])
+                .matmul(w.transpose().unsqueeze::<3>())
+                .flatten(0, 1),
             None => x.matmul(w.transpose()),
-            Some(dtype) => cast_to(x, dtype).matmul(cast_to(w, dtype).transpose()),
         }
     }
 }
