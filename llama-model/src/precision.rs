@@ -89,7 +89,8 @@ impl Precision {
         let rows = dims[..D - 1].iter().product::<usize>();
         let d = dims[D - 1];
         // Split into row blocks where the backend wants its weight gradients split (`split_k`).
-        let y = match crate::split_k::splits::<B>(rows) {
+        let [d_in, d_out] = layer.weight.dims();
+        let y = match crate::split_k::splits::<B>(rows, d_in * d_out) {
             Some(s) => self
                 .project(layer, x.reshape([s, rows / s, d]))
                 .flatten(0, 1),
@@ -123,7 +124,7 @@ impl Precision {
             Some(dtype) => (cast_to(x, dtype), cast_to(w, dtype)),
         };
         let [rows, d] = x.dims();
-        match crate::split_k::splits::<B>(rows) {
+        match crate::split_k::splits::<B>(rows, w.dims()[0] * d) {
             Some(s) => x
                 .reshape([s, rows / s, d])
                 .matmul(w.transpose().unsqueeze::<3>())

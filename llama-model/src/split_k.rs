@@ -24,18 +24,29 @@ static REGISTRY: Registry<usize> = Registry::new();
 /// Fewest rows a split keeps: below that a product is too small to use the card either.
 const MIN_ROWS: usize = 512;
 
+/// Output tiles of 128 × 128 a weight gradient should have once split: a few per SM of a large
+/// card (132 on an H100/H200). Larger gradients are not split (`1b`'s feed-forward and every output
+/// head already tile the card, and splitting them only adds the partial products' memory and sum).
+const TARGET_TILES: usize = 512;
+
 /// Makes `Autodiff<I>` split projections over up to `max_splits` (a power of two) row blocks.
 pub fn register<I: Backend>(max_splits: usize) {
     REGISTRY.insert(TypeId::of::<Autodiff<I>>(), max_splits.max(1));
 }
 
-/// How many row blocks a projection of `rows` rows is split into on `B`: the largest power of two
-/// up to the registered maximum that divides `rows` into blocks of at least [`MIN_ROWS`], or
-/// `None` (one product).
-pub fn splits<B: Backend>(rows: usize) -> Option<usize> {
+/// How many row blocks a projection of `rows` rows whose weight has `weight_elems` elements is
+/// split into on `B`: the smallest power of two that gives the weight gradient [`TARGET_TILES`]
+/// output tiles in all, within the registered maximum, dividing `rows` into blocks of at least
+/// [`MIN_ROWS`]; `None` for one product.
+pub fn splits<B: Backend>(rows: usize, weight_elems: usize) -> Option<usize> {
     let max = REGISTRY.get(TypeId::of::<B>())?;
+    let tiles = weight_elems.div_ceil(128 * 128).max(1);
     let mut s = 1;
-    while s * 2 <= max && rows.is_multiple_of(s * 2) && rows / (s * 2) >= MIN_ROWS {
+    while s * tiles < TARGET_TILES
+        && s * 2 <= max
+        && rows.is_multiple_of(s * 2)
+        && rows / (s * 2) >= MIN_ROWS
+    {
         s *= 2;
     }
     (s > 1).then_some(s)

@@ -17,19 +17,21 @@ type A = Autodiff<NdArray<f32>>;
 #[test]
 fn split_projections_match_one_product() {
     let device = Default::default();
-    // Before registration nothing is split; after it, the largest power of two that keeps blocks
-    // of at least 512 rows (and divides the rows).
-    assert_eq!(splits::<A>(4096), None);
+    // Before registration nothing is split; after it, enough blocks for ~512 output tiles of
+    // 128 × 128, within the maximum, of at least 512 rows each, dividing the rows.
+    let small = 768 * 768; // 36 tiles
+    assert_eq!(splits::<A>(16_384, small), None);
     register::<NdArray<f32>>(16);
-    assert_eq!(splits::<A>(4096), Some(8));
-    assert_eq!(splits::<A>(16_384), Some(16));
-    assert_eq!(splits::<A>(1536), Some(2));
-    assert_eq!(splits::<A>(1000), None);
-    assert_eq!(
-        splits::<NdArray<f32>>(4096),
-        None,
-        "inference is never split"
-    );
+    assert_eq!(splits::<A>(16_384, small), Some(16));
+    assert_eq!(splits::<A>(16_384, 768 * 2048), Some(8)); // 96 tiles
+    assert_eq!(splits::<A>(8192, 2048 * 2048), Some(2)); // 256 tiles
+    assert_eq!(splits::<A>(8192, 2048 * 5632), None); // 704 tiles
+    assert_eq!(splits::<A>(16_384, 768 * 32_000), None); // an output head
+    assert_eq!(splits::<A>(4096, small), Some(8)); // blocks of 512 rows
+    assert_eq!(splits::<A>(1536, small), Some(2));
+    assert_eq!(splits::<A>(1000, small), None);
+    let inner = splits::<NdArray<f32>>(16_384, small);
+    assert_eq!(inner, None, "inference is never split");
 
     let layer = LinearConfig::new(24, 40)
         .with_bias(false)
