@@ -1,9 +1,10 @@
-// Fused element-wise kernels for the libtorch backend on CUDA (see cuda_kernels.rs for why they
-// exist and how they are launched). Compiled at run time by NVRTC, so the source includes no
-// header: bf16 is handled as its 16-bit pattern (the top half of an f32), rounded to nearest even
-// on the way out as torch rounds.
+// Fused kernels for the libtorch backend on CUDA (see mod.rs for why they exist and how they are
+// launched). Compiled at run time by NVRTC, so the source includes no header: bf16 is handled as
+// its 16-bit pattern (the top half of an f32), rounded to nearest even on the way out as torch
+// rounds.
 //
-// Every kernel comes in an f32 and a bf16 form (suffixes _f32, _bf16) over the same template. The
+// Each kernel comes in an f32 and a bf16 form (suffixes _f32, _bf16) over the same template, but
+// AdamW (f32 only: master weights and moments) and RMSNorm's f32-to-bf16 pair (_f32_bf16). The
 // statistics (sums, maxima, exponentials) are always f32.
 
 typedef unsigned short bf16_t;

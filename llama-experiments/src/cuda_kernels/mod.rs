@@ -1,0 +1,279 @@
+//! Fused CUDA kernels for libtorch tensors (`kernels.cu`), compiled at run time by NVRTC and
+//! launched through `cudarc` on the stream torch uses; the launchers per operation are in `ops`.
+//!
+//! Why our own kernels: after attempts 1–13 a tch-cuda training step runs the same kernels as
+//! PyTorch eager, and what separates both from `torch.compile` is fusion (docs/performance.md).
+//! Compile's Triton kernels cannot be reached from Rust and libtorch has no fused cross-entropy,
+//! RMSNorm, rotary, SwiGLU or single-pass AdamW, so these are written out: the cross-entropy
+//! reads the `[tokens, vocab]` logits once forward and once backward (torch: about six passes, two
+//! of them in f32), RMSNorm is one kernel each way instead of about seven (writing the next
+//! layer's bf16 input directly), the rotary embedding and SwiGLU one each way, AdamW one pass per
+//! bucket instead of eight (docs/performance.md, attempts 14–15). `cudarc` is the CUDA binding candle and CubeCL use; it loads the driver and NVRTC
+//! when first asked, so a binary without a GPU never needs them.
+//!
+//! Launches go to the legacy default stream, torch's current stream unless a program changes it
+//! (this one never does), so they are ordered with torch's kernels and its caching allocator's
+//! reuse of freed blocks. Every function returns `None` when it cannot run (a CPU tensor, another
+//! dtype, no NVRTC, a too-wide row); the callers then use torch's kernels.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+use tch::{Device, Kind, Tensor};
+
+mod ops;
+pub use ops::*;
+
+const SOURCE: &str = include_str!("kernels.cu");
+
+/// Kernel names without their dtype suffix (`_f32`, `_bf16`), in both dtypes.
+pub const KERNELS: [&str; 7] = [
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "swiglu_forward",
+    "swiglu_backward",
+    "rotary",
+    "rms_norm_forward",
+    "rms_norm_backward",
+];
+
+/// Kernels with an f32 form only.
+pub const F32_KERNELS: [&str; 1] = ["adamw"];
+
+/// RMSNorm's f32 input with a bf16 output (`_f32_bf16`).
+pub const MIXED_KERNELS: [&str; 2] = ["rms_norm_forward", "rms_norm_backward"];
+
+/// Columns per thread the row kernels keep in registers (`RMS_COLS` in the source; with 1,024
+/// threads a block then fits the 64 K registers of an SM).
+pub(super) const ROW_COLS: usize = 8;
+
+/// Whether NVRTC can be loaded (a CUDA toolkit, or PyPI's `nvidia-cuda-nvrtc`, on the library
+/// path).
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to open the shared library.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// The kernels compiled to PTX (no GPU needed; the tests use it to check the source).
+pub fn compile() -> Result<Ptx, String> {
+    if !nvrtc_present() {
+        return Err("NVRTC (libnvrtc) is not on the library path".into());
+    }
+    let options = CompileOptions {
+        // Accurate expf/logf/division: the statistics must match torch's to f32 rounding.
+        use_fast_math: Some(false),
+        name: Some("kernels.cu".into()),
+        ..Default::default()
+    };
+    compile_ptx_with_opts(SOURCE, options).map_err(|e| format!("NVRTC: {e}"))
+}
+
+/// The loaded kernels of one device.
+pub(super) struct Loaded {
+    stream: Arc<CudaStream>,
+    functions: HashMap<String, CudaFunction>,
+    /// Kernels whose argument list was checked against their signature.
+    checked: Mutex<HashSet<String>>,
+}
+
+/// Per CUDA ordinal: the loaded kernels, or `None` after a failure (reported once).
+static LOADED: OnceLock<Mutex<HashMap<usize, Option<Arc<Loaded>>>>> = OnceLock::new();
+
+fn load(ordinal: usize) -> Result<Loaded, String> {
+    let ptx = compile()?;
+    let ctx = CudaContext::new(ordinal).map_err(|e| format!("CUDA context: {e}"))?;
+    let module = ctx
+        .load_module(ptx)
+        .map_err(|e| format!("loading the kernels: {e}"))?;
+    let mut functions = HashMap::new();
+    let names = KERNELS
+        .iter()
+        .flat_map(|name| [format!("{name}_f32"), format!("{name}_bf16")])
+        .chain(F32_KERNELS.iter().map(|name| format!("{name}_f32")))
+        .chain(MIXED_KERNELS.iter().map(|name| format!("{name}_f32_bf16")));
+    for full in names {
+        let f = module
+            .load_function(&full)
+            .map_err(|e| format!("kernel {full}: {e}"))?;
+        functions.insert(full, f);
+    }
+    Ok(Loaded {
+        stream: ctx.default_stream(),
+        functions,
+        checked: Mutex::default(),
+    })
+}
+
+pub(super) fn loaded(device: Device) -> Option<Arc<Loaded>> {
+    let Device::Cuda(ordinal) = device else {
+        return None;
+    };
+    let mut map = LOADED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    map.entry(ordinal)
+        .or_insert_with(|| match load(ordinal) {
+            Ok(k) => Some(Arc::new(k)),
+            Err(e) => {
+                eprintln!("warning: fused CUDA kernels unavailable, using torch's: {e}");
+                None
+            }
+        })
+        .clone()
+}
+
+/// Whether the fused kernels load on `device` (compiling them on first use).
+pub fn available(device: Device) -> bool {
+    loaded(device).is_some()
+}
+
+/// The dtype suffix of a tensor the kernels take.
+pub(super) fn suffix(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Float => Some("f32"),
+        Kind::BFloat16 => Some("bf16"),
+        _ => None,
+    }
+}
+
+pub(super) fn ptr(t: &Tensor) -> u64 {
+    t.data_ptr() as u64
+}
+
+/// 1 when every tensor's data is aligned for the kernels' four-element loads, else 0.
+pub(super) fn vec4(ts: &[&Tensor]) -> i32 {
+    ts.iter()
+        .all(|t| ptr(t).is_multiple_of(4 * t.kind().elt_size_in_bytes() as u64))
+        .into()
+}
+
+/// `name` with the suffix of the dtype it runs in.
+pub(super) fn named(name: &str, kind: Kind) -> Option<String> {
+    Some(format!("{name}_{}", suffix(kind)?))
+}
+
+pub(super) fn launch(
+    k: &Loaded,
+    full: String,
+    grid: usize,
+    block: usize,
+    args: &[&dyn Arg],
+) -> Option<()> {
+    let name = &full;
+    let f = k.functions.get(&full)?;
+    // The driver reads one value per parameter of the kernel from the argument list: a list that
+    // does not match would make it read past it (a crash in the driver, not an error), so the
+    // first launch of each kernel checks the list against the kernel's signature.
+    let mut checked = k.checked.lock().unwrap_or_else(|e| e.into_inner());
+    if !checked.contains(&full) {
+        let want: Vec<usize> = args.iter().map(|a| a.size()).collect();
+        if let Some(have) = param_sizes(f)
+            && have != want
+        {
+            eprintln!(
+                "warning: fused CUDA kernel {full} takes parameters of {have:?} bytes, given {want:?}"
+            );
+            return None;
+        }
+        checked.insert(full.clone());
+    }
+    drop(checked);
+    let mut b = k.stream.launch_builder(f);
+    for a in args {
+        a.push(&mut b);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (u32::try_from(grid).ok()?, 1, 1),
+        block_dim: (block as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: every pointer argument is the data of a contiguous tensor of the kind and size the
+    // kernel indexes (checked by the callers), alive until this call returns; torch's allocator
+    // reuses a freed block only for work queued after this launch on the same stream.
+    match unsafe { b.launch(cfg) } {
+        Ok(_) => Some(()),
+        Err(e) => {
+            eprintln!("warning: fused CUDA kernel {name} failed to launch: {e}");
+            None
+        }
+    }
+}
+
+/// A kernel argument (`cudarc`'s builder borrows each; this keeps them in one slice).
+pub(super) trait Arg {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
+    fn size(&self) -> usize;
+}
+macro_rules! arg {
+    ($($t:ty),*) => {$(
+        impl Arg for $t {
+            fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+                b.arg(self);
+            }
+            fn size(&self) -> usize {
+                std::mem::size_of::<$t>()
+            }
+        }
+    )*};
+}
+arg!(u64, i64, i32, f32);
+
+/// The byte size of each of `f`'s parameters as the driver reads them (`cuFuncGetParamInfo`), or
+/// `None` where the driver cannot say (before CUDA 12.4).
+fn param_sizes(f: &CudaFunction) -> Option<Vec<usize>> {
+    use cudarc::driver::sys;
+    let mut version = 0;
+    // SAFETY: plain driver queries with out-pointers we own; `f` is a loaded function.
+    unsafe {
+        if sys::cuDriverGetVersion(&mut version) != sys::CUresult::CUDA_SUCCESS || version < 12040 {
+            return None;
+        }
+        let mut sizes = Vec::new();
+        loop {
+            let (mut offset, mut size) = (0usize, 0usize);
+            let r = sys::cuFuncGetParamInfo(f.cu_function(), sizes.len(), &mut offset, &mut size);
+            if r != sys::CUresult::CUDA_SUCCESS || sizes.len() > 64 {
+                return Some(sizes);
+            }
+            sizes.push(size);
+        }
+    }
+}
+
+/// `t` contiguous, on a CUDA device with the kernels loaded, of a kind they take.
+pub(super) fn ready(t: &Tensor) -> Option<(Tensor, Arc<Loaded>)> {
+    suffix(t.kind())?;
+    let k = loaded(t.device())?;
+    Some((t.contiguous(), k))
+}
+
+/// Threads per block of a row kernel over `dim` columns (about four columns per thread), or
+/// `None` when a row does not fit the registers.
+pub(super) fn row_block(dim: usize) -> Option<usize> {
+    let block = dim.div_ceil(4).next_multiple_of(32).clamp(32, 1024);
+    (dim > 0 && dim <= ROW_COLS * block).then_some(block)
+}
+
+pub(super) const ELEMENT_BLOCK: usize = 256;
+
+pub(super) fn element_grid(n: usize) -> usize {
+    n.div_ceil(ELEMENT_BLOCK).clamp(1, 65_536)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_blocks_fit_the_registers() {
+        assert_eq!(row_block(768), Some(192));
+        assert_eq!(row_block(2048), Some(512));
+        assert_eq!(row_block(8192), Some(1024)); // 65B's width
+        assert_eq!(row_block(8192 + 1), None);
+        assert_eq!(row_block(0), None);
+        assert_eq!(row_block(5), Some(32));
+    }
+}
