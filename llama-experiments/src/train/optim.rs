@@ -7,9 +7,10 @@
 //! host dispatch, so the GPU idles through the optimiser (docs/performance.md, attempt 7). Here the
 //! parameters of each decay group are packed, in the module's order, into buckets of up to
 //! [`BUCKET_ELEMS`] elements; a bucket's parameters and gradients are concatenated into flat f32
-//! vectors, AdamW runs on those (~10 kernels per bucket, as torch's `foreach` AdamW), and the
-//! parameters come back as views of the bucket's updated vector. Buckets, rather than one vector
-//! per group, bound the step's extra memory to a bucket's temporaries (one flat copy of a 1b
+//! vectors, AdamW runs on those (~10 kernels per bucket in tensor ops, as torch's `foreach`
+//! AdamW; eight with torch's kernels on libtorch, one fused kernel on CUDA, the clipping factor
+//! folded in), and the parameters come back as views of the bucket's updated vector. Buckets,
+//! rather than one vector per group, bound the step's extra memory to a bucket's temporaries (one flat copy of a 1b
 //! model is 4.4 GB). The update is torch's `AdamW` (bias-corrected moments,
 //! `p ← p·(1 − lr·wd) − lr·m̂/(√v̂ + ε)`) and the clipping `clip_grad_norm_`'s, without reading
 //! anything back to the host.
@@ -186,7 +187,7 @@ impl<B: AutodiffBackend> Step<'_, B> {
 
 /// The update by the backend's own kernels where this build has them (libtorch; `fused`: the
 /// fused kernel on CUDA), else `step` back.
-#[allow(unused_variables)]
+#[cfg_attr(not(feature = "tch"), allow(unused_variables))]
 fn backend_update<I: Backend>(
     step: AdamwStep<I>,
     fused: bool,
