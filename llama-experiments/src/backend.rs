@@ -238,11 +238,6 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     let libtorch_only =
         |var: &str| anyhow!("{var}=torch needs a libtorch device (tch-cpu, tch-cuda)");
-    let fused_only = |var: &str| {
-        anyhow!(
-            "{var}=fused needs tch-cuda with NVRTC (a CUDA toolkit's libnvrtc) on the library path"
-        )
-    };
     let (fused_loss, fused_norm, fused_rotary, fused_swiglu) = match ops.fused {
         Some(f) => (Some(f.loss), Some(f.norm), Some(f.rotary), Some(f.swiglu)),
         None => (None, None, None, None),
@@ -273,26 +268,20 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         ("torch", None, _) => return Err(libtorch_only("LLAMA_LOSS")),
         _ => llama_model::loss::register::<I>(),
     }
-    match (
-        env_choice("LLAMA_NORM", &["auto", "operation", "fused", "decomposed"])?,
+    register_operation(
+        "LLAMA_NORM",
         fused_norm,
-    ) {
-        ("fused" | "auto", Some(fused)) => llama_model::rms_norm::register_native::<I>(fused),
-        ("fused", None) => return Err(fused_only("LLAMA_NORM")),
-        ("operation", _) => llama_model::rms_norm::register::<I>(),
-        ("auto", _) if ops.norm_operation => llama_model::rms_norm::register::<I>(),
-        _ => {}
-    }
-    match (
-        env_choice("LLAMA_ROPE", &["auto", "operation", "fused", "decomposed"])?,
+        ops.norm_operation,
+        llama_model::rms_norm::register_native::<I>,
+        llama_model::rms_norm::register::<I>,
+    )?;
+    register_operation(
+        "LLAMA_ROPE",
         fused_rotary,
-    ) {
-        ("fused" | "auto", Some(fused)) => llama_model::rotary::register_native::<I>(fused),
-        ("fused", None) => return Err(fused_only("LLAMA_ROPE")),
-        ("operation", _) => llama_model::rotary::register::<I>(),
-        ("auto", _) if ops.rope_operation => llama_model::rotary::register::<I>(),
-        _ => {}
-    }
+        ops.rope_operation,
+        llama_model::rotary::register_native::<I>,
+        llama_model::rotary::register::<I>,
+    )?;
     match (
         env_choice(
             "LLAMA_SWIGLU",
@@ -312,6 +301,34 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     match env_choice("LLAMA_LINEAR", &["auto", "flat", "split"])? {
         "split" => llama_model::split_k::register::<I>(MAX_SPLITS),
         "auto" if ops.split_linear => llama_model::split_k::register::<I>(MAX_SPLITS),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The error for `var=fused` where the fused kernels do not run.
+fn fused_only(var: &str) -> anyhow::Error {
+    anyhow!("{var}=fused needs tch-cuda with NVRTC (a CUDA toolkit's libnvrtc) on the library path")
+}
+
+/// The knob `var=auto|operation|fused|decomposed` of an operation without a torch form: the fused
+/// kernels where the backend has them (`auto` too), the operation where asked or
+/// `auto_operation`, else the tensor-op form.
+fn register_operation<N>(
+    var: &str,
+    fused: Option<N>,
+    auto_operation: bool,
+    register_native: fn(N),
+    register: fn(),
+) -> Result<()> {
+    match (
+        env_choice(var, &["auto", "operation", "fused", "decomposed"])?,
+        fused,
+    ) {
+        ("fused" | "auto", Some(fused)) => register_native(fused),
+        ("fused", None) => return Err(fused_only(var)),
+        ("operation", _) => register(),
+        ("auto", _) if auto_operation => register(),
         _ => {}
     }
     Ok(())

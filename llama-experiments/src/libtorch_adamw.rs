@@ -53,19 +53,11 @@ pub fn try_update<I: burn::tensor::backend::Backend>(
         .expect("I is LibTorch here"))
 }
 
-fn update(s: AdamwStep<LibTorch>, fused: bool) -> AdamwOutput<LibTorch> {
-    let scalars = crate::cuda_kernels::AdamwScalars {
-        beta1: s.beta1,
-        beta2: s.beta2,
-        eps: s.eps,
-        lr: s.lr,
-        decay: s.decay,
-        c1: s.c1,
-        c2: s.c2,
-    };
-    let factor = s.grad_factor.map(|f| raw(f).tensor);
-    let (p, g) = (raw(s.param).tensor, raw(s.grad).tensor);
-    let moments = s.moments.map(|(m, v)| (raw(m).tensor, raw(v).tensor));
+fn update(step: AdamwStep<LibTorch>, fused: bool) -> AdamwOutput<LibTorch> {
+    let s = step.scalars;
+    let factor = step.grad_factor.map(|f| raw(f).tensor);
+    let (p, g) = (raw(step.param).tensor, raw(step.grad).tensor);
+    let moments = step.moments.map(|(m, v)| (raw(m).tensor, raw(v).tensor));
     let by_kernel = fused
         .then(|| {
             crate::cuda_kernels::adamw(
@@ -73,7 +65,7 @@ fn update(s: AdamwStep<LibTorch>, fused: bool) -> AdamwOutput<LibTorch> {
                 &g,
                 moments.as_ref().map(|(m, v)| (m, v)),
                 factor.as_ref(),
-                scalars,
+                s,
             )
         })
         .flatten();

@@ -5,13 +5,14 @@
 //! Each falls back per call to what the `llama` tool registers without them (torch's loss and
 //! SwiGLU kernels, the RMSNorm and rotary operations' tensor ops) when the kernels cannot take the
 //! inputs: a CPU tensor, a dtype other than f32/bf16, or no NVRTC on the machine. A backward pass
-//! whose kernel fails to launch computes the same closed form with torch's operations.
+//! whose kernel fails to launch computes the model's own closed form in tensor ops
+//! (`llama_model::loss::closed_form_grad`, `llama_model::rms_norm::closed_form_grads`).
 
 use burn::backend::LibTorch;
 use burn::backend::libtorch::TchTensor;
-use burn::tensor::DType;
-use llama_model::loss::NativeLoss;
-use llama_model::rms_norm::NativeRmsNorm;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+use llama_model::loss::{NativeLoss, closed_form_grad};
+use llama_model::rms_norm::{NativeRmsNorm, closed_form_grads};
 use llama_model::rotary::NativeRotary;
 use llama_model::swiglu::NativeSwiglu;
 use tch::Kind;
@@ -76,15 +77,22 @@ fn loss_backward(saved: Vec<TchTensor>, dloss: TchTensor) -> TchTensor {
     let [logits, targets, lse]: [TchTensor; FUSED_LOSS_SAVED] = saved
         .try_into()
         .unwrap_or_else(|_| unreachable!("length checked"));
-    let (x, t, lse, g) = (&logits.tensor, &targets.tensor, &lse.tensor, &dloss.tensor);
-    let d = k::cross_entropy_backward(x, t, lse, g).unwrap_or_else(|| {
-        // (softmax − onehot) · g / n, as the kernel (which only a failed launch gets us out of).
-        let n = x.size()[0] as f64;
-        let p = (x.to_kind(Kind::Float) - lse.unsqueeze(1)).exp();
-        let onehot = p.zeros_like().scatter_value(1, &t.unsqueeze(1), 1.0);
-        ((p - onehot) * (g.to_kind(Kind::Float).to_device(x.device()) / n)).to_kind(x.kind())
-    });
-    TchTensor::new(d)
+    let (x, t, l, g) = (&logits.tensor, &targets.tensor, &lse.tensor, &dloss.tensor);
+    match k::cross_entropy_backward(x, t, l, g) {
+        Some(d) => TchTensor::new(d),
+        // Only a failed launch gets here: the model's closed form in tensor ops.
+        None => {
+            let lse = float::<1>(lse).unsqueeze_dim(1);
+            let targets = Tensor::from_primitive(targets);
+            let d = closed_form_grad(float::<2>(logits), lse, targets, float(dloss));
+            d.into_primitive().tensor()
+        }
+    }
+}
+
+/// A libtorch float primitive as a Burn tensor.
+fn float<const D: usize>(t: TchTensor) -> Tensor<LibTorch, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 fn rms_norm_forward(
@@ -106,21 +114,23 @@ fn rms_norm_backward(saved: Vec<TchTensor>, dy: TchTensor) -> (TchTensor, TchTen
     let [x, gamma, r]: [TchTensor; 3] = saved
         .try_into()
         .unwrap_or_else(|s: Vec<_>| panic!("forward saves 3 tensors, got {}", s.len()));
-    let (dy, xt, g, r) = (&dy.tensor, &x.tensor, &gamma.tensor, &r.tensor);
-    let (dx, dgamma) = k::rms_norm_backward(dy, xt, g, r).unwrap_or_else(|| {
-        // The closed form of `llama_model::rms_norm` (only a failed launch gets here).
-        let dy = dy.to_kind(Kind::Float);
-        let xhat = xt.to_kind(Kind::Float) * r.unsqueeze(1);
-        let t = &dy * g.to_kind(Kind::Float);
-        let c = (&t * &xhat).mean_dim([1i64].as_slice(), true, Kind::Float);
-        let dx = (t - &xhat * c) * r.unsqueeze(1);
-        let dgamma = (dy * xhat).sum_dim_intlist([0i64].as_slice(), false, Kind::Float);
-        (dx.to_kind(xt.kind()), dgamma)
-    });
-    (
-        TchTensor::new(dx),
-        TchTensor::new(dgamma.to_kind(gamma.tensor.kind())),
-    )
+    let gamma_kind = gamma.tensor.kind();
+    let (dx, dgamma) = match k::rms_norm_backward(&dy.tensor, &x.tensor, &gamma.tensor, &r.tensor) {
+        Some((dx, dgamma)) => (TchTensor::new(dx), TchTensor::new(dgamma)),
+        // Only a failed launch gets here: the model's closed form in tensor ops.
+        None => {
+            let x = float::<2>(x);
+            let dtype = x.dtype();
+            let r = float::<1>(r).unsqueeze_dim(1);
+            let xhat = x.cast(DType::F32) * r.clone();
+            let (dx, dgamma) = closed_form_grads(float(dy), xhat, r, float(gamma));
+            (
+                dx.cast(dtype).into_primitive().tensor(),
+                dgamma.into_primitive().tensor(),
+            )
+        }
+    };
+    (dx, TchTensor::new(dgamma.tensor.to_kind(gamma_kind)))
 }
 
 fn swiglu_forward(a: TchTensor, b: TchTensor) -> TchTensor {

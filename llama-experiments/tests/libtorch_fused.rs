@@ -8,6 +8,8 @@
 //! the CPU every kernel declines, so the callers fall back.
 #![cfg(feature = "tch")]
 
+mod common;
+
 use llama_experiments::cuda_kernels as k;
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -229,8 +231,9 @@ fn rotary_matches_the_formula() {
     }
 }
 
-/// On the CPU the kernels decline, so the registered backward passes take their torch-operation
-/// fallbacks (the path a failed launch takes on a GPU): they must be the same closed forms.
+/// On the CPU the kernels decline, so the registered backward passes take their fallbacks, the
+/// model's closed forms in tensor ops (the path a failed launch takes on a GPU): they must agree
+/// with torch's autograd.
 #[test]
 fn backward_fallbacks_match_torch_autograd() {
     use burn::backend::libtorch::TchTensor;
@@ -278,58 +281,16 @@ fn backward_fallbacks_match_torch_autograd() {
 #[test]
 fn adamw_matches_the_tensor_op_update() {
     use burn::backend::libtorch::{LibTorch, LibTorchDevice};
-    use burn::tensor::{Distribution, Tensor as BurnTensor};
     use llama_experiments::libtorch_adamw::try_update;
-    use llama_experiments::train::optim::AdamwStep;
     if cuda().is_none() {
         return;
     }
-    let device = LibTorchDevice::Cuda(0);
-    let r =
-        |n, std| BurnTensor::<LibTorch, 1>::random([n], Distribution::Normal(0.0, std), &device);
-    let factor = BurnTensor::<LibTorch, 1>::from_floats([0.37], &device);
-    for (n, t, decay, moments, scaled) in [
+    let cases = [
         (1001, 1, 0.01, false, true),
         (4096, 7, 0.0, true, false),
         (999, 7, 0.01, true, true),
-    ] {
-        let (m, v) = (r(n, 0.01), r(n, 1e-4).abs());
-        let a = AdamwStep {
-            param: r(n, 1.0),
-            grad: r(n, 0.1),
-            grad_factor: scaled.then(|| factor.clone()),
-            moments: moments.then(|| (m.clone(), v.clone())),
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            lr: 3e-4,
-            decay,
-            c1: 1.0 - 0.9f64.powi(t),
-            c2: 1.0 - 0.95f64.powi(t),
-        };
-        let b = AdamwStep {
-            param: a.param.clone() * 1.0,
-            grad: a.grad.clone(),
-            grad_factor: a.grad_factor.clone(),
-            moments: a.moments.clone(),
-            ..a
-        };
-        let want = b.decomposed();
-        let got = try_update(a, true).unwrap_or_else(|_| panic!("libtorch tensors are taken"));
-        for (name, g, w) in [
-            ("param", &got.0, &want.0),
-            ("m", &got.1, &want.1),
-            ("v", &got.2, &want.2),
-        ] {
-            let (g, w) = (
-                g.clone().into_primitive().tensor().tensor,
-                w.clone().into_primitive().tensor().tensor,
-            );
-            let err = rel(&g, &w);
-            assert!(
-                err <= 1e-6,
-                "n {n} step {t} decay {decay}: {name} relative error {err:e}"
-            );
-        }
-    }
+    ];
+    common::adamw::check_update::<LibTorch>(&LibTorchDevice::Cuda(0), &cases, |a| {
+        try_update(a, true).ok()
+    });
 }

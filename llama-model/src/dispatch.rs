@@ -59,6 +59,20 @@ impl ErasedNative {
     }
 }
 
+/// `Clone` and `Copy` for a backend's native form of an operation (a struct of function pointers
+/// generic over the backend), by hand: a derive would ask `I: Clone + Copy` of the backend type.
+macro_rules! copy_native {
+    ($name:ident) => {
+        impl<I: Backend> Clone for $name<I> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+        impl<I: Backend> Copy for $name<I> {}
+    };
+}
+pub(crate) use copy_native;
+
 /// A backend's float primitive as a tensor (autodiff operations work on primitives).
 pub(crate) fn float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))

@@ -45,13 +45,7 @@ pub type NativeLossForward<I> =
 /// See [`NativeLoss::backward`].
 pub type NativeLossBackward<I> = fn(Vec<FloatTensor<I>>, FloatTensor<I>) -> FloatTensor<I>;
 
-// By hand: a derive would ask `I: Clone + Copy` of the backend type itself.
-impl<I: Backend> Clone for NativeLoss<I> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<I: Backend> Copy for NativeLoss<I> {}
+crate::dispatch::copy_native!(NativeLoss);
 
 /// Makes `Autodiff<I>` (no checkpointing) compute [`cross_entropy`] as one operation.
 pub fn register<I: Backend>() {
@@ -118,18 +112,38 @@ impl<B: Backend> Backward<B, 1> for CrossEntropyBackward {
                 return;
             }
         };
-        let g = float::<B, 1>(g);
-        let logits = float::<B, 2>(logits);
-        let dtype = logits.dtype();
-        let [n, _] = logits.dims();
-        let targets = Tensor::<B, 1, Int>::from_primitive(targets).unsqueeze_dim::<2>(1);
-        // d(mean_i(lse_i − x_i,t_i))/dx_ij = (softmax_ij − [j = t_i]) / n, times the upstream g.
-        let scale = g.cast(DType::F32).reshape([1, 1]) / n as f64;
-        let p = (logits.cast(DType::F32) - float::<B, 2>(lse)).exp();
-        let minus_one = Tensor::<B, 2>::full([n, 1], -1.0, &p.device());
-        let d = p.scatter(1, targets, minus_one, IndexingUpdateOp::Add) * scale;
-        grads.register::<B>(node.id, d.cast(dtype).into_primitive().tensor());
+        let d = closed_form_grad(
+            float::<B, 2>(logits),
+            float::<B, 2>(lse),
+            Tensor::from_primitive(targets),
+            float::<B, 1>(g),
+        );
+        grads.register::<B>(node.id, d.into_primitive().tensor());
     }
+}
+
+/// The logits' gradient of [`cross_entropy`] for the loss's gradient `g` (`[1]`), from the
+/// logits, their rows' log-sum-exp (f32, `[n, 1]`) and the targets: `(softmax − onehot) · g / n`,
+/// in the logits' dtype. (Also the fallback of a backend's own kernels.)
+pub fn closed_form_grad<B: Backend>(
+    logits: Tensor<B, 2>,
+    lse: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    g: Tensor<B, 1>,
+) -> Tensor<B, 2> {
+    let dtype = logits.dtype();
+    let [n, _] = logits.dims();
+    // d(mean_i(lse_i − x_i,t_i))/dx_ij = (softmax_ij − [j = t_i]) / n, times the upstream g.
+    let scale = g.cast(DType::F32).reshape([1, 1]) / n as f64;
+    let p = (logits.cast(DType::F32) - lse).exp();
+    let minus_one = Tensor::<B, 2>::full([n, 1], -1.0, &p.device());
+    let d = p.scatter(
+        1,
+        targets.unsqueeze_dim(1),
+        minus_one,
+        IndexingUpdateOp::Add,
+    ) * scale;
+    d.cast(dtype)
 }
 
 fn autodiff_cross_entropy<I: Backend>(

@@ -51,13 +51,7 @@ pub type NativeRmsNormForward<I> =
 pub type NativeRmsNormBackward<I> =
     fn(Vec<FloatTensor<I>>, FloatTensor<I>) -> (FloatTensor<I>, FloatTensor<I>);
 
-// By hand: a derive would ask `I: Clone + Copy` of the backend type itself.
-impl<I: Backend> Clone for NativeRmsNorm<I> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<I: Backend> Copy for NativeRmsNorm<I> {}
+crate::dispatch::copy_native!(NativeRmsNorm);
 
 /// Makes `Autodiff<I>` (no checkpointing) compute [`rms_norm`] as one operation.
 pub fn register<I: Backend>() {
@@ -150,34 +144,39 @@ impl<B: Backend> Backward<B, 2> for RmsNormBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_gamma] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
-        let (xhat, r, gamma, x_dtype) = match ops.state {
-            Saved::ClosedForm(xhat, r, gamma, x_dtype) => (xhat, r, gamma, x_dtype),
-            Saved::Native(saved, backward) => {
-                let (dx, dgamma) = backward(saved, dy);
-                if let Some(node) = node_gamma {
-                    grads.register::<B>(node.id, dgamma);
-                }
-                if let Some(node) = node_x {
-                    grads.register::<B>(node.id, dx);
-                }
-                return;
+        let (dx, dgamma) = match ops.state {
+            Saved::ClosedForm(xhat, r, gamma, x_dtype) => {
+                let gamma = float::<B, 1>(gamma);
+                let gamma_dtype = gamma.dtype();
+                let (dx, dgamma) = closed_form_grads(float(dy), float(xhat), float(r), gamma);
+                (prim(dx.cast(x_dtype)), prim(dgamma.cast(gamma_dtype)))
             }
+            Saved::Native(saved, backward) => backward(saved, dy),
         };
-        let dy = float::<B, 2>(dy).cast(DType::F32);
-        let xhat = float::<B, 2>(xhat);
-        let gamma = float::<B, 1>(gamma);
         if let Some(node) = node_gamma {
-            let d = xhat.dims()[1];
-            let dgamma = (dy.clone() * xhat.clone()).sum_dim(0).reshape([d]);
-            grads.register::<B>(node.id, prim(dgamma.cast(gamma.dtype())));
+            grads.register::<B>(node.id, dgamma);
         }
         if let Some(node) = node_x {
-            let t = dy * gamma.cast(DType::F32).unsqueeze::<2>();
-            let c = (t.clone() * xhat.clone()).mean_dim(1);
-            let dx = (t - xhat * c) * float::<B, 2>(r);
-            grads.register::<B>(node.id, prim(dx.cast(x_dtype)));
+            grads.register::<B>(node.id, dx);
         }
     }
+}
+
+/// `(dx, dγ)` of RMSNorm in f32 for the output's gradient `dy`, from `x̂ = x·r` (f32, `[n, d]`)
+/// and `r` (f32, `[n, 1]`): the closed form of the module doc. (Also the fallback of a backend's
+/// own kernels.)
+pub fn closed_form_grads<B: Backend>(
+    dy: Tensor<B, 2>,
+    xhat: Tensor<B, 2>,
+    r: Tensor<B, 2>,
+    gamma: Tensor<B, 1>,
+) -> (Tensor<B, 2>, Tensor<B, 1>) {
+    let dy = dy.cast(DType::F32);
+    let d = xhat.dims()[1];
+    let dgamma = (dy.clone() * xhat.clone()).sum_dim(0).reshape([d]);
+    let t = dy * gamma.cast(DType::F32).unsqueeze::<2>();
+    let c = (t.clone() * xhat.clone()).mean_dim(1);
+    (((t - xhat * c) * r), dgamma)
 }
 
 fn autodiff_rms_norm<I: Backend>(

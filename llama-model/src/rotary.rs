@@ -47,13 +47,7 @@ pub struct NativeRotary<I: Backend> {
 pub type NativeRotation<I> =
     fn(FloatTensor<I>, FloatTensor<I>, FloatTensor<I>) -> Option<FloatTensor<I>>;
 
-// By hand: a derive would ask `I: Clone + Copy` of the backend type itself.
-impl<I: Backend> Clone for NativeRotary<I> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<I: Backend> Copy for NativeRotary<I> {}
+crate::dispatch::copy_native!(NativeRotary);
 
 /// Makes `Autodiff<I>` (no checkpointing) rotate as one operation.
 pub fn register<I: Backend>() {

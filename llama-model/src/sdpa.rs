@@ -77,13 +77,7 @@ pub type NativeForward<I> = fn(
 /// See [`NativeAttention::backward`].
 pub type NativeBackward<I> = fn(Vec<FloatTensor<I>>, FloatTensor<I>) -> [FloatTensor<I>; 3];
 
-// By hand: a derive would ask `I: Clone + Copy` of the backend type itself.
-impl<I: Backend> Clone for NativeAttention<I> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<I: Backend> Copy for NativeAttention<I> {}
+crate::dispatch::copy_native!(NativeAttention);
 
 #[derive(Clone)]
 struct Options {

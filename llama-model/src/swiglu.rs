@@ -46,13 +46,7 @@ pub struct NativeSwiglu<I: Backend> {
 pub type NativeSwigluBackward<I> =
     fn(FloatTensor<I>, FloatTensor<I>, FloatTensor<I>) -> (FloatTensor<I>, FloatTensor<I>);
 
-// By hand: a derive would ask `I: Clone + Copy` of the backend type itself.
-impl<I: Backend> Clone for NativeSwiglu<I> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<I: Backend> Copy for NativeSwiglu<I> {}
+crate::dispatch::copy_native!(NativeSwiglu);
 
 /// Makes `Autodiff<I>` (no checkpointing) compute [`swiglu`] as one operation, closed form.
 pub fn register<I: Backend>() {

@@ -4,6 +4,8 @@
 
 use tch::{Kind, Tensor};
 
+use crate::train::optim::AdamwScalars;
+
 use super::{
     ELEMENT_BLOCK, element_grid, launch, loaded, named, ptr, ready, row_block, suffix, vec4,
 };
@@ -277,20 +279,6 @@ pub fn rms_norm_backward(
         ],
     )?;
     Some((dx, partial.sum_dim_intlist(0, false, Kind::Float)))
-}
-
-/// AdamW's scalars for [`adamw`], in `train::optim::AdamwStep`'s terms.
-#[derive(Debug, Clone, Copy)]
-pub struct AdamwScalars {
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub lr: f64,
-    /// `lr · weight_decay`, or 0.
-    pub decay: f64,
-    /// Bias corrections `1 − β₁ᵗ`, `1 − β₂ᵗ`.
-    pub c1: f64,
-    pub c2: f64,
 }
 
 /// One AdamW update of a flat f32 bucket in one kernel: new `(p, m, v)`. `moments` is `None` on

@@ -164,16 +164,18 @@ impl<B: AutodiffBackend> Step<'_, B> {
             grad: self.grads[k].take().expect("each bucket is updated once"),
             grad_factor: self.grad_factor.clone(),
             moments: self.moments[k].take(),
-            beta1: b1,
-            beta2: b2,
-            eps: self.cfg.eps as f64,
-            lr: self.lr,
-            decay: match self.buckets[k].decayed {
-                true => self.lr * self.cfg.weight_decay as f64,
-                false => 0.0,
+            scalars: AdamwScalars {
+                beta1: b1,
+                beta2: b2,
+                eps: self.cfg.eps as f64,
+                lr: self.lr,
+                decay: match self.buckets[k].decayed {
+                    true => self.lr * self.cfg.weight_decay as f64,
+                    false => 0.0,
+                },
+                c1: 1.0 - b1.powi(t),
+                c2: 1.0 - b2.powi(t),
             },
-            c1: 1.0 - b1.powi(t),
-            c2: 1.0 - b2.powi(t),
         };
         let by_backend = match self.native {
             true => backend_update(step, self.fused),
@@ -210,6 +212,12 @@ pub struct AdamwStep<I: Backend> {
     pub grad_factor: Option<Tensor<I, 1>>,
     /// First and second moments, `None` before the first step.
     pub moments: Option<(Tensor<I, 1>, Tensor<I, 1>)>,
+    pub scalars: AdamwScalars,
+}
+
+/// One step's AdamW scalars (also what the fused CUDA kernel takes).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamwScalars {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -231,7 +239,8 @@ impl<I: Backend> AdamwStep<I> {
             Some(f) => self.grad * f,
             None => self.grad,
         };
-        let (b1, b2) = (self.beta1, self.beta2);
+        let s = self.scalars;
+        let (b1, b2) = (s.beta1, s.beta2);
         let (m, v) = match self.moments {
             Some((m, v)) => (
                 m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
@@ -246,11 +255,11 @@ impl<I: Backend> AdamwStep<I> {
         let denom = v
             .clone()
             .sqrt()
-            .mul_scalar(1.0 / self.c2.sqrt())
-            .add_scalar(self.eps);
-        let delta = m.clone().div(denom).mul_scalar(self.lr / self.c1);
-        let p = match self.decay != 0.0 {
-            true => self.param.mul_scalar(1.0 - self.decay),
+            .mul_scalar(1.0 / s.c2.sqrt())
+            .add_scalar(s.eps);
+        let delta = m.clone().div(denom).mul_scalar(s.lr / s.c1);
+        let p = match s.decay != 0.0 {
+            true => self.param.mul_scalar(1.0 - s.decay),
             false => self.param,
         };
         (p - delta, m, v)

@@ -101,3 +101,61 @@ pub fn check_torch_adamw<B: AutodiffBackend>(device: &B::Device, native: bool) {
         }
     }
 }
+
+/// One bucket update to check: length, step `t`, decay, whether moments exist yet (a later step),
+/// whether a clipping factor applies.
+pub type UpdateCase = (usize, i32, f64, bool, bool);
+
+/// A backend's own bucket update (`update`; `None`: it declined the tensors) against
+/// `AdamwStep::decomposed` on random data for each case: the parameters and both moments within
+/// 10⁻⁶ relative.
+pub fn check_update<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+    cases: &[UpdateCase],
+    update: impl Fn(
+        llama_experiments::train::optim::AdamwStep<B>,
+    ) -> Option<llama_experiments::train::optim::AdamwOutput<B>>,
+) {
+    use burn::tensor::Distribution;
+    use llama_experiments::train::optim::{AdamwScalars, AdamwStep};
+    let r = |n, std| Tensor::<B, 1>::random([n], Distribution::Normal(0.0, std), device);
+    let factor = Tensor::<B, 1>::from_floats([0.37], device);
+    for &(n, t, decay, moments, scaled) in cases {
+        let (m, v) = (r(n, 0.01), r(n, 1e-4).abs());
+        let a = AdamwStep {
+            param: r(n, 1.0),
+            grad: r(n, 0.1),
+            grad_factor: scaled.then(|| factor.clone()),
+            moments: moments.then(|| (m.clone(), v.clone())),
+            scalars: AdamwScalars {
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                lr: 3e-4,
+                decay,
+                c1: 1.0 - 0.9f64.powi(t),
+                c2: 1.0 - 0.95f64.powi(t),
+            },
+        };
+        let b = AdamwStep {
+            param: a.param.clone() * 1.0,
+            grad: a.grad.clone(),
+            grad_factor: a.grad_factor.clone(),
+            moments: a.moments.clone(),
+            scalars: a.scalars,
+        };
+        let want = b.decomposed();
+        let got = update(a).expect("the backend's kernels take these tensors");
+        for (name, g, w) in [
+            ("param", &got.0, &want.0),
+            ("m", &got.1, &want.1),
+            ("v", &got.2, &want.2),
+        ] {
+            let err = super::rel(g, w);
+            assert!(
+                err <= 1e-6,
+                "n {n} step {t} decay {decay}: {name} relative error {err:e}"
+            );
+        }
+    }
+}
