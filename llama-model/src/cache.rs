@@ -1,17 +1,23 @@
 //! Key/value cache for incremental decoding.
 
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 /// Keys and values of one attention layer, preallocated to `capacity` positions:
 /// `[batch, kv_heads, capacity, head_dim]`. Appending writes in place with `slice_assign`, and
 /// attention reads only the filled `0..len` prefix. (burn-nn's caches serve only its own unfused
 /// `MultiHeadAttention`, without grouped-query attention, so this one is ours.)
+///
+/// With a [`slot`](Self::set_slot) set, appending one position writes it at that device-side
+/// index instead and attention reads the whole capacity (masked by the caller): the step then has
+/// the same operations and shapes at every position, so a CUDA graph captured once replays it
+/// (`Llama::decode_step`).
 #[derive(Debug, Clone)]
 pub struct LayerCache<B: Backend> {
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     len: usize,
+    slot: Option<Tensor<B, 1, Int>>,
 }
 
 impl<B: Backend> LayerCache<B> {
@@ -27,6 +33,7 @@ impl<B: Backend> LayerCache<B> {
             k: zeros(),
             v: zeros(),
             len: 0,
+            slot: None,
         }
     }
 
@@ -53,15 +60,28 @@ impl<B: Backend> LayerCache<B> {
             k: self.k.clone().repeat_dim(0, n),
             v: self.v.clone().repeat_dim(0, n),
             len: self.len,
+            slot: self.slot.clone(),
         }
     }
 
-    /// Appends `k, v: [batch, kv_heads, t, head_dim]` and returns all cached keys and values.
+    /// Where the next single-position append writes: `Some([index])` on the device (static-shape
+    /// decoding), or `None` for the host-side `len` (the default). A slot must still be empty
+    /// (zero, as [`new`](Self::new) makes it): the write adds, since Burn's `select_assign` has
+    /// only an additive update on every backend. `len` does not count slot writes.
+    pub fn set_slot(&mut self, slot: Option<Tensor<B, 1, Int>>) {
+        self.slot = slot;
+    }
+
+    /// Appends `k, v: [batch, kv_heads, t, head_dim]` and returns all cached keys and values
+    /// (with a slot set: writes the one position there and returns the whole capacity).
     ///
     /// # Panics
     /// When the cache would overflow; [`crate::Llama::new_cache`] sizes it and `generate` checks
-    /// lengths before decoding.
+    /// lengths before decoding. With a slot set, when `t != 1`.
     pub fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        if let Some(slot) = self.slot.clone() {
+            return self.write_slot(k, v, slot);
+        }
         let t = k.dims()[2];
         let end = self.len + t;
         assert!(
@@ -85,6 +105,35 @@ impl<B: Backend> LayerCache<B> {
         let v_all = write(&mut self.v, v);
         self.len = end;
         (k_all, v_all)
+    }
+}
+
+impl<B: Backend> LayerCache<B> {
+    fn write_slot(
+        &mut self,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        slot: Tensor<B, 1, Int>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        assert_eq!(k.dims()[2], 1, "a cache slot takes one position");
+        // Moved out so that the buffer is uniquely owned and the update runs in place: a captured
+        // graph must write the cache's own memory, not a copy.
+        let write = |buf: &mut Tensor<B, 4>, new: Tensor<B, 4>| {
+            let placeholder = Tensor::empty([1, 1, 1, 1], &new.device());
+            let mut old = std::mem::replace(buf, placeholder);
+            if old.dtype() != new.dtype() {
+                old = old.cast(new.dtype());
+            }
+            *buf = old.select_assign(2, slot.clone(), new, IndexingUpdateOp::Add);
+            buf.clone()
+        };
+        (write(&mut self.k, k), write(&mut self.v, v))
+    }
+
+    /// The key buffer (`[batch, kv_heads, capacity, head_dim]`), e.g. to check that a step
+    /// updated it in place.
+    pub fn keys(&self) -> &Tensor<B, 4> {
+        &self.k
     }
 }
 

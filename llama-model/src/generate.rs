@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::attention::AttentionMask;
+use crate::decode::{Decoder, EagerDecoder, StepInput};
 use crate::error::GenerateError;
 use crate::model::Llama;
 
@@ -118,6 +119,16 @@ pub fn generate<B: Backend>(
     prompts: &[Vec<u32>],
     sampling: &Sampling,
 ) -> Result<Vec<Vec<u32>>, GenerateError> {
+    generate_with(model, prompts, sampling, &mut EagerDecoder)
+}
+
+/// [`generate`] with the decode steps (after the prompt's pass) run by `decoder`.
+pub fn generate_with<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    sampling: &Sampling,
+    decoder: &mut dyn Decoder<B>,
+) -> Result<Vec<Vec<u32>>, GenerateError> {
     sampling.validate()?;
     let cfg = model.config();
     if prompts.is_empty() {
@@ -189,16 +200,12 @@ pub fn generate<B: Backend>(
         if step + 1 == sampling.max_new_tokens || done.iter().all(|&d| d) {
             break;
         }
-        let cur = l + step;
-        let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [b, 1]), &device);
-        let pos = positions::<B>(&pads, cur, 1, &device);
-        let mask = if padded {
-            AttentionMask::Explicit(padding_mask::<B>(&pads, cur, 1, &device))
-        } else {
-            AttentionMask::Full
+        let input = StepInput {
+            tokens: &next,
+            pads: &pads,
+            cur: l + step,
         };
-        let hidden = model.forward_hidden(tokens, &pos, &mask, Some(&mut cache));
-        logits = last_logits(model, hidden);
+        logits = decoder.step(model, &mut cache, input);
     }
     Ok(out)
 }

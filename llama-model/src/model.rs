@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Bool, DType, Int, Tensor};
 
 use crate::attention::AttentionMask;
 use crate::block::Block;
@@ -204,6 +204,39 @@ impl<B: Backend> Llama<B> {
         let logits = self.forward(inputs);
         let v = logits.dims()[2];
         cross_entropy(logits.reshape([b * t, v]), targets.reshape([b * t]))
+    }
+
+    /// One token per row at cache index `slot` with the same operations and shapes at every
+    /// position (a CUDA graph captured once replays it; `forward_hidden` with a cache instead
+    /// reads the filled prefix, whose length changes every step). `tokens`, `positions`:
+    /// `[batch, 1]`; `slot`: `[1]`, the cache index written (still empty: see
+    /// [`LayerCache::set_slot`]); `hidden`: `[batch, 1, 1, capacity]`, `true` for the keys each
+    /// row must not see (later indices, left padding). Attention reads the whole capacity.
+    /// Returns the logits `[batch, vocab]` in f32.
+    pub fn decode_step(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        positions: &Tensor<B, 2, Int>,
+        slot: Tensor<B, 1, Int>,
+        hidden: Tensor<B, 4, Bool>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 2> {
+        let [b, _] = tokens.dims();
+        for layer in cache.iter_mut() {
+            layer.set_slot(Some(slot.clone()));
+        }
+        let h = self.forward_hidden(
+            tokens,
+            positions,
+            &AttentionMask::Explicit(hidden),
+            Some(cache),
+        );
+        for layer in cache.iter_mut() {
+            layer.set_slot(None);
+        }
+        let logits = self.logits(h);
+        let v = logits.dims()[2];
+        logits.reshape([b, v]).cast(DType::F32)
     }
 
     /// An empty cache for `batch` rows and up to `capacity` positions.

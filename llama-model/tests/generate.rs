@@ -199,3 +199,63 @@ fn bad_requests_are_errors_not_panics() {
         6
     );
 }
+
+/// Records each step's logits of the decoder it wraps.
+struct Recording<D> {
+    inner: D,
+    logits: Vec<Vec<f32>>,
+}
+
+impl<D: llama_model::Decoder<B>> llama_model::Decoder<B> for Recording<D> {
+    fn step(
+        &mut self,
+        model: &llama_model::Llama<B>,
+        cache: &mut llama_model::KvCache<B>,
+        input: llama_model::StepInput<'_>,
+    ) -> Vec<f32> {
+        let out = self.inner.step(model, cache, input);
+        self.logits.push(out.clone());
+        out
+    }
+}
+
+/// The static-shape step (cache slot and mask on the device, attention over the whole capacity:
+/// what the CUDA-graph decoder replays) computes the eager step's logits, padded rows included.
+#[test]
+fn the_static_decode_step_matches_the_eager_one() {
+    use llama_model::{EagerDecoder, StaticDecoder, generate_with};
+    let vocab = 60;
+    let prompts = vec![vec![3, 14, 15], vec![9, 2, 6, 5, 35, 8, 9], vec![7]];
+    for cfg in all_variants(vocab).into_iter().step_by(3) {
+        let model = cfg.init::<B>(&dev()).unwrap();
+        let hot = Sampling {
+            max_new_tokens: 9,
+            temperature: 1.0,
+            seed: 3,
+            ..Default::default()
+        };
+        for prompts in [&prompts[..], &prompts[1..2]] {
+            let mut eager = Recording {
+                inner: EagerDecoder,
+                logits: Vec::new(),
+            };
+            let mut fixed = Recording {
+                inner: StaticDecoder,
+                logits: Vec::new(),
+            };
+            let a = generate_with(&model, prompts, &hot, &mut eager).unwrap();
+            let b = generate_with(&model, prompts, &hot, &mut fixed).unwrap();
+            assert_eq!(a, b, "{}", label(&cfg));
+            assert_eq!(eager.logits.len(), 8);
+            assert_eq!(eager.logits.len(), fixed.logits.len());
+            for (x, y) in eager.logits.iter().zip(&fixed.logits) {
+                let worst = x
+                    .iter()
+                    .zip(y)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0f32, f32::max);
+                assert!(worst < 1e-4, "{}: |Δ| {worst}", label(&cfg));
+            }
+        }
+    }
+}
