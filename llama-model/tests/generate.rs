@@ -225,7 +225,7 @@ impl<D: llama_model::Decoder<B>> llama_model::Decoder<B> for Recording<D> {
 fn the_static_decode_step_matches_the_eager_one() {
     use llama_model::{EagerDecoder, StaticDecoder, generate_with};
     let vocab = 60;
-    let prompts = vec![vec![3, 14, 15], vec![9, 2, 6, 5, 35, 8, 9], vec![7]];
+    let prompts = [vec![3, 14, 15], vec![9, 2, 6, 5, 35, 8, 9], vec![7]];
     for cfg in all_variants(vocab).into_iter().step_by(3) {
         let model = cfg.init::<B>(&dev()).unwrap();
         let hot = Sampling {
