@@ -16,7 +16,7 @@ use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use llama_model::{AttentionMask, Llama, LlamaConfig, Precision};
+use llama_model::{AttentionMask, Llama, LlamaConfig, Precision, StepInput};
 use serde::Serialize;
 
 use crate::backend::BackendJob;
@@ -69,6 +69,8 @@ pub struct BenchReport {
     /// Training: the loss of the last timed step (fixed seeds, so a check that two runs computed
     /// the same steps).
     pub final_loss: Option<f64>,
+    /// Decode: how the steps ran (`eager`, or `cuda-graph` on libtorch CUDA; `LLAMA_DECODE`).
+    pub decoder: Option<String>,
 }
 
 fn random_tokens<B: Backend>(
@@ -78,16 +80,21 @@ fn random_tokens<B: Backend>(
     seed: u64,
     device: &B::Device,
 ) -> Tensor<B, 2, Int> {
+    let ids = random_ids(batch * len, vocab, seed);
+    Tensor::from_data(TensorData::new(ids, [batch, len]), device)
+}
+
+/// `n` token ids below `vocab` from a fixed LCG (the same ids for the same seed everywhere).
+fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<i64> {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    let ids: Vec<i64> = (0..batch * len)
+    (0..n)
         .map(|_| {
             s = s
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             ((s >> 33) % vocab as u64) as i64
         })
-        .collect();
-    Tensor::from_data(TensorData::new(ids, [batch, len]), device)
+        .collect()
 }
 
 /// Peak resident set size of this process.
@@ -156,6 +163,7 @@ impl BackendJob for BenchJob {
         let vocab = cfg.vocab_size;
         let (b, t) = (self.batch, self.seq);
         let mut final_loss = None;
+        let mut decoder_name = None;
         let ((median, warmup_steps_s), tokens, flops_per_token) = match self.mode {
             BenchMode::Train => {
                 let model: Llama<B> = init_model(cfg, 0, &device)?.with_precision(self.precision);
@@ -207,17 +215,17 @@ impl BackendJob for BenchJob {
                 let _ =
                     model.forward_hidden(prompt, &pos, &AttentionMask::Causal, Some(&mut cache));
                 sync();
+                let pads = vec![0; b];
+                let mut decoder = crate::decoder::decoder_for::<B::InnerBackend>(&device)?;
+                decoder_name = Some(decoder.name().to_string());
                 let (median, warm, _) = time_steps(self.warmup, self.iters, sync, |i| {
-                    let cur = t + i;
-                    let tok = random_tokens::<B::InnerBackend>(b, 1, vocab, i as u64, &device);
-                    let pos = Tensor::<B::InnerBackend, 1, Int>::from_data(
-                        TensorData::new(vec![cur as i64; b], [b]),
-                        &device,
-                    )
-                    .reshape([b, 1]);
-                    // One query per row against the whole cache: nothing to mask.
-                    let h = model.forward_hidden(tok, &pos, &AttentionMask::Full, Some(&mut cache));
-                    model.logits(h)
+                    let tokens = random_ids(b, vocab, i as u64);
+                    let input = StepInput {
+                        tokens: &tokens,
+                        pads: &pads,
+                        cur: t + i,
+                    };
+                    decoder.step(&model, &mut cache, input)
                 });
                 ((median, warm), b, cfg.flops_per_token() as f64 / 3.0)
             }
@@ -246,6 +254,7 @@ impl BackendJob for BenchJob {
             peak_flops: self.peak_flops,
             peak_rss_bytes: peak_rss(),
             final_loss,
+            decoder: decoder_name,
         })
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, ensure};
 use burn::tensor::backend::AutodiffBackend;
 use llama_data::LlamaTokenizer;
-use llama_model::{Precision, Sampling, generate};
+use llama_model::{Precision, Sampling, generate_with};
 
 use crate::backend::BackendJob;
 use crate::checkpoint::load_checkpoint;
@@ -50,7 +50,8 @@ impl BackendJob for GenerateJob {
             .iter()
             .map(|p| tok.encode(p, true))
             .collect::<Result<Vec<_>, _>>()?;
-        let outs = generate(&model, &prompts, &sampling)?;
+        let mut decoder = crate::decoder::decoder_for::<B::InnerBackend>(&device)?;
+        let outs = generate_with(&model, &prompts, &sampling, decoder.as_mut())?;
         self.prompts
             .into_iter()
             .zip(outs)

@@ -8,7 +8,10 @@ pub mod check;
 pub mod checkpoint;
 #[cfg(feature = "tch")]
 pub mod cuda_kernels;
+#[cfg(all(feature = "tch", llama_cuda_graph))]
+pub mod cuda_graph;
 pub mod data;
+pub mod decoder;
 pub mod eval;
 pub mod generate;
 #[cfg(feature = "tch")]

@@ -130,10 +130,10 @@ impl<B: Backend> LayerCache<B> {
         (write(&mut self.k, k), write(&mut self.v, v))
     }
 
-    /// The key buffer (`[batch, kv_heads, capacity, head_dim]`), e.g. to check that a step
-    /// updated it in place.
-    pub fn keys(&self) -> &Tensor<B, 4> {
-        &self.k
+    /// The key and value buffers (`[batch, kv_heads, capacity, head_dim]` each), e.g. to check
+    /// that a step updated them in place.
+    pub fn buffers(&self) -> (&Tensor<B, 4>, &Tensor<B, 4>) {
+        (&self.k, &self.v)
     }
 }
 

@@ -41,9 +41,19 @@ impl StepInput<'_> {
     }
 }
 
-/// Runs decode steps; returns each step's logits `[batch × vocab]` (f32, on the host).
+/// Runs decode steps.
 pub trait Decoder<B: Backend> {
-    fn step(&mut self, model: &Llama<B>, cache: &mut KvCache<B>, input: StepInput<'_>) -> Vec<f32>;
+    /// The step's logits `[batch, vocab]`, f32, on the device (a replaying decoder may return
+    /// its output buffer: read it before the next step).
+    fn step(
+        &mut self,
+        model: &Llama<B>,
+        cache: &mut KvCache<B>,
+        input: StepInput<'_>,
+    ) -> Tensor<B, 2>;
+
+    /// A short name for reports (`eager`, `static`, `cuda-graph`).
+    fn name(&self) -> &'static str;
 }
 
 /// The model's cached pass: the new token against the filled prefix of the cache.
@@ -51,7 +61,16 @@ pub trait Decoder<B: Backend> {
 pub struct EagerDecoder;
 
 impl<B: Backend> Decoder<B> for EagerDecoder {
-    fn step(&mut self, model: &Llama<B>, cache: &mut KvCache<B>, input: StepInput<'_>) -> Vec<f32> {
+    fn name(&self) -> &'static str {
+        "eager"
+    }
+
+    fn step(
+        &mut self,
+        model: &Llama<B>,
+        cache: &mut KvCache<B>,
+        input: StepInput<'_>,
+    ) -> Tensor<B, 2> {
         let device = device_of(model);
         let b = input.tokens.len();
         let tokens =
@@ -68,7 +87,10 @@ impl<B: Backend> Decoder<B> for EagerDecoder {
             AttentionMask::Full
         };
         let hidden = model.forward_hidden(tokens, &pos, &mask, Some(cache));
-        host_logits(model.logits(hidden).squeeze_dim::<2>(1))
+        model
+            .logits(hidden)
+            .squeeze_dim::<2>(1)
+            .cast(burn::tensor::DType::F32)
     }
 }
 
@@ -79,9 +101,18 @@ impl<B: Backend> Decoder<B> for EagerDecoder {
 pub struct StaticDecoder;
 
 impl<B: Backend> Decoder<B> for StaticDecoder {
-    fn step(&mut self, model: &Llama<B>, cache: &mut KvCache<B>, input: StepInput<'_>) -> Vec<f32> {
+    fn name(&self) -> &'static str {
+        "static"
+    }
+
+    fn step(
+        &mut self,
+        model: &Llama<B>,
+        cache: &mut KvCache<B>,
+        input: StepInput<'_>,
+    ) -> Tensor<B, 2> {
         let t = StaticInputs::<B>::new(input, cache, &device_of(model));
-        host_logits(model.decode_step(t.tokens, &t.positions, t.slot, t.hidden, cache))
+        model.decode_step(t.tokens, &t.positions, t.slot, t.hidden, cache)
     }
 }
 

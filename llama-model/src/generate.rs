@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::attention::AttentionMask;
-use crate::decode::{Decoder, EagerDecoder, StepInput};
+use crate::decode::{Decoder, EagerDecoder, StepInput, host_logits};
 use crate::error::GenerateError;
 use crate::model::Llama;
 
@@ -205,7 +205,7 @@ pub fn generate_with<B: Backend>(
             pads: &pads,
             cur: l + step,
         };
-        logits = decoder.step(model, &mut cache, input);
+        logits = host_logits(decoder.step(model, &mut cache, input));
     }
     Ok(out)
 }

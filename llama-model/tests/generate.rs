@@ -207,14 +207,18 @@ struct Recording<D> {
 }
 
 impl<D: llama_model::Decoder<B>> llama_model::Decoder<B> for Recording<D> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
     fn step(
         &mut self,
         model: &llama_model::Llama<B>,
         cache: &mut llama_model::KvCache<B>,
         input: llama_model::StepInput<'_>,
-    ) -> Vec<f32> {
+    ) -> burn::tensor::Tensor<B, 2> {
         let out = self.inner.step(model, cache, input);
-        self.logits.push(out.clone());
+        self.logits.push(to_vec(out.clone()));
         out
     }
 }

@@ -1,0 +1,215 @@
+//! Decoding on libtorch CUDA as one CUDA graph per token.
+//!
+//! A decoded token at batch 1 is a few hundred small kernels; dispatched one by one from the host
+//! (Burn's tensor API, then torch's dispatcher, then the launch) they take ~10 µs each while the
+//! GPU needs ~1–2 µs, so eager decoding is host-bound (docs/performance.md). Here the step
+//! [`Llama::decode_step`] (same operations and shapes at every position: the cache slot and the
+//! visibility mask are device tensors) is recorded once with torch's own `CUDAGraph`
+//! (`csrc/cuda_graph.cpp`, through the C interface below) and replayed: per token the host copies
+//! the step's inputs into the recorded buffers and launches the graph.
+//!
+//! The first [`WARMUP_STEPS`] steps run eagerly through the same step (torch's lazy set-up,
+//! cuBLAS handles and workspaces, happens outside the capture); the capture then checks that
+//! the step wrote the cache in place (a replay must update the cache the next step reads).
+
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::ptr::NonNull;
+
+use anyhow::{Result, bail, ensure};
+use burn::backend::LibTorch;
+use burn::backend::libtorch::TchTensor;
+use burn::tensor::{Bool, Int, Tensor};
+use llama_model::decode::StaticInputs;
+use llama_model::{Decoder, KvCache, Llama, StaticDecoder, StepInput};
+
+unsafe extern "C" {
+    fn llama_graph_new(err: *mut c_char, len: usize) -> *mut c_void;
+    fn llama_graph_free(g: *mut c_void);
+    fn llama_graph_capture_begin(g: *mut c_void, err: *mut c_char, len: usize) -> c_int;
+    fn llama_graph_capture_end(g: *mut c_void, err: *mut c_char, len: usize) -> c_int;
+    fn llama_graph_replay(g: *mut c_void, err: *mut c_char, len: usize) -> c_int;
+}
+
+/// Eager steps before the capture.
+pub const WARMUP_STEPS: usize = 2;
+
+/// A C++ call's result: `Ok` or the exception's message.
+fn call(what: &str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
+    let mut buf = [0 as c_char; 512];
+    if f(buf.as_mut_ptr(), buf.len()) == 0 {
+        return Ok(());
+    }
+    // SAFETY: the shim writes a NUL-terminated message into the buffer it was given.
+    let msg = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
+    bail!("CUDA graph {what}: {}", msg.lines().next().unwrap_or(""))
+}
+
+/// One recorded CUDA graph (torch's `at::cuda::CUDAGraph`).
+pub struct CudaGraph(NonNull<c_void>);
+
+impl CudaGraph {
+    /// Records the torch work `f` queues on the current device; nothing runs until a replay.
+    /// `f` must not synchronise with the host or copy from it.
+    pub fn capture<R>(f: impl FnOnce() -> R) -> Result<(Self, R)> {
+        let mut raw = std::ptr::null_mut();
+        call("creation", |e, n| {
+            // SAFETY: FFI into the shim; it returns null after writing the error.
+            raw = unsafe { llama_graph_new(e, n) };
+            raw.is_null() as c_int
+        })?;
+        let graph = Self(NonNull::new(raw).expect("checked above"));
+        // SAFETY: a live graph from `llama_graph_new`.
+        call("capture", |e, n| unsafe {
+            llama_graph_capture_begin(graph.0.as_ptr(), e, n)
+        })?;
+        // A panic inside would leave the stream capturing: end it before unwinding further.
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        // SAFETY: as above; ends the capture begun above.
+        let end = call("capture", |e, n| unsafe {
+            llama_graph_capture_end(graph.0.as_ptr(), e, n)
+        });
+        match out {
+            Ok(out) => end.map(|()| (graph, out)),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// Runs the recorded work on the current stream (asynchronously).
+    pub fn replay(&self) -> Result<()> {
+        // SAFETY: a live, instantiated graph.
+        call("replay", |e, n| unsafe {
+            llama_graph_replay(self.0.as_ptr(), e, n)
+        })
+    }
+}
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        // SAFETY: created by `llama_graph_new`, freed once.
+        unsafe { llama_graph_free(self.0.as_ptr()) }
+    }
+}
+
+/// The decoder of [`crate::decoder::decoder_for`] on libtorch CUDA.
+#[derive(Default)]
+pub struct GraphDecoder {
+    eager_steps: usize,
+    recorded: Option<Recorded>,
+}
+
+struct Recorded {
+    graph: CudaGraph,
+    inputs: StaticInputs<LibTorch>,
+    logits: Tensor<LibTorch, 2>,
+    /// What the graph reads and writes besides its inputs: the model's first weight and every
+    /// cache buffer, by address (a new cache may reuse a freed one's memory, all of it or not).
+    memory: Vec<usize>,
+    capacity: usize,
+}
+
+fn tch_of<const D: usize>(t: &Tensor<LibTorch, D>) -> tch::Tensor {
+    let p: TchTensor = t.clone().into_primitive().tensor();
+    p.tensor
+}
+
+fn tch_int<const D: usize>(t: &Tensor<LibTorch, D, Int>) -> tch::Tensor {
+    let p: TchTensor = t.clone().into_primitive();
+    p.tensor
+}
+
+fn tch_bool<const D: usize>(t: &Tensor<LibTorch, D, Bool>) -> tch::Tensor {
+    let p: TchTensor = t.clone().into_primitive();
+    p.tensor
+}
+
+/// Copies host values into a recorded input buffer (same storage, so the graph reads them).
+fn fill<T: tch::kind::Element>(mut dst: tch::Tensor, values: &[T]) {
+    let src = tch::Tensor::from_slice(values).reshape(dst.size());
+    dst.copy_(&src);
+}
+
+/// The addresses the recorded step depends on (see [`Recorded::memory`]), and its batch.
+fn memory(model: &Llama<LibTorch>, cache: &KvCache<LibTorch>, batch: usize) -> Vec<usize> {
+    let weight = tch_of(&model.layers[0].attention.wq.weight.val()).data_ptr() as usize;
+    let buffers = cache.iter().flat_map(|c| {
+        let (k, v) = c.buffers();
+        [tch_of(k).data_ptr() as usize, tch_of(v).data_ptr() as usize]
+    });
+    [batch, weight].into_iter().chain(buffers).collect()
+}
+
+impl GraphDecoder {
+    fn record(
+        model: &Llama<LibTorch>,
+        cache: &mut KvCache<LibTorch>,
+        input: StepInput<'_>,
+    ) -> Result<Recorded> {
+        let keys = cache[0].buffers().0;
+        ensure!(tch_of(keys).device().is_cuda(), "CUDA graphs need a CUDA device");
+        let inputs = StaticInputs::<LibTorch>::new(input, cache, &keys.device());
+        let before = memory(model, cache, input.tokens.len());
+        let (graph, logits) = CudaGraph::capture(|| {
+            let i = inputs.clone();
+            model.decode_step(i.tokens, &i.positions, i.slot, i.hidden, cache)
+        })?;
+        ensure!(
+            memory(model, cache, input.tokens.len()) == before,
+            "the recorded step did not update the KV cache in place"
+        );
+        Ok(Recorded {
+            graph,
+            inputs,
+            logits,
+            memory: before,
+            capacity: cache[0].capacity(),
+        })
+    }
+
+    fn try_step(
+        &mut self,
+        model: &Llama<LibTorch>,
+        cache: &mut KvCache<LibTorch>,
+        input: StepInput<'_>,
+    ) -> Result<Tensor<LibTorch, 2>> {
+        // Another model, cache or batch: record again.
+        if let Some(r) = &self.recorded
+            && (r.memory != memory(model, cache, input.tokens.len())
+                || r.capacity != cache[0].capacity())
+        {
+            self.recorded = None;
+            self.eager_steps = 0;
+        }
+        if self.recorded.is_none() {
+            if self.eager_steps < WARMUP_STEPS {
+                self.eager_steps += 1;
+                return Ok(StaticDecoder.step(model, cache, input));
+            }
+            self.recorded = Some(Self::record(model, cache, input)?);
+        }
+        let r = self.recorded.as_ref().expect("recorded above");
+        fill(tch_int(&r.inputs.tokens), input.tokens);
+        fill(tch_int(&r.inputs.positions), &input.positions());
+        fill(tch_int(&r.inputs.slot), &[input.cur as i64]);
+        fill(tch_bool(&r.inputs.hidden), &input.hidden(r.capacity));
+        r.graph.replay()?;
+        Ok(r.logits.clone())
+    }
+}
+
+impl Decoder<LibTorch> for GraphDecoder {
+    fn name(&self) -> &'static str {
+        "cuda-graph"
+    }
+
+    /// # Panics
+    /// When recording or replaying fails (`LLAMA_DECODE=eager` turns graphs off).
+    fn step(
+        &mut self,
+        model: &Llama<LibTorch>,
+        cache: &mut KvCache<LibTorch>,
+        input: StepInput<'_>,
+    ) -> Tensor<LibTorch, 2> {
+        self.try_step(model, cache, input)
+            .unwrap_or_else(|e| panic!("{e:#} (LLAMA_DECODE=eager decodes without graphs)"))
+    }
+}
