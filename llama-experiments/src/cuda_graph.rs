@@ -91,10 +91,28 @@ impl Drop for CudaGraph {
 }
 
 /// The decoder of [`crate::decoder::decoder_for`] on libtorch CUDA.
-#[derive(Default)]
 pub struct GraphDecoder {
     eager_steps: usize,
     recorded: Option<Recorded>,
+}
+
+impl Default for GraphDecoder {
+    fn default() -> Self {
+        // burn-tch runs `select_assign` out of place (on a copy): the replayed step must write
+        // the cache's own buffers, so the slot write is torch's in-place `index_copy_`.
+        llama_model::cache::register_slot_write::<LibTorch>(write_slot);
+        Self {
+            eager_steps: 0,
+            recorded: None,
+        }
+    }
+}
+
+/// `buffer[:, :, slot] = new`, in `buffer`'s memory.
+fn write_slot(buffer: TchTensor, slot: TchTensor, new: TchTensor) -> TchTensor {
+    let mut b = buffer.tensor.shallow_clone();
+    let _ = b.index_copy_(2, &slot.tensor, &new.tensor);
+    buffer
 }
 
 struct Recorded {
@@ -145,7 +163,10 @@ impl GraphDecoder {
         input: StepInput<'_>,
     ) -> Result<Recorded> {
         let keys = cache[0].buffers().0;
-        ensure!(tch_of(keys).device().is_cuda(), "CUDA graphs need a CUDA device");
+        ensure!(
+            tch_of(keys).device().is_cuda(),
+            "CUDA graphs need a CUDA device"
+        );
         let inputs = StaticInputs::<LibTorch>::new(input, cache, &keys.device());
         let before = memory(model, cache, input.tokens.len());
         let (graph, logits) = CudaGraph::capture(|| {

@@ -6,10 +6,10 @@ pub mod batcher;
 pub mod bench;
 pub mod check;
 pub mod checkpoint;
-#[cfg(feature = "tch")]
-pub mod cuda_kernels;
 #[cfg(all(feature = "tch", llama_cuda_graph))]
 pub mod cuda_graph;
+#[cfg(feature = "tch")]
+pub mod cuda_kernels;
 pub mod data;
 pub mod decoder;
 pub mod eval;

@@ -1,5 +1,5 @@
-//! Decoding as CUDA graphs (`cuda_graph`): the replayed step gives the eagerly run step's logits
-//! and tokens (f32 and bf16, padded batches, grouped-query attention), records again for a new
+//! Decoding as CUDA graphs (`cuda_graph`): the replayed static step gives the eager cached
+//! pass's logits and tokens (f32 and bf16, padded batches, grouped-query attention), records again for a new
 //! cache, and `decoder_for` picks it on libtorch CUDA only.
 //!
 //! Needs `--features tch`; the GPU checks skip (saying so) where torch sees no GPU.
@@ -11,7 +11,7 @@ use burn::backend::libtorch::LibTorchDevice;
 use burn::tensor::Tensor;
 use llama_experiments::decoder::{HAS_CUDA_GRAPHS, decoder_for};
 use llama_model::{
-    Decoder, KvCache, Llama, LlamaConfig, Precision, Sampling, StaticDecoder, StepInput,
+    Decoder, EagerDecoder, KvCache, Llama, LlamaConfig, Precision, Sampling, StepInput,
     generate_with,
 };
 
@@ -72,7 +72,7 @@ fn run(
 }
 
 #[test]
-fn graph_decoding_matches_the_eager_static_step() {
+fn graph_decoding_matches_eager_decoding() {
     if !tch::Cuda::is_available() {
         eprintln!("skipped: torch sees no CUDA device");
         return;
@@ -94,15 +94,20 @@ fn graph_decoding_matches_the_eager_static_step() {
         assert_eq!(graph.name(), "cuda-graph");
         // Twice with one decoder: the second generation has a new cache, so it records again.
         for prompts in [&padded[..], &padded[..], &padded[2..]] {
-            let (want_ids, want) = run(&model, prompts, &mut StaticDecoder);
+            let (want_ids, want) = run(&model, prompts, &mut EagerDecoder);
             let (ids, got) = run(&model, prompts, graph.as_mut());
             assert_eq!(ids, want_ids, "{precision:?}");
             assert_eq!(got.len(), 11);
             for (g, w) in got.iter().zip(&want) {
                 let scale = w.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
                 let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                // The same kernels on the same data: equal up to cuBLAS's choice of algorithm.
-                let bound = if precision == Precision::F32 { 1e-4 } else { 2e-2 };
+                // Attention over the capacity (masked) against the filled prefix: the same sums
+                // up to cuBLAS's choice of algorithm and one bf16 rounding.
+                let bound = if precision == Precision::F32 {
+                    1e-4
+                } else {
+                    2e-2
+                };
                 assert!(err / scale < bound, "{precision:?}: rel {}", err / scale);
             }
         }

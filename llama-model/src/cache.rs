@@ -1,7 +1,25 @@
 //! Key/value cache for incremental decoding.
 
+use std::any::TypeId;
+
 use burn::tensor::backend::Backend;
-use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorPrimitive};
+
+use crate::dispatch::{ErasedNative, Registry};
+
+/// A backend's write of one cache position in place: `(buffer [batch, kv_heads, capacity,
+/// head_dim], slot [1], new [batch, kv_heads, 1, head_dim]) → buffer`, the same memory.
+pub type NativeSlotWrite<B> = fn(FloatTensor<B>, IntTensor<B>, FloatTensor<B>) -> FloatTensor<B>;
+
+static SLOT_WRITE: Registry<ErasedNative> = Registry::new();
+
+/// Makes slot writes on backend `B` run `write` (an assignment in the buffer's own memory).
+/// Without it they go through `select_assign`, which Burn's backends may run out of place (libtorch
+/// does): correct eagerly, but a recorded graph would then write a copy the next step never reads.
+pub fn register_slot_write<B: Backend>(write: NativeSlotWrite<B>) {
+    SLOT_WRITE.insert(TypeId::of::<B>(), ErasedNative::new(write));
+}
 
 /// Keys and values of one attention layer, preallocated to `capacity` positions:
 /// `[batch, kv_heads, capacity, head_dim]`. Appending writes in place with `slice_assign`, and
@@ -66,8 +84,10 @@ impl<B: Backend> LayerCache<B> {
 
     /// Where the next single-position append writes: `Some([index])` on the device (static-shape
     /// decoding), or `None` for the host-side `len` (the default). A slot must still be empty
-    /// (zero, as [`new`](Self::new) makes it): the write adds, since Burn's `select_assign` has
-    /// only an additive update on every backend. `len` does not count slot writes.
+    /// (zero, as [`new`](Self::new) makes it) unless the backend registered an in-place write
+    /// ([`register_slot_write`]): the generic write adds, since Burn's `select_assign` has only an
+    /// additive update on every backend. An in-place write is seen by clones of this cache too.
+    /// `len` does not count slot writes.
     pub fn set_slot(&mut self, slot: Option<Tensor<B, 1, Int>>) {
         self.slot = slot;
     }
@@ -116,15 +136,24 @@ impl<B: Backend> LayerCache<B> {
         slot: Tensor<B, 1, Int>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         assert_eq!(k.dims()[2], 1, "a cache slot takes one position");
-        // Moved out so that the buffer is uniquely owned and the update runs in place: a captured
-        // graph must write the cache's own memory, not a copy.
+        // Moved out so that the buffer is uniquely owned and a backend may update it in place.
+        let native = SLOT_WRITE
+            .get(TypeId::of::<B>())
+            .and_then(|n| n.get::<NativeSlotWrite<B>>());
         let write = |buf: &mut Tensor<B, 4>, new: Tensor<B, 4>| {
             let placeholder = Tensor::empty([1, 1, 1, 1], &new.device());
             let mut old = std::mem::replace(buf, placeholder);
             if old.dtype() != new.dtype() {
                 old = old.cast(new.dtype());
             }
-            *buf = old.select_assign(2, slot.clone(), new, IndexingUpdateOp::Add);
+            *buf = match native {
+                Some(f) => Tensor::from_primitive(TensorPrimitive::Float(f(
+                    old.into_primitive().tensor(),
+                    slot.clone().into_primitive(),
+                    new.into_primitive().tensor(),
+                ))),
+                None => old.select_assign(2, slot.clone(), new, IndexingUpdateOp::Add),
+            };
             buf.clone()
         };
         (write(&mut self.k, k), write(&mut self.v, v))
