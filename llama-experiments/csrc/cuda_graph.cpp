@@ -92,4 +92,14 @@ int llama_graph_replay(void* p, char* err, size_t len) {
   return guarded(err, len, [&] { g->graph.replay(); });
 }
 
+// torch's current stream on the current device (null: the legacy default stream), so that our own
+// kernels queue where torch's do, also while a graph is being captured.
+void* llama_current_stream() {
+  try {
+    return c10::cuda::getCurrentCUDAStream().stream();
+  } catch (...) {
+    return nullptr;
+  }
+}
+
 }  // extern "C"

@@ -28,6 +28,14 @@ unsafe extern "C" {
     fn llama_graph_capture_begin(g: *mut c_void, err: *mut c_char, len: usize) -> c_int;
     fn llama_graph_capture_end(g: *mut c_void, err: *mut c_char, len: usize) -> c_int;
     fn llama_graph_replay(g: *mut c_void, err: *mut c_char, len: usize) -> c_int;
+    fn llama_current_stream() -> *mut c_void;
+}
+
+/// torch's current CUDA stream (null: the legacy default stream). The fused kernels
+/// (`cuda_kernels`) launch on it, so that they are recorded with torch's work during a capture.
+pub fn current_stream() -> *mut c_void {
+    // SAFETY: no arguments; the shim catches every C++ exception.
+    unsafe { llama_current_stream() }
 }
 
 /// Eager steps before the capture.

@@ -9,6 +9,8 @@
 use burn::backend::LibTorch;
 use burn::backend::libtorch::LibTorchDevice;
 use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use llama_experiments::backend::{BackendJob, DeviceSpec};
 use llama_experiments::decoder::{HAS_CUDA_GRAPHS, decoder_for};
 use llama_model::{
     Decoder, EagerDecoder, KvCache, Llama, LlamaConfig, Precision, Sampling, StepInput,
@@ -29,22 +31,22 @@ fn the_graph_shim_is_built_with_a_cuda_libtorch() {
 }
 
 /// Records each step's logits (on the host) of the decoder it wraps.
-struct Recording<'a> {
-    inner: &'a mut dyn Decoder<LibTorch>,
+struct Recording<'a, B: Backend> {
+    inner: &'a mut dyn Decoder<B>,
     logits: Vec<Vec<f32>>,
 }
 
-impl Decoder<LibTorch> for Recording<'_> {
+impl<B: Backend> Decoder<B> for Recording<'_, B> {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
 
     fn step(
         &mut self,
-        model: &Llama<LibTorch>,
-        cache: &mut KvCache<LibTorch>,
+        model: &Llama<B>,
+        cache: &mut KvCache<B>,
         input: StepInput<'_>,
-    ) -> Tensor<LibTorch, 2> {
+    ) -> Tensor<B, 2> {
         let out = self.inner.step(model, cache, input);
         let host = out.clone().into_data().convert::<f32>().into_vec().unwrap();
         self.logits.push(host);
@@ -52,10 +54,10 @@ impl Decoder<LibTorch> for Recording<'_> {
     }
 }
 
-fn run(
-    model: &Llama<LibTorch>,
+fn run<B: Backend>(
+    model: &Llama<B>,
     prompts: &[Vec<u32>],
-    decoder: &mut dyn Decoder<LibTorch>,
+    decoder: &mut dyn Decoder<B>,
 ) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
     let sampling = Sampling {
         max_new_tokens: 12,
@@ -71,6 +73,47 @@ fn run(
     (out, rec.logits)
 }
 
+/// Run through `DeviceSpec::run`, as the `llama` tool does: the tool's libtorch operations (the
+/// fused kernels' forward passes among them) are registered, so the recorded step is the one
+/// `llama generate` replays.
+struct GraphVsEager;
+
+impl BackendJob for GraphVsEager {
+    type Output = ();
+    fn run<AB: AutodiffBackend>(self, device: AB::Device) {
+        type B<AB> = <AB as AutodiffBackend>::InnerBackend;
+        let cfg = LlamaConfig {
+            n_kv_heads: Some(2),
+            ..LlamaConfig::preset("tiny").unwrap()
+        };
+        let padded = vec![vec![3, 14, 15, 92], vec![65, 35], vec![8, 9, 7, 9, 3, 2, 3]];
+        for precision in Precision::ALL {
+            let model = cfg
+                .init::<B<AB>>(&device)
+                .unwrap()
+                .with_precision(precision)
+                .with_inference_weights();
+            let mut graph = decoder_for::<B<AB>>(&device).unwrap();
+            assert_eq!(graph.name(), "cuda-graph");
+            // Twice with one decoder: the second generation has a new cache, so it records again.
+            for prompts in [&padded[..], &padded[..], &padded[2..]] {
+                let (want_ids, want) = run(&model, prompts, &mut EagerDecoder);
+                let (ids, got) = run(&model, prompts, graph.as_mut());
+                assert_eq!(ids, want_ids, "{precision:?}");
+                assert_eq!(got.len(), 11);
+                for (g, w) in got.iter().zip(&want) {
+                    let scale = w.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+                    let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                    // Attention over the capacity (masked) against the filled prefix: the same
+                    // sums up to cuBLAS's choice of algorithm and one bf16 rounding.
+                    let bound = if precision == Precision::F32 { 1e-4 } else { 2e-2 };
+                    assert!(err / scale < bound, "{precision:?}: rel {}", err / scale);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn graph_decoding_matches_eager_decoding() {
     if !tch::Cuda::is_available() {
@@ -78,38 +121,5 @@ fn graph_decoding_matches_eager_decoding() {
         return;
     }
     assert!(HAS_CUDA_GRAPHS, "a CUDA libtorch but no graph shim");
-    let device = LibTorchDevice::Cuda(0);
-    let cfg = LlamaConfig {
-        n_kv_heads: Some(2),
-        ..LlamaConfig::preset("tiny").unwrap()
-    };
-    let padded = vec![vec![3, 14, 15, 92], vec![65, 35], vec![8, 9, 7, 9, 3, 2, 3]];
-    for precision in Precision::ALL {
-        let model = cfg
-            .init::<LibTorch>(&device)
-            .unwrap()
-            .with_precision(precision)
-            .with_inference_weights();
-        let mut graph = decoder_for::<LibTorch>(&device).unwrap();
-        assert_eq!(graph.name(), "cuda-graph");
-        // Twice with one decoder: the second generation has a new cache, so it records again.
-        for prompts in [&padded[..], &padded[..], &padded[2..]] {
-            let (want_ids, want) = run(&model, prompts, &mut EagerDecoder);
-            let (ids, got) = run(&model, prompts, graph.as_mut());
-            assert_eq!(ids, want_ids, "{precision:?}");
-            assert_eq!(got.len(), 11);
-            for (g, w) in got.iter().zip(&want) {
-                let scale = w.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
-                let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                // Attention over the capacity (masked) against the filled prefix: the same sums
-                // up to cuBLAS's choice of algorithm and one bf16 rounding.
-                let bound = if precision == Precision::F32 {
-                    1e-4
-                } else {
-                    2e-2
-                };
-                assert!(err / scale < bound, "{precision:?}: rel {}", err / scale);
-            }
-        }
-    }
+    DeviceSpec::TchCuda(0).run(GraphVsEager).unwrap();
 }

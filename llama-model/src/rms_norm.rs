@@ -14,7 +14,7 @@
 //! Registered per backend like [`crate::loss`] (opt-in in the `llama` tool: on the CPU it was no
 //! faster, docs/performance.md); without a registration [`rms_norm`] is Burn's tensor-op form. A
 //! backend with its own kernels for both passes (one fused kernel each way on CUDA) hands them
-//! over with [`register_native`].
+//! over with [`register_native`]; its forward kernel then also serves `I` itself (inference).
 
 use std::any::{Any, TypeId};
 
@@ -70,6 +70,25 @@ fn register_all<I: Backend>(native: ErasedNative) {
             .downcast::<(Tensor<Autodiff<I>, 2>, Tensor<Autodiff<I>, 1>, f64, DType)>()
             .expect("registered under this type's TypeId");
         Box::new(autodiff_rms_norm::<I>(x, gamma, eps, out, native.get()))
+    }
+    // Inference on `I` itself (no autodiff): the native forward, where there is one.
+    fn plain<I: Backend>(args: Box<dyn Any>, native: &ErasedNative) -> Box<dyn Any> {
+        let (x, gamma, eps, out) = *args
+            .downcast::<(Tensor<I, 2>, Tensor<I, 1>, f64, DType)>()
+            .expect("registered under this type's TypeId");
+        let by_native = native.get::<NativeRmsNorm<I>>().and_then(|n| {
+            (n.forward)(prim(x.clone()), prim(gamma.clone()), eps, out).map(|(y, _)| float(y))
+        });
+        Box::new(by_native.unwrap_or_else(|| {
+            let y = decomposed(x, gamma, eps);
+            match y.dtype() == out {
+                true => y,
+                false => y.cast(out),
+            }
+        }))
+    }
+    if native.get::<NativeRmsNorm<I>>().is_some() {
+        REGISTRY.insert(TypeId::of::<I>(), (plain::<I>, native.clone()));
     }
     REGISTRY.insert(TypeId::of::<Autodiff<I>>(), (erased::<I>, native));
 }

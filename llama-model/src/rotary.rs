@@ -15,7 +15,7 @@
 //! (each half is the same two products and one sum). Registered per backend like
 //! [`crate::rms_norm`]; unregistered, [`crate::position::RopeAngles::apply`] keeps the tensor-op
 //! form. A backend with a kernel for the rotation (one fused kernel each way on CUDA) hands it over
-//! with [`register_native`].
+//! with [`register_native`]; its forward kernel then also serves `I` itself (inference).
 
 use std::any::{Any, TypeId};
 
@@ -69,6 +69,20 @@ fn register_all<I: Backend>(native: ErasedNative) {
             )>()
             .expect("registered under this type's TypeId");
         Box::new(autodiff_rotate::<I>(x, c, s, native.get()))
+    }
+    // Inference on `I` itself (no autodiff): the native forward, where there is one.
+    fn plain<I: Backend>(args: Box<dyn Any>, native: &ErasedNative) -> Box<dyn Any> {
+        let (x, c, s) = *args
+            .downcast::<(Tensor<I, 4>, Tensor<I, 4>, Tensor<I, 4>)>()
+            .expect("registered under this type's TypeId");
+        let by_native = native
+            .get::<NativeRotary<I>>()
+            .and_then(|n| (n.forward)(prim(x.clone()), prim(c.clone()), prim(s.clone())))
+            .map(float::<I, 4>);
+        Box::new(by_native.unwrap_or_else(|| x.clone() * c + swap_halves(x) * s))
+    }
+    if native.get::<NativeRotary<I>>().is_some() {
+        REGISTRY.insert(TypeId::of::<I>(), (plain::<I>, native.clone()));
     }
     REGISTRY.insert(TypeId::of::<Autodiff<I>>(), (erased::<I>, native));
 }

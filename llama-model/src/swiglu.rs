@@ -70,6 +70,19 @@ fn register_all<I: Backend>(native: ErasedNative) {
             .expect("registered under this type's TypeId");
         Box::new(autodiff_swiglu::<I>(a, b, native.get()))
     }
+    // Inference on `I` itself (no autodiff): the native forward.
+    fn plain<I: Backend>(args: Box<dyn Any>, native: &ErasedNative) -> Box<dyn Any> {
+        let (a, b) = *args
+            .downcast::<(Tensor<I, 3>, Tensor<I, 3>)>()
+            .expect("registered under this type's TypeId");
+        Box::new(match native.get::<NativeSwiglu<I>>() {
+            Some(n) => float::<I, 3>((n.forward)(prim(a), prim(b))),
+            None => silu(a) * b,
+        })
+    }
+    if native.get::<NativeSwiglu<I>>().is_some() {
+        REGISTRY.insert(TypeId::of::<I>(), (plain::<I>, native.clone()));
+    }
     REGISTRY.insert(TypeId::of::<Autodiff<I>>(), (erased::<I>, native));
 }
 

@@ -11,9 +11,10 @@
 //! bucket instead of eight (docs/performance.md, attempts 14–15). `cudarc` is the CUDA binding candle and CubeCL use; it loads the driver and NVRTC
 //! when first asked, so a binary without a GPU never needs them.
 //!
-//! Launches go to the legacy default stream, torch's current stream unless a program changes it
-//! (this one never does), so they are ordered with torch's kernels and its caching allocator's
-//! reuse of freed blocks. Every function returns `None` when it cannot run (a CPU tensor, another
+//! Launches go to torch's current stream (asked through the CUDA-graph shim where the binary has
+//! it: while a decode step is recorded that is the capture's side stream; otherwise the legacy
+//! default stream, torch's unless changed), so they are ordered with torch's kernels and its
+//! caching allocator's reuse of freed blocks. Every function returns `None` when it cannot run (a CPU tensor, another
 //! dtype, no NVRTC, a too-wide row); the callers then use torch's kernels.
 
 use std::collections::{HashMap, HashSet};
@@ -72,6 +73,7 @@ pub fn compile() -> Result<Ptx, String> {
 
 /// The loaded kernels of one device.
 pub(super) struct Loaded {
+    ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     functions: HashMap<String, CudaFunction>,
     /// Kernels whose argument list was checked against their signature.
@@ -101,6 +103,7 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
     }
     Ok(Loaded {
         stream: ctx.default_stream(),
+        ctx,
         functions,
         checked: Mutex::default(),
     })
@@ -181,7 +184,8 @@ pub(super) fn launch(
         checked.insert(full.clone());
     }
     drop(checked);
-    let mut b = k.stream.launch_builder(f);
+    let stream = current_stream(k);
+    let mut b = stream.launch_builder(f);
     for a in args {
         a.push(&mut b);
     }
@@ -200,6 +204,22 @@ pub(super) fn launch(
             None
         }
     }
+}
+
+/// torch's current stream where the binary can ask torch for it (the CUDA-graph shim: a capture
+/// records work on a side stream), else the legacy default stream, torch's unless changed.
+fn current_stream(k: &Loaded) -> Arc<CudaStream> {
+    #[cfg(llama_cuda_graph)]
+    {
+        let raw = crate::cuda_graph::current_stream();
+        if !raw.is_null() {
+            // SAFETY: torch's stream of this device (the primary context, which cudarc shares);
+            // torch keeps its streams alive for the process, and the launch is ordered with
+            // torch's work by being queued on that stream.
+            return unsafe { k.ctx.wrap_borrowed_stream(raw as cudarc::driver::sys::CUstream) };
+        }
+    }
+    k.stream.clone()
 }
 
 /// A kernel argument (`cudarc`'s builder borrows each; this keeps them in one slice).
