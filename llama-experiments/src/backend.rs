@@ -126,6 +126,7 @@ impl DeviceSpec {
                         norm: crate::libtorch_fused::rms_norm(),
                         rotary: crate::libtorch_fused::rotary(),
                         swiglu: crate::libtorch_fused::swiglu(),
+                        decode_attention: crate::libtorch_fused::decode_attention,
                     }),
                     torch_loss: cuda,
                     norm_operation: cuda,
@@ -204,6 +205,8 @@ struct Fused<I: burn::tensor::backend::Backend> {
     norm: NativeRmsNorm<I>,
     rotary: NativeRotary<I>,
     swiglu: NativeSwiglu<I>,
+    /// Single-query attention for decoding (inference only).
+    decode_attention: llama_model::decode_attention::NativeDecodeAttention<I>,
 }
 
 impl<I: burn::tensor::backend::Backend> Ops<I> {
@@ -238,9 +241,15 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     let libtorch_only =
         |var: &str| anyhow!("{var}=torch needs a libtorch device (tch-cpu, tch-cuda)");
-    let (fused_loss, fused_norm, fused_rotary, fused_swiglu) = match ops.fused {
-        Some(f) => (Some(f.loss), Some(f.norm), Some(f.rotary), Some(f.swiglu)),
-        None => (None, None, None, None),
+    let (fused_loss, fused_norm, fused_rotary, fused_swiglu, fused_decode) = match ops.fused {
+        Some(f) => (
+            Some(f.loss),
+            Some(f.norm),
+            Some(f.rotary),
+            Some(f.swiglu),
+            Some(f.decode_attention),
+        ),
+        None => (None, None, None, None, None),
     };
     match (
         env_choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
@@ -296,6 +305,14 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         ("torch" | "auto", Some(native), _) => llama_model::swiglu::register_native::<I>(native),
         ("torch", None, _) => return Err(libtorch_only("LLAMA_SWIGLU")),
         ("operation", _, _) => llama_model::swiglu::register::<I>(),
+        _ => {}
+    }
+    match (
+        env_choice("LLAMA_DECODE_ATTENTION", &["auto", "fused", "decomposed"])?,
+        fused_decode,
+    ) {
+        ("fused" | "auto", Some(f)) => llama_model::decode_attention::register_native::<I>(f),
+        ("fused", None) => return Err(fused_only("LLAMA_DECODE_ATTENTION")),
         _ => {}
     }
     match env_choice("LLAMA_LINEAR", &["auto", "flat", "split"])? {

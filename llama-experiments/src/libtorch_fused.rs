@@ -1,6 +1,6 @@
-//! The model's cross-entropy, RMSNorm, rotary and SwiGLU operations on libtorch with this
-//! project's fused CUDA kernels (`cuda_kernels`): one kernel per pass where torch runs two to
-//! seven.
+//! The model's cross-entropy, RMSNorm, rotary and SwiGLU operations, and decoding's
+//! single-query attention, on libtorch with this project's fused CUDA kernels (`cuda_kernels`):
+//! one kernel per pass where torch runs two to a dozen.
 //!
 //! Each falls back per call to what the `llama` tool registers without them (torch's loss and
 //! SwiGLU kernels, the RMSNorm and rotary operations' tensor ops) when the kernels cannot take the
@@ -49,6 +49,18 @@ pub fn swiglu() -> NativeSwiglu<LibTorch> {
         forward: swiglu_forward,
         backward: swiglu_backward,
     }
+}
+
+/// Single-query attention to register with
+/// `llama_model::decode_attention::register_native::<LibTorch>`.
+pub fn decode_attention(
+    q: TchTensor,
+    kk: TchTensor,
+    v: TchTensor,
+    hidden: Option<TchTensor>,
+) -> Option<TchTensor> {
+    let hidden = hidden.as_ref().map(|m| &m.tensor);
+    k::decode_attention(&q.tensor, &kk.tensor, &v.tensor, hidden).map(TchTensor::new)
 }
 
 /// Whether the fused kernels run on this tch device (compiles them on first use).

@@ -1,6 +1,7 @@
 //! The fused CUDA kernels (`cuda_kernels`) against torch's own formulas and autograd, f32 and
 //! bf16: cross-entropy (loss and the logits' gradient), RMSNorm (y, dx, dγ) and SwiGLU's gate (out,
-//! da, db), each with a non-uniform upstream gradient.
+//! da, db), each with a non-uniform upstream gradient; rotary; AdamW; decoding's single-query
+//! attention.
 //!
 //! Needs `--features tch`. The source is compiled wherever NVRTC loads (a CUDA toolkit, or PyPI's
 //! `nvidia-cuda-nvrtc`, on `LD_LIBRARY_PATH`; `LLAMA_REQUIRE_NVRTC=1` makes its absence a failure,
@@ -234,6 +235,52 @@ fn rotary_matches_the_formula() {
 /// On the CPU the kernels decline, so the registered backward passes take their fallbacks, the
 /// model's closed forms in tensor ops (the path a failed launch takes on a GPU): they must agree
 /// with torch's autograd.
+/// Decoding's single-query attention against torch's formula (grouped heads repeated, f32
+/// softmax, hidden keys at −∞), on a view of a longer cache as the model passes it.
+#[test]
+fn decode_attention_matches_the_formula() {
+    let Some(dev) = cuda() else { return };
+    for kind in [Kind::Float, Kind::BFloat16] {
+        // (batch, heads, kv heads, head dim, keys, cache capacity, masked)
+        for (b, h, hkv, d, t, cap, masked) in [
+            (2i64, 4i64, 2i64, 64i64, 37i64, 50i64, true),
+            (1, 12, 12, 64, 565, 565, false),
+            (3, 2, 1, 128, 5, 9, true),
+            (1, 32, 4, 64, 1, 8, false),
+        ] {
+            let q = Tensor::randn([b, h, 1, d], (Kind::Float, dev)).to_kind(kind);
+            let cache = |_| Tensor::randn([b, hkv, cap, d], (Kind::Float, dev)).to_kind(kind);
+            let (kc, vc) = (cache(0), cache(1));
+            let (kv, vv) = (kc.narrow(2, 0, t), vc.narrow(2, 0, t));
+            // Hide about a third of the keys, never the last (the new token's own).
+            let hidden = masked.then(|| {
+                let m = Tensor::rand([b, 1, 1, t], (Kind::Float, dev)).lt(0.33);
+                let _ = m.narrow(3, t - 1, 1).fill_(0);
+                m
+            });
+            let f = |x: &Tensor| x.to_kind(Kind::Float);
+            let rep = h / hkv;
+            let (kr, vr) = (
+                f(&kv).repeat_interleave_self_int(rep, 1, None),
+                f(&vv).repeat_interleave_self_int(rep, 1, None),
+            );
+            let mut scores = f(&q).matmul(&kr.transpose(2, 3)) / (d as f64).sqrt();
+            if let Some(m) = &hidden {
+                scores = scores.masked_fill(m, f64::NEG_INFINITY);
+            }
+            let want = scores.softmax(3, Kind::Float).matmul(&vr);
+            let got = k::decode_attention(&q, &kv, &vv, hidden.as_ref()).expect("runs on CUDA");
+            assert_eq!(got.size(), [b, h, 1, d]);
+            assert_eq!(got.kind(), kind);
+            let err = rel(&got, &want);
+            assert!(
+                err < bound(kind),
+                "{kind:?} b{b} h{h}/{hkv} d{d} t{t}: relative error {err:e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn backward_fallbacks_match_torch_autograd() {
     use burn::backend::libtorch::TchTensor;

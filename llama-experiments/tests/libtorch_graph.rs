@@ -106,7 +106,11 @@ impl BackendJob for GraphVsEager {
                     let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
                     // Attention over the capacity (masked) against the filled prefix: the same
                     // sums up to cuBLAS's choice of algorithm and one bf16 rounding.
-                    let bound = if precision == Precision::F32 { 1e-4 } else { 2e-2 };
+                    let bound = if precision == Precision::F32 {
+                        1e-4
+                    } else {
+                        2e-2
+                    };
                     assert!(err / scale < bound, "{precision:?}: rel {}", err / scale);
                 }
             }

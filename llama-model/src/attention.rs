@@ -8,6 +8,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor};
 
 use crate::cache::LayerCache;
+use crate::decode_attention;
 use crate::ffn::linear;
 use crate::position::RopeAngles;
 use crate::precision::Precision;
@@ -88,6 +89,21 @@ impl<B: Backend> Attention<B> {
         let (k, v) = match cache {
             Some(cache) => cache.append(k, v),
             None => (k, v),
+        };
+        // One query per row (decoding): the backend's single-pass kernel where it has one, on the
+        // shared key/value heads as they are.
+        let (q, k, v) = match mask {
+            AttentionMask::Full | AttentionMask::Explicit(_) if t == 1 => {
+                let hidden = match mask {
+                    AttentionMask::Explicit(m) => Some(m),
+                    _ => None,
+                };
+                match decode_attention::try_decode_attention(q, k, v, hidden) {
+                    Ok(out) => return self.output(out, precision),
+                    Err(qkv) => qkv,
+                }
+            }
+            _ => (q, k, v),
         };
         let (k, v) = (repeat_kv(k, h / hkv), repeat_kv(v, h / hkv));
         let options = |is_causal| AttentionModuleOptions {

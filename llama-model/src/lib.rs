@@ -12,6 +12,7 @@ pub mod block;
 pub mod cache;
 pub mod config;
 pub mod decode;
+pub mod decode_attention;
 mod dispatch;
 pub mod error;
 pub mod ffn;

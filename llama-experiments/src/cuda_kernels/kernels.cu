@@ -248,6 +248,71 @@ __device__ void rotary(const T* x, const T* c, const T* s, T* y, long long n, in
     }
 }
 
+// Attention of one query per (row, head) against `keys` cached positions, for decoding: q
+// [batch, heads, dim] (contiguous), k and v [batch, kv_heads, *, dim] (strides kb, kh between rows
+// and heads, unit stride within a key and `dim` between keys), `hidden` [batch, keys] (1 = not
+// visible; null: all visible), out [batch, heads, dim] contiguous. Head h reads kv head h / rep.
+// One block per (row, head), `blockDim.x` a multiple of `dim` and of 32; scores and
+// probabilities in f32 shared memory (`keys` floats). Replaces about a dozen kernels of the
+// tensor-op form (product, scale, mask, softmax's five, casts, product, the grouped heads' copies).
+template <typename T>
+__device__ void decode_attention(const T* q, const T* k, const T* v, const unsigned char* hidden,
+                                 T* out, int heads, int rep, int keys, int dim, long long kb,
+                                 long long kh, float scale) {
+    extern __shared__ float p[];  // keys scores, then the per-group partial outputs
+    __shared__ float red[32];
+    const int row = blockIdx.x / heads, h = blockIdx.x % heads;
+    const T* qr = q + (long long)blockIdx.x * dim;
+    const long long kvoff = row * kb + (long long)(h / rep) * kh;
+    const T* kr = k + kvoff;
+    const T* vr = v + kvoff;
+    const unsigned char* hr = hidden ? hidden + (long long)row * keys : nullptr;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    // Scores: one warp per key, lanes across the head dimension.
+    for (int j = warp; j < keys; j += warps) {
+        float acc = 0.0f;
+        for (int d = lane; d < dim; d += 32) acc += load(qr, d) * load(kr, (long long)j * dim + d);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) p[j] = (hr && hr[j]) ? NEG_INF : acc * scale;
+    }
+    __syncthreads();
+    // Softmax over the scores.
+    float m = NEG_INF;
+    for (int j = threadIdx.x; j < keys; j += blockDim.x) m = fmaxf(m, p[j]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) red[warp] = m;
+    __syncthreads();
+    m = NEG_INF;
+    for (int w = 0; w < warps; ++w) m = fmaxf(m, red[w]);
+    __syncthreads();
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < keys; j += blockDim.x) {
+        const float e = m == NEG_INF ? 0.0f : expf(p[j] - m);
+        p[j] = e;
+        sum += e;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0) red[warp] = sum;
+    __syncthreads();
+    sum = 0.0f;
+    for (int w = 0; w < warps; ++w) sum += red[w];
+    // Output: `groups` groups of `dim` threads, each over every groups-th key.
+    const int groups = blockDim.x / dim, g = threadIdx.x / dim, d = threadIdx.x % dim;
+    float acc = 0.0f;
+    for (int j = g; j < keys; j += groups) acc += p[j] * load(vr, (long long)j * dim + d);
+    __syncthreads();
+    float* part = p;  // the probabilities are no longer needed (shared holds >= blockDim floats)
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    if (g == 0) {
+        for (int o = 1; o < groups; ++o) acc += part[o * dim + d];
+        store(out, (long long)blockIdx.x * dim + d, sum > 0.0f ? acc / sum : 0.0f);
+    }
+}
+
 // AdamW on one flat f32 bucket (torch's update with decoupled decay, `train::optim`'s formula):
 //   g ← g·factor,  m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,
 //   p ← p·keep − lr_c1 · m / (√v · inv_root_c2 + ε)
@@ -387,6 +452,11 @@ __device__ void rms_norm_backward(const TY* dy, const TX* x, const float* gamma,
         const T* x, const T* c, const T* s, T* y, long long n, int heads, int time, int dim,      \
         long long xb, long long xh, long long xt, long long cb, long long ct, int backward) {     \
         rotary<T>(x, c, s, y, n, heads, time, dim, xb, xh, xt, cb, ct, backward);                 \
+    }                                                                                             \
+    extern "C" __global__ void decode_attention_##SUFFIX(                                         \
+        const T* q, const T* k, const T* v, const unsigned char* hidden, T* out, int heads,       \
+        int rep, int keys, int dim, long long kb, long long kh, float scale) {                    \
+        decode_attention<T>(q, k, v, hidden, out, heads, rep, keys, dim, kb, kh, scale);          \
     }                                                                                             \
     RMS_NORM(SUFFIX, T, T)
 

@@ -30,7 +30,7 @@ pub use ops::*;
 const SOURCE: &str = include_str!("kernels.cu");
 
 /// Kernel names without their dtype suffix (`_f32`, `_bf16`), in both dtypes.
-pub const KERNELS: [&str; 7] = [
+pub const KERNELS: [&str; 8] = [
     "cross_entropy_forward",
     "cross_entropy_backward",
     "swiglu_forward",
@@ -38,6 +38,7 @@ pub const KERNELS: [&str; 7] = [
     "rotary",
     "rms_norm_forward",
     "rms_norm_backward",
+    "decode_attention",
 ];
 
 /// Kernels with an f32 form only.
@@ -165,6 +166,18 @@ pub(super) fn launch(
     block: usize,
     args: &[&dyn Arg],
 ) -> Option<()> {
+    launch_shared(k, full, grid, block, 0, args)
+}
+
+/// [`launch`] with `shared` bytes of dynamic shared memory per block.
+pub(super) fn launch_shared(
+    k: &Loaded,
+    full: String,
+    grid: usize,
+    block: usize,
+    shared: u32,
+    args: &[&dyn Arg],
+) -> Option<()> {
     let name = &full;
     let f = k.functions.get(&full)?;
     // The driver reads one value per parameter of the kernel from the argument list: a list that
@@ -192,7 +205,7 @@ pub(super) fn launch(
     let cfg = LaunchConfig {
         grid_dim: (u32::try_from(grid).ok()?, 1, 1),
         block_dim: (block as u32, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: shared,
     };
     // SAFETY: every pointer argument is the data of a contiguous tensor of the kind and size the
     // kernel indexes (checked by the callers), alive until this call returns; torch's allocator
@@ -216,7 +229,10 @@ fn current_stream(k: &Loaded) -> Arc<CudaStream> {
             // SAFETY: torch's stream of this device (the primary context, which cudarc shares);
             // torch keeps its streams alive for the process, and the launch is ordered with
             // torch's work by being queued on that stream.
-            return unsafe { k.ctx.wrap_borrowed_stream(raw as cudarc::driver::sys::CUstream) };
+            return unsafe {
+                k.ctx
+                    .wrap_borrowed_stream(raw as cudarc::driver::sys::CUstream)
+            };
         }
     }
     k.stream.clone()

@@ -7,7 +7,8 @@ use tch::{Kind, Tensor};
 use crate::train::optim::AdamwScalars;
 
 use super::{
-    ELEMENT_BLOCK, element_grid, launch, loaded, named, ptr, ready, row_block, suffix, vec4,
+    ELEMENT_BLOCK, element_grid, launch, launch_shared, loaded, named, ptr, ready, row_block,
+    suffix, vec4,
 };
 
 /// Mean cross-entropy of `logits [n, vocab]` against `targets [n]` (int64): the loss (`[1]`, f32)
@@ -339,4 +340,94 @@ pub fn adamw(
         ],
     )?;
     Some((po, mo, vo))
+}
+
+/// Threads per block of `decode_attention` (a multiple of the head dimension).
+const DECODE_BLOCK: i64 = 256;
+
+/// Most keys `decode_attention` holds in shared memory (48 KiB of f32 scores).
+const DECODE_MAX_KEYS: i64 = 12 * 1024;
+
+/// One query per row and head against cached keys: `q [b, h, 1, d]`, `k, v [b, h_kv, t, d]` (a
+/// view of the cache is fine: unit stride within a key, `d` between keys), `hidden [b, 1, 1, t]`
+/// (bool, `true` = not visible; `None`: all visible) → softmax(q·kᵀ/√d) v `[b, h, 1, d]` in q's
+/// dtype, head `i` reading key/value head `i / (h / h_kv)`. Scores and softmax in f32.
+pub fn decode_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    hidden: Option<&Tensor>,
+) -> Option<Tensor> {
+    suffix(q.kind())?;
+    let kern = loaded(q.device())?;
+    let (qs, ks) = (q.size(), k.size());
+    let ([b, h, 1, d], [kb, hkv, t, kd]) = (&qs[..], &ks[..]) else {
+        return None;
+    };
+    let (b, h, d, kb, hkv, t, kd) = (*b, *h, *d, *kb, *hkv, *t, *kd);
+    let same = |x: &Tensor| x.kind() == q.kind() && x.device() == q.device();
+    if !same(k)
+        || !same(v)
+        || v.size() != k.size()
+        || kb != b
+        || kd != d
+        || hkv == 0
+        || h % hkv != 0
+        || t == 0
+        || t > DECODE_MAX_KEYS
+        || d > DECODE_BLOCK
+        || DECODE_BLOCK % d != 0
+    {
+        return None;
+    }
+    // Keys and values as the kernel indexes them: unit stride within a key, d between keys, and
+    // the same strides for both.
+    let (k, v) = if k.stride()[2..] == [d, 1] && v.stride() == k.stride() {
+        (k.shallow_clone(), v.shallow_clone())
+    } else {
+        (k.contiguous(), v.contiguous())
+    };
+    let hidden = match hidden {
+        Some(m) => {
+            if m.size() != [b, 1, 1, t] || m.device() != q.device() {
+                return None;
+            }
+            Some(m.to_kind(Kind::Bool).contiguous())
+        }
+        None => None,
+    };
+    let q = q.contiguous();
+    let out = Tensor::empty([b, h, 1, d], (q.kind(), q.device()));
+    let st = k.stride();
+    let hidden_ptr = hidden.as_ref().map_or(0u64, ptr);
+    let shared = 4 * u32::try_from(t.max(DECODE_BLOCK)).ok()?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (heads, rep, keys, dim) = (
+        i32::try_from(h).ok()?,
+        i32::try_from(h / hkv).ok()?,
+        i32::try_from(t).ok()?,
+        i32::try_from(d).ok()?,
+    );
+    launch_shared(
+        &kern,
+        named("decode_attention", q.kind())?,
+        (b * h) as usize,
+        DECODE_BLOCK as usize,
+        shared,
+        &[
+            &ptr(&q),
+            &ptr(&k),
+            &ptr(&v),
+            &hidden_ptr,
+            &ptr(&out),
+            &heads,
+            &rep,
+            &keys,
+            &dim,
+            &st[0],
+            &st[1],
+            &scale,
+        ],
+    )?;
+    Some(out)
 }
