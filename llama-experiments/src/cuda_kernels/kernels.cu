@@ -250,45 +250,55 @@ __device__ void rotary(const T* x, const T* c, const T* s, T* y, long long n, in
 
 // Attention of one query per (row, head) against `keys` cached positions, for decoding: q
 // [batch, heads, dim] (contiguous), k and v [batch, kv_heads, *, dim] (strides kb, kh between rows
-// and heads, unit stride within a key and `dim` between keys), `hidden` [batch, keys] (1 = not
-// visible; null: all visible), out [batch, heads, dim] contiguous. Head h reads kv head h / rep.
-// One block per (row, head), `blockDim.x` a multiple of `dim` and of 32; scores and
-// probabilities in f32 shared memory (`keys` floats). Replaces about a dozen kernels of the
-// tensor-op form (product, scale, mask, softmax's five, casts, product, the grouped heads' copies).
+// and heads, unit stride within a key and `dim` between keys; every row 4-element aligned),
+// `hidden` [batch, keys] (1 = not visible; null: all visible), out [batch, heads, dim]
+// contiguous. Head h reads kv head h / rep. One block per (row, head); `dim` a multiple of 4 and
+// `blockDim.x` a multiple of dim / 4 and of 32. Dynamic shared memory: dim + keys +
+// (blockDim.x / (dim / 4)) * dim floats. Replaces about a dozen kernels of the tensor-op form
+// (product, scale, mask, softmax's five, casts, product, the grouped heads' copies).
+//
+// Each phase keeps many independent loads in flight (a single query is latency-bound): the
+// scores take one thread per key, four elements per load; the output one group of dim / 4
+// threads per key (coalesced rows), the groups' partial sums added at the end.
 template <typename T>
 __device__ void decode_attention(const T* q, const T* k, const T* v, const unsigned char* hidden,
                                  T* out, int heads, int rep, int keys, int dim, long long kb,
                                  long long kh, float scale) {
-    extern __shared__ float p[];  // keys scores, then the per-group partial outputs
+    extern __shared__ float sh[];
+    float* qs = sh;         // dim: the query in f32
+    float* p = qs + dim;    // keys: scores, then probabilities
+    float* part = p + keys; // groups x dim: partial outputs
     __shared__ float red[32];
     const int row = blockIdx.x / heads, h = blockIdx.x % heads;
+    const int tid = threadIdx.x, bs = blockDim.x, lane = tid & 31, warp = tid >> 5;
     const T* qr = q + (long long)blockIdx.x * dim;
     const long long kvoff = row * kb + (long long)(h / rep) * kh;
     const T* kr = k + kvoff;
     const T* vr = v + kvoff;
     const unsigned char* hr = hidden ? hidden + (long long)row * keys : nullptr;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    // Scores: one warp per key, lanes across the head dimension.
-    for (int j = warp; j < keys; j += warps) {
+    for (int i = tid; i < dim; i += bs) qs[i] = load(qr, i);
+    __syncthreads();
+    for (int j = tid; j < keys; j += bs) {
+        const long long base = (long long)j * dim;
         float acc = 0.0f;
-        for (int d = lane; d < dim; d += 32) acc += load(qr, d) * load(kr, (long long)j * dim + d);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (lane == 0) p[j] = (hr && hr[j]) ? NEG_INF : acc * scale;
+        for (int c = 0; c < dim; c += 4) {
+            const Four x = load4(kr, base + c);
+            acc += x.v[0] * qs[c] + x.v[1] * qs[c + 1] + x.v[2] * qs[c + 2] + x.v[3] * qs[c + 3];
+        }
+        p[j] = (hr && hr[j]) ? NEG_INF : acc * scale;
     }
     __syncthreads();
-    // Softmax over the scores.
     float m = NEG_INF;
-    for (int j = threadIdx.x; j < keys; j += blockDim.x) m = fmaxf(m, p[j]);
+    for (int j = tid; j < keys; j += bs) m = fmaxf(m, p[j]);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     if (lane == 0) red[warp] = m;
     __syncthreads();
     m = NEG_INF;
-    for (int w = 0; w < warps; ++w) m = fmaxf(m, red[w]);
+    for (int w = 0; w < bs / 32; ++w) m = fmaxf(m, red[w]);
     __syncthreads();
     float sum = 0.0f;
-    for (int j = threadIdx.x; j < keys; j += blockDim.x) {
+    for (int j = tid; j < keys; j += bs) {
         const float e = m == NEG_INF ? 0.0f : expf(p[j] - m);
         p[j] = e;
         sum += e;
@@ -298,18 +308,27 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
     if (lane == 0) red[warp] = sum;
     __syncthreads();
     sum = 0.0f;
-    for (int w = 0; w < warps; ++w) sum += red[w];
-    // Output: `groups` groups of `dim` threads, each over every groups-th key.
-    const int groups = blockDim.x / dim, g = threadIdx.x / dim, d = threadIdx.x % dim;
-    float acc = 0.0f;
-    for (int j = g; j < keys; j += groups) acc += p[j] * load(vr, (long long)j * dim + d);
+    for (int w = 0; w < bs / 32; ++w) sum += red[w];
+    const int chunks = dim / 4, groups = bs / chunks, g = tid / chunks, c = (tid % chunks) * 4;
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma unroll 4
+    for (int j = g; j < keys; j += groups) {
+        const Four x = load4(vr, (long long)j * dim + c);
+        const float pj = p[j];
+        a0 += pj * x.v[0];
+        a1 += pj * x.v[1];
+        a2 += pj * x.v[2];
+        a3 += pj * x.v[3];
+    }
+    part[g * dim + c] = a0;
+    part[g * dim + c + 1] = a1;
+    part[g * dim + c + 2] = a2;
+    part[g * dim + c + 3] = a3;
     __syncthreads();
-    float* part = p;  // the probabilities are no longer needed (shared holds >= blockDim floats)
-    part[threadIdx.x] = acc;
-    __syncthreads();
-    if (g == 0) {
-        for (int o = 1; o < groups; ++o) acc += part[o * dim + d];
-        store(out, (long long)blockIdx.x * dim + d, sum > 0.0f ? acc / sum : 0.0f);
+    for (int i = tid; i < dim; i += bs) {
+        float o = 0.0f;
+        for (int gg = 0; gg < groups; ++gg) o += part[gg * dim + i];
+        store(out, (long long)blockIdx.x * dim + i, sum > 0.0f ? o / sum : 0.0f);
     }
 }
 

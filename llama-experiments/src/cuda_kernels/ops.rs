@@ -345,8 +345,9 @@ pub fn adamw(
 /// Threads per block of `decode_attention` (a multiple of the head dimension).
 const DECODE_BLOCK: i64 = 256;
 
-/// Most keys `decode_attention` holds in shared memory (48 KiB of f32 scores).
-const DECODE_MAX_KEYS: i64 = 12 * 1024;
+/// Most keys `decode_attention` holds in shared memory (with the query and the partial outputs,
+/// under the 48 KiB a block gets without opting in).
+const DECODE_MAX_KEYS: i64 = 8 * 1024;
 
 /// One query per row and head against cached keys: `q [b, h, 1, d]`, `k, v [b, h_kv, t, d]` (a
 /// view of the cache is fine: unit stride within a key, `d` between keys), `hidden [b, 1, 1, t]`
@@ -375,18 +376,26 @@ pub fn decode_attention(
         || h % hkv != 0
         || t == 0
         || t > DECODE_MAX_KEYS
-        || d > DECODE_BLOCK
-        || DECODE_BLOCK % d != 0
+        || d % 4 != 0
+        || d / 4 > DECODE_BLOCK
+        || DECODE_BLOCK % (d / 4) != 0
     {
         return None;
     }
-    // Keys and values as the kernel indexes them: unit stride within a key, d between keys, and
-    // the same strides for both.
-    let (k, v) = if k.stride()[2..] == [d, 1] && v.stride() == k.stride() {
+    // Keys and values as the kernel indexes them: unit stride within a key, d between keys, the
+    // same strides for both, and every row four-element aligned for its loads.
+    let (k, v) = if k.stride()[2..] == [d, 1]
+        && v.stride() == k.stride()
+        && k.stride().iter().all(|s| s % 4 == 0)
+        && vec4(&[k, v]) == 1
+    {
         (k.shallow_clone(), v.shallow_clone())
     } else {
         (k.contiguous(), v.contiguous())
     };
+    if vec4(&[&k, &v]) != 1 {
+        return None;
+    }
     let hidden = match hidden {
         Some(m) => {
             if m.size() != [b, 1, 1, t] || m.device() != q.device() {
@@ -400,7 +409,8 @@ pub fn decode_attention(
     let out = Tensor::empty([b, h, 1, d], (q.kind(), q.device()));
     let st = k.stride();
     let hidden_ptr = hidden.as_ref().map_or(0u64, ptr);
-    let shared = 4 * u32::try_from(t.max(DECODE_BLOCK)).ok()?;
+    let groups = DECODE_BLOCK / (d / 4);
+    let shared = 4 * u32::try_from(d + t + groups * d).ok()?;
     let scale = 1.0 / (d as f32).sqrt();
     let (heads, rep, keys, dim) = (
         i32::try_from(h).ok()?,
