@@ -247,6 +247,8 @@ fn decode_attention_matches_the_formula() {
             (1, 12, 12, 64, 565, 565, false),
             (3, 2, 1, 128, 5, 9, true),
             (1, 32, 4, 64, 1, 8, false),
+            // Enough blocks for the 256-thread form (the others take the 1,024-thread one).
+            (4, 32, 4, 64, 100, 120, true),
         ] {
             let q = Tensor::randn([b, h, 1, d], (Kind::Float, dev)).to_kind(kind);
             let cache = |_| Tensor::randn([b, hkv, cap, d], (Kind::Float, dev)).to_kind(kind);

@@ -253,7 +253,7 @@ __device__ void rotary(const T* x, const T* c, const T* s, T* y, long long n, in
 // and heads, unit stride within a key and `dim` between keys; every row 4-element aligned),
 // `hidden` [batch, keys] (1 = not visible; null: all visible), out [batch, heads, dim]
 // contiguous. Head h reads kv head h / rep. One block per (row, head); `dim` a multiple of 4 and
-// `blockDim.x` a multiple of dim / 4 and of 32. Dynamic shared memory: dim + keys +
+// `blockDim.x` (at most 1,024) a multiple of dim / 4 and of 32. Dynamic shared memory: dim + keys +
 // (blockDim.x / (dim / 4)) * dim floats. Replaces about a dozen kernels of the tensor-op form
 // (product, scale, mask, softmax's five, casts, product, the grouped heads' copies).
 //
@@ -472,7 +472,7 @@ __device__ void rms_norm_backward(const TY* dy, const TX* x, const float* gamma,
         long long xb, long long xh, long long xt, long long cb, long long ct, int backward) {     \
         rotary<T>(x, c, s, y, n, heads, time, dim, xb, xh, xt, cb, ct, backward);                 \
     }                                                                                             \
-    extern "C" __global__ void decode_attention_##SUFFIX(                                         \
+    extern "C" __global__ void __launch_bounds__(1024) decode_attention_##SUFFIX(                 \
         const T* q, const T* k, const T* v, const unsigned char* hidden, T* out, int heads,       \
         int rep, int keys, int dim, long long kb, long long kh, float scale) {                    \
         decode_attention<T>(q, k, v, hidden, out, heads, rep, keys, dim, kb, kh, scale);          \

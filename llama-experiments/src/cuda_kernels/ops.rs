@@ -342,8 +342,15 @@ pub fn adamw(
     Some((po, mo, vo))
 }
 
-/// Threads per block of `decode_attention` (a multiple of the head dimension).
+/// Threads per block of `decode_attention` (a multiple of a quarter of the head dimension);
+/// [`DECODE_BLOCK_WIDE`] when there are few blocks (one per row and head: 12 at `125m` batch 1,
+/// where 256 threads left it latency-bound and slower than the tensor ops it replaces).
 const DECODE_BLOCK: i64 = 256;
+const DECODE_BLOCK_WIDE: i64 = 1024;
+/// Fewer blocks than this take the wide form (a fraction of an H100/H200's 132 SMs).
+const DECODE_FEW_BLOCKS: i64 = 64;
+/// Most keys the wide form holds (its partial outputs take more shared memory).
+const DECODE_WIDE_MAX_KEYS: i64 = 4 * 1024;
 
 /// Most keys `decode_attention` holds in shared memory (with the query and the partial outputs,
 /// under the 48 KiB a block gets without opting in).
@@ -409,7 +416,12 @@ pub fn decode_attention(
     let out = Tensor::empty([b, h, 1, d], (q.kind(), q.device()));
     let st = k.stride();
     let hidden_ptr = hidden.as_ref().map_or(0u64, ptr);
-    let groups = DECODE_BLOCK / (d / 4);
+    let block = if b * h < DECODE_FEW_BLOCKS && t <= DECODE_WIDE_MAX_KEYS {
+        DECODE_BLOCK_WIDE
+    } else {
+        DECODE_BLOCK
+    };
+    let groups = block / (d / 4);
     let shared = 4 * u32::try_from(d + t + groups * d).ok()?;
     let scale = 1.0 / (d as f32).sqrt();
     let (heads, rep, keys, dim) = (
@@ -422,7 +434,7 @@ pub fn decode_attention(
         &kern,
         named("decode_attention", q.kind())?,
         (b * h) as usize,
-        DECODE_BLOCK as usize,
+        block as usize,
         shared,
         &[
             &ptr(&q),
