@@ -8,7 +8,9 @@ use llama_model::{Decoder, EagerDecoder};
 
 /// Whether this binary can record decode steps as CUDA graphs (libtorch with CUDA headers at
 /// build time: build.rs).
-pub const HAS_CUDA_GRAPHS: bool = cfg!(all(feature = "tch", llama_cuda_graph));
+pub fn has_cuda_graphs() -> bool {
+    cfg!(all(feature = "tch", llama_cuda_graph))
+}
 
 /// The decoder for backend `B` on `device`.
 pub fn decoder_for<B: Backend>(device: &B::Device) -> Result<Box<dyn Decoder<B>>> {

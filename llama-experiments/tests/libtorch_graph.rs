@@ -11,7 +11,7 @@ use burn::backend::libtorch::LibTorchDevice;
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use llama_experiments::backend::{BackendJob, DeviceSpec};
-use llama_experiments::decoder::{HAS_CUDA_GRAPHS, decoder_for};
+use llama_experiments::decoder::{decoder_for, has_cuda_graphs};
 use llama_model::{
     Decoder, EagerDecoder, KvCache, Llama, LlamaConfig, Precision, Sampling, StepInput,
     generate_with,
@@ -21,7 +21,7 @@ use llama_model::{
 fn the_graph_shim_is_built_with_a_cuda_libtorch() {
     if std::env::var_os("LLAMA_REQUIRE_CUDA_GRAPHS").is_some() {
         assert!(
-            HAS_CUDA_GRAPHS,
+            has_cuda_graphs(),
             "LLAMA_REQUIRE_CUDA_GRAPHS is set but the binary was built without CUDA graphs"
         );
     }
@@ -86,7 +86,7 @@ impl BackendJob for GraphVsEager {
             n_kv_heads: Some(2),
             ..LlamaConfig::preset("tiny").unwrap()
         };
-        let padded = vec![vec![3, 14, 15, 92], vec![65, 35], vec![8, 9, 7, 9, 3, 2, 3]];
+        let padded = [vec![3, 14, 15, 92], vec![65, 35], vec![8, 9, 7, 9, 3, 2, 3]];
         for precision in Precision::ALL {
             let model = cfg
                 .init::<B<AB>>(&device)
@@ -124,6 +124,6 @@ fn graph_decoding_matches_eager_decoding() {
         eprintln!("skipped: torch sees no CUDA device");
         return;
     }
-    assert!(HAS_CUDA_GRAPHS, "a CUDA libtorch but no graph shim");
+    assert!(has_cuda_graphs(), "a CUDA libtorch but no graph shim");
     DeviceSpec::TchCuda(0).run(GraphVsEager).unwrap();
 }
