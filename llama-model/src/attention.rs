@@ -13,6 +13,7 @@ use crate::ffn::linear;
 use crate::position::RopeAngles;
 use crate::precision::Precision;
 use crate::sdpa;
+use crate::stacked::{self, Stacked};
 
 /// Which keys each query may see.
 #[derive(Debug, Clone)]
@@ -41,6 +42,9 @@ pub struct Attention<B: Backend> {
     n_kv_heads: usize,
     #[module(skip)]
     head_dim: usize,
+    /// q, k and v stacked for inference (`Llama::with_inference_weights`).
+    #[module(skip)]
+    stacked: Option<Stacked<B>>,
 }
 
 impl<B: Backend> Attention<B> {
@@ -61,7 +65,24 @@ impl<B: Backend> Attention<B> {
             n_heads,
             n_kv_heads,
             head_dim: hd,
+            stacked: None,
         }
+    }
+
+    /// Stacks q, k and v into one weight, the three becoming views of it (see [`crate::stacked`]).
+    /// Not for training. A no-op with biases.
+    pub fn stack_projections(&mut self) {
+        let ls = [&self.wq, &self.wk, &self.wv];
+        if ls.iter().any(|l| l.bias.is_some()) {
+            return;
+        }
+        let (stack, views) = Stacked::new(ls.iter().map(|l| l.weight.val()).collect());
+        let mut views = views.into_iter();
+        for l in [&mut self.wq, &mut self.wk, &mut self.wv] {
+            let view = views.next().expect("one view per weight");
+            l.weight = l.weight.clone().map(|_| view);
+        }
+        self.stacked = Some(stack);
     }
 
     /// `x: [batch, time, dim]` → `[batch, time, dim]`; `rope` holds the rotary angles of the
@@ -79,9 +100,19 @@ impl<B: Backend> Attention<B> {
         let proj = |l: &Linear<B>, x| precision.linear(l, x);
         let (h, hkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let mut q = heads(proj(&self.wq, x.clone()), h);
-        let mut k = heads(proj(&self.wk, x.clone()), hkv);
-        let v = heads(proj(&self.wv, x), hkv);
+        let (q, k, v) = match &self.stacked {
+            Some(stack) if b * t <= stacked::MAX_ROWS => {
+                let mut ys = stack.forward(x, precision).into_iter();
+                let mut next = || ys.next().expect("three projections");
+                (next(), next(), next())
+            }
+            _ => (
+                proj(&self.wq, x.clone()),
+                proj(&self.wk, x.clone()),
+                proj(&self.wv, x),
+            ),
+        };
+        let (mut q, mut k, v) = (heads(q, h), heads(k, hkv), heads(v, hkv));
         if let Some(rope) = rope {
             q = rope.apply(q);
             k = rope.apply(k);

@@ -8,6 +8,7 @@ use burn::tensor::backend::Backend;
 
 use crate::knobs::FfnKind;
 use crate::precision::Precision;
+use crate::stacked::Stacked;
 use crate::swiglu::swiglu;
 
 /// `w2(act(w1 x) * w3 x)` for gated kinds, `w2(act(w1 x))` otherwise. Names follow Meta's code:
@@ -19,6 +20,9 @@ pub struct FeedForward<B: Backend> {
     pub w2: Linear<B>,
     #[module(skip)]
     kind: FfnKind,
+    /// The gate and up projections stacked for inference (`Llama::with_inference_weights`).
+    #[module(skip)]
+    stacked: Option<Stacked<B>>,
 }
 
 pub(crate) fn linear<B: Backend>(
@@ -48,6 +52,7 @@ impl<B: Backend> FeedForward<B> {
             w3: kind.is_gated().then(|| linear(dim, hidden, std, device)),
             w2: linear(hidden, dim, out_std, device),
             kind,
+            stacked: None,
         }
     }
 
@@ -55,9 +60,39 @@ impl<B: Backend> FeedForward<B> {
         self.kind
     }
 
+    /// Stacks the gate and up projections into one weight, both becoming views of it (see
+    /// [`crate::stacked`]). Not for training. A no-op without a gate or with biases.
+    pub fn stack_projections(&mut self) {
+        let Some(w3) = &mut self.w3 else { return };
+        if self.w1.bias.is_some() || w3.bias.is_some() {
+            return;
+        }
+        let (stack, views) = Stacked::new(vec![self.w1.weight.val(), w3.weight.val()]);
+        let [a, b]: [Tensor<B, 2>; 2] = views.try_into().expect("two views");
+        self.w1.weight = self.w1.weight.clone().map(|_| a);
+        w3.weight = w3.weight.clone().map(|_| b);
+        self.stacked = Some(stack);
+    }
+
     /// `x: [batch, time, dim]` → `[batch, time, dim]` in `precision`'s compute dtype.
     pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
         let x = precision.input(x);
+        // One row (a decoded token): one product for the gate and up projections, whose halves
+        // are then contiguous (more rows would need copies of them).
+        let rows = x.dims()[..2].iter().product::<usize>();
+        if let (Some(stack), FfnKind::Swiglu | FfnKind::Geglu) = (&self.stacked, self.kind)
+            && rows == 1
+        {
+            let [a, b]: [Tensor<B, 3>; 2] = stack
+                .forward(x, precision)
+                .try_into()
+                .expect("two projections");
+            let h = match self.kind {
+                FfnKind::Swiglu => swiglu(a, b),
+                _ => gelu(a) * b,
+            };
+            return precision.linear(&self.w2, h);
+        }
         let a = precision.linear(&self.w1, x.clone());
         let h = match (self.kind, &self.w3) {
             (FfnKind::Swiglu, Some(w3)) => swiglu(a, precision.linear(w3, x)),

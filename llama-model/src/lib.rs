@@ -31,6 +31,7 @@ pub mod rms_norm;
 pub mod rotary;
 pub mod sdpa;
 pub mod split_k;
+pub mod stacked;
 pub mod swiglu;
 
 pub use attention::AttentionMask;

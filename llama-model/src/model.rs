@@ -99,8 +99,9 @@ impl<B: Backend> Llama<B> {
     /// casting each one on every call (under bf16 a decoded token otherwise reads each f32 matrix
     /// and writes and reads its bf16 copy: 8 bytes per weight instead of 2, and one more kernel per
     /// projection). The numbers are the same: the cast is the one each call would make. Embeddings,
-    /// norms and a tied head keep their dtype (the residual stream stays in it). Not for training:
-    /// the master weights would be bf16. A no-op in f32.
+    /// norms and a tied head keep their dtype (the residual stream stays in it). Projections that
+    /// read the same input are also stacked into one weight for few-row steps
+    /// ([`crate::stacked`]). Not for training: the master weights would be bf16. A no-op in f32.
     pub fn with_inference_weights(mut self) -> Self {
         let Some(dtype) = self.precision.compute_dtype() else {
             return self;
@@ -120,6 +121,8 @@ impl<B: Backend> Llama<B> {
                 block.feed_forward.w1 = cast(block.feed_forward.w1);
                 block.feed_forward.w3 = block.feed_forward.w3.map(cast);
                 block.feed_forward.w2 = cast(block.feed_forward.w2);
+                block.attention.stack_projections();
+                block.feed_forward.stack_projections();
                 block
             })
             .collect();

@@ -226,8 +226,8 @@ fn bf16_batched_generation_with_left_padding_matches_one_prompt_at_a_time() {
     }
 }
 
-/// Inference weights cast once give exactly the numbers of casting on every call, in a full pass
-/// and in cached decoding; only the projections change dtype.
+/// Inference weights cast once (and stacked for few-row steps) give exactly the numbers of casting
+/// on every call, in a full pass and in cached decoding; only the projections change dtype.
 #[test]
 fn inference_weights_are_cast_once_with_the_same_logits() {
     let vocab = 64;
@@ -253,21 +253,26 @@ fn inference_weights_are_cast_once_with_the_same_logits() {
         };
         assert!(f32_params(&cast) < f32_params(&model), "{}", label(&cfg));
         assert_eq!(full, to_vec(cast.forward(toks.clone())), "{}", label(&cfg));
-        let decode = |m: &Llama<F>| {
-            let mut cache = m.new_cache(2, 10, &fdev());
-            let pos = Llama::<F>::default_positions(2, 8, &fdev());
+        // Batch 2 and 1: few-row steps take the stacked q/k/v product, one row the stacked gate
+        // and up projections too (`llama_model::stacked`).
+        let decode = |m: &Llama<F>, b: usize| {
+            let toks = toks.clone().narrow(0, 0, b);
+            let mut cache = m.new_cache(b, 10, &fdev());
+            let pos = Llama::<F>::default_positions(b, 8, &fdev());
             let prompt = toks.clone().narrow(1, 0, 8);
             m.forward_hidden(prompt, &pos, &AttentionMask::Causal, Some(&mut cache));
-            let pos = Tensor::<F, 2, Int>::full([2, 1], 8, &fdev());
+            let pos = Tensor::<F, 2, Int>::full([b, 1], 8, &fdev());
             let h = m.forward_hidden(
-                toks.clone().narrow(1, 8, 1),
+                toks.narrow(1, 8, 1),
                 &pos,
                 &AttentionMask::Full,
                 Some(&mut cache),
             );
             to_vec(m.logits(h))
         };
-        assert_eq!(decode(&model), decode(&cast), "{}", label(&cfg));
+        for b in [2, 1] {
+            assert_eq!(decode(&model, b), decode(&cast, b), "{} b{b}", label(&cfg));
+        }
     }
 }
 
