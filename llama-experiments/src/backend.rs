@@ -121,6 +121,7 @@ impl DeviceSpec {
                     attention: Some(crate::libtorch_attention::native()),
                     loss: Some(crate::libtorch_loss::native()),
                     swiglu: Some(crate::libtorch_swiglu::native()),
+                    residual: Some(crate::libtorch_residual::add),
                     fused: fused.then(|| Fused {
                         loss: crate::libtorch_fused::loss(),
                         norm: crate::libtorch_fused::rms_norm(),
@@ -186,6 +187,8 @@ struct Ops<I: burn::tensor::backend::Backend> {
     attention: Option<NativeAttention<I>>,
     loss: Option<NativeLoss<I>>,
     swiglu: Option<NativeSwiglu<I>>,
+    /// The residual update in one kernel (inference; `llama_model::residual`).
+    residual: Option<llama_model::residual::NativeResidual<I>>,
     /// Fused kernels of this project for the backend, the default of `auto` where present.
     fused: Option<Fused<I>>,
     /// `LLAMA_LOSS=auto` means the backend's own loss (else the closed-form operation).
@@ -217,6 +220,7 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
             attention: None,
             loss: None,
             swiglu: None,
+            residual: None,
             fused: None,
             torch_loss: false,
             norm_operation: false,
@@ -314,6 +318,9 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         ("fused" | "auto", Some(f)) => llama_model::decode_attention::register_native::<I>(f),
         ("fused", None) => return Err(fused_only("LLAMA_DECODE_ATTENTION")),
         _ => {}
+    }
+    if let Some(add) = ops.residual {
+        llama_model::residual::register_native::<I>(add);
     }
     match env_choice("LLAMA_LINEAR", &["auto", "flat", "split"])? {
         "split" => llama_model::split_k::register::<I>(MAX_SPLITS),

@@ -25,6 +25,8 @@ pub mod libtorch_fused;
 #[cfg(feature = "tch")]
 pub mod libtorch_loss;
 #[cfg(feature = "tch")]
+pub mod libtorch_residual;
+#[cfg(feature = "tch")]
 pub mod libtorch_swiglu;
 pub mod params;
 pub mod plot;

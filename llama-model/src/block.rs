@@ -13,6 +13,7 @@ use crate::knobs::NormPlacement;
 use crate::norm::Norm;
 use crate::position::RopeAngles;
 use crate::precision::Precision;
+use crate::residual;
 
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
@@ -55,22 +56,20 @@ impl<B: Backend> Block<B> {
         // The sublayers return the compute dtype; the residual stream and the norms keep the
         // stream's own dtype (f32 under bf16 compute, as autocast does).
         let dtype = x.dtype();
-        let attn = |a| {
-            self.attention
-                .forward(a, rope, mask, cache, precision)
-                .cast(dtype)
-        };
-        let ffn = |f| self.feed_forward.forward(f, precision).cast(dtype);
+        let attn = |a| self.attention.forward(a, rope, mask, cache, precision);
+        let ffn = |f| self.feed_forward.forward(f, precision);
         match self.placement {
             NormPlacement::Pre => {
                 // The norms' outputs only feed the sublayers: produced in their compute dtype.
                 let to = precision.compute_dtype().unwrap_or(dtype);
-                let h = x.clone() + attn(self.attention_norm.forward_to(x, to));
-                h.clone() + ffn(self.ffn_norm.forward_to(h, to))
+                let h = residual::add(x.clone(), attn(self.attention_norm.forward_to(x, to)));
+                residual::add(h.clone(), ffn(self.ffn_norm.forward_to(h, to)))
             }
             NormPlacement::Post => {
-                let h = self.attention_norm.forward(x.clone() + attn(x));
-                self.ffn_norm.forward(h.clone() + ffn(h))
+                let h = self
+                    .attention_norm
+                    .forward(residual::add(x.clone(), attn(x)));
+                self.ffn_norm.forward(residual::add(h.clone(), ffn(h)))
             }
         }
     }

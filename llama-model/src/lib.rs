@@ -27,6 +27,7 @@ pub mod norm;
 pub mod position;
 pub mod precision;
 pub mod record;
+pub mod residual;
 pub mod rms_norm;
 pub mod rotary;
 pub mod sdpa;
