@@ -18,7 +18,7 @@ use std::ptr::NonNull;
 use anyhow::{Result, bail, ensure};
 use burn::backend::LibTorch;
 use burn::backend::libtorch::TchTensor;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{BasicOps, Tensor};
 use llama_model::decode::StaticInputs;
 use llama_model::{Decoder, KvCache, Llama, StaticDecoder, StepInput};
 
@@ -102,6 +102,8 @@ impl Drop for CudaGraph {
 pub struct GraphDecoder {
     eager_steps: usize,
     recorded: Option<Recorded>,
+    /// A recording failed: the steps run eagerly (the same static step) from then on.
+    unrecordable: bool,
 }
 
 impl Default for GraphDecoder {
@@ -112,6 +114,7 @@ impl Default for GraphDecoder {
         Self {
             eager_steps: 0,
             recorded: None,
+            unrecordable: false,
         }
     }
 }
@@ -138,14 +141,12 @@ fn tch_of<const D: usize>(t: &Tensor<LibTorch, D>) -> tch::Tensor {
     p.tensor
 }
 
-fn tch_int<const D: usize>(t: &Tensor<LibTorch, D, Int>) -> tch::Tensor {
-    let p: TchTensor = t.clone().into_primitive();
-    p.tensor
-}
-
-fn tch_bool<const D: usize>(t: &Tensor<LibTorch, D, Bool>) -> tch::Tensor {
-    let p: TchTensor = t.clone().into_primitive();
-    p.tensor
+/// The torch tensor of an int or bool tensor (whose primitive is the torch tensor itself).
+fn tch_raw<const D: usize, K>(t: &Tensor<LibTorch, D, K>) -> tch::Tensor
+where
+    K: BasicOps<LibTorch, Primitive = TchTensor>,
+{
+    t.clone().into_primitive().tensor
 }
 
 /// Copies host values into a recorded input buffer (same storage, so the graph reads them).
@@ -209,17 +210,28 @@ impl GraphDecoder {
             self.eager_steps = 0;
         }
         if self.recorded.is_none() {
-            if self.eager_steps < WARMUP_STEPS {
+            if self.unrecordable || self.eager_steps < WARMUP_STEPS {
                 self.eager_steps += 1;
                 return Ok(StaticDecoder.step(model, cache, input));
             }
-            self.recorded = Some(Self::record(model, cache, input)?);
+            let before = memory(model, cache, input.tokens.len());
+            match Self::record(model, cache, input) {
+                Ok(r) => self.recorded = Some(r),
+                // Nothing runs during a capture: if the cache still holds its own buffers, the
+                // step can run eagerly instead.
+                Err(e) if memory(model, cache, input.tokens.len()) == before => {
+                    eprintln!("warning: decoding without CUDA graphs: {e:#}");
+                    self.unrecordable = true;
+                    return Ok(StaticDecoder.step(model, cache, input));
+                }
+                Err(e) => return Err(e),
+            }
         }
         let r = self.recorded.as_ref().expect("recorded above");
-        fill(tch_int(&r.inputs.tokens), input.tokens);
-        fill(tch_int(&r.inputs.positions), &input.positions());
-        fill(tch_int(&r.inputs.slot), &[input.cur as i64]);
-        fill(tch_bool(&r.inputs.hidden), &input.hidden(r.capacity));
+        fill(tch_raw(&r.inputs.tokens), input.tokens);
+        fill(tch_raw(&r.inputs.positions), &input.positions());
+        fill(tch_raw(&r.inputs.slot), &[input.cur as i64]);
+        fill(tch_raw(&r.inputs.hidden), &input.hidden(r.capacity));
         r.graph.replay()?;
         Ok(r.logits.clone())
     }
@@ -231,7 +243,8 @@ impl Decoder<LibTorch> for GraphDecoder {
     }
 
     /// # Panics
-    /// When recording or replaying fails (`LLAMA_DECODE=eager` turns graphs off).
+    /// When a replay fails (a failed recording falls back to eager steps with a warning;
+    /// `LLAMA_DECODE=eager` turns graphs off).
     fn step(
         &mut self,
         model: &Llama<LibTorch>,

@@ -136,11 +136,11 @@ impl<B: Backend> LayerCache<B> {
         slot: Tensor<B, 1, Int>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         assert_eq!(k.dims()[2], 1, "a cache slot takes one position");
-        // Moved out so that the buffer is uniquely owned and a backend may update it in place.
         let native = SLOT_WRITE
             .get(TypeId::of::<B>())
             .and_then(|n| n.get::<NativeSlotWrite<B>>());
         let write = |buf: &mut Tensor<B, 4>, new: Tensor<B, 4>| {
+            // Moved out so that the buffer is uniquely owned and a backend may update it in place.
             let placeholder = Tensor::empty([1, 1, 1, 1], &new.device());
             let mut old = std::mem::replace(buf, placeholder);
             if old.dtype() != new.dtype() {
