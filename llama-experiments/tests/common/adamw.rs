@@ -35,16 +35,23 @@ pub fn check_torch_adamw<B: AutodiffBackend>(device: &B::Device, native: bool) {
     // Bucket sizes: every parameter alone, b and c split, b and c sharing one, the default.
     for bucket in [1, 4, 5, BUCKET_ELEMS] {
         for clip in [None, Some(100.0), Some(0.5)] {
-            let mut model = Three::<B> {
-                lin: burn::nn::LinearConfig::new(2, 2)
+            // Fixed values, no random initialiser: the backend's RNG is global to the process,
+            // and a draw here while a training test seeds and initialises its model (in a
+            // parallel test thread) would change that model.
+            let fixed = |w: [[f32; 2]; 2]| {
+                let mut lin = burn::nn::LinearConfig::new(2, 2)
                     .with_bias(false)
-                    .init(device),
+                    .with_initializer(burn::nn::Initializer::Zeros)
+                    .init(device);
+                lin.weight = burn::module::Param::from_tensor(Tensor::from_floats(w, device));
+                lin
+            };
+            let mut model = Three::<B> {
+                lin: fixed([[0.5, -1.0], [2.0, 0.25]]),
                 b: burn::module::Param::from_tensor(Tensor::from_floats([0.25, -0.5], device)),
                 c: burn::module::Param::from_tensor(Tensor::from_floats([1.0, 0.0, -1.0], device)),
                 frozen: {
-                    let mut lin = burn::nn::LinearConfig::new(2, 2)
-                        .with_bias(false)
-                        .init(device);
+                    let mut lin = fixed([[-0.75, 0.125], [1.5, -2.0]]);
                     lin.weight = lin.weight.set_require_grad(false);
                     lin
                 },
