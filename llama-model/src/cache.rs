@@ -111,14 +111,8 @@ impl<B: Backend> LayerCache<B> {
         );
         let [b, h, _, hd] = k.dims();
         let range = self.len..end;
-        // Move the buffers out so that they are uniquely owned and backends can write in place.
         let write = |buf: &mut Tensor<B, 4>, new: Tensor<B, 4>| {
-            let placeholder = Tensor::empty([1, 1, 1, 1], &new.device());
-            let mut old = std::mem::replace(buf, placeholder);
-            if old.dtype() != new.dtype() {
-                old = old.cast(new.dtype());
-            }
-            *buf = old.slice_assign([0..b, 0..h, range.clone(), 0..hd], new);
+            *buf = take_as(buf, &new).slice_assign([0..b, 0..h, range.clone(), 0..hd], new);
             buf.clone().narrow(2, 0, end)
         };
         let k_all = write(&mut self.k, k);
@@ -136,16 +130,9 @@ impl<B: Backend> LayerCache<B> {
         slot: Tensor<B, 1, Int>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         assert_eq!(k.dims()[2], 1, "a cache slot takes one position");
-        let native = SLOT_WRITE
-            .get(TypeId::of::<B>())
-            .and_then(|n| n.get::<NativeSlotWrite<B>>());
+        let native = SLOT_WRITE.native::<NativeSlotWrite<B>>(TypeId::of::<B>());
         let write = |buf: &mut Tensor<B, 4>, new: Tensor<B, 4>| {
-            // Moved out so that the buffer is uniquely owned and a backend may update it in place.
-            let placeholder = Tensor::empty([1, 1, 1, 1], &new.device());
-            let mut old = std::mem::replace(buf, placeholder);
-            if old.dtype() != new.dtype() {
-                old = old.cast(new.dtype());
-            }
+            let old = take_as(buf, &new);
             *buf = match native {
                 Some(f) => Tensor::from_primitive(TensorPrimitive::Float(f(
                     old.into_primitive().tensor(),
@@ -163,6 +150,17 @@ impl<B: Backend> LayerCache<B> {
     /// that a step updated them in place.
     pub fn buffers(&self) -> (&Tensor<B, 4>, &Tensor<B, 4>) {
         (&self.k, &self.v)
+    }
+}
+
+/// The buffer moved out (so that it is uniquely owned and a backend may write it in place) and
+/// in `new`'s dtype (a cache made in the default float dtype takes the compute dtype's keys).
+fn take_as<B: Backend>(buf: &mut Tensor<B, 4>, new: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let placeholder = Tensor::empty([1, 1, 1, 1], &new.device());
+    let old = std::mem::replace(buf, placeholder);
+    match old.dtype() == new.dtype() {
+        true => old,
+        false => old.cast(new.dtype()),
     }
 }
 

@@ -11,6 +11,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::attention::AttentionMask;
 use crate::cache::KvCache;
+use crate::generate::{padding_mask, positions};
 use crate::model::Llama;
 
 /// One decode step: `tokens[r]` is row `r`'s token at cache index `cur`; rows are left-padded by
@@ -75,13 +76,9 @@ impl<B: Backend> Decoder<B> for EagerDecoder {
         let b = input.tokens.len();
         let tokens =
             Tensor::<B, 2, Int>::from_data(TensorData::new(input.tokens.to_vec(), [b, 1]), &device);
-        let pos = Tensor::from_data(TensorData::new(input.positions(), [b, 1]), &device);
+        let pos = positions::<B>(input.pads, input.cur, 1, &device);
         let mask = if input.pads.iter().any(|&p| p > 0) {
-            let hidden = input.hidden(input.cur + 1);
-            AttentionMask::Explicit(Tensor::from_data(
-                TensorData::new(hidden, [b, 1, 1, input.cur + 1]),
-                &device,
-            ))
+            AttentionMask::Explicit(padding_mask::<B>(input.pads, input.cur, 1, &device))
         } else {
             // One query per row against the whole unpadded prefix: nothing to mask.
             AttentionMask::Full

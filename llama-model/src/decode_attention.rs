@@ -42,10 +42,7 @@ pub fn try_decode_attention<B: Backend>(
     v: Tensor<B, 4>,
     hidden: Option<&Tensor<B, 4, Bool>>,
 ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
-    let Some(f) = REGISTRY
-        .get(TypeId::of::<B>())
-        .and_then(|n| n.get::<NativeDecodeAttention<B>>())
-    else {
+    let Some(f) = REGISTRY.native::<NativeDecodeAttention<B>>(TypeId::of::<B>()) else {
         return Err((q, k, v));
     };
     let prim = |t: &Tensor<B, 4>| t.clone().into_primitive().tensor();

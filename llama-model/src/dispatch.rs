@@ -45,6 +45,13 @@ impl<V: Clone> Registry<V> {
 
 /// A backend's native form of an operation (`sdpa::NativeAttention<I>`, `loss::NativeLoss<I>`),
 /// type-erased so that it can sit beside a non-generic registry entry.
+impl Registry<ErasedNative> {
+    /// The native form `T` registered under `key`, if any.
+    pub(crate) fn native<T: Any + Copy>(&self, key: TypeId) -> Option<T> {
+        self.get(key).and_then(|n| n.get::<T>())
+    }
+}
+
 #[derive(Clone, Default)]
 pub(crate) struct ErasedNative(Option<Arc<dyn Any + Send + Sync>>);
 

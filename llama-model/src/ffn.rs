@@ -77,26 +77,26 @@ impl<B: Backend> FeedForward<B> {
     /// `x: [batch, time, dim]` → `[batch, time, dim]` in `precision`'s compute dtype.
     pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
         let x = precision.input(x);
-        // One row (a decoded token): one product for the gate and up projections, whose halves
-        // are then contiguous (more rows would need copies of them).
         let rows = x.dims()[..2].iter().product::<usize>();
-        if let (Some(stack), FfnKind::Swiglu | FfnKind::Geglu) = (&self.stacked, self.kind)
-            && rows == 1
-        {
-            let [a, b]: [Tensor<B, 3>; 2] = stack
-                .forward(x, precision)
-                .try_into()
-                .expect("two projections");
-            let h = match self.kind {
-                FfnKind::Swiglu => swiglu(a, b),
-                _ => gelu(a) * b,
-            };
-            return precision.linear(&self.w2, h);
-        }
-        let a = precision.linear(&self.w1, x.clone());
-        let h = match (self.kind, &self.w3) {
-            (FfnKind::Swiglu, Some(w3)) => swiglu(a, precision.linear(w3, x)),
-            (FfnKind::Geglu, Some(w3)) => gelu(a) * precision.linear(w3, x),
+        let (a, up) = match (&self.stacked, &self.w3) {
+            // One row (a decoded token): one product for the gate and up projections, whose
+            // halves are then contiguous (more rows would need copies of them).
+            (Some(stack), _) if rows == 1 => {
+                let [a, b]: [Tensor<B, 3>; 2] = stack
+                    .forward(x, precision)
+                    .try_into()
+                    .expect("two projections");
+                (a, Some(b))
+            }
+            (_, Some(w3)) => (
+                precision.linear(&self.w1, x.clone()),
+                Some(precision.linear(w3, x)),
+            ),
+            (_, None) => (precision.linear(&self.w1, x), None),
+        };
+        let h = match (self.kind, up) {
+            (FfnKind::Swiglu, Some(b)) => swiglu(a, b),
+            (FfnKind::Geglu, Some(b)) => gelu(a) * b,
             (FfnKind::Relu, _) => relu(a),
             (FfnKind::Gelu, _) => gelu(a),
             (kind, None) => unreachable!("gated ffn {kind:?} is always built with w3"),

@@ -213,12 +213,7 @@ pub fn generate_with<B: Backend>(
 /// Host copy of the last position's logits, `[batch * vocab]` in f32.
 fn last_logits<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>) -> Vec<f32> {
     let t = hidden.dims()[1];
-    let logits = model.logits(hidden.narrow(1, t - 1, 1));
-    logits
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("converted to f32")
+    host_logits(model.logits(hidden.narrow(1, t - 1, 1)).squeeze_dim::<2>(1))
 }
 
 /// Position ids of the `t` tokens starting at cache index `start`, for left padding `pads`.

@@ -30,10 +30,7 @@ pub fn add<B: Backend, const D: usize>(x: Tensor<B, D>, delta: Tensor<B, D>) -> 
     if delta.dtype() == dtype {
         return x + delta;
     }
-    if let Some(f) = REGISTRY
-        .get(TypeId::of::<B>())
-        .and_then(|n| n.get::<NativeResidual<B>>())
-    {
+    if let Some(f) = REGISTRY.native::<NativeResidual<B>>(TypeId::of::<B>()) {
         let prim = |t: &Tensor<B, D>| t.clone().into_primitive().tensor();
         if let Some(y) = f(prim(&x), prim(&delta)) {
             return Tensor::from_primitive(TensorPrimitive::Float(y));

@@ -79,13 +79,7 @@ fn register_all<I: Backend>(native: ErasedNative) {
         let by_native = native.get::<NativeRmsNorm<I>>().and_then(|n| {
             (n.forward)(prim(x.clone()), prim(gamma.clone()), eps, out).map(|(y, _)| float(y))
         });
-        Box::new(by_native.unwrap_or_else(|| {
-            let y = decomposed(x, gamma, eps);
-            match y.dtype() == out {
-                true => y,
-                false => y.cast(out),
-            }
-        }))
+        Box::new(by_native.unwrap_or_else(|| decomposed_to(x, gamma, eps, out)))
     }
     if native.get::<NativeRmsNorm<I>>().is_some() {
         REGISTRY.insert(TypeId::of::<I>(), (plain::<I>, native.clone()));
@@ -119,11 +113,7 @@ pub fn rms_norm_to<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     // Unregistered, no reshapes: each is one more dispatched operation per norm and decoded token.
     let Some((f, native)) = REGISTRY.get(TypeId::of::<B>()) else {
-        let y = decomposed(x, gamma, eps);
-        return match y.dtype() == out {
-            true => y,
-            false => y.cast(out),
-        };
+        return decomposed_to(x, gamma, eps, out);
     };
     let dims = x.dims();
     let d = dims[D - 1];
@@ -132,6 +122,20 @@ pub fn rms_norm_to<B: Backend, const D: usize>(
         .downcast::<Tensor<B, 2>>()
         .expect("the registered function returns the same backend's tensor");
     y.reshape(dims)
+}
+
+/// [`decomposed`] with its result in `out` (no cast when it is already).
+fn decomposed_to<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    eps: f64,
+    out: DType,
+) -> Tensor<B, D> {
+    let y = decomposed(x, gamma, eps);
+    match y.dtype() == out {
+        true => y,
+        false => y.cast(out),
+    }
 }
 
 /// burn-nn's `RmsNorm::forward`, the formula the operation must reproduce.

@@ -79,7 +79,7 @@ fn register_all<I: Backend>(native: ErasedNative) {
             .get::<NativeRotary<I>>()
             .and_then(|n| (n.forward)(prim(x.clone()), prim(c.clone()), prim(s.clone())))
             .map(float::<I, 4>);
-        Box::new(by_native.unwrap_or_else(|| x.clone() * c + swap_halves(x) * s))
+        Box::new(by_native.unwrap_or_else(|| tensor_op_rotate(x, c, s)))
     }
     if native.get::<NativeRotary<I>>().is_some() {
         REGISTRY.insert(TypeId::of::<I>(), (plain::<I>, native.clone()));
@@ -110,8 +110,13 @@ pub fn rotate<B: Backend>(x: Tensor<B, 4>, c: Tensor<B, 4>, s: Tensor<B, 4>) -> 
         Some((f, native)) => *f(Box::new((x, c, s)), &native)
             .downcast::<Tensor<B, 4>>()
             .expect("the registered function returns the same backend's tensor"),
-        None => x.clone() * c + swap_halves(x) * s,
+        None => tensor_op_rotate(x, c, s),
     }
+}
+
+/// [`rotate`] in tensor ops.
+fn tensor_op_rotate<B: Backend>(x: Tensor<B, 4>, c: Tensor<B, 4>, s: Tensor<B, 4>) -> Tensor<B, 4> {
+    x.clone() * c + swap_halves(x) * s
 }
 
 /// The two halves of the last dimension exchanged.
