@@ -128,6 +128,7 @@ impl DeviceSpec {
                         rotary: crate::libtorch_fused::rotary(),
                         swiglu: crate::libtorch_fused::swiglu(),
                         decode_attention: crate::libtorch_fused::decode_attention,
+                        gemv: crate::libtorch_fused::gemv,
                     }),
                     torch_loss: cuda,
                     norm_operation: cuda,
@@ -210,6 +211,8 @@ struct Fused<I: burn::tensor::backend::Backend> {
     swiglu: NativeSwiglu<I>,
     /// Single-query attention for decoding (inference only).
     decode_attention: llama_model::decode_attention::NativeDecodeAttention<I>,
+    /// Few-row products for decoding (inference only).
+    gemv: llama_model::gemv::NativeGemv<I>,
 }
 
 impl<I: burn::tensor::backend::Backend> Ops<I> {
@@ -238,23 +241,26 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// Each has an environment knob for comparisons (`auto` is the backend's default):
 /// `LLAMA_ATTENTION=auto|blocked|decomposed`, `LLAMA_LOSS=auto|operation|torch|fused|decomposed`,
 /// `LLAMA_NORM=auto|operation|fused|decomposed`, `LLAMA_ROPE=auto|operation|fused|decomposed`,
-/// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`, `LLAMA_LINEAR=auto|flat|split`
+/// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`, `LLAMA_LINEAR=auto|flat|split`,
+/// `LLAMA_DECODE_ATTENTION=auto|fused|decomposed`, `LLAMA_GEMV=auto|fused|matmul`
 /// (`decomposed` is Burn's tensor-op form, `torch` the libtorch kernels, `fused` this project's
 /// CUDA kernels on tch-cuda; `split`: projections' weight gradients over row blocks).
 #[allow(dead_code)]
 fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     let libtorch_only =
         |var: &str| anyhow!("{var}=torch needs a libtorch device (tch-cpu, tch-cuda)");
-    let (fused_loss, fused_norm, fused_rotary, fused_swiglu, fused_decode) = match ops.fused {
-        Some(f) => (
-            Some(f.loss),
-            Some(f.norm),
-            Some(f.rotary),
-            Some(f.swiglu),
-            Some(f.decode_attention),
-        ),
-        None => (None, None, None, None, None),
-    };
+    let (fused_loss, fused_norm, fused_rotary, fused_swiglu, fused_decode, fused_gemv) =
+        match ops.fused {
+            Some(f) => (
+                Some(f.loss),
+                Some(f.norm),
+                Some(f.rotary),
+                Some(f.swiglu),
+                Some(f.decode_attention),
+                Some(f.gemv),
+            ),
+            None => (None, None, None, None, None, None),
+        };
     match (
         env_choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
         ops.attention,
@@ -317,6 +323,14 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     ) {
         ("fused" | "auto", Some(f)) => llama_model::decode_attention::register_native::<I>(f),
         ("fused", None) => return Err(fused_only("LLAMA_DECODE_ATTENTION")),
+        _ => {}
+    }
+    match (
+        env_choice("LLAMA_GEMV", &["auto", "fused", "matmul"])?,
+        fused_gemv,
+    ) {
+        ("fused" | "auto", Some(f)) => llama_model::gemv::register_native::<I>(f),
+        ("fused", None) => return Err(fused_only("LLAMA_GEMV")),
         _ => {}
     }
     if let Some(add) = ops.residual {

@@ -63,6 +63,12 @@ pub fn decode_attention(
     k::decode_attention(&q.tensor, &kk.tensor, &v.tensor, hidden).map(TchTensor::new)
 }
 
+/// The few-row product (decoding's projections) to register with
+/// `llama_model::gemv::register_native::<LibTorch>`.
+pub fn gemv(x: TchTensor, w: TchTensor) -> Option<TchTensor> {
+    k::gemv(&x.tensor, &w.tensor).map(TchTensor::new)
+}
+
 /// Whether the fused kernels run on this tch device (compiles them on first use).
 pub fn available(device: tch::Device) -> bool {
     k::available(device)

@@ -69,6 +69,8 @@ fn cpu_tensors_are_declined() {
     let t = Tensor::zeros([4], (Kind::Int64, Device::Cpu));
     assert!(k::cross_entropy_forward(&x, &t).is_none());
     assert!(k::swiglu_forward(&x, &x).is_none());
+    let xb = x.to_kind(Kind::BFloat16);
+    assert!(k::gemv(&xb, &xb.transpose(0, 1).contiguous()).is_none());
     let ones = Tensor::ones([8], (Kind::Float, Device::Cpu));
     assert!(k::rms_norm_forward(&x, &ones, 1e-6, Kind::Float).is_none());
 }
@@ -281,6 +283,50 @@ fn decode_attention_matches_the_formula() {
             );
         }
     }
+}
+
+/// Few-row products against torch's f32 product of the same bf16 values: one and several slices
+/// of `k` (the decode shapes of the `1b` preset among them), partial column tiles, a column slice
+/// of a wider matrix (the stacked projections' views), the same bits when run again (the slices'
+/// arrival counters reset; their sum has a fixed order), and the inputs it declines.
+#[test]
+fn gemv_matches_torch() {
+    let Some(dev) = cuda() else { return };
+    let randn = |dims: &[i64]| Tensor::randn(dims, (Kind::Float, dev));
+    let bf = |t: Tensor| t.to_kind(Kind::BFloat16);
+    let check = |x: &Tensor, w: &Tensor, what: &str| {
+        let want = x.to_kind(Kind::Float).matmul(&w.to_kind(Kind::Float));
+        let got = k::gemv(x, w).expect("runs on CUDA");
+        assert_eq!(got.size(), want.size(), "{what}");
+        assert_eq!(got.kind(), Kind::BFloat16, "{what}");
+        let err = rel(&got, &want);
+        assert!(err < bound(Kind::BFloat16), "{what}: relative error {err:e}");
+        let again = k::gemv(x, w).expect("runs again");
+        assert!(again.equal(&got), "{what}: a second run differs");
+    };
+    for (rows, kk, n) in [
+        (1i64, 2048i64, 2560i64), // q/k/v stacked
+        (1, 2048, 2048),          // output projection
+        (1, 2048, 11264),         // gate/up stacked
+        (1, 5632, 2048),          // down
+        (1, 2048, 32000),         // head
+        (8, 2048, 2048),
+        (3, 768, 72),
+        (5, 100, 8),
+        (2, 4096, 64),
+    ] {
+        let x = bf(randn(&[rows, kk]));
+        let w = bf(randn(&[kk, n]) / (kk as f64).sqrt());
+        check(&x, &w, &format!("{rows}×{kk}·{kk}×{n}"));
+    }
+    let wide = bf(randn(&[256, 3 * 64]));
+    check(&bf(randn(&[2, 256])), &wide.narrow(1, 64, 64), "column slice");
+
+    let (x, w) = (bf(randn(&[1, 64])), bf(randn(&[64, 64])));
+    assert!(k::gemv(&bf(randn(&[9, 64])), &w).is_none(), "nine rows");
+    assert!(k::gemv(&x, &bf(randn(&[64, 12]))).is_none(), "width not a multiple of 8");
+    assert!(k::gemv(&x.to_kind(Kind::Float), &w.to_kind(Kind::Float)).is_none(), "f32");
+    assert!(k::gemv(&x, &w.transpose(0, 1)).is_none(), "column-major weight");
 }
 
 #[test]

@@ -16,6 +16,7 @@ pub mod decode_attention;
 mod dispatch;
 pub mod error;
 pub mod ffn;
+pub mod gemv;
 pub mod generate;
 pub mod hf;
 pub mod knobs;

@@ -94,11 +94,23 @@ impl Precision {
             Some(s) => self
                 .project(layer, x.reshape([s, rows / s, d]))
                 .flatten(0, 1),
-            None => self.project(layer, x.reshape([rows, d])),
+            None => self.project_rows(layer, x.reshape([rows, d])),
         };
         let mut out = dims;
         out[D - 1] = y.dims()[1];
         y.reshape(out)
+    }
+
+    /// [`Self::project`] of a matrix: a few rows (decoding) through [`crate::gemv`].
+    fn project_rows<B: Backend>(self, layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        if x.dims()[0] > crate::gemv::MAX_ROWS || layer.bias.is_some() {
+            return self.project(layer, x);
+        }
+        let w = layer.weight.val();
+        match self.compute_dtype() {
+            None => crate::gemv::matmul(x, w),
+            Some(dtype) => crate::gemv::matmul(cast_to(x, dtype), cast_to(w, dtype)),
+        }
     }
 
     /// `x · W (+ b)` in the compute dtype, for any rank.

@@ -63,6 +63,6 @@ impl<B: Backend> Stacked<B> {
         };
         let mut out = dims;
         out[D - 1] = self.widths.iter().sum();
-        Self::split(&x.matmul(w).reshape(out), &self.widths)
+        Self::split(&crate::gemv::matmul(x, w).reshape(out), &self.widths)
     }
 }

@@ -24,10 +24,13 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKe
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 use tch::{Device, Kind, Tensor};
 
+mod gemv;
 mod ops;
+pub use gemv::*;
 pub use ops::*;
 
-const SOURCE: &str = include_str!("kernels.cu");
+/// `kernels.cu` with the few-row products appended (they use its bf16 helpers).
+const SOURCE: &str = concat!(include_str!("kernels.cu"), include_str!("gemv.cu"));
 
 /// Kernel names without their dtype suffix (`_f32`, `_bf16`), in both dtypes.
 pub const KERNELS: [&str; 8] = [
@@ -43,6 +46,9 @@ pub const KERNELS: [&str; 8] = [
 
 /// Kernels with an f32 form only.
 pub const F32_KERNELS: [&str; 1] = ["adamw"];
+
+/// Kernels with a bf16 form only.
+pub const BF16_KERNELS: [&str; 4] = ["gemv_r1", "gemv_r2", "gemv_r4", "gemv_r8"];
 
 /// RMSNorm's f32 input with a bf16 output (`_f32_bf16`).
 pub const MIXED_KERNELS: [&str; 2] = ["rms_norm_forward", "rms_norm_backward"];
@@ -79,6 +85,8 @@ pub(super) struct Loaded {
     functions: HashMap<String, CudaFunction>,
     /// Kernels whose argument list was checked against their signature.
     checked: Mutex<HashSet<String>>,
+    /// The device's multiprocessors (the few-row products size their grids by it).
+    sms: usize,
 }
 
 /// Per CUDA ordinal: the loaded kernels, or `None` after a failure (reported once).
@@ -95,6 +103,7 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
         .iter()
         .flat_map(|name| [format!("{name}_f32"), format!("{name}_bf16")])
         .chain(F32_KERNELS.iter().map(|name| format!("{name}_f32")))
+        .chain(BF16_KERNELS.iter().map(|name| format!("{name}_bf16")))
         .chain(MIXED_KERNELS.iter().map(|name| format!("{name}_f32_bf16")));
     for full in names {
         let f = module
@@ -102,7 +111,11 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
             .map_err(|e| format!("kernel {full}: {e}"))?;
         functions.insert(full, f);
     }
+    let sms = ctx
+        .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(|e| format!("CUDA device attributes: {e}"))?;
     Ok(Loaded {
+        sms: usize::try_from(sms).unwrap_or(1).max(1),
         stream: ctx.default_stream(),
         ctx,
         functions,
