@@ -70,7 +70,7 @@ fn cpu_tensors_are_declined() {
     assert!(k::cross_entropy_forward(&x, &t).is_none());
     assert!(k::swiglu_forward(&x, &x).is_none());
     let xb = x.to_kind(Kind::BFloat16);
-    assert!(k::gemv(&xb, &xb.transpose(0, 1).contiguous()).is_none());
+    assert!(k::gemv(&xb, &xb.transpose(0, 1)).is_none());
     let ones = Tensor::ones([8], (Kind::Float, Device::Cpu));
     assert!(k::rms_norm_forward(&x, &ones, 1e-6, Kind::Float).is_none());
 }
@@ -285,10 +285,11 @@ fn decode_attention_matches_the_formula() {
     }
 }
 
-/// Few-row products against torch's f32 product of the same bf16 values: one and several slices
-/// of `k` (the decode shapes of the `1b` preset among them), partial column tiles, a column slice
-/// of a wider matrix (the stacked projections' views), the same bits when run again (the slices'
-/// arrival counters reset; their sum has a fixed order), and the inputs it declines.
+/// Few-row products against torch's f32 product of the same bf16 values, the weight the
+/// transposed view of an `[n, k]` matrix as the model stores it for decoding: the decode shapes of
+/// the `1b` preset, rows up to eight, a `k` that is not a multiple of the warp's 256-element pass,
+/// a row slice of a taller matrix (the stacked projections' views), the same bits when run again,
+/// and the inputs it declines.
 #[test]
 fn gemv_matches_torch() {
     let Some(dev) = cuda() else { return };
@@ -312,21 +313,24 @@ fn gemv_matches_torch() {
         (1, 2048, 32000),         // head
         (8, 2048, 2048),
         (3, 768, 72),
-        (5, 100, 8),
+        (5, 104, 7),
         (2, 4096, 64),
     ] {
         let x = bf(randn(&[rows, kk]));
-        let w = bf(randn(&[kk, n]) / (kk as f64).sqrt());
-        check(&x, &w, &format!("{rows}×{kk}·{kk}×{n}"));
+        let wt = bf(randn(&[n, kk]) / (kk as f64).sqrt());
+        check(&x, &wt.transpose(0, 1), &format!("{rows}×{kk}·{kk}×{n}"));
     }
-    let wide = bf(randn(&[256, 3 * 64]));
-    check(&bf(randn(&[2, 256])), &wide.narrow(1, 64, 64), "column slice");
+    let tall = bf(randn(&[3 * 64, 256]));
+    let slice = tall.narrow(0, 64, 64).transpose(0, 1);
+    check(&bf(randn(&[2, 256])), &slice, "row slice");
 
-    let (x, w) = (bf(randn(&[1, 64])), bf(randn(&[64, 64])));
+    let (x, wt) = (bf(randn(&[1, 64])), bf(randn(&[64, 64])));
+    let w = wt.transpose(0, 1);
     assert!(k::gemv(&bf(randn(&[9, 64])), &w).is_none(), "nine rows");
-    assert!(k::gemv(&x, &bf(randn(&[64, 12]))).is_none(), "width not a multiple of 8");
+    let odd = bf(randn(&[1, 60]));
+    assert!(k::gemv(&odd, &bf(randn(&[8, 60])).transpose(0, 1)).is_none(), "k not a multiple of 8");
     assert!(k::gemv(&x.to_kind(Kind::Float), &w.to_kind(Kind::Float)).is_none(), "f32");
-    assert!(k::gemv(&x, &w.transpose(0, 1)).is_none(), "column-major weight");
+    assert!(k::gemv(&x, &wt).is_none(), "an [in, out] weight");
 }
 
 #[test]

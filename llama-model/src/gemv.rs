@@ -6,6 +6,11 @@
 //! made for this shape registers it with [`register_native`] (inference only: the registry is
 //! keyed by the plain backend, never by `Autodiff<_>`); [`matmul`] uses it for up to
 //! [`MAX_ROWS`] rows and the backend's `matmul` otherwise.
+//!
+//! Such a kernel reads each output's weights as one contiguous run, so a backend that registers
+//! one gets its inference weights stored out-major (`[out, in]`, as torch's `Linear` keeps them)
+//! by `Llama::with_inference_weights`: the model still sees `[in, out]` weights, as transposed
+//! views ([`out_major`]), which the backend's `matmul` takes without copies.
 
 use std::any::TypeId;
 
@@ -40,4 +45,18 @@ pub fn matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
         }
     }
     x.matmul(w)
+}
+
+/// Whether backend `B` registered a native few-row product (and wants out-major weights).
+pub fn registered<B: Backend>() -> bool {
+    REGISTRY
+        .native::<NativeGemv<B>>(TypeId::of::<B>())
+        .is_some()
+}
+
+/// `w [in, out]` with the same values, as the transposed view of a contiguous `[out, in]` copy.
+pub fn out_major<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
+    let [i, o] = w.dims();
+    // Reshaping the transposed view to one dimension makes the backend copy it in that order.
+    w.transpose().reshape([i * o]).reshape([o, i]).transpose()
 }

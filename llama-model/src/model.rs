@@ -101,13 +101,19 @@ impl<B: Backend> Llama<B> {
     /// projection). The numbers are the same: the cast is the one each call would make. Embeddings,
     /// norms and a tied head keep their dtype (the residual stream stays in it). Projections that
     /// read the same input are also stacked into one weight for few-row steps
-    /// ([`crate::stacked`]). Not for training: the master weights would be bf16. A no-op in f32.
+    /// ([`crate::stacked`]), and stored out-major where the backend's few-row product wants it
+    /// ([`crate::gemv`]). Not for training: the master weights would be bf16. A no-op in f32.
     pub fn with_inference_weights(mut self) -> Self {
         let Some(dtype) = self.precision.compute_dtype() else {
             return self;
         };
+        // Out-major where the backend's few-row product reads weights that way (`gemv`).
+        let out_major = crate::gemv::registered::<B>();
         let cast = |l: Linear<B>| Linear {
-            weight: l.weight.map(|w| w.cast(dtype)),
+            weight: l.weight.map(|w| match out_major {
+                true => crate::gemv::out_major(w.cast(dtype)),
+                false => w.cast(dtype),
+            }),
             bias: l.bias.map(|b| b.map(|b| b.cast(dtype))),
         };
         self.layers = self

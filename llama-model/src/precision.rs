@@ -141,7 +141,7 @@ impl Precision {
                 .reshape([s, rows / s, d])
                 .matmul(w.transpose().unsqueeze::<3>())
                 .flatten(0, 1),
-            None => x.matmul(w.transpose()),
+            None => crate::gemv::matmul(x, w.transpose()),
         }
     }
 }

@@ -27,10 +27,18 @@ pub struct Stacked<B: Backend> {
 }
 
 impl<B: Backend> Stacked<B> {
-    /// The stack of `weights` (all `[d_in, _]`, one dtype) and a view of it for each.
+    /// The stack of `weights` (all `[d_in, _]`, one dtype) and a view of it for each. Out-major
+    /// (`[Σ d_out, d_in]` contiguous, seen through transposed views) where the backend has a
+    /// few-row product that wants it ([`crate::gemv`]).
     pub fn new(weights: Vec<Tensor<B, 2>>) -> (Self, Vec<Tensor<B, 2>>) {
         let widths: Vec<usize> = weights.iter().map(|w| w.dims()[1]).collect();
-        let weight = Tensor::cat(weights, 1);
+        let weight = match crate::gemv::registered::<B>() {
+            true => {
+                let rows = weights.into_iter().map(|w| w.transpose()).collect();
+                Tensor::cat(rows, 0).transpose()
+            }
+            false => Tensor::cat(weights, 1),
+        };
         let views = Self::split(&weight, &widths);
         (Self { weight, widths }, views)
     }

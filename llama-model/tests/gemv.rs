@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use burn::backend::flex::FlexTensor;
 use burn::backend::ndarray::NdArrayTensor;
 use burn::tensor::{Int, Tensor, TensorMetadata};
 use common::*;
@@ -60,4 +61,68 @@ fn decoding_projections_take_the_registered_product() {
     .unwrap();
     assert_eq!(fixed, before);
     assert_eq!(CALLS.load(Ordering::SeqCst), 1 + 3 * per_pass);
+}
+
+/// Declines every call (Flex bf16), so that only the out-major weights differ.
+fn declining(_x: FlexTensor, _w: FlexTensor) -> Option<FlexTensor> {
+    None
+}
+
+/// With a few-row product registered, `with_inference_weights` stores the projections out-major
+/// (transposed views of `[out, in]` copies, stacked ones too): the same values, so the same
+/// logits up to the products' summation order, in a full pass and in one- and two-row decoding.
+#[test]
+fn out_major_inference_weights_keep_the_logits() {
+    use burn::backend::Flex;
+    use llama_model::{AttentionMask, Llama, Precision};
+    let fdev = Default::default();
+    let vocab = 64;
+    let variants = all_variants(vocab);
+    llama_model::gemv::register_native::<Flex>(declining);
+    // One with grouped-query attention and a tied head, one untied GeGLU, one LLaMA-shaped.
+    for cfg in [small(vocab), variants[3].clone(), variants[5].clone()] {
+        let model = cfg
+            .init::<Flex>(&fdev)
+            .unwrap()
+            .with_precision(Precision::Bf16);
+        let toks = tokens::<Flex>(2, 10, vocab, 4, &fdev);
+        let full = to_vec(model.forward(toks.clone()));
+        let cast = model.clone().with_inference_weights();
+        let w = cast.layers[0].attention.wq.weight.val();
+        let [d_in, d_out] = w.dims();
+        assert_eq!(
+            to_vec(w.clone().transpose()),
+            to_vec(model.layers[0].attention.wq.weight.val().cast(w.dtype()).transpose()),
+            "{}: the same values",
+            label(&cfg)
+        );
+        assert_eq!([d_in, d_out], model.layers[0].attention.wq.weight.dims());
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            let d = rel_diff(a, b);
+            assert!(d < 2e-2, "{} {what}: relative difference {d}", label(&cfg));
+        };
+        close(&full, &to_vec(cast.forward(toks.clone())), "full pass");
+        let decode = |m: &Llama<Flex>, b: usize| {
+            let toks = toks.clone().narrow(0, 0, b);
+            let mut cache = m.new_cache(b, 10, &fdev);
+            let pos = Llama::<Flex>::default_positions(b, 8, &fdev);
+            m.forward_hidden(
+                toks.clone().narrow(1, 0, 8),
+                &pos,
+                &AttentionMask::Causal,
+                Some(&mut cache),
+            );
+            let pos = Tensor::<Flex, 2, Int>::full([b, 1], 8, &fdev);
+            let h = m.forward_hidden(
+                toks.narrow(1, 8, 1),
+                &pos,
+                &AttentionMask::Full,
+                Some(&mut cache),
+            );
+            to_vec(m.logits(h))
+        };
+        for b in [2, 1] {
+            close(&decode(&model, b), &decode(&cast, b), &format!("decode b{b}"));
+        }
+    }
 }

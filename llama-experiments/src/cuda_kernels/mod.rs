@@ -85,8 +85,6 @@ pub(super) struct Loaded {
     functions: HashMap<String, CudaFunction>,
     /// Kernels whose argument list was checked against their signature.
     checked: Mutex<HashSet<String>>,
-    /// The device's multiprocessors (the few-row products size their grids by it).
-    sms: usize,
 }
 
 /// Per CUDA ordinal: the loaded kernels, or `None` after a failure (reported once).
@@ -111,11 +109,7 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
             .map_err(|e| format!("kernel {full}: {e}"))?;
         functions.insert(full, f);
     }
-    let sms = ctx
-        .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-        .map_err(|e| format!("CUDA device attributes: {e}"))?;
     Ok(Loaded {
-        sms: usize::try_from(sms).unwrap_or(1).max(1),
         stream: ctx.default_stream(),
         ctx,
         functions,
