@@ -129,6 +129,7 @@ impl DeviceSpec {
                         swiglu: crate::libtorch_fused::swiglu(),
                         decode_attention: crate::libtorch_fused::decode_attention,
                         gemv: crate::libtorch_fused::gemv,
+                        add_norm: crate::libtorch_fused::add_rms_norm,
                     }),
                     torch_loss: cuda,
                     norm_operation: cuda,
@@ -213,6 +214,8 @@ struct Fused<I: burn::tensor::backend::Backend> {
     decode_attention: llama_model::decode_attention::NativeDecodeAttention<I>,
     /// Few-row products for decoding (inference only).
     gemv: llama_model::gemv::NativeGemv<I>,
+    /// The residual update with the next RMSNorm (inference only).
+    add_norm: llama_model::add_norm::NativeAddRmsNorm<I>,
 }
 
 impl<I: burn::tensor::backend::Backend> Ops<I> {
@@ -242,25 +245,23 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// `LLAMA_ATTENTION=auto|blocked|decomposed`, `LLAMA_LOSS=auto|operation|torch|fused|decomposed`,
 /// `LLAMA_NORM=auto|operation|fused|decomposed`, `LLAMA_ROPE=auto|operation|fused|decomposed`,
 /// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`, `LLAMA_LINEAR=auto|flat|split`,
-/// `LLAMA_DECODE_ATTENTION=auto|fused|decomposed`, `LLAMA_GEMV=auto|fused|matmul`
+/// `LLAMA_DECODE_ATTENTION=auto|fused|decomposed`, `LLAMA_GEMV=auto|fused|matmul`,
+/// `LLAMA_ADD_NORM=auto|fused|separate`
 /// (`decomposed` is Burn's tensor-op form, `torch` the libtorch kernels, `fused` this project's
 /// CUDA kernels on tch-cuda; `split`: projections' weight gradients over row blocks).
 #[allow(dead_code)]
 fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     let libtorch_only =
         |var: &str| anyhow!("{var}=torch needs a libtorch device (tch-cpu, tch-cuda)");
-    let (fused_loss, fused_norm, fused_rotary, fused_swiglu, fused_decode, fused_gemv) =
-        match ops.fused {
-            Some(f) => (
-                Some(f.loss),
-                Some(f.norm),
-                Some(f.rotary),
-                Some(f.swiglu),
-                Some(f.decode_attention),
-                Some(f.gemv),
-            ),
-            None => (None, None, None, None, None, None),
-        };
+    let fused = ops.fused;
+    let (fused_loss, fused_norm, fused_rotary, fused_swiglu) = match &fused {
+        Some(f) => (Some(f.loss), Some(f.norm), Some(f.rotary), Some(f.swiglu)),
+        None => (None, None, None, None),
+    };
+    let (fused_decode, fused_gemv, fused_add_norm) = match &fused {
+        Some(f) => (Some(f.decode_attention), Some(f.gemv), Some(f.add_norm)),
+        None => (None, None, None),
+    };
     match (
         env_choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
         ops.attention,
@@ -331,6 +332,14 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     ) {
         ("fused" | "auto", Some(f)) => llama_model::gemv::register_native::<I>(f),
         ("fused", None) => return Err(fused_only("LLAMA_GEMV")),
+        _ => {}
+    }
+    match (
+        env_choice("LLAMA_ADD_NORM", &["auto", "fused", "separate"])?,
+        fused_add_norm,
+    ) {
+        ("fused" | "auto", Some(f)) => llama_model::add_norm::register_native::<I>(f),
+        ("fused", None) => return Err(fused_only("LLAMA_ADD_NORM")),
         _ => {}
     }
     if let Some(add) = ops.residual {

@@ -69,6 +69,24 @@ pub fn gemv(x: TchTensor, w: TchTensor) -> Option<TchTensor> {
     k::gemv(&x.tensor, &w.tensor).map(TchTensor::new)
 }
 
+/// The residual update with the next RMSNorm (inference) to register with
+/// `llama_model::add_norm::register_native::<LibTorch>`.
+pub fn add_rms_norm(
+    x: TchTensor,
+    delta: TchTensor,
+    gamma: TchTensor,
+    eps: f64,
+    out: DType,
+) -> Option<(TchTensor, TchTensor)> {
+    let out = match out {
+        DType::F32 => Kind::Float,
+        DType::BF16 => Kind::BFloat16,
+        _ => return None,
+    };
+    let (h, y) = k::add_rms_norm(&x.tensor, &delta.tensor, &gamma.tensor, eps, out)?;
+    Some((TchTensor::new(h), TchTensor::new(y)))
+}
+
 /// Whether the fused kernels run on this tch device (compiles them on first use).
 pub fn available(device: tch::Device) -> bool {
     k::available(device)

@@ -56,6 +56,8 @@ fn kernels_compile_with_nvrtc() {
         .iter()
         .flat_map(|n| [format!("{n}_f32"), format!("{n}_bf16")])
         .chain(k::F32_KERNELS.iter().map(|n| format!("{n}_f32")))
+        .chain(k::BF16_KERNELS.iter().map(|n| format!("{n}_bf16")))
+        .chain(k::ADD_NORM_KERNELS.iter().map(|n| n.to_string()))
         .chain(k::MIXED_KERNELS.iter().map(|n| format!("{n}_f32_bf16")));
     for name in names {
         let entry = format!(".entry {name}(");
@@ -73,6 +75,7 @@ fn cpu_tensors_are_declined() {
     assert!(k::gemv(&xb, &xb.transpose(0, 1)).is_none());
     let ones = Tensor::ones([8], (Kind::Float, Device::Cpu));
     assert!(k::rms_norm_forward(&x, &ones, 1e-6, Kind::Float).is_none());
+    assert!(k::add_rms_norm(&x, &xb, &ones, 1e-6, Kind::BFloat16).is_none());
 }
 
 #[test]
@@ -249,16 +252,21 @@ fn decode_attention_matches_the_formula() {
             (1, 12, 12, 64, 565, 565, false),
             (3, 2, 1, 128, 5, 9, true),
             (1, 32, 4, 64, 1, 8, false),
-            // Enough blocks for the 256-thread form (the others take the 1,024-thread one).
             (4, 32, 4, 64, 100, 120, true),
+            // Enough pairs for one block each (no key splits), and a cache longer than one
+            // block's shared memory holds (always split).
+            (64, 32, 4, 64, 300, 300, true),
+            (1, 4, 1, 64, 5000, 5000, true),
         ] {
             let q = Tensor::randn([b, h, 1, d], (Kind::Float, dev)).to_kind(kind);
             let cache = |_| Tensor::randn([b, hkv, cap, d], (Kind::Float, dev)).to_kind(kind);
             let (kc, vc) = (cache(0), cache(1));
             let (kv, vv) = (kc.narrow(2, 0, t), vc.narrow(2, 0, t));
-            // Hide about a third of the keys, never the last (the new token's own).
+            // Hide about a third of the keys and, in the first row, the first 40 % (a left-padded
+            // prompt: whole splits hidden); never the last key (the new token's own).
             let hidden = masked.then(|| {
                 let m = Tensor::rand([b, 1, 1, t], (Kind::Float, dev)).lt(0.33);
+                let _ = m.get(0).narrow(2, 0, t * 2 / 5).fill_(1);
                 let _ = m.narrow(3, t - 1, 1).fill_(0);
                 m
             });
@@ -274,6 +282,8 @@ fn decode_attention_matches_the_formula() {
             }
             let want = scores.softmax(3, Kind::Float).matmul(&vr);
             let got = k::decode_attention(&q, &kv, &vv, hidden.as_ref()).expect("runs on CUDA");
+            let again = k::decode_attention(&q, &kv, &vv, hidden.as_ref()).expect("runs again");
+            assert!(again.equal(&got), "b{b} h{h} t{t}: a second run differs");
             assert_eq!(got.size(), [b, h, 1, d]);
             assert_eq!(got.kind(), kind);
             let err = rel(&got, &want);
@@ -287,7 +297,7 @@ fn decode_attention_matches_the_formula() {
 
 /// Few-row products against torch's f32 product of the same bf16 values, the weight the
 /// transposed view of an `[n, k]` matrix as the model stores it for decoding: the decode shapes of
-/// the `1b` preset, rows up to eight, a `k` that is not a multiple of the warp's 256-element pass,
+/// the `1b` preset, rows up to four, a `k` that is not a multiple of the warp's 256-element pass,
 /// a row slice of a taller matrix (the stacked projections' views), the same bits when run again,
 /// and the inputs it declines.
 #[test]
@@ -311,7 +321,7 @@ fn gemv_matches_torch() {
         (1, 2048, 11264),         // gate/up stacked
         (1, 5632, 2048),          // down
         (1, 2048, 32000),         // head
-        (8, 2048, 2048),
+        (4, 2048, 2048),
         (3, 768, 72),
         (5, 104, 7),
         (2, 4096, 64),
@@ -326,11 +336,38 @@ fn gemv_matches_torch() {
 
     let (x, wt) = (bf(randn(&[1, 64])), bf(randn(&[64, 64])));
     let w = wt.transpose(0, 1);
-    assert!(k::gemv(&bf(randn(&[9, 64])), &w).is_none(), "nine rows");
+    assert!(k::gemv(&bf(randn(&[5, 64])), &w).is_none(), "five rows");
     let odd = bf(randn(&[1, 60]));
     assert!(k::gemv(&odd, &bf(randn(&[8, 60])).transpose(0, 1)).is_none(), "k not a multiple of 8");
     assert!(k::gemv(&x.to_kind(Kind::Float), &w.to_kind(Kind::Float)).is_none(), "f32");
     assert!(k::gemv(&x, &wt).is_none(), "an [in, out] weight");
+}
+
+/// The residual update with the next RMSNorm in one kernel gives the bits of torch's promoting
+/// add followed by the RMSNorm kernel, for the three dtype pairs.
+#[test]
+fn add_rms_norm_is_the_add_then_the_norm() {
+    let Some(dev) = cuda() else { return };
+    let eps = 1e-5;
+    for (delta_kind, out) in [
+        (Kind::Float, Kind::Float),
+        (Kind::BFloat16, Kind::BFloat16),
+        (Kind::BFloat16, Kind::Float),
+    ] {
+        for (n, dim) in [(1i64, 2048i64), (3, 768), (2, 100)] {
+            let x = Tensor::randn([n, dim], (Kind::Float, dev)) * 2.0;
+            let delta = Tensor::randn([n, dim], (Kind::Float, dev)).to_kind(delta_kind);
+            let gamma = Tensor::randn([dim], (Kind::Float, dev)) + 1.0;
+            let (h, y) = k::add_rms_norm(&x, &delta, &gamma, eps, out).expect("runs on CUDA");
+            let want_h = &x + &delta;
+            assert_eq!(want_h.kind(), Kind::Float);
+            let (want_y, _) = k::rms_norm_forward(&want_h, &gamma, eps, out).expect("runs");
+            let what = format!("{delta_kind:?}→{out:?} {n}×{dim}");
+            assert!(h.equal(&want_h), "{what}: h differs");
+            assert_eq!(y.kind(), out, "{what}");
+            assert!(y.equal(&want_y), "{what}: y differs");
+        }
+    }
 }
 
 #[test]

@@ -53,6 +53,26 @@ impl<B: Backend> Block<B> {
         cache: Option<&mut LayerCache<B>>,
         precision: Precision,
     ) -> Tensor<B, 3> {
+        match self.forward_deferred(x, None, rope, mask, cache, precision) {
+            (x, Some(delta)) => residual::add(x, delta),
+            (x, None) => x,
+        }
+    }
+
+    /// [`Self::forward`] of `x + pending` (the previous block's last residual update, left to this
+    /// block), leaving its own last update to the caller where it can: `(x', δ)` with the block's
+    /// output `x' + δ`. Pre-norm blocks add the pending update together with their first norm
+    /// and their own first update with the second norm ([`Norm::add_forward_to`]: one kernel each
+    /// in inference on a backend that has it), the same operations as the plain form otherwise.
+    pub fn forward_deferred(
+        &self,
+        x: Tensor<B, 3>,
+        pending: Option<Tensor<B, 3>>,
+        rope: Option<&RopeAngles<B>>,
+        mask: &AttentionMask<B>,
+        cache: Option<&mut LayerCache<B>>,
+        precision: Precision,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 3>>) {
         // The sublayers return the compute dtype; the residual stream and the norms keep the
         // stream's own dtype (f32 under bf16 compute, as autocast does).
         let dtype = x.dtype();
@@ -62,14 +82,22 @@ impl<B: Backend> Block<B> {
             NormPlacement::Pre => {
                 // The norms' outputs only feed the sublayers: produced in their compute dtype.
                 let to = precision.compute_dtype().unwrap_or(dtype);
-                let h = residual::add(x.clone(), attn(self.attention_norm.forward_to(x, to)));
-                residual::add(h.clone(), ffn(self.ffn_norm.forward_to(h, to)))
+                let (x, a) = match pending {
+                    Some(delta) => self.attention_norm.add_forward_to(x, delta, to),
+                    None => (x.clone(), self.attention_norm.forward_to(x, to)),
+                };
+                let (h, f) = self.ffn_norm.add_forward_to(x, attn(a), to);
+                (h, Some(ffn(f)))
             }
             NormPlacement::Post => {
+                let x = match pending {
+                    Some(delta) => residual::add(x, delta),
+                    None => x,
+                };
                 let h = self
                     .attention_norm
                     .forward(residual::add(x.clone(), attn(x)));
-                self.ffn_norm.forward(residual::add(h.clone(), ffn(h)))
+                (self.ffn_norm.forward(residual::add(h.clone(), ffn(h))), None)
             }
         }
     }

@@ -7,6 +7,7 @@
 //! - [`generate()`] decodes a batch of prompts of different lengths (greedy, temperature, top-k,
 //!   top-p, seeded, stop tokens).
 
+pub mod add_norm;
 pub mod attention;
 pub mod block;
 pub mod cache;

@@ -178,13 +178,20 @@ impl<B: Backend> Llama<B> {
             let dtype = self.precision.compute_dtype().unwrap_or(x.dtype());
             rope.angles(positions, dtype)
         });
+        // Each block's last residual update goes to the next norm (one kernel where the backend
+        // fuses them, `add_norm`).
+        let mut pending = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
-            x = layer.forward(x, angles.as_ref(), mask, layer_cache, self.precision);
+            let rope = angles.as_ref();
+            (x, pending) = layer.forward_deferred(x, pending, rope, mask, layer_cache, self.precision);
         }
-        match &self.norm {
-            Some(norm) => norm.forward(x),
-            None => x,
+        let dtype = x.dtype();
+        match (&self.norm, pending) {
+            (Some(norm), Some(delta)) => norm.add_forward_to(x, delta, dtype).1,
+            (Some(norm), None) => norm.forward(x),
+            (None, Some(delta)) => crate::residual::add(x, delta),
+            (None, None) => x,
         }
     }
 

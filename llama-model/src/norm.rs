@@ -7,6 +7,7 @@ use burn::tensor::{DType, Tensor};
 
 use crate::knobs::NormKind;
 use crate::rms_norm::rms_norm_to;
+use crate::{add_norm, residual};
 
 /// RMSNorm (gain only) or LayerNorm (gain and bias), chosen by [`NormKind`].
 #[derive(Module, Debug)]
@@ -42,6 +43,23 @@ impl<B: Backend> Norm<B> {
                     true => y,
                     false => y.cast(out),
                 }
+            }
+        }
+    }
+
+    /// `(h, norm(h))` with `h = x + δ` (the residual update, [`residual::add`]) and the norm's
+    /// result in `out`; RMSNorm's pair is one kernel where the backend has it ([`add_norm`]).
+    pub fn add_forward_to<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        delta: Tensor<B, D>,
+        out: DType,
+    ) -> (Tensor<B, D>, Tensor<B, D>) {
+        match self {
+            Self::Rms(n) => add_norm::add_rms_norm_to(x, delta, n.gamma.val(), n.epsilon, out),
+            Self::Layer(_) => {
+                let h = residual::add(x, delta);
+                (h.clone(), self.forward_to(h, out))
             }
         }
     }

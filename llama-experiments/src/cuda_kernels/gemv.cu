@@ -74,4 +74,3 @@ __device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int rows, int
 GEMV(1)
 GEMV(2)
 GEMV(4)
-GEMV(8)

@@ -4,8 +4,10 @@ use tch::{Kind, Tensor};
 
 use super::{launch, loaded, ptr};
 
-/// Most rows a product takes (the kernels keep every row's sum in registers).
-pub const GEMV_MAX_ROWS: i64 = 8;
+/// Most rows a product takes: each weight load is multiplied by every row's input (read from
+/// L1), which at eight rows made the kernel slower than cuBLAS's tensor-core products (1b decode
+/// at batch 8: 4.37 against 2.44 ms per token on an H200).
+pub const GEMV_MAX_ROWS: i64 = 4;
 /// Threads per block (eight warps: eight outputs), as in `gemv.cu`.
 const THREADS: usize = 256;
 const OUTPUTS_PER_BLOCK: usize = THREADS / 32;
@@ -42,7 +44,7 @@ pub fn gemv(x: &Tensor, w: &Tensor) -> Option<Tensor> {
         return None;
     }
     let y = Tensor::empty([rows, n], (Kind::BFloat16, x.device()));
-    let r = [1, 2, 4, 8].into_iter().find(|&r| r >= rows)?;
+    let r = [1, 2, 4].into_iter().find(|&r| r >= rows)?;
     let blocks = usize::try_from(n).ok()?.div_ceil(OUTPUTS_PER_BLOCK);
     let (rows, k, n) = (
         i32::try_from(rows).ok()?,

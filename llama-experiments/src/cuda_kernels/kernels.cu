@@ -248,133 +248,6 @@ __device__ void rotary(const T* x, const T* c, const T* s, T* y, long long n, in
     }
 }
 
-// Attention of one query per (row, head) against `keys` cached positions, for decoding: q
-// [batch, heads, dim] (contiguous), k and v [batch, kv_heads, *, dim] (strides kb, kh between rows
-// and heads, unit stride within a key and `dim` between keys; every row 4-element aligned),
-// `hidden` [batch, keys] (1 = not visible; null: all visible), out [batch, heads, dim]
-// contiguous. Head h reads kv head h / rep. One block per (row, head); `dim` a multiple of 4 and
-// `blockDim.x` (at most 1,024) a multiple of dim / 4 and of 32. Dynamic shared memory: dim + keys +
-// (blockDim.x / (dim / 4)) * dim floats. Replaces about a dozen kernels of the tensor-op form
-// (product, scale, mask, softmax's five, casts, product, the grouped heads' copies).
-//
-// Each phase keeps many independent loads in flight (a single query is latency-bound): both
-// take one group of dim / 4 threads per key (coalesced rows, four elements per load), several
-// keys per group at once; the output's partial sums per group are added at the end. (A first
-// form with one thread per key looping over its row kept one load in flight per thread: 14 µs
-// per layer at `1b`, 565 keys, the largest kernel of a decode step, ncu on an H200.)
-#define KEY_UNROLL 4
-
-template <typename T>
-__device__ void decode_attention(const T* q, const T* k, const T* v, const unsigned char* hidden,
-                                 T* out, int heads, int rep, int keys, int dim, long long kb,
-                                 long long kh, float scale) {
-    extern __shared__ float sh[];
-    float* qs = sh;         // dim: the query in f32
-    float* p = qs + dim;    // keys: scores, then probabilities
-    float* part = p + keys; // groups x dim: partial outputs
-    __shared__ float red[32];
-    const int row = blockIdx.x / heads, h = blockIdx.x % heads;
-    const int tid = threadIdx.x, bs = blockDim.x, lane = tid & 31, warp = tid >> 5;
-    const T* qr = q + (long long)blockIdx.x * dim;
-    const long long kvoff = row * kb + (long long)(h / rep) * kh;
-    const T* kr = k + kvoff;
-    const T* vr = v + kvoff;
-    const unsigned char* hr = hidden ? hidden + (long long)row * keys : nullptr;
-    for (int i = tid; i < dim; i += bs) qs[i] = load(qr, i);
-    __syncthreads();
-    const int chunks = dim / 4, groups = bs / chunks, g = tid / chunks, c = (tid % chunks) * 4;
-    if (chunks <= 32) {
-        // A group of dim / 4 threads per key (one coalesced row, the group's lanes in one warp),
-        // KEY_UNROLL keys per group in flight, the dot products reduced by shuffles. The loop's
-        // trip count is the same for every thread, as the full-warp shuffles need.
-        const float q0 = qs[c], q1 = qs[c + 1], q2 = qs[c + 2], q3 = qs[c + 3];
-        for (int base = 0; base < keys; base += KEY_UNROLL * groups) {
-            float acc[KEY_UNROLL];
-#pragma unroll
-            for (int u = 0; u < KEY_UNROLL; ++u) {
-                const int j = base + u * groups + g;
-                acc[u] = 0.0f;
-                if (j < keys) {
-                    const Four x = load4(kr, (long long)j * dim + c);
-                    acc[u] = x.v[0] * q0 + x.v[1] * q1 + x.v[2] * q2 + x.v[3] * q3;
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < KEY_UNROLL; ++u) {
-                float a = acc[u];
-                for (int o = chunks / 2; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
-                const int j = base + u * groups + g;
-                if (c == 0 && j < keys) p[j] = (hr && hr[j]) ? NEG_INF : a * scale;
-            }
-        }
-    } else {
-        for (int j = tid; j < keys; j += bs) {
-            const long long base = (long long)j * dim;
-            float acc = 0.0f;
-            for (int cc = 0; cc < dim; cc += 4) {
-                const Four x = load4(kr, base + cc);
-                acc += x.v[0] * qs[cc] + x.v[1] * qs[cc + 1] + x.v[2] * qs[cc + 2] +
-                       x.v[3] * qs[cc + 3];
-            }
-            p[j] = (hr && hr[j]) ? NEG_INF : acc * scale;
-        }
-    }
-    __syncthreads();
-    float m = NEG_INF;
-    for (int j = tid; j < keys; j += bs) m = fmaxf(m, p[j]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if (lane == 0) red[warp] = m;
-    __syncthreads();
-    m = NEG_INF;
-    for (int w = 0; w < bs / 32; ++w) m = fmaxf(m, red[w]);
-    __syncthreads();
-    float sum = 0.0f;
-    for (int j = tid; j < keys; j += bs) {
-        const float e = m == NEG_INF ? 0.0f : expf(p[j] - m);
-        p[j] = e;
-        sum += e;
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if (lane == 0) red[warp] = sum;
-    __syncthreads();
-    sum = 0.0f;
-    for (int w = 0; w < bs / 32; ++w) sum += red[w];
-    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-#pragma unroll 4
-    for (int j = g; j < keys; j += groups) {
-        const Four x = load4(vr, (long long)j * dim + c);
-        const float pj = p[j];
-        a0 += pj * x.v[0];
-        a1 += pj * x.v[1];
-        a2 += pj * x.v[2];
-        a3 += pj * x.v[3];
-    }
-    part[g * dim + c] = a0;
-    part[g * dim + c + 1] = a1;
-    part[g * dim + c + 2] = a2;
-    part[g * dim + c + 3] = a3;
-    __syncthreads();
-    // The groups' partial outputs summed in two levels where the block is a multiple of dim
-    // (slices of groups first, every thread busy; then the slices), else in one.
-    int parts = groups;
-    if (bs % dim == 0 && bs > dim) {
-        const int slices = bs / dim, i = tid % dim, s = tid / dim;
-        float o = 0.0f;
-        for (int gg = s; gg < groups; gg += slices) o += part[gg * dim + i];
-        __syncthreads();
-        part[s * dim + i] = o;
-        __syncthreads();
-        parts = slices;
-    }
-    for (int i = tid; i < dim; i += bs) {
-        float o = 0.0f;
-        for (int gg = 0; gg < parts; ++gg) o += part[gg * dim + i];
-        store(out, (long long)blockIdx.x * dim + i, sum > 0.0f ? o / sum : 0.0f);
-    }
-}
-
 // AdamW on one flat f32 bucket (torch's update with decoupled decay, `train::optim`'s formula):
 //   g ← g·factor,  m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,
 //   p ← p·keep − lr_c1 · m / (√v · inv_root_c2 + ε)
@@ -452,6 +325,40 @@ __device__ void rms_norm_forward(const TX* x, const float* gamma, TY* y, float* 
     }
 }
 
+// The residual update and the next RMSNorm in one pass (inference): h = x + δ in f32 (δ widened
+// exactly, as torch's promoting add does) and y = (h r) γ exactly as rms_norm_forward computes
+// it (same block size, same sums), one block per row.
+template <typename TD, typename TY>
+__device__ void add_rms_norm(const float* x, const TD* delta, const float* gamma, float* h, TY* y,
+                             int dim, float eps) {
+    const long long row = blockIdx.x;
+    float v[RMS_COLS];
+    float ss = 0.0f;
+#pragma unroll
+    for (int k = 0; k < RMS_COLS; ++k) {
+        const int j = threadIdx.x + k * blockDim.x;
+        v[k] = j < dim ? x[row * dim + j] + load(delta + row * dim, j) : 0.0f;
+        if (j < dim) h[row * dim + j] = v[k];
+        ss += v[k] * v[k];
+    }
+    const float rr = rsqrtf(block_sum(ss) / dim + eps);
+#pragma unroll
+    for (int k = 0; k < RMS_COLS; ++k) {
+        const int j = threadIdx.x + k * blockDim.x;
+        if (j < dim) store(y + row * dim, j, v[k] * rr * gamma[j]);
+    }
+}
+
+#define ADD_RMS_NORM(SUFFIX, TD, TY)                                                              \
+    extern "C" __global__ void __launch_bounds__(1024) add_rms_norm_##SUFFIX(                     \
+        const float* x, const TD* delta, const float* gamma, float* h, TY* y, int dim,            \
+        float eps) {                                                                              \
+        add_rms_norm<TD, TY>(x, delta, gamma, h, y, dim, eps);                                    \
+    }
+ADD_RMS_NORM(f32_f32, float, float)
+ADD_RMS_NORM(bf16_bf16, bf16_t, bf16_t)
+ADD_RMS_NORM(bf16_f32, bf16_t, float)
+
 // RMSNorm backward over rows `blockIdx.x, blockIdx.x + gridDim.x, ...`:
 //   x̂ = x r,  t = dy γ,  dx = r (t - x̂ mean(t x̂)),
 // and this block's share of dγ = Σ_rows dy x̂, written to dgamma_partial[blockIdx.x, :] (the
@@ -514,11 +421,6 @@ __device__ void rms_norm_backward(const TY* dy, const TX* x, const float* gamma,
         const T* x, const T* c, const T* s, T* y, long long n, int heads, int time, int dim,      \
         long long xb, long long xh, long long xt, long long cb, long long ct, int backward) {     \
         rotary<T>(x, c, s, y, n, heads, time, dim, xb, xh, xt, cb, ct, backward);                 \
-    }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(1024) decode_attention_##SUFFIX(                 \
-        const T* q, const T* k, const T* v, const unsigned char* hidden, T* out, int heads,       \
-        int rep, int keys, int dim, long long kb, long long kh, float scale) {                    \
-        decode_attention<T>(q, k, v, hidden, out, heads, rep, keys, dim, kb, kh, scale);          \
     }                                                                                             \
     RMS_NORM(SUFFIX, T, T)
 

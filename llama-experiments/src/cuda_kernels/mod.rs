@@ -29,8 +29,12 @@ mod ops;
 pub use gemv::*;
 pub use ops::*;
 
-/// `kernels.cu` with the few-row products appended (they use its bf16 helpers).
-const SOURCE: &str = concat!(include_str!("kernels.cu"), include_str!("gemv.cu"));
+/// `kernels.cu` with decoding's attention and few-row products appended (they use its helpers).
+const SOURCE: &str = concat!(
+    include_str!("kernels.cu"),
+    include_str!("decode_attention.cu"),
+    include_str!("gemv.cu")
+);
 
 /// Kernel names without their dtype suffix (`_f32`, `_bf16`), in both dtypes.
 pub const KERNELS: [&str; 8] = [
@@ -48,7 +52,14 @@ pub const KERNELS: [&str; 8] = [
 pub const F32_KERNELS: [&str; 1] = ["adamw"];
 
 /// Kernels with a bf16 form only.
-pub const BF16_KERNELS: [&str; 4] = ["gemv_r1", "gemv_r2", "gemv_r4", "gemv_r8"];
+pub const BF16_KERNELS: [&str; 3] = ["gemv_r1", "gemv_r2", "gemv_r4"];
+
+/// The residual update with the next RMSNorm, by (update, output) dtype; the stream is f32.
+pub const ADD_NORM_KERNELS: [&str; 3] = [
+    "add_rms_norm_f32_f32",
+    "add_rms_norm_bf16_bf16",
+    "add_rms_norm_bf16_f32",
+];
 
 /// RMSNorm's f32 input with a bf16 output (`_f32_bf16`).
 pub const MIXED_KERNELS: [&str; 2] = ["rms_norm_forward", "rms_norm_backward"];
@@ -85,6 +96,8 @@ pub(super) struct Loaded {
     functions: HashMap<String, CudaFunction>,
     /// Kernels whose argument list was checked against their signature.
     checked: Mutex<HashSet<String>>,
+    /// The device's multiprocessors (decoding's attention sizes its key splits by it).
+    sms: usize,
 }
 
 /// Per CUDA ordinal: the loaded kernels, or `None` after a failure (reported once).
@@ -102,6 +115,7 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
         .flat_map(|name| [format!("{name}_f32"), format!("{name}_bf16")])
         .chain(F32_KERNELS.iter().map(|name| format!("{name}_f32")))
         .chain(BF16_KERNELS.iter().map(|name| format!("{name}_bf16")))
+        .chain(ADD_NORM_KERNELS.iter().map(|name| name.to_string()))
         .chain(MIXED_KERNELS.iter().map(|name| format!("{name}_f32_bf16")));
     for full in names {
         let f = module
@@ -109,7 +123,11 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
             .map_err(|e| format!("kernel {full}: {e}"))?;
         functions.insert(full, f);
     }
+    let sms = ctx
+        .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(|e| format!("CUDA device attributes: {e}"))?;
     Ok(Loaded {
+        sms: usize::try_from(sms).unwrap_or(1).max(1),
         stream: ctx.default_stream(),
         ctx,
         functions,

@@ -232,6 +232,54 @@ pub fn rms_norm_forward(
     Some((y, r))
 }
 
+/// The residual update `h = x + δ` (x f32 `[n, dim]`, δ f32 or bf16) and the RMSNorm of `h` with
+/// gain `gamma` in `out` (f32 or bf16), in one kernel: `(h, y)`, the same numbers as torch's
+/// promoting add followed by [`rms_norm_forward`].
+pub fn add_rms_norm(
+    x: &Tensor,
+    delta: &Tensor,
+    gamma: &Tensor,
+    eps: f64,
+    out: Kind,
+) -> Option<(Tensor, Tensor)> {
+    let (x, k) = ready(x)?;
+    let [n, dim] = x.size()[..] else {
+        return None;
+    };
+    let name = match (x.kind(), delta.kind(), out) {
+        (Kind::Float, Kind::Float, Kind::Float) => "add_rms_norm_f32_f32",
+        (Kind::Float, Kind::BFloat16, Kind::BFloat16) => "add_rms_norm_bf16_bf16",
+        (Kind::Float, Kind::BFloat16, Kind::Float) => "add_rms_norm_bf16_f32",
+        _ => return None,
+    };
+    let block = row_block(dim as usize)?;
+    if delta.size() != [n, dim] || delta.device() != x.device() || gamma.size() != [dim] || n == 0
+    {
+        return None;
+    }
+    let delta = delta.contiguous();
+    let gamma = gamma.to_kind(Kind::Float).contiguous();
+    let h = x.empty_like();
+    let y = Tensor::empty([n, dim], (out, x.device()));
+    let (dim, eps) = (dim as i32, eps as f32);
+    launch(
+        &k,
+        name.to_string(),
+        n as usize,
+        block,
+        &[
+            &ptr(&x),
+            &ptr(&delta),
+            &ptr(&gamma),
+            &ptr(&h),
+            &ptr(&y),
+            &dim,
+            &eps,
+        ],
+    )?;
+    Some((h, y))
+}
+
 /// Blocks of the RMSNorm backward: enough to fill the card, few enough that summing their
 /// `dγ` rows is cheap.
 const ROW_GRID: usize = 1024;
@@ -342,24 +390,22 @@ pub fn adamw(
     Some((po, mo, vo))
 }
 
-/// Threads per block of `decode_attention` (a multiple of a quarter of the head dimension);
-/// [`DECODE_BLOCK_WIDE`] when there are few blocks (one per row and head: 12 at `125m` batch 1,
-/// where 256 threads left it latency-bound and slower than the tensor ops it replaces).
-const DECODE_BLOCK: i64 = 256;
-const DECODE_BLOCK_WIDE: i64 = 1024;
-/// Fewer blocks than this take the wide form (a fraction of an H100/H200's 132 SMs).
-const DECODE_FEW_BLOCKS: i64 = 64;
-/// Most keys the wide form holds (its partial outputs take more shared memory).
-const DECODE_WIDE_MAX_KEYS: i64 = 4 * 1024;
-
-/// Most keys `decode_attention` holds in shared memory (with the query and the partial outputs,
-/// under the 48 KiB a block gets without opting in).
-const DECODE_MAX_KEYS: i64 = 8 * 1024;
+/// Threads per block of `decode_attention` (a multiple of a quarter of the head dimension).
+const DECODE_BLOCK: i64 = 128;
+/// Blocks per multiprocessor the key splits aim for, and the fewest keys a split takes.
+const DECODE_BLOCKS_PER_SM: i64 = 2;
+const DECODE_MIN_KEYS: i64 = 32;
+/// Most keys one block holds in shared memory (with the query and the partial outputs, under the
+/// 48 KiB a block gets without opting in); longer caches take more splits.
+const DECODE_MAX_CHUNK: i64 = 4096;
+/// Most (row, head) pairs with split keys (`ATTN_MAX_PAIRS` in `decode_attention.cu`).
+const DECODE_MAX_PAIRS: i64 = 65_536;
 
 /// One query per row and head against cached keys: `q [b, h, 1, d]`, `k, v [b, h_kv, t, d]` (a
 /// view of the cache is fine: unit stride within a key, `d` between keys), `hidden [b, 1, 1, t]`
 /// (bool, `true` = not visible; `None`: all visible) → softmax(q·kᵀ/√d) v `[b, h, 1, d]` in q's
-/// dtype, head `i` reading key/value head `i / (h / h_kv)`. Scores and softmax in f32.
+/// dtype, head `i` reading key/value head `i / (h / h_kv)`. Scores and softmax in f32; the keys
+/// split over several blocks per pair when there are few pairs for the card.
 pub fn decode_attention(
     q: &Tensor,
     k: &Tensor,
@@ -382,7 +428,6 @@ pub fn decode_attention(
         || hkv == 0
         || h % hkv != 0
         || t == 0
-        || t > DECODE_MAX_KEYS
         || d % 4 != 0
         || d / 4 > DECODE_BLOCK
         || DECODE_BLOCK % (d / 4) != 0
@@ -416,25 +461,39 @@ pub fn decode_attention(
     let out = Tensor::empty([b, h, 1, d], (q.kind(), q.device()));
     let st = k.stride();
     let hidden_ptr = hidden.as_ref().map_or(0u64, ptr);
-    let block = if b * h < DECODE_FEW_BLOCKS && t <= DECODE_WIDE_MAX_KEYS {
-        DECODE_BLOCK_WIDE
-    } else {
-        DECODE_BLOCK
-    };
-    let groups = block / (d / 4);
-    let shared = 4 * u32::try_from(d + t + groups * d).ok()?;
+    // Splits: enough blocks for the card, at least DECODE_MIN_KEYS keys each, at most
+    // DECODE_MAX_CHUNK.
+    let pairs = b * h;
+    let want = (DECODE_BLOCKS_PER_SM * kern.sms as i64 + pairs - 1) / pairs;
+    let most = (t + DECODE_MIN_KEYS - 1) / DECODE_MIN_KEYS;
+    let fewest = (t + DECODE_MAX_CHUNK - 1) / DECODE_MAX_CHUNK;
+    let mut splits = want.min(most).max(fewest).max(1);
+    if pairs > DECODE_MAX_PAIRS {
+        splits = 1;
+    }
+    let chunk = (t + splits - 1) / splits;
+    let splits = (t + chunk - 1) / chunk;
+    if splits == 1 && chunk > DECODE_MAX_CHUNK {
+        return None;
+    }
+    let ws = (splits > 1).then(|| Tensor::empty([pairs * splits * (d + 2)], (Kind::Float, q.device())));
+    let ws_ptr = ws.as_ref().map_or(0u64, ptr);
+    let groups = DECODE_BLOCK / (d / 4);
+    let shared = 4 * u32::try_from(d + chunk + groups * d).ok()?;
     let scale = 1.0 / (d as f32).sqrt();
-    let (heads, rep, keys, dim) = (
+    let (pairs32, heads, rep, keys, chunk, dim) = (
+        i32::try_from(pairs).ok()?,
         i32::try_from(h).ok()?,
         i32::try_from(h / hkv).ok()?,
         i32::try_from(t).ok()?,
+        i32::try_from(chunk).ok()?,
         i32::try_from(d).ok()?,
     );
     launch_shared(
         &kern,
         named("decode_attention", q.kind())?,
-        (b * h) as usize,
-        block as usize,
+        usize::try_from(pairs * splits).ok()?,
+        DECODE_BLOCK as usize,
         shared,
         &[
             &ptr(&q),
@@ -442,9 +501,12 @@ pub fn decode_attention(
             &ptr(&v),
             &hidden_ptr,
             &ptr(&out),
+            &ws_ptr,
+            &pairs32,
             &heads,
             &rep,
             &keys,
+            &chunk,
             &dim,
             &st[0],
             &st[1],
