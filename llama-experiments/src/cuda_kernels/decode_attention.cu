@@ -13,12 +13,14 @@
 // values; with several splits it writes (output, max, sum) to `ws` and the last block of the pair
 // to finish merges them in split order (the result does not depend on the timing).
 //
-// Grid: pairs × splits blocks (blockIdx.x = split · pairs + pair); `dim` a multiple of 4 and
+// Grid: pairs × splits blocks (blockIdx.x = split · pairs + pair), at most ATTN_MAX_SPLITS
+// splits; `dim` a multiple of 4 and
 // `blockDim.x` a multiple of 32 and of dim / 4. Dynamic shared memory: dim + chunk +
 // (blockDim.x / (dim / 4)) · dim floats. `ws`: pairs × splits × (dim + 2) floats.
 
 #define KEY_UNROLL 4
 #define ATTN_MAX_PAIRS 65536
+#define ATTN_MAX_SPLITS 256
 
 // Splits of each pair that have finished, reset by the pair's last block.
 __device__ unsigned int attn_arrivals[ATTN_MAX_PAIRS];
@@ -49,6 +51,7 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
     float* p = qs + dim;     // chunk: scores, then probabilities
     float* part = p + chunk; // groups × dim: partial outputs
     __shared__ bool last;
+    __shared__ float merge_m[ATTN_MAX_SPLITS], merge_l[ATTN_MAX_SPLITS];
     const int pair = blockIdx.x % pairs, split = blockIdx.x / pairs, splits = gridDim.x / pairs;
     const int row = pair / heads, h = pair % heads;
     const int tid = threadIdx.x, bs = blockDim.x;
@@ -145,18 +148,26 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
     __syncthreads();
     if (!last) return;
     __threadfence();
+    // The splits' maxima and sums through shared memory (one load per thread), then each output
+    // element's sum over the splits with independent loads.
     const float* all = ws + (long long)pair * splits * (dim + 2);
+    for (int s = tid; s < splits; s += bs) {
+        merge_m[s] = __ldcg(all + s * (dim + 2) + dim);
+        merge_l[s] = __ldcg(all + s * (dim + 2) + dim + 1);
+    }
+    __syncthreads();
     float mx = NEG_INF;
-    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, __ldcg(all + s * (dim + 2) + dim));
+    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, merge_m[s]);
+    __syncthreads();
+    for (int s = tid; s < splits; s += bs)
+        merge_m[s] = merge_m[s] == NEG_INF ? 0.0f : expf(merge_m[s] - mx);
+    __syncthreads();
+    float l = 0.0f;
+    for (int s = 0; s < splits; ++s) l += merge_m[s] * merge_l[s];
     for (int i = tid; i < dim; i += bs) {
-        float o = 0.0f, l = 0.0f;
-        for (int s = 0; s < splits; ++s) {
-            const float* r = all + s * (dim + 2);
-            const float ms = __ldcg(r + dim);
-            const float w = ms == NEG_INF ? 0.0f : expf(ms - mx);
-            o += w * __ldcg(r + i);
-            l += w * __ldcg(r + dim + 1);
-        }
+        float o = 0.0f;
+#pragma unroll 8
+        for (int s = 0; s < splits; ++s) o += merge_m[s] * __ldcg(all + s * (dim + 2) + i);
         store(out, (long long)pair * dim + i, l > 0.0f ? o / l : 0.0f);
     }
     if (tid == 0) attn_arrivals[pair] = 0;

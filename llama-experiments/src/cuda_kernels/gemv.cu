@@ -1,9 +1,9 @@
-// Products with few rows (decoding's projections): y[r, n] = Σ_k x[r, k] · wt[n, k], the weight
+// Products of one row (decoding's projections at batch 1): y[n] = Σ_k x[k] · wt[n, k], the weight
 // stored as [out, in] (each output's weights one contiguous row, as torch's Linear keeps them),
 // bf16 in and out, sums in f32. Appended to kernels.cu (its bf16 helpers and warp_sum) before
 // NVRTC compiles them.
 //
-// Why not cuBLAS: at one to eight rows a product only streams its weight, and on an H200 torch's
+// Why not cuBLAS: at one row a product only streams its weight, and on an H200 torch's
 // cuBLAS reached 30–47 % of the memory bandwidth on the 2,048-wide projections of the `1b`
 // preset (2,048 × 2,048 in 5.9 µs against 1.75 µs), half of a decoded token. One warp per output
 // reads that output's weight row whole and contiguous (8 bf16 per lane per load, GEMV_UNROLL
@@ -12,7 +12,9 @@
 // tiles of an [in, out] weight read 128 bytes per row per block and was no faster than cuBLAS.)
 //
 // Grid: ceil(n / 8) blocks of GEMV_THREADS threads (8 warps, 8 outputs). `k` a multiple of 8,
-// `ldw` a multiple of 8, `wt` and `x` 16-byte aligned, `x` contiguous [rows, k].
+// `ldw` a multiple of 8, `wt` and `x` 16-byte aligned. (Two to eight rows, each weight load
+// multiplied by every row's input, were slower than cuBLAS's tensor-core products: 1b decode at
+// batch 2, 4 and 8 took 1.83 / 2.64 / 4.37 ms per token against 1.78 / 1.91 / 2.44, H200.)
 
 #define GEMV_THREADS 256
 #define GEMV_UNROLL 8
@@ -26,16 +28,12 @@ __device__ __forceinline__ void unpack8(const uint4& u, float* f) {
     }
 }
 
-template <int ROWS>
-__device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int rows, int k, int n,
-                     long long ldw) {
+__device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw) {
     const int lane = threadIdx.x & 31;
     const int col = (blockIdx.x * GEMV_THREADS + threadIdx.x) >> 5;
     if (col >= n) return;  // whole warps
     const bf16_t* wr = wt + (long long)col * ldw;
-    float acc[ROWS];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) acc[r] = 0.0f;
+    float acc = 0.0f;
     for (int base = lane * 8; base < k; base += 32 * 8 * GEMV_UNROLL) {
         uint4 wv[GEMV_UNROLL];
 #pragma unroll
@@ -47,30 +45,18 @@ __device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int rows, int
         for (int u = 0; u < GEMV_UNROLL; ++u) {
             const int kk = base + 32 * 8 * u;
             if (kk >= k) break;
-            float wf[8];
+            float wf[8], xf[8];
             unpack8(wv[u], wf);
+            unpack8(*reinterpret_cast<const uint4*>(x + kk), xf);
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                if (r >= rows) break;
-                float xf[8];
-                unpack8(*reinterpret_cast<const uint4*>(x + (long long)r * k + kk), xf);
-#pragma unroll
-                for (int j = 0; j < 8; ++j) acc[r] += wf[j] * xf[j];
-            }
+            for (int j = 0; j < 8; ++j) acc += wf[j] * xf[j];
         }
     }
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) acc[r] = warp_sum(acc[r]);
-    if (lane == 0)
-        for (int r = 0; r < rows; ++r) store(y, (long long)r * n + col, acc[r]);
+    acc = warp_sum(acc);
+    if (lane == 0) store(y, col, acc);
 }
 
-#define GEMV(R)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS)                                     \
-        gemv_r##R##_bf16(const bf16_t* x, const bf16_t* wt, bf16_t* y, int rows, int k, int n,   \
-                         long long ldw) {                                                          \
-        gemv<R>(x, wt, y, rows, k, n, ldw);                                                       \
-    }
-GEMV(1)
-GEMV(2)
-GEMV(4)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+    gemv_bf16(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw) {
+    gemv(x, wt, y, k, n, ldw);
+}

@@ -4,30 +4,26 @@ use tch::{Kind, Tensor};
 
 use super::{launch, loaded, ptr};
 
-/// Most rows a product takes: each weight load is multiplied by every row's input (read from
-/// L1), which at eight rows made the kernel slower than cuBLAS's tensor-core products (1b decode
-/// at batch 8: 4.37 against 2.44 ms per token on an H200).
-pub const GEMV_MAX_ROWS: i64 = 4;
 /// Threads per block (eight warps: eight outputs), as in `gemv.cu`.
 const THREADS: usize = 256;
 const OUTPUTS_PER_BLOCK: usize = THREADS / 32;
 
-/// `x [rows, k] · w [k, n]` for 1 to [`GEMV_MAX_ROWS`] rows, bf16 in and out (f32 sums), in one
-/// kernel that streams the weight at close to the memory bandwidth. `w` must be the transposed
-/// view of an `[n, k]` matrix (strides `[1, ldw]`: each output's weights contiguous, as
-/// `Llama::with_inference_weights` stores them for a backend with this kernel), possibly a row
-/// slice of a taller one. `None` for anything else (the caller multiplies with torch).
+/// `x [1, k] · w [k, n]`, bf16 in and out (f32 sums), in one kernel that streams the weight at
+/// close to the memory bandwidth (one row only: more were slower than cuBLAS, see `gemv.cu`).
+/// `w` must be the transposed view of an `[n, k]` matrix (strides `[1, ldw]`: each output's
+/// weights contiguous, as `Llama::with_inference_weights` stores them for a backend with this
+/// kernel), possibly a row slice of a taller one. `None` for anything else (the caller multiplies
+/// with torch).
 pub fn gemv(x: &Tensor, w: &Tensor) -> Option<Tensor> {
     if x.kind() != Kind::BFloat16 || w.kind() != Kind::BFloat16 || x.device() != w.device() {
         return None;
     }
     let (xs, ws, st) = (x.size(), w.size(), w.stride());
-    let (&[rows, k], &[wk, n]) = (&xs[..], &ws[..]) else {
+    let (&[1, k], &[wk, n]) = (&xs[..], &ws[..]) else {
         return None;
     };
     let ldw = st[1];
-    if !(1..=GEMV_MAX_ROWS).contains(&rows)
-        || wk != k
+    if wk != k
         || k <= 0
         || n <= 0
         || k % 8 != 0
@@ -43,20 +39,15 @@ pub fn gemv(x: &Tensor, w: &Tensor) -> Option<Tensor> {
     if !ptr(&x).is_multiple_of(16) {
         return None;
     }
-    let y = Tensor::empty([rows, n], (Kind::BFloat16, x.device()));
-    let r = [1, 2, 4].into_iter().find(|&r| r >= rows)?;
+    let y = Tensor::empty([1, n], (Kind::BFloat16, x.device()));
     let blocks = usize::try_from(n).ok()?.div_ceil(OUTPUTS_PER_BLOCK);
-    let (rows, k, n) = (
-        i32::try_from(rows).ok()?,
-        i32::try_from(k).ok()?,
-        i32::try_from(n).ok()?,
-    );
+    let (k, n) = (i32::try_from(k).ok()?, i32::try_from(n).ok()?);
     launch(
         &kern,
-        format!("gemv_r{r}_bf16"),
+        "gemv_bf16".to_string(),
         blocks,
         THREADS,
-        &[&ptr(&x), &ptr(w), &ptr(&y), &rows, &k, &n, &ldw],
+        &[&ptr(&x), &ptr(w), &ptr(&y), &k, &n, &ldw],
     )?;
     Some(y)
 }

@@ -52,7 +52,7 @@ pub const KERNELS: [&str; 8] = [
 pub const F32_KERNELS: [&str; 1] = ["adamw"];
 
 /// Kernels with a bf16 form only.
-pub const BF16_KERNELS: [&str; 3] = ["gemv_r1", "gemv_r2", "gemv_r4"];
+pub const BF16_KERNELS: [&str; 1] = ["gemv"];
 
 /// The residual update with the next RMSNorm, by (update, output) dtype; the stream is f32.
 pub const ADD_NORM_KERNELS: [&str; 3] = [

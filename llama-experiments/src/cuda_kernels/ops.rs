@@ -398,8 +398,10 @@ const DECODE_MIN_KEYS: i64 = 32;
 /// Most keys one block holds in shared memory (with the query and the partial outputs, under the
 /// 48 KiB a block gets without opting in); longer caches take more splits.
 const DECODE_MAX_CHUNK: i64 = 4096;
-/// Most (row, head) pairs with split keys (`ATTN_MAX_PAIRS` in `decode_attention.cu`).
+/// Most (row, head) pairs with split keys, and most splits (`ATTN_MAX_PAIRS`, `ATTN_MAX_SPLITS`
+/// in `decode_attention.cu`).
 const DECODE_MAX_PAIRS: i64 = 65_536;
+const DECODE_MAX_SPLITS: i64 = 256;
 
 /// One query per row and head against cached keys: `q [b, h, 1, d]`, `k, v [b, h_kv, t, d]` (a
 /// view of the cache is fine: unit stride within a key, `d` between keys), `hidden [b, 1, 1, t]`
@@ -467,13 +469,13 @@ pub fn decode_attention(
     let want = (DECODE_BLOCKS_PER_SM * kern.sms as i64 + pairs - 1) / pairs;
     let most = (t + DECODE_MIN_KEYS - 1) / DECODE_MIN_KEYS;
     let fewest = (t + DECODE_MAX_CHUNK - 1) / DECODE_MAX_CHUNK;
-    let mut splits = want.min(most).max(fewest).max(1);
+    let mut splits = want.min(most).max(fewest).clamp(1, DECODE_MAX_SPLITS);
     if pairs > DECODE_MAX_PAIRS {
         splits = 1;
     }
     let chunk = (t + splits - 1) / splits;
     let splits = (t + chunk - 1) / chunk;
-    if splits == 1 && chunk > DECODE_MAX_CHUNK {
+    if chunk > DECODE_MAX_CHUNK {
         return None;
     }
     let ws = (splits > 1).then(|| Tensor::empty([pairs * splits * (d + 2)], (Kind::Float, q.device())));
