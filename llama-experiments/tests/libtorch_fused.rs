@@ -311,7 +311,10 @@ fn gemv_matches_torch() {
         assert_eq!(got.size(), want.size(), "{what}");
         assert_eq!(got.kind(), Kind::BFloat16, "{what}");
         let err = rel(&got, &want);
-        assert!(err < bound(Kind::BFloat16), "{what}: relative error {err:e}");
+        assert!(
+            err < bound(Kind::BFloat16),
+            "{what}: relative error {err:e}"
+        );
         let again = k::gemv(x, w).expect("runs again");
         assert!(again.equal(&got), "{what}: a second run differs");
     };
@@ -337,8 +340,14 @@ fn gemv_matches_torch() {
     let w = wt.transpose(0, 1);
     assert!(k::gemv(&bf(randn(&[2, 64])), &w).is_none(), "two rows");
     let odd = bf(randn(&[1, 60]));
-    assert!(k::gemv(&odd, &bf(randn(&[8, 60])).transpose(0, 1)).is_none(), "k not a multiple of 8");
-    assert!(k::gemv(&x.to_kind(Kind::Float), &w.to_kind(Kind::Float)).is_none(), "f32");
+    assert!(
+        k::gemv(&odd, &bf(randn(&[8, 60])).transpose(0, 1)).is_none(),
+        "k not a multiple of 8"
+    );
+    assert!(
+        k::gemv(&x.to_kind(Kind::Float), &w.to_kind(Kind::Float)).is_none(),
+        "f32"
+    );
     assert!(k::gemv(&x, &wt).is_none(), "an [in, out] weight");
 }
 

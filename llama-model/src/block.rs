@@ -97,7 +97,10 @@ impl<B: Backend> Block<B> {
                 let h = self
                     .attention_norm
                     .forward(residual::add(x.clone(), attn(x)));
-                (self.ffn_norm.forward(residual::add(h.clone(), ffn(h))), None)
+                (
+                    self.ffn_norm.forward(residual::add(h.clone(), ffn(h))),
+                    None,
+                )
             }
         }
     }

@@ -184,7 +184,8 @@ impl<B: Backend> Llama<B> {
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
             let rope = angles.as_ref();
-            (x, pending) = layer.forward_deferred(x, pending, rope, mask, layer_cache, self.precision);
+            (x, pending) =
+                layer.forward_deferred(x, pending, rope, mask, layer_cache, self.precision);
         }
         let dtype = x.dtype();
         match (&self.norm, pending) {

@@ -46,7 +46,10 @@ fn decoding_projections_take_the_registered_product() {
     // The prompt's pass takes the head for its last position only (one row); then three one-row
     // decode steps.
     let after = generate(&model, std::slice::from_ref(&prompt), &sampling).unwrap();
-    assert_eq!(after, before, "a declining kernel leaves the product as it was");
+    assert_eq!(
+        after, before,
+        "a declining kernel leaves the product as it was"
+    );
     assert_eq!(CALLS.load(Ordering::SeqCst), 1 + 3 * per_pass);
     assert_eq!(MOST_ROWS.load(Ordering::SeqCst), 1);
 
@@ -92,7 +95,15 @@ fn out_major_inference_weights_keep_the_logits() {
         let [d_in, d_out] = w.dims();
         assert_eq!(
             to_vec(w.clone().transpose()),
-            to_vec(model.layers[0].attention.wq.weight.val().cast(w.dtype()).transpose()),
+            to_vec(
+                model.layers[0]
+                    .attention
+                    .wq
+                    .weight
+                    .val()
+                    .cast(w.dtype())
+                    .transpose()
+            ),
             "{}: the same values",
             label(&cfg)
         );
@@ -122,7 +133,11 @@ fn out_major_inference_weights_keep_the_logits() {
             to_vec(m.logits(h))
         };
         for b in [2, 1] {
-            close(&decode(&model, b), &decode(&cast, b), &format!("decode b{b}"));
+            close(
+                &decode(&model, b),
+                &decode(&cast, b),
+                &format!("decode b{b}"),
+            );
         }
     }
 }

@@ -124,7 +124,9 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
         functions.insert(full, f);
     }
     let sms = ctx
-        .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
         .map_err(|e| format!("CUDA device attributes: {e}"))?;
     Ok(Loaded {
         sms: usize::try_from(sms).unwrap_or(1).max(1),

@@ -253,8 +253,7 @@ pub fn add_rms_norm(
         _ => return None,
     };
     let block = row_block(dim as usize)?;
-    if delta.size() != [n, dim] || delta.device() != x.device() || gamma.size() != [dim] || n == 0
-    {
+    if delta.size() != [n, dim] || delta.device() != x.device() || gamma.size() != [dim] || n == 0 {
         return None;
     }
     let delta = delta.contiguous();
@@ -478,7 +477,8 @@ pub fn decode_attention(
     if chunk > DECODE_MAX_CHUNK {
         return None;
     }
-    let ws = (splits > 1).then(|| Tensor::empty([pairs * splits * (d + 2)], (Kind::Float, q.device())));
+    let ws =
+        (splits > 1).then(|| Tensor::empty([pairs * splits * (d + 2)], (Kind::Float, q.device())));
     let ws_ptr = ws.as_ref().map_or(0u64, ptr);
     let groups = DECODE_BLOCK / (d / 4);
     let shared = 4 * u32::try_from(d + chunk + groups * d).ok()?;
