@@ -130,6 +130,7 @@ impl DeviceSpec {
                         decode_attention: crate::libtorch_fused::decode_attention,
                         gemv: crate::libtorch_fused::gemv,
                         add_norm: crate::libtorch_fused::add_rms_norm,
+                        rope_slot: crate::libtorch_fused::rope_slot,
                     }),
                     torch_loss: cuda,
                     norm_operation: cuda,
@@ -216,6 +217,8 @@ struct Fused<I: burn::tensor::backend::Backend> {
     gemv: llama_model::gemv::NativeGemv<I>,
     /// The residual update with the next RMSNorm (inference only).
     add_norm: llama_model::add_norm::NativeAddRmsNorm<I>,
+    /// A decode step's rotation and cache-slot write (inference only).
+    rope_slot: llama_model::rope_slot::NativeRopeSlot<I>,
 }
 
 impl<I: burn::tensor::backend::Backend> Ops<I> {
@@ -246,7 +249,7 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// `LLAMA_NORM=auto|operation|fused|decomposed`, `LLAMA_ROPE=auto|operation|fused|decomposed`,
 /// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`, `LLAMA_LINEAR=auto|flat|split`,
 /// `LLAMA_DECODE_ATTENTION=auto|fused|decomposed`, `LLAMA_GEMV=auto|fused|matmul`,
-/// `LLAMA_ADD_NORM=auto|fused|separate`
+/// `LLAMA_ADD_NORM=auto|fused|separate`, `LLAMA_ROPE_SLOT=auto|fused|separate`
 /// (`decomposed` is Burn's tensor-op form, `torch` the libtorch kernels, `fused` this project's
 /// CUDA kernels on tch-cuda; `split`: projections' weight gradients over row blocks).
 #[allow(dead_code)]
@@ -258,9 +261,14 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         Some(f) => (Some(f.loss), Some(f.norm), Some(f.rotary), Some(f.swiglu)),
         None => (None, None, None, None),
     };
-    let (fused_decode, fused_gemv, fused_add_norm) = match &fused {
-        Some(f) => (Some(f.decode_attention), Some(f.gemv), Some(f.add_norm)),
-        None => (None, None, None),
+    let (fused_decode, fused_gemv, fused_add_norm, fused_rope_slot) = match &fused {
+        Some(f) => (
+            Some(f.decode_attention),
+            Some(f.gemv),
+            Some(f.add_norm),
+            Some(f.rope_slot),
+        ),
+        None => (None, None, None, None),
     };
     match (
         env_choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
@@ -340,6 +348,14 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     ) {
         ("fused" | "auto", Some(f)) => llama_model::add_norm::register_native::<I>(f),
         ("fused", None) => return Err(fused_only("LLAMA_ADD_NORM")),
+        _ => {}
+    }
+    match (
+        env_choice("LLAMA_ROPE_SLOT", &["auto", "fused", "separate"])?,
+        fused_rope_slot,
+    ) {
+        ("fused" | "auto", Some(f)) => llama_model::rope_slot::register_native::<I>(f),
+        ("fused", None) => return Err(fused_only("LLAMA_ROPE_SLOT")),
         _ => {}
     }
     if let Some(add) = ops.residual {

@@ -87,6 +87,24 @@ pub fn add_rms_norm(
     Some((TchTensor::new(h), TchTensor::new(y)))
 }
 
+/// A decode step's rotation and cache-slot write (inference) to register with
+/// `llama_model::rope_slot::register_native::<LibTorch>`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_slot(
+    q: TchTensor,
+    kk: TchTensor,
+    v: TchTensor,
+    c: TchTensor,
+    s: TchTensor,
+    k_cache: TchTensor,
+    v_cache: TchTensor,
+    slot: TchTensor,
+) -> Option<TchTensor> {
+    let [q, kk, v, c, s, kc, vc, slot] =
+        [&q, &kk, &v, &c, &s, &k_cache, &v_cache, &slot].map(|t| &t.tensor);
+    k::rope_slot(q, kk, v, c, s, kc, vc, slot).map(TchTensor::new)
+}
+
 /// Whether the fused kernels run on this tch device (compiles them on first use).
 pub fn available(device: tch::Device) -> bool {
     k::available(device)

@@ -378,6 +378,41 @@ fn add_rms_norm_is_the_add_then_the_norm() {
     }
 }
 
+/// A decode step's rotation and cache-slot write in one kernel gives the bits of the rotary
+/// kernel and torch's `index_copy_`, and leaves the rest of the cache as it was.
+#[test]
+fn rope_slot_is_the_rotations_and_the_slot_writes() {
+    let Some(dev) = cuda() else { return };
+    for kind in [Kind::Float, Kind::BFloat16] {
+        for (b, h, hkv, d, cap, at) in [
+            (1i64, 32i64, 4i64, 64i64, 565i64, 512i64),
+            (3, 4, 2, 16, 9, 0),
+        ] {
+            let randn = |dims: &[i64]| Tensor::randn(dims, (Kind::Float, dev)).to_kind(kind);
+            let (q, kk, v) = (
+                randn(&[b, h, 1, d]),
+                randn(&[b, hkv, 1, d]),
+                randn(&[b, hkv, 1, d]),
+            );
+            let angle = Tensor::rand([b, 1, 1, d / 2], (Kind::Float, dev)) * 6.0;
+            let (cos, sin) = (angle.cos(), angle.sin());
+            let c = Tensor::cat(&[&cos, &cos], 3).to_kind(kind);
+            let s = Tensor::cat(&[&(-&sin), &sin], 3).to_kind(kind);
+            let (kc, vc) = (randn(&[b, hkv, cap, d]), randn(&[b, hkv, cap, d]));
+            let slot = Tensor::from_slice(&[at]).to_device(dev);
+            let (mut want_k, mut want_v) = (kc.copy(), vc.copy());
+            let want_q = k::rotary(&q, &c, &s, false).expect("runs");
+            let _ = want_k.index_copy_(2, &slot, &k::rotary(&kk, &c, &s, false).expect("runs"));
+            let _ = want_v.index_copy_(2, &slot, &v);
+            let got = k::rope_slot(&q, &kk, &v, &c, &s, &kc, &vc, &slot).expect("runs on CUDA");
+            let what = format!("{kind:?} b{b} h{h}/{hkv} d{d}");
+            assert!(got.equal(&want_q), "{what}: queries differ");
+            assert!(kc.equal(&want_k), "{what}: key cache differs");
+            assert!(vc.equal(&want_v), "{what}: value cache differs");
+        }
+    }
+}
+
 #[test]
 fn backward_fallbacks_match_torch_autograd() {
     use burn::backend::libtorch::TchTensor;

@@ -12,6 +12,7 @@ use crate::decode_attention;
 use crate::ffn::linear;
 use crate::position::RopeAngles;
 use crate::precision::Precision;
+use crate::rope_slot;
 use crate::sdpa;
 use crate::stacked::{self, Stacked};
 
@@ -112,14 +113,22 @@ impl<B: Backend> Attention<B> {
                 proj(&self.wv, x),
             ),
         };
-        let (mut q, mut k, v) = (heads(q, h), heads(k, hkv), heads(v, hkv));
-        if let Some(rope) = rope {
-            q = rope.apply(q);
-            k = rope.apply(k);
-        }
-        let (k, v) = match cache {
-            Some(cache) => cache.append(k, v),
-            None => (k, v),
+        let (q, k, v) = (heads(q, h), heads(k, hkv), heads(v, hkv));
+        // Rotation and cache write; one kernel for a decode step's slot where the backend has it.
+        let (q, k, v) = match (rope, cache) {
+            (Some(rope), Some(cache)) => match rope_slot::try_rope_slot(q, k, v, rope, cache) {
+                Ok(qkv) => qkv,
+                Err((q, k, v)) => {
+                    let (k, v) = cache.append(rope.apply(k), v);
+                    (rope.apply(q), k, v)
+                }
+            },
+            (Some(rope), None) => (rope.apply(q), rope.apply(k), v),
+            (None, Some(cache)) => {
+                let (k, v) = cache.append(k, v);
+                (q, k, v)
+            }
+            (None, None) => (q, k, v),
         };
         // One query per row (decoding): the backend's single-pass kernel where it has one, on the
         // shared key/value heads as they are.

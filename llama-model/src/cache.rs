@@ -146,6 +146,11 @@ impl<B: Backend> LayerCache<B> {
         (write(&mut self.k, k), write(&mut self.v, v))
     }
 
+    /// The device-side slot the next one-position append writes, if set.
+    pub fn slot(&self) -> Option<&Tensor<B, 1, Int>> {
+        self.slot.as_ref()
+    }
+
     /// The key and value buffers (`[batch, kv_heads, capacity, head_dim]` each), e.g. to check
     /// that a step updated them in place.
     pub fn buffers(&self) -> (&Tensor<B, 4>, &Tensor<B, 4>) {

@@ -31,6 +31,7 @@ pub mod precision;
 pub mod record;
 pub mod residual;
 pub mod rms_norm;
+pub mod rope_slot;
 pub mod rotary;
 pub mod sdpa;
 pub mod split_k;

@@ -86,6 +86,11 @@ pub struct RopeAngles<B: Backend> {
 }
 
 impl<B: Backend> RopeAngles<B> {
+    /// The rotary operation's full-width tables (`rotary::full_tables`), where it is registered.
+    pub fn full_tables(&self) -> Option<(&Tensor<B, 4>, &Tensor<B, 4>)> {
+        self.full.as_ref().map(|(c, s)| (c, s))
+    }
+
     /// Rotates `x: [batch, heads, time, head_dim]` (its dtype; a no-op cast when the angles were
     /// gathered in it).
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {

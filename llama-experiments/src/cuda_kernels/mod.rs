@@ -26,18 +26,23 @@ use tch::{Device, Kind, Tensor};
 
 mod gemv;
 mod ops;
+mod rope_slot;
 pub use gemv::*;
 pub use ops::*;
+pub use rope_slot::*;
 
-/// `kernels.cu` with decoding's attention and few-row products appended (they use its helpers).
+/// `kernels.cu` with decoding's attention, one-row products and rotation-and-cache-write appended
+/// (they use its helpers).
 const SOURCE: &str = concat!(
     include_str!("kernels.cu"),
     include_str!("decode_attention.cu"),
-    include_str!("gemv.cu")
+    include_str!("gemv.cu"),
+    include_str!("rope_slot.cu")
 );
 
 /// Kernel names without their dtype suffix (`_f32`, `_bf16`), in both dtypes.
-pub const KERNELS: [&str; 8] = [
+pub const KERNELS: [&str; 9] = [
+    "rope_slot",
     "cross_entropy_forward",
     "cross_entropy_backward",
     "swiglu_forward",
