@@ -188,10 +188,10 @@ DECODE_ATTENTION(bf16, bf16_t)
 // time (64 or 128: the LLaMA presets'), for the shapes decoding meets. The block form above spent
 // ~1,150 instructions per warp on 32 keys (runtime index divisions, block-wide max and sum with
 // their barriers, a second pass over the values) and ran latency-bound at 13 µs per layer for
-// `1b` (ncu, H200). Here D / 4 lanes hold a key's row, 32 / (D / 4) keys per step, GEMV-style
-// loads of keys and values together (KEY_UNROLL steps in flight), and each lane group keeps an
-// online softmax (running max, sum and output), so no barrier and no second pass; the groups of
-// a warp merge by shuffles, the splits as in the block form. Grid: ceil(pairs · splits / 4)
+// `1b` (ncu, H200). Here D / 4 lanes hold a key's row, 32 / (D / 4) keys per step, keys and
+// values loaded together (the next KEY_UNROLL steps' while these are used), and each lane group
+// keeps an online softmax (running max, sum and output), so no barrier and no second pass; the
+// groups of a warp merge by shuffles, the splits as in the block form. Grid: ceil(pairs · splits / 4)
 // blocks of 128 threads; `ws` as above.
 template <typename T, int D>
 __device__ void decode_attention_warp(const T* q, const T* k, const T* v,
@@ -212,35 +212,56 @@ __device__ void decode_attention_warp(const T* q, const T* k, const T* v,
     const T* vr = v + kvoff;
     const unsigned char* hr = hidden ? hidden + (long long)row * keys + k0 : nullptr;
     float m = NEG_INF, l = 0.0f, a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int base = 0; base < n; base += KPS * KEY_UNROLL) {
-        Four kx[KEY_UNROLL], vx[KEY_UNROLL];
-        bool use[KEY_UNROLL];
+    // KEY_UNROLL keys per lane group per step, the next step's keys and values loaded while this
+    // step's are used; one softmax correction per step (its exponentials independent).
+    Four kx[KEY_UNROLL], vx[KEY_UNROLL], kn[KEY_UNROLL], vn[KEY_UNROLL];
+    auto fetch = [&](int base, Four* kk, Four* vv) {
 #pragma unroll
         for (int u = 0; u < KEY_UNROLL; ++u) {
             const int j = base + u * KPS + sub;
-            use[u] = j < n && !(hr && hr[j]);
             if (j < n) {
-                kx[u] = load4(kr, (long long)j * D + c);
-                vx[u] = load4(vr, (long long)j * D + c);
+                kk[u] = load4(kr, (long long)j * D + c);
+                vv[u] = load4(vr, (long long)j * D + c);
             } else {
-                kx[u] = Four{{0.0f, 0.0f, 0.0f, 0.0f}};
-                vx[u] = kx[u];
+                kk[u] = Four{{0.0f, 0.0f, 0.0f, 0.0f}};
+                vv[u] = kk[u];
             }
         }
+    };
+    fetch(0, kx, vx);
+    for (int base = 0; base < n; base += KPS * KEY_UNROLL) {
+        const int next = base + KPS * KEY_UNROLL;
+        if (next < n) fetch(next, kn, vn);
+        float sc[KEY_UNROLL];
+        float mn = m;
 #pragma unroll
         for (int u = 0; u < KEY_UNROLL; ++u) {
             float s = kx[u].v[0] * qv.v[0] + kx[u].v[1] * qv.v[1] + kx[u].v[2] * qv.v[2] +
                       kx[u].v[3] * qv.v[3];
 #pragma unroll
             for (int o = LPK / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            if (!use[u]) continue;
-            s *= scale;
-            const float mn = fmaxf(m, s);
-            const float corr = m == NEG_INF ? 0.0f : expf(m - mn), p = expf(s - mn);
-            l = l * corr + p;
+            const int j = base + u * KPS + sub;
+            sc[u] = (j < n && !(hr && hr[j])) ? s * scale : NEG_INF;
+            mn = fmaxf(mn, sc[u]);
+        }
+        if (mn != NEG_INF) {
+            const float corr = m == NEG_INF ? 0.0f : expf(m - mn);
+            l *= corr;
 #pragma unroll
-            for (int e = 0; e < 4; ++e) a[e] = a[e] * corr + p * vx[u].v[e];
+            for (int e = 0; e < 4; ++e) a[e] *= corr;
+#pragma unroll
+            for (int u = 0; u < KEY_UNROLL; ++u) {
+                const float p = sc[u] == NEG_INF ? 0.0f : expf(sc[u] - mn);
+                l += p;
+#pragma unroll
+                for (int e = 0; e < 4; ++e) a[e] += p * vx[u].v[e];
+            }
             m = mn;
+        }
+#pragma unroll
+        for (int u = 0; u < KEY_UNROLL; ++u) {
+            kx[u] = kn[u];
+            vx[u] = vn[u];
         }
     }
     // The warp's key groups (lanes sub · LPK ...) merged: same c, different keys.
@@ -278,22 +299,26 @@ __device__ void decode_attention_warp(const T* q, const T* k, const T* v,
     if (prev != (unsigned int)(splits - 1)) return;
     __threadfence();
     const float* all = ws + (long long)pair * splits * (D + 2);
+    // Each lane takes splits lane, lane + 32, ...: the maxima and weighted sums by shuffles;
+    // then every output element's weighted sum with independent loads.
     float mx = NEG_INF;
     for (int s = lane; s < splits; s += 32) mx = fmaxf(mx, __ldcg(all + s * (D + 2) + D));
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    if (sub == 0) {
-        float o4[4] = {0.0f, 0.0f, 0.0f, 0.0f}, lt = 0.0f;
+    float lt = 0.0f;
+    for (int s = lane; s < splits; s += 32) {
+        const float ms = __ldcg(all + s * (D + 2) + D);
+        lt += (ms == NEG_INF ? 0.0f : expf(ms - mx)) * __ldcg(all + s * (D + 2) + D + 1);
+    }
+    lt = warp_sum(lt);
+    for (int i = lane; i < D; i += 32) {
+        float o = 0.0f;
+#pragma unroll 8
         for (int s = 0; s < splits; ++s) {
-            const float* r = all + s * (D + 2);
-            const float ms = __ldcg(r + D);
-            const float w = ms == NEG_INF ? 0.0f : expf(ms - mx);
-            lt += w * __ldcg(r + D + 1);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) o4[e] += w * __ldcg(r + c + e);
+            const float ms = __ldcg(all + s * (D + 2) + D);
+            o += (ms == NEG_INF ? 0.0f : expf(ms - mx)) * __ldcg(all + s * (D + 2) + i);
         }
-        for (int e = 0; e < 4; ++e)
-            store(out, (long long)pair * D + c + e, lt > 0.0f ? o4[e] / lt : 0.0f);
+        store(out, (long long)pair * D + i, lt > 0.0f ? o / lt : 0.0f);
     }
     if (lane == 0) attn_arrivals[pair] = 0;
 }

@@ -406,6 +406,13 @@ const DECODE_MAX_CHUNK: i64 = 4096;
 const DECODE_MAX_PAIRS: i64 = 65_536;
 const DECODE_MAX_SPLITS: i64 = 256;
 
+/// `LLAMA_DECODE_ATTENTION_FORM=block` keeps decoding's attention in the block form for every
+/// head dimension (for comparisons; `auto`, the default, takes the warp form for 64 and 128).
+fn block_form_only() -> bool {
+    static BLOCK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BLOCK.get_or_init(|| std::env::var("LLAMA_DECODE_ATTENTION_FORM").is_ok_and(|v| v == "block"))
+}
+
 /// One query per row and head against cached keys: `q [b, h, 1, d]`, `k, v [b, h_kv, t, d]` (a
 /// view of the cache is fine: unit stride within a key, `d` between keys), `hidden [b, 1, 1, t]`
 /// (bool, `true` = not visible; `None`: all visible) → softmax(q·kᵀ/√d) v `[b, h, 1, d]` in q's
@@ -467,7 +474,7 @@ pub fn decode_attention(
     let st = k.stride();
     let hidden_ptr = hidden.as_ref().map_or(0u64, ptr);
     let pairs = b * h;
-    if (d == 64 || d == 128) && pairs <= DECODE_MAX_PAIRS {
+    if (d == 64 || d == 128) && pairs <= DECODE_MAX_PAIRS && !block_form_only() {
         // One warp per (pair, split): enough warps for the card, at least DECODE_MIN_KEYS keys
         // each.
         let want = (DECODE_WARPS_PER_SM * kern.sms as i64 + pairs - 1) / pairs;
