@@ -66,10 +66,6 @@ pub const ADD_NORM_KERNELS: [&str; 3] = [
     "add_rms_norm_bf16_f32",
 ];
 
-/// Decoding's attention with one warp per (row, head, split), by head dimension, in both dtypes.
-pub const WARP_ATTENTION_KERNELS: [&str; 2] =
-    ["decode_attention_warp64", "decode_attention_warp128"];
-
 /// RMSNorm's f32 input with a bf16 output (`_f32_bf16`).
 pub const MIXED_KERNELS: [&str; 2] = ["rms_norm_forward", "rms_norm_backward"];
 
@@ -121,7 +117,6 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
     let mut functions = HashMap::new();
     let names = KERNELS
         .iter()
-        .chain(WARP_ATTENTION_KERNELS.iter())
         .flat_map(|name| [format!("{name}_f32"), format!("{name}_bf16")])
         .chain(F32_KERNELS.iter().map(|name| format!("{name}_f32")))
         .chain(BF16_KERNELS.iter().map(|name| format!("{name}_bf16")))

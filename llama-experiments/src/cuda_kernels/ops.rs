@@ -394,10 +394,6 @@ const DECODE_BLOCK: i64 = 128;
 /// Blocks per multiprocessor the key splits aim for, and the fewest keys a split takes.
 const DECODE_BLOCKS_PER_SM: i64 = 2;
 const DECODE_MIN_KEYS: i64 = 32;
-/// The warp form (head dimensions 64 and 128): threads per block, and warps per multiprocessor
-/// its key splits aim for.
-const DECODE_WARP_BLOCK: usize = 128;
-const DECODE_WARPS_PER_SM: i64 = 8;
 /// Most keys one block holds in shared memory (with the query and the partial outputs, under the
 /// 48 KiB a block gets without opting in); longer caches take more splits.
 const DECODE_MAX_CHUNK: i64 = 4096;
@@ -405,13 +401,6 @@ const DECODE_MAX_CHUNK: i64 = 4096;
 /// in `decode_attention.cu`).
 const DECODE_MAX_PAIRS: i64 = 65_536;
 const DECODE_MAX_SPLITS: i64 = 256;
-
-/// `LLAMA_DECODE_ATTENTION_FORM=block` keeps decoding's attention in the block form for every
-/// head dimension (for comparisons; `auto`, the default, takes the warp form for 64 and 128).
-fn block_form_only() -> bool {
-    static BLOCK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *BLOCK.get_or_init(|| std::env::var("LLAMA_DECODE_ATTENTION_FORM").is_ok_and(|v| v == "block"))
-}
 
 /// One query per row and head against cached keys: `q [b, h, 1, d]`, `k, v [b, h_kv, t, d]` (a
 /// view of the cache is fine: unit stride within a key, `d` between keys), `hidden [b, 1, 1, t]`
@@ -473,55 +462,9 @@ pub fn decode_attention(
     let out = Tensor::empty([b, h, 1, d], (q.kind(), q.device()));
     let st = k.stride();
     let hidden_ptr = hidden.as_ref().map_or(0u64, ptr);
-    let pairs = b * h;
-    if (d == 64 || d == 128) && pairs <= DECODE_MAX_PAIRS && !block_form_only() {
-        // One warp per (pair, split): enough warps for the card, at least DECODE_MIN_KEYS keys
-        // each.
-        let want = (DECODE_WARPS_PER_SM * kern.sms as i64 + pairs - 1) / pairs;
-        let most = (t + DECODE_MIN_KEYS - 1) / DECODE_MIN_KEYS;
-        let splits = want.min(most).clamp(1, DECODE_MAX_SPLITS);
-        let chunk = (t + splits - 1) / splits;
-        let splits = (t + chunk - 1) / chunk;
-        let ws = (splits > 1)
-            .then(|| Tensor::empty([pairs * splits * (d + 2)], (Kind::Float, q.device())));
-        let ws_ptr = ws.as_ref().map_or(0u64, ptr);
-        let warps = usize::try_from(pairs * splits).ok()?;
-        let (pairs32, splits32, heads, rep, keys, chunk) = (
-            i32::try_from(pairs).ok()?,
-            i32::try_from(splits).ok()?,
-            i32::try_from(h).ok()?,
-            i32::try_from(h / hkv).ok()?,
-            i32::try_from(t).ok()?,
-            i32::try_from(chunk).ok()?,
-        );
-        let scale = 1.0 / (d as f32).sqrt();
-        launch(
-            &kern,
-            format!("decode_attention_warp{d}_{}", suffix(q.kind())?),
-            warps.div_ceil(DECODE_WARP_BLOCK / 32),
-            DECODE_WARP_BLOCK,
-            &[
-                &ptr(&q),
-                &ptr(&k),
-                &ptr(&v),
-                &hidden_ptr,
-                &ptr(&out),
-                &ws_ptr,
-                &pairs32,
-                &splits32,
-                &heads,
-                &rep,
-                &keys,
-                &chunk,
-                &st[0],
-                &st[1],
-                &scale,
-            ],
-        )?;
-        return Some(out);
-    }
     // Splits: enough blocks for the card, at least DECODE_MIN_KEYS keys each, at most
     // DECODE_MAX_CHUNK.
+    let pairs = b * h;
     let want = (DECODE_BLOCKS_PER_SM * kern.sms as i64 + pairs - 1) / pairs;
     let most = (t + DECODE_MIN_KEYS - 1) / DECODE_MIN_KEYS;
     let fewest = (t + DECODE_MAX_CHUNK - 1) / DECODE_MAX_CHUNK;
