@@ -129,7 +129,6 @@ impl DeviceSpec {
                         swiglu: crate::libtorch_fused::swiglu(),
                         decode_attention: crate::libtorch_fused::decode_attention,
                         gemv: crate::libtorch_fused::gemv,
-                        gemv_swiglu: crate::libtorch_fused::gemv_swiglu,
                         add_norm: crate::libtorch_fused::add_rms_norm,
                         rope_slot: crate::libtorch_fused::rope_slot,
                     }),
@@ -216,8 +215,6 @@ struct Fused<I: burn::tensor::backend::Backend> {
     decode_attention: llama_model::decode_attention::NativeDecodeAttention<I>,
     /// Few-row products for decoding (inference only).
     gemv: llama_model::gemv::NativeGemv<I>,
-    /// SwiGLU of the stacked gate and up products for one row (inference only).
-    gemv_swiglu: llama_model::gemv::NativeGemvSwiglu<I>,
     /// The residual update with the next RMSNorm (inference only).
     add_norm: llama_model::add_norm::NativeAddRmsNorm<I>,
     /// A decode step's rotation and cache-slot write (inference only).
@@ -267,7 +264,7 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     let (fused_decode, fused_gemv, fused_add_norm, fused_rope_slot) = match &fused {
         Some(f) => (
             Some(f.decode_attention),
-            Some((f.gemv, f.gemv_swiglu)),
+            Some(f.gemv),
             Some(f.add_norm),
             Some(f.rope_slot),
         ),
@@ -341,10 +338,7 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         env_choice("LLAMA_GEMV", &["auto", "fused", "matmul"])?,
         fused_gemv,
     ) {
-        ("fused" | "auto", Some((f, swiglu))) => {
-            llama_model::gemv::register_native::<I>(f);
-            llama_model::gemv::register_native_swiglu::<I>(swiglu);
-        }
+        ("fused" | "auto", Some(f)) => llama_model::gemv::register_native::<I>(f),
         ("fused", None) => return Err(fused_only("LLAMA_GEMV")),
         _ => {}
     }

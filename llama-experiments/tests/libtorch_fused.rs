@@ -335,20 +335,6 @@ fn gemv_matches_torch() {
         let wt = bf(randn(&[n, kk]) / (kk as f64).sqrt());
         check(&x, &wt.transpose(0, 1), &format!("1×{kk}·{kk}×{n}"));
     }
-    // SwiGLU of the stacked gate and up products: the bits of the two products and the gate.
-    for (kk, hh) in [(2048i64, 5632i64), (768, 2048), (104, 5)] {
-        let x = bf(randn(&[1, kk]));
-        let wt = bf(randn(&[2 * hh, kk]) / (kk as f64).sqrt());
-        let w = wt.transpose(0, 1);
-        let (gate, up) = (w.narrow(1, 0, hh), w.narrow(1, hh, hh));
-        let (a, b) = (
-            k::gemv(&x, &gate).expect("runs"),
-            k::gemv(&x, &up).expect("runs"),
-        );
-        let want = k::swiglu_forward(&a, &b).expect("runs");
-        let got = k::gemv_swiglu(&x, &w).expect("runs on CUDA");
-        assert!(got.equal(&want), "swiglu 1×{kk}·{kk}×2·{hh}: differs");
-    }
     let tall = bf(randn(&[3 * 64, 256]));
     let slice = tall.narrow(0, 64, 64).transpose(0, 1);
     check(&bf(randn(&[1, 256])), &slice, "row slice");

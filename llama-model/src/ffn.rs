@@ -78,13 +78,6 @@ impl<B: Backend> FeedForward<B> {
     pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
         let x = precision.input(x);
         let rows = x.dims()[..2].iter().product::<usize>();
-        // One row: the gate and up products with the gate in one kernel where the backend has it.
-        if let (FfnKind::Swiglu, Some(stack)) = (self.kind, &self.stacked)
-            && rows == 1
-            && let Some(h) = stack.swiglu(x.clone(), precision)
-        {
-            return precision.linear(&self.w2, h);
-        }
         let (a, up) = match (&self.stacked, &self.w3) {
             // One row (a decoded token): one product for the gate and up projections, whose
             // halves are then contiguous (more rows would need copies of them).

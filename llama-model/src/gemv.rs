@@ -60,26 +60,3 @@ pub fn out_major<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
     // Reshaping the transposed view to one dimension makes the backend copy it in that order.
     w.transpose().reshape([i * o]).reshape([o, i]).transpose()
 }
-
-/// `(x [1, k], w [k, 2h])` → `silu(x · w[:, :h]) ⊙ (x · w[:, h:])` `[1, h]` in x's dtype (SwiGLU of
-/// the stacked gate and up projections, the same numbers as the two products and the gate), or
-/// `None` for those.
-pub type NativeGemvSwiglu<B> = fn(FloatTensor<B>, FloatTensor<B>) -> Option<FloatTensor<B>>;
-
-static SWIGLU: Registry<ErasedNative> = Registry::new();
-
-/// Makes [`swiglu`] on backend `B` run `native`.
-pub fn register_native_swiglu<B: Backend>(native: NativeGemvSwiglu<B>) {
-    SWIGLU.insert(TypeId::of::<B>(), ErasedNative::new(native));
-}
-
-/// SwiGLU of one row's stacked gate and up products (`x [1, k]`, `w [k, 2h]`) in one backend
-/// kernel where registered, else `None`.
-pub fn swiglu<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-    let f = SWIGLU.native::<NativeGemvSwiglu<B>>(TypeId::of::<B>())?;
-    if x.dims()[0] != 1 {
-        return None;
-    }
-    let y = f(x.into_primitive().tensor(), w.into_primitive().tensor())?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(y)))
-}

@@ -55,28 +55,6 @@ impl<B: Backend> Stacked<B> {
             .collect()
     }
 
-    /// SwiGLU of two stacked projections of equal width (gate, up) for one row, `x: [.., d_in]`
-    /// → `[.., d_out]`, where the backend has it in one kernel ([`crate::gemv::swiglu`]).
-    pub fn swiglu<const D: usize>(
-        &self,
-        x: Tensor<B, D>,
-        precision: Precision,
-    ) -> Option<Tensor<B, D>> {
-        let dims = x.dims();
-        let rows = dims[..D - 1].iter().product::<usize>();
-        if rows != 1 || self.widths.len() != 2 || self.widths[0] != self.widths[1] {
-            return None;
-        }
-        let x = precision.input(x).reshape([1, dims[D - 1]]);
-        let w = match precision.compute_dtype() {
-            Some(dtype) if self.weight.dtype() != dtype => self.weight.clone().cast(dtype),
-            _ => self.weight.clone(),
-        };
-        let mut out = dims;
-        out[D - 1] = self.widths[0];
-        crate::gemv::swiglu(x, w).map(|y| y.reshape(out))
-    }
-
     /// `x: [.., d_in]` → each projection's output `[.., d_out_i]` (views of one product), in the
     /// compute dtype.
     pub fn forward<const D: usize>(

@@ -28,70 +28,35 @@ __device__ __forceinline__ void unpack8(const uint4& u, float* f) {
     }
 }
 
-// The dot products of x with ROWS weight rows (each `k` long), summed over the warp: every lane
-// gets the sums. The rows' loads are interleaved, so ROWS · GEMV_UNROLL are in flight.
-template <int ROWS>
-__device__ void row_dots(const bf16_t* x, const bf16_t* const* wr, int k, int lane, float* out) {
-    float acc[ROWS];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) acc[r] = 0.0f;
+__device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw) {
+    const int lane = threadIdx.x & 31;
+    const int col = (blockIdx.x * GEMV_THREADS + threadIdx.x) >> 5;
+    if (col >= n) return;  // whole warps
+    const bf16_t* wr = wt + (long long)col * ldw;
+    float acc = 0.0f;
     for (int base = lane * 8; base < k; base += 32 * 8 * GEMV_UNROLL) {
-        uint4 wv[ROWS][GEMV_UNROLL];
+        uint4 wv[GEMV_UNROLL];
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; ++u) {
             const int kk = base + 32 * 8 * u;
-#pragma unroll
-            for (int r = 0; r < ROWS; ++r)
-                wv[r][u] = kk < k ? *reinterpret_cast<const uint4*>(wr[r] + kk)
-                                  : make_uint4(0, 0, 0, 0);
+            wv[u] = kk < k ? *reinterpret_cast<const uint4*>(wr + kk) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; ++u) {
             const int kk = base + 32 * 8 * u;
             if (kk >= k) break;
-            float xf[8];
+            float wf[8], xf[8];
+            unpack8(wv[u], wf);
             unpack8(*reinterpret_cast<const uint4*>(x + kk), xf);
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                float wf[8];
-                unpack8(wv[r][u], wf);
-#pragma unroll
-                for (int j = 0; j < 8; ++j) acc[r] += wf[j] * xf[j];
-            }
+            for (int j = 0; j < 8; ++j) acc += wf[j] * xf[j];
         }
     }
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) out[r] = warp_sum(acc[r]);
-}
-
-// x rounded to bf16 and back, as a bf16 store and load would.
-__device__ __forceinline__ float round_bf16(float x) {
-    bf16_t b;
-    store(&b, 0, x);
-    return load(&b, 0);
+    acc = warp_sum(acc);
+    if (lane == 0) store(y, col, acc);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
     gemv_bf16(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw) {
-    const int lane = threadIdx.x & 31;
-    const int col = (blockIdx.x * GEMV_THREADS + threadIdx.x) >> 5;
-    if (col >= n) return;  // whole warps
-    const bf16_t* rows[1] = {wt + (long long)col * ldw};
-    float acc[1];
-    row_dots<1>(x, rows, k, lane, acc);
-    if (lane == 0) store(y, col, acc[0]);
-}
-
-// SwiGLU's gate and up products with the gate applied: y[c] = silu(a) · b with a and b the
-// products of x with rows c and h + c of the stacked [gate; up] weight, each rounded to bf16 first
-// as the separate products' outputs are, so the bits are those of gemv_bf16 and swiglu_forward.
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
-    gemv_swiglu_bf16(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int h, long long ldw) {
-    const int lane = threadIdx.x & 31;
-    const int col = (blockIdx.x * GEMV_THREADS + threadIdx.x) >> 5;
-    if (col >= h) return;  // whole warps
-    const bf16_t* rows[2] = {wt + (long long)col * ldw, wt + (long long)(h + col) * ldw};
-    float acc[2];
-    row_dots<2>(x, rows, k, lane, acc);
-    if (lane == 0) store(y, col, silu_mul(round_bf16(acc[0]), round_bf16(acc[1])));
+    gemv(x, wt, y, k, n, ldw);
 }

@@ -1,4 +1,4 @@
-//! The launchers of the one-row products (`gemv.cu`): decoding's projections.
+//! The launcher of the few-row products (`gemv.cu`): decoding's projections.
 
 use tch::{Kind, Tensor};
 
@@ -15,23 +15,6 @@ const OUTPUTS_PER_BLOCK: usize = THREADS / 32;
 /// kernel), possibly a row slice of a taller one. `None` for anything else (the caller multiplies
 /// with torch).
 pub fn gemv(x: &Tensor, w: &Tensor) -> Option<Tensor> {
-    let (x, k, n, ldw) = checked(x, w)?;
-    launch_gemv("gemv_bf16", &x, w, k, n, ldw)
-}
-
-/// SwiGLU of the stacked gate and up products, `silu(x · w[:, :h]) ⊙ (x · w[:, h:])` `[1, h]`, in
-/// one kernel: the same bits as [`gemv`] of each half followed by `swiglu_forward`. `w` `[k, 2h]`
-/// as [`gemv`] takes it.
-pub fn gemv_swiglu(x: &Tensor, w: &Tensor) -> Option<Tensor> {
-    let (x, k, n, ldw) = checked(x, w)?;
-    if n % 2 != 0 {
-        return None;
-    }
-    launch_gemv("gemv_swiglu_bf16", &x, w, k, n / 2, ldw)
-}
-
-/// `x` contiguous with `(k, n, ldw)` when `x [1, k]` and `w [k, n]` fit the kernels.
-fn checked(x: &Tensor, w: &Tensor) -> Option<(Tensor, i64, i64, i64)> {
     if x.kind() != Kind::BFloat16 || w.kind() != Kind::BFloat16 || x.device() != w.device() {
         return None;
     }
@@ -51,29 +34,20 @@ fn checked(x: &Tensor, w: &Tensor) -> Option<(Tensor, i64, i64, i64)> {
     {
         return None;
     }
-    let x = x.contiguous();
-    ptr(&x).is_multiple_of(16).then_some((x, k, n, ldw))
-}
-
-/// Launches `name` over `outputs` outputs (one warp each).
-fn launch_gemv(
-    name: &str,
-    x: &Tensor,
-    w: &Tensor,
-    k: i64,
-    outputs: i64,
-    ldw: i64,
-) -> Option<Tensor> {
     let kern = loaded(x.device())?;
-    let y = Tensor::empty([1, outputs], (Kind::BFloat16, x.device()));
-    let blocks = usize::try_from(outputs).ok()?.div_ceil(OUTPUTS_PER_BLOCK);
-    let (k, outputs) = (i32::try_from(k).ok()?, i32::try_from(outputs).ok()?);
+    let x = x.contiguous();
+    if !ptr(&x).is_multiple_of(16) {
+        return None;
+    }
+    let y = Tensor::empty([1, n], (Kind::BFloat16, x.device()));
+    let blocks = usize::try_from(n).ok()?.div_ceil(OUTPUTS_PER_BLOCK);
+    let (k, n) = (i32::try_from(k).ok()?, i32::try_from(n).ok()?);
     launch(
         &kern,
-        name.to_string(),
+        "gemv_bf16".to_string(),
         blocks,
         THREADS,
-        &[&ptr(x), &ptr(w), &ptr(&y), &k, &outputs, &ldw],
+        &[&ptr(&x), &ptr(w), &ptr(&y), &k, &n, &ldw],
     )?;
     Some(y)
 }

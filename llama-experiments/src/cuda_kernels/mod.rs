@@ -57,7 +57,7 @@ pub const KERNELS: [&str; 9] = [
 pub const F32_KERNELS: [&str; 1] = ["adamw"];
 
 /// Kernels with a bf16 form only.
-pub const BF16_KERNELS: [&str; 2] = ["gemv", "gemv_swiglu"];
+pub const BF16_KERNELS: [&str; 1] = ["gemv"];
 
 /// The residual update with the next RMSNorm, by (update, output) dtype; the stream is f32.
 pub const ADD_NORM_KERNELS: [&str; 3] = [
