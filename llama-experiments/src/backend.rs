@@ -261,15 +261,6 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         Some(f) => (Some(f.loss), Some(f.norm), Some(f.rotary), Some(f.swiglu)),
         None => (None, None, None, None),
     };
-    let (fused_decode, fused_gemv, fused_add_norm, fused_rope_slot) = match &fused {
-        Some(f) => (
-            Some(f.decode_attention),
-            Some(f.gemv),
-            Some(f.add_norm),
-            Some(f.rope_slot),
-        ),
-        None => (None, None, None, None),
-    };
     match (
         env_choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
         ops.attention,
@@ -326,38 +317,31 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         ("operation", _, _) => llama_model::swiglu::register::<I>(),
         _ => {}
     }
-    match (
-        env_choice("LLAMA_DECODE_ATTENTION", &["auto", "fused", "decomposed"])?,
-        fused_decode,
-    ) {
-        ("fused" | "auto", Some(f)) => llama_model::decode_attention::register_native::<I>(f),
-        ("fused", None) => return Err(fused_only("LLAMA_DECODE_ATTENTION")),
-        _ => {}
-    }
-    match (
-        env_choice("LLAMA_GEMV", &["auto", "fused", "matmul"])?,
-        fused_gemv,
-    ) {
-        ("fused" | "auto", Some(f)) => llama_model::gemv::register_native::<I>(f),
-        ("fused", None) => return Err(fused_only("LLAMA_GEMV")),
-        _ => {}
-    }
-    match (
-        env_choice("LLAMA_ADD_NORM", &["auto", "fused", "separate"])?,
-        fused_add_norm,
-    ) {
-        ("fused" | "auto", Some(f)) => llama_model::add_norm::register_native::<I>(f),
-        ("fused", None) => return Err(fused_only("LLAMA_ADD_NORM")),
-        _ => {}
-    }
-    match (
-        env_choice("LLAMA_ROPE_SLOT", &["auto", "fused", "separate"])?,
-        fused_rope_slot,
-    ) {
-        ("fused" | "auto", Some(f)) => llama_model::rope_slot::register_native::<I>(f),
-        ("fused", None) => return Err(fused_only("LLAMA_ROPE_SLOT")),
-        _ => {}
-    }
+    // Inference-only kernels: on by default where the fused kernels run.
+    register_inference(
+        "LLAMA_DECODE_ATTENTION",
+        "decomposed",
+        fused.as_ref().map(|f| f.decode_attention),
+        llama_model::decode_attention::register_native::<I>,
+    )?;
+    register_inference(
+        "LLAMA_GEMV",
+        "matmul",
+        fused.as_ref().map(|f| f.gemv),
+        llama_model::gemv::register_native::<I>,
+    )?;
+    register_inference(
+        "LLAMA_ADD_NORM",
+        "separate",
+        fused.as_ref().map(|f| f.add_norm),
+        llama_model::add_norm::register_native::<I>,
+    )?;
+    register_inference(
+        "LLAMA_ROPE_SLOT",
+        "separate",
+        fused.as_ref().map(|f| f.rope_slot),
+        llama_model::rope_slot::register_native::<I>,
+    )?;
     if let Some(add) = ops.residual {
         llama_model::residual::register_native::<I>(add);
     }
@@ -392,6 +376,22 @@ fn register_operation<N>(
         ("fused", None) => return Err(fused_only(var)),
         ("operation", _) => register(),
         ("auto", _) if auto_operation => register(),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `var=auto|fused|<off>` for an inference-only kernel: registered unless `off`; `fused` is an
+/// error where the fused kernels do not run.
+fn register_inference<N>(
+    var: &str,
+    off: &'static str,
+    fused: Option<N>,
+    register_native: fn(N),
+) -> Result<()> {
+    match (env_choice(var, &["auto", "fused", off])?, fused) {
+        ("fused" | "auto", Some(fused)) => register_native(fused),
+        ("fused", None) => return Err(fused_only(var)),
         _ => {}
     }
     Ok(())

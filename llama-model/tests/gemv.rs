@@ -77,7 +77,7 @@ fn declining(_x: FlexTensor, _w: FlexTensor) -> Option<FlexTensor> {
 #[test]
 fn out_major_inference_weights_keep_the_logits() {
     use burn::backend::Flex;
-    use llama_model::{AttentionMask, Llama, Precision};
+    use llama_model::{Llama, Precision};
     let fdev = Default::default();
     let vocab = 64;
     let variants = all_variants(vocab);
@@ -113,25 +113,7 @@ fn out_major_inference_weights_keep_the_logits() {
             assert!(d < 2e-2, "{} {what}: relative difference {d}", label(&cfg));
         };
         close(&full, &to_vec(cast.forward(toks.clone())), "full pass");
-        let decode = |m: &Llama<Flex>, b: usize| {
-            let toks = toks.clone().narrow(0, 0, b);
-            let mut cache = m.new_cache(b, 10, &fdev);
-            let pos = Llama::<Flex>::default_positions(b, 8, &fdev);
-            m.forward_hidden(
-                toks.clone().narrow(1, 0, 8),
-                &pos,
-                &AttentionMask::Causal,
-                Some(&mut cache),
-            );
-            let pos = Tensor::<Flex, 2, Int>::full([b, 1], 8, &fdev);
-            let h = m.forward_hidden(
-                toks.narrow(1, 8, 1),
-                &pos,
-                &AttentionMask::Full,
-                Some(&mut cache),
-            );
-            to_vec(m.logits(h))
-        };
+        let decode = |m: &Llama<Flex>, b: usize| cached_step_logits(m, &toks, b, &fdev);
         for b in [2, 1] {
             close(
                 &decode(&model, b),

@@ -255,21 +255,7 @@ fn inference_weights_are_cast_once_with_the_same_logits() {
         assert_eq!(full, to_vec(cast.forward(toks.clone())), "{}", label(&cfg));
         // Batch 2 and 1: few-row steps take the stacked q/k/v product, one row the stacked gate
         // and up projections too (`llama_model::stacked`).
-        let decode = |m: &Llama<F>, b: usize| {
-            let toks = toks.clone().narrow(0, 0, b);
-            let mut cache = m.new_cache(b, 10, &fdev());
-            let pos = Llama::<F>::default_positions(b, 8, &fdev());
-            let prompt = toks.clone().narrow(1, 0, 8);
-            m.forward_hidden(prompt, &pos, &AttentionMask::Causal, Some(&mut cache));
-            let pos = Tensor::<F, 2, Int>::full([b, 1], 8, &fdev());
-            let h = m.forward_hidden(
-                toks.narrow(1, 8, 1),
-                &pos,
-                &AttentionMask::Full,
-                Some(&mut cache),
-            );
-            to_vec(m.logits(h))
-        };
+        let decode = |m: &Llama<F>, b: usize| cached_step_logits(m, &toks, b, &fdev());
         for b in [2, 1] {
             assert_eq!(decode(&model, b), decode(&cast, b), "{} b{b}", label(&cfg));
         }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
-use llama_model::{FfnKind, LlamaConfig, NormKind, NormPlacement, PositionKind};
+use llama_model::{
+    AttentionMask, FfnKind, Llama, LlamaConfig, NormKind, NormPlacement, PositionKind,
+};
 
 pub type B = burn::backend::NdArray<f32>;
 pub type AB = burn::backend::Autodiff<B>;
@@ -141,4 +143,27 @@ pub fn shared_data() -> Option<PathBuf> {
         );
         None
     }
+}
+
+/// Logits of one cached decoding step over the first `b` rows of `toks` (at least nine tokens
+/// each): the first eight prefilled into a cache of ten positions, the ninth decoded.
+pub fn cached_step_logits<Bk: Backend>(
+    m: &Llama<Bk>,
+    toks: &Tensor<Bk, 2, Int>,
+    b: usize,
+    device: &Bk::Device,
+) -> Vec<f32> {
+    let toks = toks.clone().narrow(0, 0, b);
+    let mut cache = m.new_cache(b, 10, device);
+    let pos = Llama::<Bk>::default_positions(b, 8, device);
+    let prompt = toks.clone().narrow(1, 0, 8);
+    m.forward_hidden(prompt, &pos, &AttentionMask::Causal, Some(&mut cache));
+    let pos = Tensor::<Bk, 2, Int>::full([b, 1], 8, device);
+    let h = m.forward_hidden(
+        toks.narrow(1, 8, 1),
+        &pos,
+        &AttentionMask::Full,
+        Some(&mut cache),
+    );
+    to_vec(m.logits(h))
 }
