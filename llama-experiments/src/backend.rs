@@ -249,7 +249,8 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// `LLAMA_NORM=auto|operation|fused|decomposed`, `LLAMA_ROPE=auto|operation|fused|decomposed`,
 /// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`, `LLAMA_LINEAR=auto|flat|split`,
 /// `LLAMA_DECODE_ATTENTION=auto|fused|decomposed`, `LLAMA_GEMV=auto|fused|matmul`,
-/// `LLAMA_ADD_NORM=auto|fused|separate`, `LLAMA_ROPE_SLOT=auto|fused|separate`
+/// `LLAMA_ADD_NORM=auto|fused|separate`, `LLAMA_ROPE_SLOT=auto|fused|separate`,
+/// `LLAMA_PDL=auto|off` (the fused kernels of a decoded token with programmatic dependent launch)
 /// (`decomposed` is Burn's tensor-op form, `torch` the libtorch kernels, `fused` this project's
 /// CUDA kernels on tch-cuda; `split`: projections' weight gradients over row blocks).
 #[allow(dead_code)]
@@ -342,6 +343,8 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         fused.as_ref().map(|f| f.rope_slot),
         llama_model::rope_slot::register_native::<I>,
     )?;
+    // Read by the fused kernels' launcher when they load; checked here for a clear error.
+    env_choice("LLAMA_PDL", &["auto", "off"])?;
     if let Some(add) = ops.residual {
         llama_model::residual::register_native::<I>(add);
     }

@@ -63,6 +63,22 @@ fn kernels_compile_with_nvrtc() {
         let entry = format!(".entry {name}(");
         assert!(text.contains(&entry), "{entry} missing from the PTX");
     }
+    // Hopper and later: every kernel launched with programmatic dependent launch waits for the
+    // kernel ahead of it (without the wait it would race it), and no other kernel has the wait.
+    let hopper = k::compile_for(k::arch_for(9)).expect("the kernel source compiles for sm_90");
+    let hopper = hopper.to_src();
+    let mut entries = hopper.split(".entry ").skip(1).peekable();
+    assert!(entries.peek().is_some(), "no kernels in the sm_90 PTX");
+    for body in entries {
+        let name = body.split('(').next().unwrap_or_default();
+        let pdl = k::PDL_KERNELS.iter().any(|base| name.starts_with(base));
+        assert_eq!(
+            body.contains("griddepcontrol.wait"),
+            pdl,
+            "{name}: waits for the kernel ahead if and only if it is launched with PDL"
+        );
+    }
+    assert!(!text.contains("griddepcontrol"), "PDL below sm_90");
 }
 
 #[test]

@@ -178,6 +178,7 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
         const T* q, const T* k, const T* v, const unsigned char* hidden, T* out, float* ws,       \
         int pairs, int heads, int rep, int keys, int chunk, int dim, long long kb, long long kh,  \
         float scale) {                                                                            \
+        pdl_start();                                                                              \
         decode_attention<T>(q, k, v, hidden, out, ws, pairs, heads, rep, keys, chunk, dim, kb,    \
                             kh, scale);                                                           \
     }

@@ -28,19 +28,40 @@ __device__ __forceinline__ void unpack8(const uint4& u, float* f) {
     }
 }
 
+// GEMV_UNROLL 16-byte loads of one weight row from column `base` (zeros past `k`).
+__device__ __forceinline__ void gemv_load(const bf16_t* wr, int base, int k, uint4* wv) {
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; ++u) {
+        const int kk = base + 32 * 8 * u;
+        wv[u] = kk < k ? *reinterpret_cast<const uint4*>(wr + kk) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+// The weight is a decode step's constant, never written by the kernels ahead of a product, so
+// under programmatic dependent launch (see pdl_wait) a warp issues its row's first loads and
+// prefetches the rest of the row into L2 before waiting for the kernel ahead: the stream of
+// weights starts while that kernel (the norm, attention) still runs. Only `x` waits.
 __device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw) {
     const int lane = threadIdx.x & 31;
     const int col = (blockIdx.x * GEMV_THREADS + threadIdx.x) >> 5;
-    if (col >= n) return;  // whole warps
-    const bf16_t* wr = wt + (long long)col * ldw;
+    const bool live = col < n;  // whole warps
+    const bf16_t* wr = wt + (long long)(live ? col : 0) * ldw;
+    const int step = 32 * 8 * GEMV_UNROLL;
+    uint4 wv[GEMV_UNROLL];
+    if (live) {
+        gemv_load(wr, lane * 8, k, wv);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        // One prefetch per 128-byte line (64 bf16) of the row past the first loads.
+        for (int kk = step + lane * 64; kk < k; kk += 32 * 64)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + kk));
+#endif
+    }
+    pdl_wait();
+    pdl_trigger();
+    if (!live) return;
     float acc = 0.0f;
-    for (int base = lane * 8; base < k; base += 32 * 8 * GEMV_UNROLL) {
-        uint4 wv[GEMV_UNROLL];
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; ++u) {
-            const int kk = base + 32 * 8 * u;
-            wv[u] = kk < k ? *reinterpret_cast<const uint4*>(wr + kk) : make_uint4(0, 0, 0, 0);
-        }
+    for (int base = lane * 8; base < k; base += step) {
+        if (base != lane * 8) gemv_load(wr, base, k, wv);
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; ++u) {
             const int kk = base + 32 * 8 * u;

@@ -61,6 +61,30 @@ __device__ __forceinline__ void store4(bf16_t* p, long long i, const Four& f) {
     *reinterpret_cast<uint2*>(p + i) = q;
 }
 
+// Programmatic dependent launch (sm_90 and later; the launcher sets the attribute for the
+// kernels in mod.rs's PDL_KERNELS, all of which start with pdl_start): such a kernel may be
+// scheduled while the kernel ahead of it on the stream still runs. `pdl_wait` holds it until that
+// kernel has completed and its writes are visible, so everything after it reads and writes as
+// under plain stream order; `pdl_trigger` then lets the next kernel be scheduled, so its blocks
+// are resident (and a product's weight loads under way) when this one ends, instead of launching
+// after it. Triggering only after waiting keeps at most one kernel ahead waiting on the card.
+// Both are no-ops below sm_90 (compiled out) and for a launch without the attribute.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// The start of a PDL kernel that reads nothing before the kernel ahead has finished.
+__device__ __forceinline__ void pdl_start() {
+    pdl_wait();
+    pdl_trigger();
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -353,6 +377,7 @@ __device__ void add_rms_norm(const float* x, const TD* delta, const float* gamma
     extern "C" __global__ void __launch_bounds__(1024) add_rms_norm_##SUFFIX(                     \
         const float* x, const TD* delta, const float* gamma, float* h, TY* y, int dim,            \
         float eps) {                                                                              \
+        pdl_start();                                                                              \
         add_rms_norm<TD, TY>(x, delta, gamma, h, y, dim, eps);                                    \
     }
 ADD_RMS_NORM(f32_f32, float, float)
@@ -411,6 +436,7 @@ __device__ void rms_norm_backward(const TY* dy, const TX* x, const float* gamma,
     }                                                                                             \
     extern "C" __global__ void swiglu_forward_##SUFFIX(const T* a, const T* b, T* out,            \
                                                        long long n, int vec) {                    \
+        pdl_start();                                                                              \
         swiglu_forward<T>(a, b, out, n, vec);                                                     \
     }                                                                                             \
     extern "C" __global__ void swiglu_backward_##SUFFIX(const T* a, const T* b, const T* g,       \
@@ -420,6 +446,7 @@ __device__ void rms_norm_backward(const TY* dy, const TX* x, const float* gamma,
     extern "C" __global__ void rotary_##SUFFIX(                                                   \
         const T* x, const T* c, const T* s, T* y, long long n, int heads, int time, int dim,      \
         long long xb, long long xh, long long xt, long long cb, long long ct, int backward) {     \
+        pdl_start();                                                                              \
         rotary<T>(x, c, s, y, n, heads, time, dim, xb, xh, xt, cb, ct, backward);                 \
     }                                                                                             \
     RMS_NORM(SUFFIX, T, T)
@@ -428,6 +455,7 @@ __device__ void rms_norm_backward(const TY* dy, const TX* x, const float* gamma,
 #define RMS_NORM(SUFFIX, TX, TY)                                                                  \
     extern "C" __global__ void __launch_bounds__(1024) rms_norm_forward_##SUFFIX(                 \
         const TX* x, const float* gamma, TY* y, float* r, int dim, float eps) {                   \
+        pdl_start();                                                                              \
         rms_norm_forward<TX, TY>(x, gamma, y, r, dim, eps);                                       \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(1024) rms_norm_backward_##SUFFIX(                \

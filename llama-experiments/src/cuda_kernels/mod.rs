@@ -73,6 +73,27 @@ pub const MIXED_KERNELS: [&str; 2] = ["rms_norm_forward", "rms_norm_backward"];
 /// threads a block then fits the 64 K registers of an SM).
 pub(super) const ROW_COLS: usize = 8;
 
+/// Kernels launched with programmatic dependent launch on sm_90 and later (each starts with
+/// `pdl_start`, or waits with `pdl_wait` before reading anything the kernel ahead may write; see
+/// `kernels.cu`): those of a decoded token, so that each is resident and waiting when the one
+/// ahead ends instead of launching after it. `LLAMA_PDL=off` launches them plainly.
+pub const PDL_KERNELS: [&str; 7] = [
+    "gemv",
+    "add_rms_norm",
+    "rms_norm_forward",
+    "swiglu_forward",
+    "rotary",
+    "decode_attention",
+    "rope_slot",
+];
+
+/// The virtual architecture the kernels are compiled for on a device of compute capability
+/// `major`: sm_90's for Hopper and later (programmatic dependent launch's instructions exist from
+/// there), NVRTC's default below it.
+pub fn arch_for(major: i32) -> Option<&'static str> {
+    (major >= 9).then_some("compute_90")
+}
+
 /// Whether NVRTC can be loaded (a CUDA toolkit, or PyPI's `nvidia-cuda-nvrtc`, on the library
 /// path).
 pub fn nvrtc_present() -> bool {
@@ -80,8 +101,15 @@ pub fn nvrtc_present() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
-/// The kernels compiled to PTX (no GPU needed; the tests use it to check the source).
+/// The kernels compiled to PTX for NVRTC's default architecture (no GPU needed; the tests use it
+/// to check the source).
 pub fn compile() -> Result<Ptx, String> {
+    compile_for(None)
+}
+
+/// The kernels compiled to PTX for the virtual architecture `arch` (`compute_90`), or NVRTC's
+/// default.
+pub fn compile_for(arch: Option<&'static str>) -> Result<Ptx, String> {
     if !nvrtc_present() {
         return Err("NVRTC (libnvrtc) is not on the library path".into());
     }
@@ -89,6 +117,7 @@ pub fn compile() -> Result<Ptx, String> {
         // Accurate expf/logf/division: the statistics must match torch's to f32 rounding.
         use_fast_math: Some(false),
         name: Some("kernels.cu".into()),
+        arch,
         ..Default::default()
     };
     compile_ptx_with_opts(SOURCE, options).map_err(|e| format!("NVRTC: {e}"))
@@ -103,14 +132,23 @@ pub(super) struct Loaded {
     checked: Mutex<HashSet<String>>,
     /// The device's multiprocessors (decoding's attention sizes its key splits by it).
     sms: usize,
+    /// Whether [`PDL_KERNELS`] launch with programmatic dependent launch.
+    pdl: bool,
 }
 
 /// Per CUDA ordinal: the loaded kernels, or `None` after a failure (reported once).
 static LOADED: OnceLock<Mutex<HashMap<usize, Option<Arc<Loaded>>>>> = OnceLock::new();
 
 fn load(ordinal: usize) -> Result<Loaded, String> {
-    let ptx = compile()?;
+    use cudarc::driver::sys::CUdevice_attribute as A;
     let ctx = CudaContext::new(ordinal).map_err(|e| format!("CUDA context: {e}"))?;
+    let attribute = |a| {
+        ctx.attribute(a)
+            .map_err(|e| format!("CUDA device attributes: {e}"))
+    };
+    let major = attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+    let sms = attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let ptx = compile_for(arch_for(major))?;
     let module = ctx
         .load_module(ptx)
         .map_err(|e| format!("loading the kernels: {e}"))?;
@@ -128,13 +166,9 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
             .map_err(|e| format!("kernel {full}: {e}"))?;
         functions.insert(full, f);
     }
-    let sms = ctx
-        .attribute(
-            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-        )
-        .map_err(|e| format!("CUDA device attributes: {e}"))?;
     Ok(Loaded {
         sms: usize::try_from(sms).unwrap_or(1).max(1),
+        pdl: arch_for(major).is_some() && std::env::var("LLAMA_PDL").map_or(true, |v| v != "off"),
         stream: ctx.default_stream(),
         ctx,
         functions,
@@ -230,6 +264,15 @@ pub(super) fn launch_shared(
     }
     drop(checked);
     let stream = current_stream(k);
+    if k.pdl && PDL_KERNELS.iter().any(|base| full.starts_with(base)) {
+        return match launch_pdl(k, f, &stream, (grid, block, shared), args) {
+            Ok(()) => Some(()),
+            Err(e) => {
+                eprintln!("warning: fused CUDA kernel {name} failed to launch: {e}");
+                None
+            }
+        };
+    }
     let mut b = stream.launch_builder(f);
     for a in args {
         a.push(&mut b);
@@ -249,6 +292,52 @@ pub(super) fn launch_shared(
             None
         }
     }
+}
+
+/// `f` launched on `stream` with programmatic stream serialisation allowed (`cuLaunchKernelEx`:
+/// `cudarc`'s builder has no launch attributes). A stream capture records it as a programmatic
+/// edge of the graph.
+fn launch_pdl(
+    k: &Loaded,
+    f: &CudaFunction,
+    stream: &CudaStream,
+    (grid, block, shared): (usize, usize, u32),
+    args: &[&dyn Arg],
+) -> Result<(), String> {
+    use cudarc::driver::sys;
+    let grid = u32::try_from(grid).map_err(|_| format!("grid of {grid} blocks"))?;
+    let block = u32::try_from(block).map_err(|_| format!("block of {block} threads"))?;
+    // The driver reads each parameter through its pointer during the call only.
+    let mut params: Vec<*mut std::ffi::c_void> = args.iter().map(|a| a.addr()).collect();
+    // SAFETY: a plain-data C struct; zero is a valid value of every field.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let config = sys::CUlaunchConfig {
+        gridDimX: grid,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: shared,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    k.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+    // SAFETY: as for `launch_shared`'s launch (the argument list was checked against the
+    // kernel's signature); `params` and `attr` outlive the call.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            f.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
+    .map_err(|e| e.to_string())
 }
 
 /// torch's current stream where the binary can ask torch for it (the CUDA-graph shim: a capture
@@ -274,6 +363,8 @@ fn current_stream(k: &Loaded) -> Arc<CudaStream> {
 pub(super) trait Arg {
     fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
     fn size(&self) -> usize;
+    /// The value's address, as `cuLaunchKernelEx` takes each parameter.
+    fn addr(&self) -> *mut std::ffi::c_void;
 }
 macro_rules! arg {
     ($($t:ty),*) => {$(
@@ -283,6 +374,9 @@ macro_rules! arg {
             }
             fn size(&self) -> usize {
                 std::mem::size_of::<$t>()
+            }
+            fn addr(&self) -> *mut std::ffi::c_void {
+                (self as *const $t).cast_mut().cast()
             }
         }
     )*};

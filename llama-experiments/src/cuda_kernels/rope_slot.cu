@@ -45,6 +45,7 @@ __device__ void rope_slot(const T* q, const T* k, const T* v, const T* c, const 
     extern "C" __global__ void rope_slot_##SUFFIX(                                                \
         const T* q, const T* k, const T* v, const T* c, const T* s, T* q_out, T* kc, T* vc,       \
         const long long* slot, int b, int h, int hkv, int d, long long kcb, long long kch) {      \
+        pdl_start();                                                                              \
         rope_slot<T>(q, k, v, c, s, q_out, kc, vc, slot, b, h, hkv, d, kcb, kch);                 \
     }
 ROPE_SLOT(f32, float)
