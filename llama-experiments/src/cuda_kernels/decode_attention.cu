@@ -61,6 +61,18 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
     const T* kr = k + kvoff;
     const T* vr = v + kvoff;
     const unsigned char* hr = hidden ? hidden + (long long)row * keys + k0 : nullptr;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // The cached keys and values but this step's do not depend on the kernel ahead (it writes
+    // that one slot), and a prefetch to L2, the point of coherence, cannot leave a stale line
+    // behind, so the chunk is on its way before waiting for that kernel (see pdl_wait).
+    const long long bytes = (long long)max(n, 0) * dim * sizeof(T);
+    for (long long o = tid * 128LL; o < bytes; o += bs * 128LL) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(kr) + o));
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(vr) + o));
+    }
+#endif
+    pdl_wait();
+    pdl_trigger();
     for (int i = tid; i < dim; i += bs) qs[i] = load(qr, i);
     __syncthreads();
     const int chunks = dim / 4, groups = bs / chunks, g = tid / chunks, c = (tid % chunks) * 4;
@@ -178,7 +190,6 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
         const T* q, const T* k, const T* v, const unsigned char* hidden, T* out, float* ws,       \
         int pairs, int heads, int rep, int keys, int chunk, int dim, long long kb, long long kh,  \
         float scale) {                                                                            \
-        pdl_start();                                                                              \
         decode_attention<T>(q, k, v, hidden, out, ws, pairs, heads, rep, keys, chunk, dim, kb,    \
                             kh, scale);                                                           \
     }

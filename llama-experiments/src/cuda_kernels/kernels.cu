@@ -61,9 +61,10 @@ __device__ __forceinline__ void store4(bf16_t* p, long long i, const Four& f) {
     *reinterpret_cast<uint2*>(p + i) = q;
 }
 
-// Programmatic dependent launch (sm_90 and later; the launcher sets the attribute for the
-// kernels in mod.rs's PDL_KERNELS, all of which start with pdl_start): such a kernel may be
-// scheduled while the kernel ahead of it on the stream still runs. `pdl_wait` holds it until that
+// Programmatic dependent launch (sm_90 and later; the launcher may set the attribute for the
+// kernels in mod.rs's PDL_KERNELS, each of which calls pdl_wait before it reads anything the
+// kernel ahead may write, and before any write): such a kernel may be scheduled while the kernel
+// ahead of it on the stream still runs. `pdl_wait` holds it until that
 // kernel has completed and its writes are visible, so everything after it reads and writes as
 // under plain stream order; `pdl_trigger` then lets the next kernel be scheduled, so its blocks
 // are resident (and a product's weight loads under way) when this one ends, instead of launching

@@ -76,7 +76,8 @@ pub(super) const ROW_COLS: usize = 8;
 /// Kernels launched with programmatic dependent launch on sm_90 and later (each starts with
 /// `pdl_start`, or waits with `pdl_wait` before reading anything the kernel ahead may write; see
 /// `kernels.cu`): those of a decoded token, so that each is resident and waiting when the one
-/// ahead ends instead of launching after it. `LLAMA_PDL=off` launches them plainly.
+/// ahead ends instead of launching after it. Only while a graph is recorded and only behind
+/// another of these (see `after_ours`). `LLAMA_PDL=off` launches them plainly.
 pub const PDL_KERNELS: [&str; 7] = [
     "gemv",
     "add_rms_norm",
@@ -134,6 +135,8 @@ pub(super) struct Loaded {
     sms: usize,
     /// Whether [`PDL_KERNELS`] launch with programmatic dependent launch.
     pdl: bool,
+    /// The capture and graph node of the last of [`PDL_KERNELS`] recorded (see `after_ours`).
+    tail: Mutex<Option<(u64, usize)>>,
 }
 
 /// Per CUDA ordinal: the loaded kernels, or `None` after a failure (reported once).
@@ -173,6 +176,7 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
         ctx,
         functions,
         checked: Mutex::default(),
+        tail: Mutex::default(),
     })
 }
 
@@ -244,7 +248,6 @@ pub(super) fn launch_shared(
     shared: u32,
     args: &[&dyn Arg],
 ) -> Option<()> {
-    let name = &full;
     let f = k.functions.get(&full)?;
     // The driver reads one value per parameter of the kernel from the argument list: a list that
     // does not match would make it read past it (a crash in the driver, not an error), so the
@@ -264,34 +267,83 @@ pub(super) fn launch_shared(
     }
     drop(checked);
     let stream = current_stream(k);
-    if k.pdl && PDL_KERNELS.iter().any(|base| full.starts_with(base)) {
-        return match launch_pdl(k, f, &stream, (grid, block, shared), args) {
-            Ok(()) => Some(()),
-            Err(e) => {
-                eprintln!("warning: fused CUDA kernel {name} failed to launch: {e}");
-                None
-            }
-        };
+    let pdl_kernel = k.pdl && PDL_KERNELS.iter().any(|base| full.starts_with(base));
+    let after_ours = pdl_kernel && {
+        let tail = capture_tail(&stream);
+        tail.is_some() && *k.tail.lock().unwrap_or_else(|e| e.into_inner()) == tail
+    };
+    let dims = (grid, block, shared);
+    let launched = if after_ours {
+        launch_pdl(k, f, &stream, dims, args)
+    } else {
+        launch_plain(f, &stream, dims, args)
+    };
+    if let Err(e) = launched {
+        eprintln!("warning: fused CUDA kernel {full} failed to launch: {e}");
+        return None;
     }
+    if pdl_kernel {
+        *k.tail.lock().unwrap_or_else(|e| e.into_inner()) = capture_tail(&stream);
+    }
+    Some(())
+}
+
+/// `f` launched on `stream` through `cudarc`'s builder.
+fn launch_plain(
+    f: &CudaFunction,
+    stream: &CudaStream,
+    (grid, block, shared): (usize, usize, u32),
+    args: &[&dyn Arg],
+) -> Result<(), String> {
     let mut b = stream.launch_builder(f);
     for a in args {
         a.push(&mut b);
     }
     let cfg = LaunchConfig {
-        grid_dim: (u32::try_from(grid).ok()?, 1, 1),
+        grid_dim: (
+            u32::try_from(grid).map_err(|_| format!("grid of {grid} blocks"))?,
+            1,
+            1,
+        ),
         block_dim: (block as u32, 1, 1),
         shared_mem_bytes: shared,
     };
     // SAFETY: every pointer argument is the data of a contiguous tensor of the kind and size the
     // kernel indexes (checked by the callers), alive until this call returns; torch's allocator
     // reuses a freed block only for work queued after this launch on the same stream.
-    match unsafe { b.launch(cfg) } {
-        Ok(_) => Some(()),
-        Err(e) => {
-            eprintln!("warning: fused CUDA kernel {name} failed to launch: {e}");
-            None
-        }
-    }
+    unsafe { b.launch(cfg) }
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The capture and its one tail node when `stream` is recording a CUDA graph (a decode step).
+///
+/// A kernel goes in with programmatic dependent launch only when the node ahead of it is the last
+/// of ours recorded: our kernels let the next one start early (`pdl_trigger`), torch's do not,
+/// and behind those the attribute only cost time (`1b` decoding at batch 8, whose products are
+/// cuBLAS's, was 3 % slower with it on every kernel in two device calls). Outside a capture
+/// (training) the kernels around ours are torch's, so there is nothing to gain there either.
+fn capture_tail(stream: &CudaStream) -> Option<(u64, usize)> {
+    use cudarc::driver::sys;
+    let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+    let (mut id, mut deps, mut n) = (0u64, std::ptr::null(), 0usize);
+    // SAFETY: a query of a live stream with out-pointers we own; the driver owns the dependency
+    // array, read before the next call on this stream.
+    let r = unsafe {
+        sys::cuStreamGetCaptureInfo_v3(
+            stream.cu_stream(),
+            &mut status,
+            &mut id,
+            std::ptr::null_mut(),
+            &mut deps,
+            std::ptr::null_mut(),
+            &mut n,
+        )
+    };
+    let capturing = r == sys::CUresult::CUDA_SUCCESS
+        && status == sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE;
+    // SAFETY: `deps` points at `n` nodes when the query succeeded.
+    (capturing && n == 1 && !deps.is_null()).then(|| (id, unsafe { *deps } as usize))
 }
 
 /// `f` launched on `stream` with programmatic stream serialisation allowed (`cuLaunchKernelEx`:
