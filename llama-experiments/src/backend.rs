@@ -250,7 +250,8 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`, `LLAMA_LINEAR=auto|flat|split`,
 /// `LLAMA_DECODE_ATTENTION=auto|fused|decomposed`, `LLAMA_GEMV=auto|fused|matmul`,
 /// `LLAMA_ADD_NORM=auto|fused|separate`, `LLAMA_ROPE_SLOT=auto|fused|separate`,
-/// `LLAMA_PDL=auto|off` (the fused kernels of a decoded token with programmatic dependent launch)
+/// `LLAMA_PDL=auto|off` (the fused kernels of a decoded token with programmatic dependent launch),
+/// `LLAMA_GEMV_SPLIT=auto|off` (the one-row product's long rows over several warps)
 /// (`decomposed` is Burn's tensor-op form, `torch` the libtorch kernels, `fused` this project's
 /// CUDA kernels on tch-cuda; `split`: projections' weight gradients over row blocks).
 #[allow(dead_code)]
@@ -343,8 +344,9 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         fused.as_ref().map(|f| f.rope_slot),
         llama_model::rope_slot::register_native::<I>,
     )?;
-    // Read by the fused kernels' launcher when they load; checked here for a clear error.
+    // Read by the fused kernels' launchers; checked here for a clear error.
     env_choice("LLAMA_PDL", &["auto", "off"])?;
+    env_choice("LLAMA_GEMV_SPLIT", &["auto", "off"])?;
     if let Some(add) = ops.residual {
         llama_model::residual::register_native::<I>(add);
     }

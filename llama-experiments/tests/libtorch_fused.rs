@@ -346,6 +346,9 @@ fn gemv_matches_torch() {
         (768, 72),
         (104, 7),
         (4096, 64),
+        (2056, 9),   // two warps per output, the second over 1,024 columns
+        (4104, 13),  // three warps of 1,368 columns
+        (22016, 24), // 65B's down projection: eleven warps per output
     ] {
         let x = bf(randn(&[1, kk]));
         let wt = bf(randn(&[n, kk]) / (kk as f64).sqrt());

@@ -11,12 +11,13 @@
 // shuffles: no second pass, no atomics, the same bits every run. (A first form with 64-column
 // tiles of an [in, out] weight read 128 bytes per row per block and was no faster than cuBLAS.)
 //
-// Grid: ceil(n / 8) blocks of GEMV_THREADS threads (8 warps, 8 outputs). `k` a multiple of 8,
+// Grid: ceil(n / outputs per block) blocks of 32 · parts · outputs per block threads (at most
+// GEMV_MAX_THREADS; gemv.rs picks them). `k` a multiple of 8,
 // `ldw` a multiple of 8, `wt` and `x` 16-byte aligned. (Two to eight rows, each weight load
 // multiplied by every row's input, were slower than cuBLAS's tensor-core products: 1b decode at
 // batch 2, 4 and 8 took 1.83 / 2.64 / 4.37 ms per token against 1.78 / 1.91 / 2.44, H200.)
 
-#define GEMV_THREADS 256
+#define GEMV_MAX_THREADS 1024
 #define GEMV_UNROLL 8
 
 __device__ __forceinline__ void unpack8(const uint4& u, float* f) {
@@ -28,56 +29,80 @@ __device__ __forceinline__ void unpack8(const uint4& u, float* f) {
     }
 }
 
-// GEMV_UNROLL 16-byte loads of one weight row from column `base` (zeros past `k`).
-__device__ __forceinline__ void gemv_load(const bf16_t* wr, int base, int k, uint4* wv) {
+// Columns one warp covers per pass (GEMV_UNROLL loads of 8 bf16 per lane).
+#define GEMV_COLS (32 * 8 * GEMV_UNROLL)
+
+// GEMV_UNROLL 16-byte loads of one weight row from column `base` (zeros from `end` on).
+__device__ __forceinline__ void gemv_load(const bf16_t* wr, int base, int end, uint4* wv) {
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; ++u) {
         const int kk = base + 32 * 8 * u;
-        wv[u] = kk < k ? *reinterpret_cast<const uint4*>(wr + kk) : make_uint4(0, 0, 0, 0);
+        wv[u] = kk < end ? *reinterpret_cast<const uint4*>(wr + kk) : make_uint4(0, 0, 0, 0);
     }
 }
 
+// Each output's row is split into `parts` spans of whole 8-column groups, one warp per span
+// (consecutive warps of a block), so that a long row (the down projection's 5,632 columns at
+// `1b`) is one pass of loads per warp instead of three in a row; the warps' sums are added in
+// span order through shared memory (deterministic). Block: (8 / parts, at least 1) outputs.
+//
 // The weight is a decode step's constant, never written by the kernels ahead of a product, so
-// under programmatic dependent launch (see pdl_wait) a warp issues its row's first loads and
-// prefetches the rest of the row into L2 before waiting for the kernel ahead: the stream of
-// weights starts while that kernel (the norm, attention) still runs. Only `x` waits.
-__device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw) {
-    const int lane = threadIdx.x & 31;
-    const int col = (blockIdx.x * GEMV_THREADS + threadIdx.x) >> 5;
+// under programmatic dependent launch (see pdl_wait) a warp issues its span's first loads and
+// prefetches the rest of it into L2 before waiting for the kernel ahead: the stream of weights
+// starts while that kernel (the norm, attention) still runs. Only `x` waits.
+__device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw,
+                     int parts) {
+    __shared__ float partial[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int per_block = (blockDim.x >> 5) / parts;
+    const int col = blockIdx.x * per_block + warp / parts, part = warp % parts;
+    const int span = ((k + parts - 1) / parts + 7) & ~7;
+    const int lo = min(k, part * span), hi = min(k, lo + span);
     const bool live = col < n;  // whole warps
     const bf16_t* wr = wt + (long long)(live ? col : 0) * ldw;
-    const int step = 32 * 8 * GEMV_UNROLL;
     uint4 wv[GEMV_UNROLL];
     if (live) {
-        gemv_load(wr, lane * 8, k, wv);
+        gemv_load(wr, lo + lane * 8, hi, wv);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        // One prefetch per 128-byte line (64 bf16) of the row past the first loads.
-        for (int kk = step + lane * 64; kk < k; kk += 32 * 64)
+        // One prefetch per 128-byte line (64 bf16) of the span past the first loads.
+        for (int kk = lo + GEMV_COLS + lane * 64; kk < hi; kk += 32 * 64)
             asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + kk));
 #endif
     }
     pdl_wait();
     pdl_trigger();
-    if (!live) return;
     float acc = 0.0f;
-    for (int base = lane * 8; base < k; base += step) {
-        if (base != lane * 8) gemv_load(wr, base, k, wv);
+    if (live) {
+        for (int base = lo + lane * 8; base < hi; base += GEMV_COLS) {
+            if (base != lo + lane * 8) gemv_load(wr, base, hi, wv);
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; ++u) {
-            const int kk = base + 32 * 8 * u;
-            if (kk >= k) break;
-            float wf[8], xf[8];
-            unpack8(wv[u], wf);
-            unpack8(*reinterpret_cast<const uint4*>(x + kk), xf);
+            for (int u = 0; u < GEMV_UNROLL; ++u) {
+                const int kk = base + 32 * 8 * u;
+                if (kk >= hi) break;
+                float wf[8], xf[8];
+                unpack8(wv[u], wf);
+                unpack8(*reinterpret_cast<const uint4*>(x + kk), xf);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) acc += wf[j] * xf[j];
+                for (int j = 0; j < 8; ++j) acc += wf[j] * xf[j];
+            }
         }
     }
     acc = warp_sum(acc);
-    if (lane == 0) store(y, col, acc);
+    if (parts == 1) {
+        if (live && lane == 0) store(y, col, acc);
+        return;
+    }
+    if (lane == 0) partial[warp] = acc;
+    __syncthreads();
+    if (live && part == 0 && lane == 0) {
+        float t = 0.0f;
+        for (int p = 0; p < parts; ++p) t += partial[warp + p];
+        store(y, col, t);
+    }
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
-    gemv_bf16(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw) {
-    gemv(x, wt, y, k, n, ldw);
+extern "C" __global__ void __launch_bounds__(GEMV_MAX_THREADS)
+    gemv_bf16(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw,
+              int parts) {
+    gemv(x, wt, y, k, n, ldw, parts);
 }

@@ -4,12 +4,29 @@ use tch::{Kind, Tensor};
 
 use super::{launch, loaded, ptr};
 
-/// Threads per block (eight warps: eight outputs), as in `gemv.cu`.
-const THREADS: usize = 256;
-const OUTPUTS_PER_BLOCK: usize = THREADS / 32;
+/// Warps per block when each output takes one (eight outputs).
+const WARPS: usize = 8;
+/// Columns one warp covers in one pass of loads (`GEMV_COLS` in `gemv.cu`).
+const WARP_COLS: i64 = 2048;
+/// Most warps per output (a block holds at most 1,024 threads).
+const MAX_PARTS: i64 = 32;
+
+/// Warps per output for rows of `k` columns: one pass of loads each (`k / 2,048` rounded up),
+/// or one warp for every row under `LLAMA_GEMV_SPLIT=off`.
+fn parts(k: i64) -> i64 {
+    static SPLIT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let split =
+        *SPLIT.get_or_init(|| std::env::var("LLAMA_GEMV_SPLIT").map_or(true, |v| v != "off"));
+    match split {
+        true => (k + WARP_COLS - 1) / WARP_COLS,
+        false => 1,
+    }
+    .clamp(1, MAX_PARTS)
+}
 
 /// `x [1, k] · w [k, n]`, bf16 in and out (f32 sums), in one kernel that streams the weight at
-/// close to the memory bandwidth (one row only: more were slower than cuBLAS, see `gemv.cu`).
+/// close to the memory bandwidth (one row only: more were slower than cuBLAS, see `gemv.cu`);
+/// rows longer than 2,048 columns split over several warps (`LLAMA_GEMV_SPLIT=auto|off`).
 /// `w` must be the transposed view of an `[n, k]` matrix (strides `[1, ldw]`: each output's
 /// weights contiguous, as `Llama::with_inference_weights` stores them for a backend with this
 /// kernel), possibly a row slice of a taller one. `None` for anything else (the caller multiplies
@@ -40,14 +57,21 @@ pub fn gemv(x: &Tensor, w: &Tensor) -> Option<Tensor> {
         return None;
     }
     let y = Tensor::empty([1, n], (Kind::BFloat16, x.device()));
-    let blocks = usize::try_from(n).ok()?.div_ceil(OUTPUTS_PER_BLOCK);
-    let (k, n) = (i32::try_from(k).ok()?, i32::try_from(n).ok()?);
+    let parts = parts(k);
+    let per_block = (WARPS / parts as usize).max(1);
+    let blocks = usize::try_from(n).ok()?.div_ceil(per_block);
+    let threads = 32 * parts as usize * per_block;
+    let (k, n, parts) = (
+        i32::try_from(k).ok()?,
+        i32::try_from(n).ok()?,
+        i32::try_from(parts).ok()?,
+    );
     launch(
         &kern,
         "gemv_bf16".to_string(),
         blocks,
-        THREADS,
-        &[&ptr(&x), &ptr(w), &ptr(&y), &k, &n, &ldw],
+        threads,
+        &[&ptr(&x), &ptr(w), &ptr(&y), &k, &n, &ldw, &parts],
     )?;
     Some(y)
 }
