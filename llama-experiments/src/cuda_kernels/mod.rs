@@ -171,7 +171,9 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
     }
     Ok(Loaded {
         sms: usize::try_from(sms).unwrap_or(1).max(1),
-        pdl: arch_for(major).is_some() && std::env::var("LLAMA_PDL").map_or(true, |v| v != "off"),
+        pdl: arch_for(major).is_some()
+            && driver_version() >= 12030
+            && std::env::var("LLAMA_PDL").map_or(true, |v| v != "off"),
         stream: ctx.default_stream(),
         ctx,
         functions,
@@ -435,16 +437,29 @@ macro_rules! arg {
 }
 arg!(u64, i64, i32, f32);
 
+/// The driver's CUDA version (`12030` for 12.3), 0 where it cannot say. Programmatic dependent
+/// launch needs 12.3 (`cuStreamGetCaptureInfo_v3`, and launches with the attribute recorded into
+/// graphs), the parameter check 12.4.
+fn driver_version() -> i32 {
+    let mut version = 0;
+    // SAFETY: a plain driver query with an out-pointer we own.
+    let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+    if r == cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        version
+    } else {
+        0
+    }
+}
+
 /// The byte size of each of `f`'s parameters as the driver reads them (`cuFuncGetParamInfo`), or
 /// `None` where the driver cannot say (before CUDA 12.4).
 fn param_sizes(f: &CudaFunction) -> Option<Vec<usize>> {
     use cudarc::driver::sys;
-    let mut version = 0;
+    if driver_version() < 12040 {
+        return None;
+    }
     // SAFETY: plain driver queries with out-pointers we own; `f` is a loaded function.
     unsafe {
-        if sys::cuDriverGetVersion(&mut version) != sys::CUresult::CUDA_SUCCESS || version < 12040 {
-            return None;
-        }
         let mut sizes = Vec::new();
         loop {
             let (mut offset, mut size) = (0usize, 0usize);
