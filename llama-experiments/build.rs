@@ -1,6 +1,7 @@
 //! With the `tch` feature and a CUDA build of libtorch: compiles `csrc/cuda_graph.cpp` (torch's
-//! CUDA graphs behind a C interface, for the decoder in `src/cuda_graph.rs`) and sets the
-//! `llama_cuda_graph` cfg. It needs the CUDA runtime headers (`cuda_runtime_api.h`,
+//! CUDA graphs behind a C interface, for the decoder in `src/cuda_graph.rs`) and
+//! `csrc/autograd.cpp` (a vector-Jacobian product with a given output gradient, for
+//! `src/libtorch_autograd.rs`) and sets the `llama_cuda_graph` cfg. It needs the CUDA runtime headers (`cuda_runtime_api.h`,
 //! `crt/host_defines.h`): `LLAMA_CUDA_INCLUDE` (paths separated by `:`), or the PyPI wheels
 //! beside libtorch (`nvidia/cu13/include`; `nvidia/cuda_runtime/include` and
 //! `nvidia/cuda_nvcc/include` for CUDA 12), or `$CUDA_HOME/include`, `/usr/local/cuda/include`.
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(llama_cuda_graph)");
     println!("cargo::rerun-if-changed=csrc/cuda_graph.cpp");
+    println!("cargo::rerun-if-changed=csrc/autograd.cpp");
+    println!("cargo::rerun-if-changed=csrc/guarded.h");
     println!("cargo::rerun-if-env-changed=LLAMA_CUDA_INCLUDE");
     println!("cargo::rerun-if-env-changed=CUDA_HOME");
     if env::var_os("CARGO_FEATURE_TCH").is_none() {
@@ -64,6 +67,7 @@ fn main() {
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/cuda_graph.cpp")
+        .file("csrc/autograd.cpp")
         .compile("llama_cuda_graph");
     println!("cargo::rustc-link-search=native={}", lib.display());
     println!("cargo::rustc-link-lib=dylib=c10_cuda");

@@ -10,10 +10,9 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include <cstddef>
-#include <cstring>
-#include <exception>
 #include <optional>
+
+#include "guarded.h"
 
 namespace {
 
@@ -22,26 +21,6 @@ struct Graph {
   // The stream that was current before the capture, made current again after it.
   std::optional<c10::cuda::CUDAStream> previous;
 };
-
-void set_error(char* err, size_t len, const char* msg) {
-  if (err != nullptr && len > 0) {
-    std::strncpy(err, msg, len - 1);
-    err[len - 1] = '\0';
-  }
-}
-
-template <class F>
-int guarded(char* err, size_t len, F f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    set_error(err, len, e.what());
-  } catch (...) {
-    set_error(err, len, "unknown C++ exception");
-  }
-  return 1;
-}
 
 }  // namespace
 

@@ -251,7 +251,8 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// `LLAMA_DECODE_ATTENTION=auto|fused|decomposed`, `LLAMA_GEMV=auto|fused|matmul`,
 /// `LLAMA_ADD_NORM=auto|fused|separate`, `LLAMA_ROPE_SLOT=auto|fused|separate`,
 /// `LLAMA_PDL=auto|off` (the fused kernels of a decoded token with programmatic dependent launch),
-/// `LLAMA_GEMV_SPLIT=auto|off` (the one-row product's long rows over several warps)
+/// `LLAMA_GEMV_SPLIT=auto|off` (the one-row product's long rows over several warps),
+/// `LLAMA_VJP=auto|seed` (torch's backward from a given output gradient, or from `Σ out ⊙ grad`)
 /// (`decomposed` is Burn's tensor-op form, `torch` the libtorch kernels, `fused` this project's
 /// CUDA kernels on tch-cuda; `split`: projections' weight gradients over row blocks).
 #[allow(dead_code)]
@@ -347,6 +348,7 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     // Read by the fused kernels' launchers; checked here for a clear error.
     env_choice("LLAMA_PDL", &["auto", "off"])?;
     env_choice("LLAMA_GEMV_SPLIT", &["auto", "off"])?;
+    env_choice("LLAMA_VJP", &["auto", "seed"])?;
     if let Some(add) = ops.residual {
         llama_model::residual::register_native::<I>(add);
     }
