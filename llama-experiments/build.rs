@@ -1,8 +1,8 @@
 //! With the `tch` feature and a CUDA build of libtorch: compiles `csrc/cuda_graph.cpp` (torch's
 //! CUDA graphs behind a C interface, for the decoder in `src/cuda_graph.rs`) and
 //! `csrc/autograd.cpp` (a vector-Jacobian product with a given output gradient, for
-//! `src/libtorch_autograd.rs`) and sets the `llama_cuda_graph` cfg. It needs the CUDA runtime headers (`cuda_runtime_api.h`,
-//! `crt/host_defines.h`): `LLAMA_CUDA_INCLUDE` (paths separated by `:`), or the PyPI wheels
+//! `src/libtorch_autograd.rs`) and sets the `llama_cuda_graph` cfg. It needs the CUDA runtime
+//! headers (`cuda_runtime_api.h`, `crt/host_defines.h`): `LLAMA_CUDA_INCLUDE` (paths separated by `:`), or the PyPI wheels
 //! beside libtorch (`nvidia/cu13/include`; `nvidia/cuda_runtime/include` and
 //! `nvidia/cuda_nvcc/include` for CUDA 12), or `$CUDA_HOME/include`, `/usr/local/cuda/include`.
 //! Without them the tool builds without CUDA graphs and says so.

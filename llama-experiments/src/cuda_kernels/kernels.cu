@@ -64,12 +64,12 @@ __device__ __forceinline__ void store4(bf16_t* p, long long i, const Four& f) {
 // Programmatic dependent launch (sm_90 and later; the launcher may set the attribute for the
 // kernels in mod.rs's PDL_KERNELS, each of which calls pdl_wait before it reads anything the
 // kernel ahead may write, and before any write): such a kernel may be scheduled while the kernel
-// ahead of it on the stream still runs. `pdl_wait` holds it until that
-// kernel has completed and its writes are visible, so everything after it reads and writes as
-// under plain stream order; `pdl_trigger` then lets the next kernel be scheduled, so its blocks
-// are resident (and a product's weight loads under way) when this one ends, instead of launching
-// after it. Triggering only after waiting keeps at most one kernel ahead waiting on the card.
-// Both are no-ops below sm_90 (compiled out) and for a launch without the attribute.
+// ahead of it on the stream still runs. `pdl_wait` holds it until that kernel has completed and
+// its writes are visible, so everything after it reads and writes as under plain stream order;
+// `pdl_trigger` then lets the next kernel be scheduled, so its blocks are resident (and a
+// product's weight loads under way) when this one ends, instead of launching after it.
+// Triggering only after waiting keeps at most one kernel ahead waiting on the card. Both are
+// no-ops below sm_90 (compiled out) and for a launch without the attribute.
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");

@@ -77,7 +77,7 @@ pub(super) const ROW_COLS: usize = 8;
 /// `pdl_start`, or waits with `pdl_wait` before reading anything the kernel ahead may write; see
 /// `kernels.cu`): those of a decoded token, so that each is resident and waiting when the one
 /// ahead ends instead of launching after it. Only while a graph is recorded and only behind
-/// another of these (see `after_ours`). `LLAMA_PDL=off` launches them plainly.
+/// another of these (see `capture_tail`). `LLAMA_PDL=off` launches them plainly.
 pub const PDL_KERNELS: [&str; 7] = [
     "gemv",
     "add_rms_norm",
@@ -135,7 +135,7 @@ pub(super) struct Loaded {
     sms: usize,
     /// Whether [`PDL_KERNELS`] launch with programmatic dependent launch.
     pdl: bool,
-    /// The capture and graph node of the last of [`PDL_KERNELS`] recorded (see `after_ours`).
+    /// The capture and graph node of the last of [`PDL_KERNELS`] recorded (see `capture_tail`).
     tail: Mutex<Option<(u64, usize)>>,
 }
 
@@ -380,7 +380,7 @@ fn launch_pdl(
         numAttrs: 1,
     };
     k.ctx.bind_to_thread().map_err(|e| e.to_string())?;
-    // SAFETY: as for `launch_shared`'s launch (the argument list was checked against the
+    // SAFETY: as for `launch_plain`'s launch (the argument list was checked against the
     // kernel's signature); `params` and `attr` outlive the call.
     unsafe {
         sys::cuLaunchKernelEx(
