@@ -179,6 +179,13 @@ pub(crate) fn env_choice(var: &str, allowed: &[&'static str]) -> Result<&'static
     }
 }
 
+/// Whether the on/off knob `var=auto|<off>` is on (unset, empty or `auto`), for the launchers
+/// that read it where it acts; `register_ops` has already turned any other value into an error.
+#[cfg(feature = "tch")]
+pub(crate) fn knob_on(var: &str, off: &'static str) -> bool {
+    env_choice(var, &["auto", off]).map_or(true, |v| v != off)
+}
+
 /// Most row blocks a projection's weight gradient is split into (`LLAMA_LINEAR=split`): a
 /// `125m` weight gradient (768 × 768 over 16,384 tokens) then runs on 16× the cubes.
 const MAX_SPLITS: usize = 16;

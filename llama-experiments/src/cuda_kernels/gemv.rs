@@ -15,8 +15,7 @@ const MAX_PARTS: i64 = 32;
 /// or one warp for every row under `LLAMA_GEMV_SPLIT=off`.
 fn parts(k: i64) -> i64 {
     static SPLIT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let split =
-        *SPLIT.get_or_init(|| std::env::var("LLAMA_GEMV_SPLIT").map_or(true, |v| v != "off"));
+    let split = *SPLIT.get_or_init(|| crate::backend::knob_on("LLAMA_GEMV_SPLIT", "off"));
     match split {
         true => (k + WARP_COLS - 1) / WARP_COLS,
         false => 1,

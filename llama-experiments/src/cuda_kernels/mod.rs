@@ -77,7 +77,7 @@ pub(super) const ROW_COLS: usize = 8;
 /// `pdl_start`, or waits with `pdl_wait` before reading anything the kernel ahead may write; see
 /// `kernels.cu`): those of a decoded token, so that each is resident and waiting when the one
 /// ahead ends instead of launching after it. Only while a graph is recorded and only behind
-/// another of these (see `capture_tail`). `LLAMA_PDL=off` launches them plainly.
+/// another of these (see `capture`). `LLAMA_PDL=off` launches them plainly.
 pub const PDL_KERNELS: [&str; 7] = [
     "gemv",
     "add_rms_norm",
@@ -135,7 +135,7 @@ pub(super) struct Loaded {
     sms: usize,
     /// Whether [`PDL_KERNELS`] launch with programmatic dependent launch.
     pdl: bool,
-    /// The capture and graph node of the last of [`PDL_KERNELS`] recorded (see `capture_tail`).
+    /// The capture and graph node of the last of [`PDL_KERNELS`] recorded (see `capture`).
     tail: Mutex<Option<(u64, usize)>>,
 }
 
@@ -173,7 +173,7 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
         sms: usize::try_from(sms).unwrap_or(1).max(1),
         pdl: arch_for(major).is_some()
             && driver_version() >= 12030
-            && std::env::var("LLAMA_PDL").map_or(true, |v| v != "off"),
+            && crate::backend::knob_on("LLAMA_PDL", "off"),
         stream: ctx.default_stream(),
         ctx,
         functions,
@@ -269,11 +269,14 @@ pub(super) fn launch_shared(
     }
     drop(checked);
     let stream = current_stream(k);
-    let pdl_kernel = k.pdl && PDL_KERNELS.iter().any(|base| full.starts_with(base));
-    let after_ours = pdl_kernel && {
-        let tail = capture_tail(&stream);
-        tail.is_some() && *k.tail.lock().unwrap_or_else(|e| e.into_inner()) == tail
-    };
+    // Only a PDL kernel on a stream that records a graph needs the capture's state (one driver
+    // query here, one after the launch; none outside a capture beyond this one).
+    let recording = (k.pdl && PDL_KERNELS.iter().any(|base| full.starts_with(base)))
+        .then(|| capture(&stream))
+        .flatten();
+    let tail = |c: Option<(u64, Option<usize>)>| c.and_then(|(id, n)| Some((id, n?)));
+    let after_ours = tail(recording)
+        .is_some_and(|t| *k.tail.lock().unwrap_or_else(|e| e.into_inner()) == Some(t));
     let dims = (grid, block, shared);
     let launched = if after_ours {
         launch_pdl(k, f, &stream, dims, args)
@@ -284,8 +287,8 @@ pub(super) fn launch_shared(
         eprintln!("warning: fused CUDA kernel {full} failed to launch: {e}");
         return None;
     }
-    if pdl_kernel {
-        *k.tail.lock().unwrap_or_else(|e| e.into_inner()) = capture_tail(&stream);
+    if recording.is_some() {
+        *k.tail.lock().unwrap_or_else(|e| e.into_inner()) = tail(capture(&stream));
     }
     Some(())
 }
@@ -318,14 +321,15 @@ fn launch_plain(
         .map_err(|e| e.to_string())
 }
 
-/// The capture and its one tail node when `stream` is recording a CUDA graph (a decode step).
+/// The capture's id and its one tail node (`None` for several) when `stream` is recording a CUDA
+/// graph (a decode step); `None` when it is not.
 ///
 /// A kernel goes in with programmatic dependent launch only when the node ahead of it is the last
 /// of ours recorded: our kernels let the next one start early (`pdl_trigger`), torch's do not,
 /// and behind those the attribute only cost time (`1b` decoding at batch 8, whose products are
 /// cuBLAS's, was 3 % slower with it on every kernel in two device calls). Outside a capture
 /// (training) the kernels around ours are torch's, so there is nothing to gain there either.
-fn capture_tail(stream: &CudaStream) -> Option<(u64, usize)> {
+fn capture(stream: &CudaStream) -> Option<(u64, Option<usize>)> {
     use cudarc::driver::sys;
     let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
     let (mut id, mut deps, mut n) = (0u64, std::ptr::null(), 0usize);
@@ -345,7 +349,8 @@ fn capture_tail(stream: &CudaStream) -> Option<(u64, usize)> {
     let capturing = r == sys::CUresult::CUDA_SUCCESS
         && status == sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE;
     // SAFETY: `deps` points at `n` nodes when the query succeeded.
-    (capturing && n == 1 && !deps.is_null()).then(|| (id, unsafe { *deps } as usize))
+    let node = (n == 1 && !deps.is_null()).then(|| unsafe { *deps } as usize);
+    capturing.then_some((id, node))
 }
 
 /// `f` launched on `stream` with programmatic stream serialisation allowed (`cuLaunchKernelEx`:
