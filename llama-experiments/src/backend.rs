@@ -131,7 +131,6 @@ impl DeviceSpec {
                         gemv: crate::libtorch_fused::gemv,
                         add_norm: crate::libtorch_fused::add_rms_norm,
                         rope_slot: crate::libtorch_fused::rope_slot,
-                        decode_ffn: crate::libtorch_fused::decode_ffn,
                     }),
                     torch_loss: cuda,
                     norm_operation: cuda,
@@ -227,8 +226,6 @@ struct Fused<I: burn::tensor::backend::Backend> {
     add_norm: llama_model::add_norm::NativeAddRmsNorm<I>,
     /// A decode step's rotation and cache-slot write (inference only).
     rope_slot: llama_model::rope_slot::NativeRopeSlot<I>,
-    /// A decoded row's feed-forward sublayer in one kernel (inference only).
-    decode_ffn: llama_model::decode_ffn::NativeDecodeFfn<I>,
 }
 
 impl<I: burn::tensor::backend::Backend> Ops<I> {
@@ -260,7 +257,6 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`, `LLAMA_LINEAR=auto|flat|split`,
 /// `LLAMA_DECODE_ATTENTION=auto|fused|decomposed`, `LLAMA_GEMV=auto|fused|matmul`,
 /// `LLAMA_ADD_NORM=auto|fused|separate`, `LLAMA_ROPE_SLOT=auto|fused|separate`,
-/// `LLAMA_DECODE_FFN=auto|fused|separate`,
 /// `LLAMA_PDL=auto|off` (the fused kernels of a decoded token with programmatic dependent launch),
 /// `LLAMA_GEMV_SPLIT=auto|off` (the one-row product's long rows over several warps),
 /// `LLAMA_VJP=auto|seed` (torch's backward from a given output gradient, or from `Σ out ⊙ grad`)
@@ -355,12 +351,6 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         "separate",
         fused.as_ref().map(|f| f.rope_slot),
         llama_model::rope_slot::register_native::<I>,
-    )?;
-    register_inference(
-        "LLAMA_DECODE_FFN",
-        "separate",
-        fused.as_ref().map(|f| f.decode_ffn),
-        llama_model::decode_ffn::register_native::<I>,
     )?;
     // Read by the fused kernels' launchers; checked here for a clear error.
     env_choice("LLAMA_PDL", &["auto", "off"])?;

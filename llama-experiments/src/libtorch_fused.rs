@@ -87,21 +87,6 @@ pub fn add_rms_norm(
     Some((TchTensor::new(h), TchTensor::new(y)))
 }
 
-/// The feed-forward sublayer of one decoded row (inference) to register with
-/// `llama_model::decode_ffn::register_native::<LibTorch>`.
-pub fn decode_ffn(
-    i: llama_model::decode_ffn::DecodeFfnInputs<LibTorch>,
-) -> Option<(TchTensor, TchTensor)> {
-    let out = match i.out {
-        DType::BF16 => Kind::BFloat16,
-        _ => return None,
-    };
-    let [x, delta, gamma, gate_up, down] =
-        [&i.x, &i.delta, &i.gamma, &i.gate_up, &i.down].map(|t| &t.tensor);
-    let (h, y) = k::decode_ffn(x, delta, gamma, i.eps, gate_up, down, out)?;
-    Some((TchTensor::new(h), TchTensor::new(y)))
-}
-
 /// A decode step's rotation and cache-slot write (inference) to register with
 /// `llama_model::rope_slot::register_native::<LibTorch>`.
 #[allow(clippy::too_many_arguments)]

@@ -1,7 +1,7 @@
 //! The fused CUDA kernels (`cuda_kernels`) against torch's own formulas and autograd, f32 and
 //! bf16: cross-entropy (loss and the logits' gradient), RMSNorm (y, dx, dγ) and SwiGLU's gate (out,
 //! da, db), each with a non-uniform upstream gradient; rotary; AdamW; decoding's single-query
-//! attention, one-row products and feed-forward sublayer.
+//! attention.
 //!
 //! Needs `--features tch`. The source is compiled wherever NVRTC loads (a CUDA toolkit, or PyPI's
 //! `nvidia-cuda-nvrtc`, on `LD_LIBRARY_PATH`; `LLAMA_REQUIRE_NVRTC=1` makes its absence a failure,
@@ -398,75 +398,6 @@ fn add_rms_norm_is_the_add_then_the_norm() {
             assert!(y.equal(&want_y), "{what}: y differs");
         }
     }
-}
-
-/// A decoded row's feed-forward sublayer in one kernel gives the bits of the separate kernels
-/// (add-and-norm, the stacked gate/up product, SwiGLU, the down product), twice the same; and
-/// declines what it does not take.
-#[test]
-fn decode_ffn_is_the_separate_kernels() {
-    let Some(dev) = cuda() else { return };
-    let bf = |t: Tensor| t.to_kind(Kind::BFloat16);
-    let eps = 1e-5;
-    // `1b`, `125m`, a width under one warp's pass, 7B's (two warps per gate/up output).
-    for (dim, hidden) in [(2048i64, 5632i64), (768, 2048), (264, 712), (4096, 11008)] {
-        let x = Tensor::randn([1, dim], (Kind::Float, dev)) * 2.0;
-        let delta = bf(Tensor::randn([1, dim], (Kind::Float, dev)));
-        let gamma = Tensor::randn([dim], (Kind::Float, dev)) + 1.0;
-        let scale = |k: i64| 1.0 / (k as f64).sqrt();
-        // Out-major weights seen as [in, out] views, as the model stores them for inference.
-        let w_gu = bf(Tensor::randn([2 * hidden, dim], (Kind::Float, dev)) * scale(dim));
-        let w_down = bf(Tensor::randn([dim, hidden], (Kind::Float, dev)) * scale(hidden));
-        let (gu, down) = (w_gu.transpose(0, 1), w_down.transpose(0, 1));
-        let what = format!("{dim}/{hidden}");
-
-        let (want_h, a) = k::add_rms_norm(&x, &delta, &gamma, eps, Kind::BFloat16).expect("runs");
-        let both = k::gemv(&a, &gu).expect("runs");
-        let s = k::swiglu_forward(&both.narrow(1, 0, hidden), &both.narrow(1, hidden, hidden))
-            .expect("runs");
-        let want_y = k::gemv(&s, &down).expect("runs");
-
-        let run = || k::decode_ffn(&x, &delta, &gamma, eps, &gu, &down, Kind::BFloat16);
-        let (h, y) = run().expect("runs on CUDA");
-        assert!(h.equal(&want_h), "{what}: h differs");
-        assert_eq!(y.kind(), Kind::BFloat16, "{what}");
-        let diff = (y.to_kind(Kind::Float) - want_y.to_kind(Kind::Float))
-            .abs()
-            .max();
-        assert!(y.equal(&want_y), "{what}: y differs by up to {diff}");
-        let (h2, y2) = run().expect("runs again");
-        assert!(h2.equal(&h) && y2.equal(&y), "{what}: a second run differs");
-    }
-    let (dim, hidden) = (64i64, 128i64);
-    let x = Tensor::randn([1, dim], (Kind::Float, dev));
-    let delta = bf(Tensor::randn([1, dim], (Kind::Float, dev)));
-    let gamma = Tensor::ones([dim], (Kind::Float, dev));
-    let w_gu = bf(Tensor::randn([2 * hidden, dim], (Kind::Float, dev)));
-    let w_down = bf(Tensor::randn([dim, hidden], (Kind::Float, dev)));
-    let (gu, down) = (w_gu.transpose(0, 1), w_down.transpose(0, 1));
-    let ffn = |x: &Tensor, gu: &Tensor, down: &Tensor, out| {
-        k::decode_ffn(x, &delta, &gamma, eps, gu, down, out)
-    };
-    assert!(ffn(&x, &gu, &down, Kind::BFloat16).is_some());
-    assert!(ffn(&x, &gu, &down, Kind::Float).is_none(), "f32 products");
-    assert!(
-        ffn(&x.repeat([2, 1]), &gu, &down, Kind::BFloat16).is_none(),
-        "two rows"
-    );
-    assert!(
-        ffn(&x, &w_gu, &down, Kind::BFloat16).is_none(),
-        "an [out, in] view"
-    );
-    assert!(
-        ffn(
-            &x,
-            &gu,
-            &w_down.narrow(1, 0, 64).transpose(0, 1),
-            Kind::BFloat16
-        )
-        .is_none(),
-        "mismatched widths"
-    );
 }
 
 /// A decode step's rotation and cache-slot write in one kernel gives the bits of the rotary

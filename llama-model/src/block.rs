@@ -59,33 +59,6 @@ impl<B: Backend> Block<B> {
         }
     }
 
-    /// The pre-norm feed-forward sublayer of one decoded row, `(x + δ, its update)`, as one
-    /// backend kernel where registered ([`crate::decode_ffn`]; an RMSNorm and a SwiGLU network
-    /// with stacked inference weights in the compute dtype); `None` to run the operations.
-    fn decode_ffn(
-        &self,
-        x: &Tensor<B, 3>,
-        delta: &Tensor<B, 3>,
-        to: burn::tensor::DType,
-    ) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
-        if !crate::decode_ffn::registered::<B>() {
-            return None;
-        }
-        let Norm::Rms(norm) = &self.ffn_norm else {
-            return None;
-        };
-        let (gate_up, down) = self.feed_forward.decode_weights()?;
-        crate::decode_ffn::try_decode_ffn(
-            x,
-            delta,
-            norm.gamma.val(),
-            norm.epsilon,
-            gate_up,
-            down,
-            to,
-        )
-    }
-
     /// [`Self::forward`] of `x + pending` (the previous block's last residual update, left to this
     /// block), leaving its own last update to the caller where it can: `(x', δ)` with the block's
     /// output `x' + δ`. Pre-norm blocks add the pending update together with their first norm
@@ -113,11 +86,7 @@ impl<B: Backend> Block<B> {
                     Some(delta) => self.attention_norm.add_forward_to(x, delta, to),
                     None => (x.clone(), self.attention_norm.forward_to(x, to)),
                 };
-                let delta = attn(a);
-                if let Some((h, y)) = self.decode_ffn(&x, &delta, to) {
-                    return (h, Some(y));
-                }
-                let (h, f) = self.ffn_norm.add_forward_to(x, delta, to);
+                let (h, f) = self.ffn_norm.add_forward_to(x, attn(a), to);
                 (h, Some(ffn(f)))
             }
             NormPlacement::Post => {

@@ -74,17 +74,6 @@ impl<B: Backend> FeedForward<B> {
         self.stacked = Some(stack);
     }
 
-    /// The stacked gate/up weight `[dim, 2 · hidden]` and the down projection's `[hidden, dim]`
-    /// of a SwiGLU network with stacked inference weights (what [`crate::decode_ffn`] takes).
-    pub fn decode_weights(&self) -> Option<(Tensor<B, 2>, Tensor<B, 2>)> {
-        match (self.kind, &self.stacked) {
-            (FfnKind::Swiglu, Some(stack)) if self.w2.bias.is_none() => {
-                Some((stack.weight(), self.w2.weight.val()))
-            }
-            _ => None,
-        }
-    }
-
     /// `x: [batch, time, dim]` → `[batch, time, dim]` in `precision`'s compute dtype.
     pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
         let x = precision.input(x);

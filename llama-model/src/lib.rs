@@ -14,7 +14,6 @@ pub mod cache;
 pub mod config;
 pub mod decode;
 pub mod decode_attention;
-pub mod decode_ffn;
 mod dispatch;
 pub mod error;
 pub mod ffn;

@@ -43,11 +43,6 @@ impl<B: Backend> Stacked<B> {
         (Self { weight, widths }, views)
     }
 
-    /// The stacked weight `[d_in, Σ d_out]`.
-    pub fn weight(&self) -> Tensor<B, 2> {
-        self.weight.clone()
-    }
-
     fn split<const D: usize>(y: &Tensor<B, D>, widths: &[usize]) -> Vec<Tensor<B, D>> {
         let mut start = 0;
         widths

@@ -41,28 +41,6 @@ __device__ __forceinline__ void gemv_load(const bf16_t* wr, int base, int end, u
     }
 }
 
-// One lane's share of a warp's sum over the columns [lo, hi) of the weight row `wr` against `x`
-// (global or shared memory), the first GEMV_UNROLL loads already in `wv`.
-__device__ __forceinline__ float gemv_span(const bf16_t* x, const bf16_t* wr, int lo, int hi,
-                                           uint4* wv) {
-    const int lane = threadIdx.x & 31;
-    float acc = 0.0f;
-    for (int base = lo + lane * 8; base < hi; base += GEMV_COLS) {
-        if (base != lo + lane * 8) gemv_load(wr, base, hi, wv);
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; ++u) {
-            const int kk = base + 32 * 8 * u;
-            if (kk >= hi) break;
-            float wf[8], xf[8];
-            unpack8(wv[u], wf);
-            unpack8(*reinterpret_cast<const uint4*>(x + kk), xf);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) acc += wf[j] * xf[j];
-        }
-    }
-    return acc;
-}
-
 // Each output's row is split into `parts` spans of whole 8-column groups, one warp per span
 // (consecutive warps of a block), so that a long row (the down projection's 5,632 columns at
 // `1b`) is one pass of loads per warp instead of three in a row; the warps' sums are added in
@@ -93,7 +71,22 @@ __device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n,
     }
     pdl_wait();
     pdl_trigger();
-    float acc = live ? gemv_span(x, wr, lo, hi, wv) : 0.0f;
+    float acc = 0.0f;
+    if (live) {
+        for (int base = lo + lane * 8; base < hi; base += GEMV_COLS) {
+            if (base != lo + lane * 8) gemv_load(wr, base, hi, wv);
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; ++u) {
+                const int kk = base + 32 * 8 * u;
+                if (kk >= hi) break;
+                float wf[8], xf[8];
+                unpack8(wv[u], wf);
+                unpack8(*reinterpret_cast<const uint4*>(x + kk), xf);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) acc += wf[j] * xf[j];
+            }
+        }
+    }
     acc = warp_sum(acc);
     if (parts == 1) {
         if (live && lane == 0) store(y, col, acc);

@@ -13,7 +13,7 @@ const MAX_PARTS: i64 = 32;
 
 /// Warps per output for rows of `k` columns: one pass of loads each (`k / 2,048` rounded up),
 /// or one warp for every row under `LLAMA_GEMV_SPLIT=off`.
-pub(super) fn parts(k: i64) -> i64 {
+fn parts(k: i64) -> i64 {
     static SPLIT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let split = *SPLIT.get_or_init(|| crate::backend::knob_on("LLAMA_GEMV_SPLIT", "off"));
     match split {

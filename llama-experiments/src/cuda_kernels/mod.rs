@@ -24,23 +24,20 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKe
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 use tch::{Device, Kind, Tensor};
 
-mod decode_ffn;
 mod gemv;
 mod ops;
 mod rope_slot;
-pub use decode_ffn::*;
 pub use gemv::*;
 pub use ops::*;
 pub use rope_slot::*;
 
-/// `kernels.cu` with decoding's attention, one-row products, rotation-and-cache-write and
-/// feed-forward sublayer appended (they use its helpers; the last also the products').
+/// `kernels.cu` with decoding's attention, one-row products and rotation-and-cache-write appended
+/// (they use its helpers).
 const SOURCE: &str = concat!(
     include_str!("kernels.cu"),
     include_str!("decode_attention.cu"),
     include_str!("gemv.cu"),
-    include_str!("rope_slot.cu"),
-    include_str!("decode_ffn.cu")
+    include_str!("rope_slot.cu")
 );
 
 /// Kernel names without their dtype suffix (`_f32`, `_bf16`), in both dtypes.
@@ -60,7 +57,7 @@ pub const KERNELS: [&str; 9] = [
 pub const F32_KERNELS: [&str; 1] = ["adamw"];
 
 /// Kernels with a bf16 form only.
-pub const BF16_KERNELS: [&str; 2] = ["gemv", "decode_ffn"];
+pub const BF16_KERNELS: [&str; 1] = ["gemv"];
 
 /// The residual update with the next RMSNorm, by (update, output) dtype; the stream is f32.
 pub const ADD_NORM_KERNELS: [&str; 3] = [
@@ -81,9 +78,8 @@ pub(super) const ROW_COLS: usize = 8;
 /// `kernels.cu`): those of a decoded token, so that each is resident and waiting when the one
 /// ahead ends instead of launching after it. Only while a graph is recorded and only behind
 /// another of these (see `capture`). `LLAMA_PDL=off` launches them plainly.
-pub const PDL_KERNELS: [&str; 8] = [
+pub const PDL_KERNELS: [&str; 7] = [
     "gemv",
-    "decode_ffn",
     "add_rms_norm",
     "rms_norm_forward",
     "swiglu_forward",
