@@ -269,11 +269,11 @@ fn decode_attention_matches_the_formula() {
             (3, 2, 1, 128, 5, 9, true),
             (1, 32, 4, 64, 1, 8, false),
             (4, 32, 4, 64, 100, 120, true),
-            // Enough pairs for one block each (no key splits), and a cache longer than one
-            // block's shared memory holds (always split).
+            // Many pairs, and a cache longer than a block's 32 warps take in one pass (each
+            // warp loops, its running maximum rescaling what it summed).
             (64, 32, 4, 64, 300, 300, true),
             (1, 4, 1, 64, 5000, 5000, true),
-            // Head dimensions of 32 and 256 (the latter scores one thread per key).
+            // Head dimensions of 32 and 256.
             (1, 8, 2, 32, 565, 600, true),
             (2, 4, 4, 256, 70, 80, true),
         ] {
@@ -282,7 +282,7 @@ fn decode_attention_matches_the_formula() {
             let (kc, vc) = (cache(0), cache(1));
             let (kv, vv) = (kc.narrow(2, 0, t), vc.narrow(2, 0, t));
             // Hide about a third of the keys and, in the first row, the first 40 % (a left-padded
-            // prompt: whole splits hidden); never the last key (the new token's own).
+            // prompt: whole warps' keys hidden); never the last key (the new token's own).
             let hidden = masked.then(|| {
                 let m = Tensor::rand([b, 1, 1, t], (Kind::Float, dev)).lt(0.33);
                 let _ = m.get(0).narrow(2, 0, t * 2 / 5).fill_(1);
@@ -312,6 +312,10 @@ fn decode_attention_matches_the_formula() {
             );
         }
     }
+    // Other head dimensions are declined (the caller runs the tensor ops).
+    let r = |s: &[i64]| Tensor::randn(s, (Kind::Float, dev));
+    let (q, kv) = (r(&[1, 4, 1, 96]), r(&[1, 2, 10, 96]));
+    assert!(k::decode_attention(&q, &kv, &kv, None).is_none(), "d 96");
 }
 
 /// One-row products against torch's f32 product of the same bf16 values, the weight the

@@ -6,192 +6,173 @@
 // compiles them. Replaces about a dozen kernels of the tensor-op form (product, scale, mask,
 // softmax's five, casts, product, the grouped heads' copies).
 //
-// The keys are split over `splits` blocks per (row, head) (flash-decoding): at batch 1 there are
-// only `heads` pairs, and one block per pair left most of the card idle and the kernel bound by
-// its blocks' instructions (17 µs per layer at `1b`, 565 keys, on 32 of an H200's 132 SMs; ncu).
-// Each block scores its `chunk` keys, takes their softmax against its own maximum and sums the
-// values; with several splits it writes (output, max, sum) to `ws` and the last block of the pair
-// to finish merges them in split order (the result does not depend on the timing).
-//
-// Grid: pairs × splits blocks (blockIdx.x = split · pairs + pair), at most ATTN_MAX_SPLITS
-// splits; `dim` a multiple of 4 and
-// `blockDim.x` a multiple of 32 and of dim / 4. Dynamic shared memory: dim + chunk +
-// (blockDim.x / (dim / 4)) · dim floats. `ws`: pairs × splits × (dim + 2) floats.
-
-#define KEY_UNROLL 4
-#define ATTN_MAX_PAIRS 65536
-#define ATTN_MAX_SPLITS 256
-
-// Splits of each pair that have finished, reset by the pair's last block.
-__device__ unsigned int attn_arrivals[ATTN_MAX_PAIRS];
-
-__device__ float block_max(float v) {
-    __shared__ float partial[33];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        float t = lane < warps ? partial[lane] : NEG_INF;
-        for (int o = 16; o > 0; o >>= 1) t = fmaxf(t, __shfl_xor_sync(0xffffffffu, t, o));
-        if (lane == 0) partial[32] = t;
+// One block per (row, head), for head dimensions 32 · PER (PER 1, 2, 4, 8: every preset's), the
+// keys dealt to warps 32 at a time: a
+// warp reads each of its 32 keys and values as one coalesced row (lane i holding elements
+// i·PER ... of the head), turns its lanes' 32 partial dot products into one score per lane with a
+// butterfly of 31 shuffles (reduce-scatter), takes their softmax against its running maximum
+// (online softmax), and sums the values; the block's warps are merged through shared memory once.
+// No workspace, no second phase: after the wait the chain is the query, the keys, the shuffles,
+// the values and one block barrier. The form before it (attempts 19 and 23) split the keys over
+// blocks (flash-decoding), read each key by a group of threads whose dot product was reduced by
+// shuffles, and ran its phases (scores, two block reductions, values, workspace, merge) as a
+// chain of block barriers, the last block of a pair merging the splits: this one was 2-5 %
+// faster per decoded token at batch 1 and 13 % at batch 8 (`1b`, H200; docs/performance.md,
+// attempt 31).
+// Grid: pairs blocks of 32 · warps threads, warps = ⌈keys / 32⌉ up to 32 (each warp then loops
+// over further keys). Dynamic shared memory: warps · (dim + 2) floats.
+template <typename T, int PER>
+__device__ __forceinline__ void load_span(const T* p, float* f) {
+    if (PER == 1) {
+        f[0] = load(p, 0);
+    } else if (PER == 2) {
+        if (sizeof(T) == 2) {
+            const unsigned int u = *reinterpret_cast<const unsigned int*>(p);
+            f[0] = __uint_as_float(u << 16);
+            f[1] = __uint_as_float(u & 0xffff0000u);
+        } else {
+            const float2 u = *reinterpret_cast<const float2*>(p);
+            f[0] = u.x;
+            f[1] = u.y;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < PER; i += 4) {
+            const Four x = load4(p, i);
+            f[i] = x.v[0]; f[i + 1] = x.v[1]; f[i + 2] = x.v[2]; f[i + 3] = x.v[3];
+        }
     }
-    __syncthreads();
-    const float total = partial[32];
-    __syncthreads();
-    return total;
 }
 
-template <typename T>
-__device__ void decode_attention(const T* q, const T* k, const T* v, const unsigned char* hidden,
-                                 T* out, float* ws, int pairs, int heads, int rep, int keys,
-                                 int chunk, int dim, long long kb, long long kh, float scale) {
+// One step of the reduce-scatter of 2·O sums per lane over lanes `O` apart.
+template <int O>
+__device__ __forceinline__ void scatter_step(float* sc, int lane) {
+    const bool up = lane & O;
+#pragma unroll
+    for (int jj = 0; jj < O; ++jj) {
+        const float send = up ? sc[jj] : sc[jj + O];
+        const float keep = up ? sc[jj + O] : sc[jj];
+        sc[jj] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+    }
+}
+
+template <typename T, int PER>
+__device__ __forceinline__ void decode_attention_rows(const T* q, const T* kr, const T* vr,
+                                                      const unsigned char* hr, T* out, int keys,
+                                                      float scale, float* part, float* wm) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int dim = 32 * PER;
+    float qv[PER], o[PER];
+    load_span<T, PER>(q + lane * PER, qv);
+#pragma unroll
+    for (int i = 0; i < PER; ++i) o[i] = 0.0f;
+    float m = NEG_INF, l = 0.0f;
+    for (int base = warp * 32; base < keys; base += warps * 32) {
+        const int n = min(32, keys - base);
+        float sc[32];
+#pragma unroll
+        for (int jj = 0; jj < 32; ++jj) {
+            float a = 0.0f;
+            if (jj < n) {
+                float kf[PER];
+                load_span<T, PER>(kr + (long long)(base + jj) * dim + lane * PER, kf);
+#pragma unroll
+                for (int i = 0; i < PER; ++i) a += kf[i] * qv[i];
+            }
+            sc[jj] = a;
+        }
+        // Reduce-scatter: after the step of offset `o` a lane keeps the half of its sums whose
+        // keys have bit `o` of the lane's index, plus its partner's; lane i ends with key i's.
+        scatter_step<16>(sc, lane);
+        scatter_step<8>(sc, lane);
+        scatter_step<4>(sc, lane);
+        scatter_step<2>(sc, lane);
+        scatter_step<1>(sc, lane);
+        const int j = base + lane;
+        const float s = (j < keys && !(hr && hr[j])) ? sc[0] * scale : NEG_INF;
+        float mx = s;
+        for (int off = 16; off > 0; off >>= 1)
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        const float mn = fmaxf(m, mx);
+        if (mn == NEG_INF) continue;  // the same in the whole warp: every key so far hidden
+        const float p = s == NEG_INF ? 0.0f : expf(s - mn);
+        const float corr = m == NEG_INF ? 0.0f : expf(m - mn);
+        l = l * corr + warp_sum(p);
+#pragma unroll
+        for (int i = 0; i < PER; ++i) o[i] *= corr;
+#pragma unroll 8
+        for (int jj = 0; jj < n; ++jj) {
+            const float pj = __shfl_sync(0xffffffffu, p, jj);
+            if (pj == 0.0f) continue;  // hidden (its value may be anything)
+            float vf[PER];
+            load_span<T, PER>(vr + (long long)(base + jj) * dim + lane * PER, vf);
+#pragma unroll
+            for (int i = 0; i < PER; ++i) o[i] += pj * vf[i];
+        }
+        m = mn;
+    }
+#pragma unroll
+    for (int i = 0; i < PER; ++i) part[warp * dim + lane * PER + i] = o[i];
+    if (lane == 0) {
+        wm[warp] = m;
+        wm[warps + warp] = l;
+    }
+    __syncthreads();
+    float mx = NEG_INF;
+    for (int w = 0; w < warps; ++w) mx = fmaxf(mx, wm[w]);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        float num = 0.0f, den = 0.0f;
+        for (int w = 0; w < warps; ++w) {
+            if (wm[w] == NEG_INF) continue;
+            const float c = expf(wm[w] - mx);
+            num += part[w * dim + i] * c;
+            den += wm[warps + w] * c;
+        }
+        store(out, i, den > 0.0f ? num / den : 0.0f);
+    }
+}
+
+template <typename T, int PER>
+__device__ void decode_attention_warp(const T* q, const T* k, const T* v,
+                                      const unsigned char* hidden, T* out, int heads, int rep,
+                                      int keys, long long kb, long long kh, float scale) {
     extern __shared__ float sh[];
-    float* qs = sh;          // dim: the query in f32
-    float* p = qs + dim;     // chunk: scores, then probabilities
-    float* part = p + chunk; // groups × dim: partial outputs
-    __shared__ bool last;
-    __shared__ float merge_m[ATTN_MAX_SPLITS], merge_l[ATTN_MAX_SPLITS];
-    const int pair = blockIdx.x % pairs, split = blockIdx.x / pairs, splits = gridDim.x / pairs;
-    const int row = pair / heads, h = pair % heads;
-    const int tid = threadIdx.x, bs = blockDim.x;
-    const int k0 = split * chunk, n = min(keys, k0 + chunk) - k0;
-    const T* qr = q + (long long)pair * dim;
-    const long long kvoff = row * kb + (long long)(h / rep) * kh + (long long)k0 * dim;
+    const int warps = blockDim.x >> 5, dim = 32 * PER;
+    float* part = sh;                // warps × dim
+    float* wm = part + warps * dim;  // warps maxima, then warps sums
+    const int pair = blockIdx.x, row = pair / heads, h = pair % heads;
+    const long long kvoff = row * kb + (long long)(h / rep) * kh;
     const T* kr = k + kvoff;
     const T* vr = v + kvoff;
-    const unsigned char* hr = hidden ? hidden + (long long)row * keys + k0 : nullptr;
+    const unsigned char* hr = hidden ? hidden + (long long)row * keys : nullptr;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     // The cached keys and values but this step's do not depend on the kernel ahead (it writes
     // that one slot), and a prefetch to L2, the point of coherence, cannot leave a stale line
-    // behind, so the chunk is on its way before waiting for that kernel (see pdl_wait).
-    const long long bytes = (long long)max(n, 0) * dim * sizeof(T);
-    for (long long o = tid * 128LL; o < bytes; o += bs * 128LL) {
+    // behind, so they are on their way before waiting for that kernel (see pdl_wait).
+    const long long bytes = (long long)keys * dim * sizeof(T);
+    for (long long o = threadIdx.x * 128LL; o < bytes; o += blockDim.x * 128LL) {
         asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(kr) + o));
         asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(vr) + o));
     }
 #endif
     pdl_wait();
     pdl_trigger();
-    for (int i = tid; i < dim; i += bs) qs[i] = load(qr, i);
-    __syncthreads();
-    const int chunks = dim / 4, groups = bs / chunks, g = tid / chunks, c = (tid % chunks) * 4;
-    if (chunks <= 32) {
-        // A group of dim / 4 threads per key (one coalesced row, the group's lanes in one warp),
-        // KEY_UNROLL keys per group in flight, the dot products reduced by shuffles. The loop's
-        // trip count is the same for every thread, as the full-warp shuffles need.
-        const float q0 = qs[c], q1 = qs[c + 1], q2 = qs[c + 2], q3 = qs[c + 3];
-        for (int base = 0; base < n; base += KEY_UNROLL * groups) {
-            float acc[KEY_UNROLL];
-#pragma unroll
-            for (int u = 0; u < KEY_UNROLL; ++u) {
-                const int j = base + u * groups + g;
-                acc[u] = 0.0f;
-                if (j < n) {
-                    const Four x = load4(kr, (long long)j * dim + c);
-                    acc[u] = x.v[0] * q0 + x.v[1] * q1 + x.v[2] * q2 + x.v[3] * q3;
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < KEY_UNROLL; ++u) {
-                float a = acc[u];
-                for (int o = chunks / 2; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
-                const int j = base + u * groups + g;
-                if (c == 0 && j < n) p[j] = (hr && hr[j]) ? NEG_INF : a * scale;
-            }
-        }
-    } else {
-        for (int j = tid; j < n; j += bs) {
-            const long long base = (long long)j * dim;
-            float acc = 0.0f;
-            for (int cc = 0; cc < dim; cc += 4) {
-                const Four x = load4(kr, base + cc);
-                acc += x.v[0] * qs[cc] + x.v[1] * qs[cc + 1] + x.v[2] * qs[cc + 2] +
-                       x.v[3] * qs[cc + 3];
-            }
-            p[j] = (hr && hr[j]) ? NEG_INF : acc * scale;
-        }
-    }
-    __syncthreads();
-    float m = NEG_INF;
-    for (int j = tid; j < n; j += bs) m = fmaxf(m, p[j]);
-    m = block_max(m);
-    float sum = 0.0f;
-    for (int j = tid; j < n; j += bs) {
-        const float e = m == NEG_INF ? 0.0f : expf(p[j] - m);
-        p[j] = e;
-        sum += e;
-    }
-    sum = block_sum(sum);  // its barriers also publish p
-    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-#pragma unroll 4
-    for (int j = g; j < n; j += groups) {
-        const Four x = load4(vr, (long long)j * dim + c);
-        const float pj = p[j];
-        a0 += pj * x.v[0];
-        a1 += pj * x.v[1];
-        a2 += pj * x.v[2];
-        a3 += pj * x.v[3];
-    }
-    part[g * dim + c] = a0;
-    part[g * dim + c + 1] = a1;
-    part[g * dim + c + 2] = a2;
-    part[g * dim + c + 3] = a3;
-    __syncthreads();
-    float* mine = ws + ((long long)pair * splits + split) * (dim + 2);
-    for (int i = tid; i < dim; i += bs) {
-        float o = 0.0f;
-        for (int gg = 0; gg < groups; ++gg) o += part[gg * dim + i];
-        if (splits == 1)
-            store(out, (long long)pair * dim + i, sum > 0.0f ? o / sum : 0.0f);
-        else
-            mine[i] = o;
-    }
-    if (splits == 1) return;
-    if (tid == 0) {
-        mine[dim] = m;
-        mine[dim + 1] = sum;
-    }
-    // The last split of the pair merges (threadfence: this block's results are visible before
-    // its arrival is counted).
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) last = atomicAdd(&attn_arrivals[pair], 1u) == (unsigned int)(splits - 1);
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    // The splits' maxima and sums through shared memory (one load per thread), then each output
-    // element's sum over the splits with independent loads.
-    const float* all = ws + (long long)pair * splits * (dim + 2);
-    for (int s = tid; s < splits; s += bs) {
-        merge_m[s] = __ldcg(all + s * (dim + 2) + dim);
-        merge_l[s] = __ldcg(all + s * (dim + 2) + dim + 1);
-    }
-    __syncthreads();
-    float mx = NEG_INF;
-    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, merge_m[s]);
-    __syncthreads();
-    for (int s = tid; s < splits; s += bs)
-        merge_m[s] = merge_m[s] == NEG_INF ? 0.0f : expf(merge_m[s] - mx);
-    __syncthreads();
-    float l = 0.0f;
-    for (int s = 0; s < splits; ++s) l += merge_m[s] * merge_l[s];
-    for (int i = tid; i < dim; i += bs) {
-        float o = 0.0f;
-#pragma unroll 8
-        for (int s = 0; s < splits; ++s) o += merge_m[s] * __ldcg(all + s * (dim + 2) + i);
-        store(out, (long long)pair * dim + i, l > 0.0f ? o / l : 0.0f);
-    }
-    if (tid == 0) attn_arrivals[pair] = 0;
+    decode_attention_rows<T, PER>(q + (long long)pair * dim, kr, vr, hr, out + (long long)pair * dim,
+                                  keys, scale, part, wm);
 }
 
-#define DECODE_ATTENTION(SUFFIX, T)                                                               \
-    extern "C" __global__ void decode_attention_##SUFFIX(                                         \
-        const T* q, const T* k, const T* v, const unsigned char* hidden, T* out, float* ws,       \
-        int pairs, int heads, int rep, int keys, int chunk, int dim, long long kb, long long kh,  \
-        float scale) {                                                                            \
-        decode_attention<T>(q, k, v, hidden, out, ws, pairs, heads, rep, keys, chunk, dim, kb,    \
-                            kh, scale);                                                           \
+// One kernel per head dimension (the registers of a lane's share of a row): _d32 ... _d256.
+#define DECODE_ATTENTION_WARP(SUFFIX, T, DIM)                                                     \
+    extern "C" __global__ void __launch_bounds__(1024) decode_attention_d##DIM##_##SUFFIX(       \
+        const T* q, const T* k, const T* v, const unsigned char* hidden, T* out, int heads,       \
+        int rep, int keys, long long kb, long long kh, float scale) {                             \
+        decode_attention_warp<T, DIM / 32>(q, k, v, hidden, out, heads, rep, keys, kb, kh,        \
+                                           scale);                                                \
     }
-DECODE_ATTENTION(f32, float)
-DECODE_ATTENTION(bf16, bf16_t)
+#define DECODE_ATTENTION_DIMS(SUFFIX, T)                                                          \
+    DECODE_ATTENTION_WARP(SUFFIX, T, 32)                                                          \
+    DECODE_ATTENTION_WARP(SUFFIX, T, 64)                                                          \
+    DECODE_ATTENTION_WARP(SUFFIX, T, 128)                                                         \
+    DECODE_ATTENTION_WARP(SUFFIX, T, 256)
+DECODE_ATTENTION_DIMS(f32, float)
+DECODE_ATTENTION_DIMS(bf16, bf16_t)

@@ -41,7 +41,11 @@ const SOURCE: &str = concat!(
 );
 
 /// Kernel names without their dtype suffix (`_f32`, `_bf16`), in both dtypes.
-pub const KERNELS: [&str; 9] = [
+pub const KERNELS: [&str; 12] = [
+    "decode_attention_d32",
+    "decode_attention_d64",
+    "decode_attention_d128",
+    "decode_attention_d256",
     "rope_slot",
     "cross_entropy_forward",
     "cross_entropy_backward",
@@ -50,7 +54,6 @@ pub const KERNELS: [&str; 9] = [
     "rotary",
     "rms_norm_forward",
     "rms_norm_backward",
-    "decode_attention",
 ];
 
 /// Kernels with an f32 form only.
@@ -131,8 +134,6 @@ pub(super) struct Loaded {
     functions: HashMap<String, CudaFunction>,
     /// Kernels whose argument list was checked against their signature.
     checked: Mutex<HashSet<String>>,
-    /// The device's multiprocessors (decoding's attention sizes its key splits by it).
-    sms: usize,
     /// Whether [`PDL_KERNELS`] launch with programmatic dependent launch.
     pdl: bool,
     /// The capture and graph node of the last of [`PDL_KERNELS`] recorded (see `capture`).
@@ -150,7 +151,6 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
             .map_err(|e| format!("CUDA device attributes: {e}"))
     };
     let major = attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
-    let sms = attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
     let ptx = compile_for(arch_for(major))?;
     let module = ctx
         .load_module(ptx)
@@ -170,7 +170,6 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
         functions.insert(full, f);
     }
     Ok(Loaded {
-        sms: usize::try_from(sms).unwrap_or(1).max(1),
         pdl: arch_for(major).is_some()
             && driver_version() >= 12030
             && crate::backend::knob_on("LLAMA_PDL", "off"),

@@ -389,24 +389,15 @@ pub fn adamw(
     Some((po, mo, vo))
 }
 
-/// Threads per block of `decode_attention` (a multiple of a quarter of the head dimension).
-const DECODE_BLOCK: i64 = 128;
-/// Blocks per multiprocessor the key splits aim for, and the fewest keys a split takes.
-const DECODE_BLOCKS_PER_SM: i64 = 2;
-const DECODE_MIN_KEYS: i64 = 32;
-/// Most keys one block holds in shared memory (with the query and the partial outputs, under the
-/// 48 KiB a block gets without opting in); longer caches take more splits.
-const DECODE_MAX_CHUNK: i64 = 4096;
-/// Most (row, head) pairs with split keys, and most splits (`ATTN_MAX_PAIRS`, `ATTN_MAX_SPLITS`
-/// in `decode_attention.cu`).
-const DECODE_MAX_PAIRS: i64 = 65_536;
-const DECODE_MAX_SPLITS: i64 = 256;
+/// Most warps per block of `decode_attention` (a warp per 32 keys; longer caches loop).
+const DECODE_MAX_WARPS: i64 = 32;
 
 /// One query per row and head against cached keys: `q [b, h, 1, d]`, `k, v [b, h_kv, t, d]` (a
 /// view of the cache is fine: unit stride within a key, `d` between keys), `hidden [b, 1, 1, t]`
 /// (bool, `true` = not visible; `None`: all visible) → softmax(q·kᵀ/√d) v `[b, h, 1, d]` in q's
-/// dtype, head `i` reading key/value head `i / (h / h_kv)`. Scores and softmax in f32; the keys
-/// split over several blocks per pair when there are few pairs for the card.
+/// dtype, head `i` reading key/value head `i / (h / h_kv)`. Scores and softmax in f32; one block
+/// per (row, head), a warp per 32 keys. Head dimensions 32, 64, 128 and 256 (every preset's);
+/// `None` for others.
 pub fn decode_attention(
     q: &Tensor,
     k: &Tensor,
@@ -429,9 +420,7 @@ pub fn decode_attention(
         || hkv == 0
         || h % hkv != 0
         || t == 0
-        || d % 4 != 0
-        || d / 4 > DECODE_BLOCK
-        || DECODE_BLOCK % (d / 4) != 0
+        || ![32, 64, 128, 256].contains(&d)
     {
         return None;
     }
@@ -462,40 +451,19 @@ pub fn decode_attention(
     let out = Tensor::empty([b, h, 1, d], (q.kind(), q.device()));
     let st = k.stride();
     let hidden_ptr = hidden.as_ref().map_or(0u64, ptr);
-    // Splits: enough blocks for the card, at least DECODE_MIN_KEYS keys each, at most
-    // DECODE_MAX_CHUNK.
-    let pairs = b * h;
-    let want = (DECODE_BLOCKS_PER_SM * kern.sms as i64 + pairs - 1) / pairs;
-    let most = (t + DECODE_MIN_KEYS - 1) / DECODE_MIN_KEYS;
-    let fewest = (t + DECODE_MAX_CHUNK - 1) / DECODE_MAX_CHUNK;
-    let mut splits = want.min(most).max(fewest).clamp(1, DECODE_MAX_SPLITS);
-    if pairs > DECODE_MAX_PAIRS {
-        splits = 1;
-    }
-    let chunk = (t + splits - 1) / splits;
-    let splits = (t + chunk - 1) / chunk;
-    if chunk > DECODE_MAX_CHUNK {
-        return None;
-    }
-    let ws =
-        (splits > 1).then(|| Tensor::empty([pairs * splits * (d + 2)], (Kind::Float, q.device())));
-    let ws_ptr = ws.as_ref().map_or(0u64, ptr);
-    let groups = DECODE_BLOCK / (d / 4);
-    let shared = 4 * u32::try_from(d + chunk + groups * d).ok()?;
+    let warps = ((t + 31) / 32).clamp(1, DECODE_MAX_WARPS);
+    let shared = 4 * u32::try_from(warps * (d + 2)).ok()?;
     let scale = 1.0 / (d as f32).sqrt();
-    let (pairs32, heads, rep, keys, chunk, dim) = (
-        i32::try_from(pairs).ok()?,
+    let (heads, rep, keys) = (
         i32::try_from(h).ok()?,
         i32::try_from(h / hkv).ok()?,
         i32::try_from(t).ok()?,
-        i32::try_from(chunk).ok()?,
-        i32::try_from(d).ok()?,
     );
     launch_shared(
         &kern,
-        named("decode_attention", q.kind())?,
-        usize::try_from(pairs * splits).ok()?,
-        DECODE_BLOCK as usize,
+        named(&format!("decode_attention_d{d}"), q.kind())?,
+        usize::try_from(b * h).ok()?,
+        32 * warps as usize,
         shared,
         &[
             &ptr(&q),
@@ -503,13 +471,9 @@ pub fn decode_attention(
             &ptr(&v),
             &hidden_ptr,
             &ptr(&out),
-            &ws_ptr,
-            &pairs32,
             &heads,
             &rep,
             &keys,
-            &chunk,
-            &dim,
             &st[0],
             &st[1],
             &scale,
