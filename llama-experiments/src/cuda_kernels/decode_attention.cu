@@ -16,9 +16,9 @@
 // the values and one block barrier. The form before it (attempts 19 and 23) split the keys over
 // blocks (flash-decoding), read each key by a group of threads whose dot product was reduced by
 // shuffles, and ran its phases (scores, two block reductions, values, workspace, merge) as a
-// chain of block barriers, the last block of a pair merging the splits: this one was 2-5 %
-// faster per decoded token at batch 1 and 13 % at batch 8 (`1b`, H200; docs/performance.md,
-// attempt 31).
+// chain of block barriers, the last block of a pair merging the splits: with this one a decoded
+// `1b` token took 1.23 instead of 1.30-1.33 ms at batch 1 and 1.71 instead of 2.07-2.13 ms at
+// batch 8 (H200; docs/performance.md, attempt 31).
 // Grid: pairs blocks of 32 · warps threads, warps = ⌈keys / 32⌉ up to 32 (each warp then loops
 // over further keys). Dynamic shared memory: warps · (dim + 2) floats.
 template <typename T, int PER>
@@ -100,14 +100,23 @@ __device__ __forceinline__ void decode_attention_rows(const T* q, const T* kr, c
         l = l * corr + warp_sum(p);
 #pragma unroll
         for (int i = 0; i < PER; ++i) o[i] *= corr;
-#pragma unroll 8
-        for (int jj = 0; jj < n; ++jj) {
-            const float pj = __shfl_sync(0xffffffffu, p, jj);
-            if (pj == 0.0f) continue;  // hidden (its value may be anything)
-            float vf[PER];
-            load_span<T, PER>(vr + (long long)(base + jj) * dim + lane * PER, vf);
+        // VU rows' loads in flight at a time (no branch around them); a hidden key's value may
+        // be anything (NaN), so its product is skipped rather than multiplied by 0.
+        constexpr int VU = PER >= 8 ? 1 : 8 / PER;
+        for (int j0 = 0; j0 < n; j0 += VU) {
+            float vf[VU][PER];
 #pragma unroll
-            for (int i = 0; i < PER; ++i) o[i] += pj * vf[i];
+            for (int u = 0; u < VU; ++u)
+                if (j0 + u < n)
+                    load_span<T, PER>(vr + (long long)(base + j0 + u) * dim + lane * PER, vf[u]);
+#pragma unroll
+            for (int u = 0; u < VU; ++u) {
+                const float pj = __shfl_sync(0xffffffffu, p, (j0 + u) & 31);
+                if (j0 + u < n && pj != 0.0f) {
+#pragma unroll
+                    for (int i = 0; i < PER; ++i) o[i] += pj * vf[u][i];
+                }
+            }
         }
         m = mn;
     }
