@@ -7,11 +7,11 @@
 // softmax's five, casts, product, the grouped heads' copies).
 //
 // One block per (row, head), for head dimensions 32 · PER (PER 1, 2, 4, 8: every preset's), the
-// keys dealt to warps 32 at a time: a
-// warp reads each of its 32 keys and values as one coalesced row (lane i holding elements
-// i·PER ... of the head), turns its lanes' 32 partial dot products into one score per lane with a
-// butterfly of 31 shuffles (reduce-scatter), takes their softmax against its running maximum
-// (online softmax), and sums the values; the block's warps are merged through shared memory once.
+// keys dealt to warps 32 at a time: a warp reads each of its 32 keys and values as one coalesced
+// row (lane i holding elements i·PER ... of the head), turns its lanes' 32 partial dot products
+// into one score per lane with a butterfly of 31 shuffles (reduce-scatter), takes their softmax
+// against its running maximum (online softmax), and sums the values; the block's warps are
+// merged through shared memory once.
 // No workspace, no second phase: after the wait the chain is the query, the keys, the shuffles,
 // the values and one block barrier. The form before it (attempts 19 and 23) split the keys over
 // blocks (flash-decoding), read each key by a group of threads whose dot product was reduced by
@@ -19,6 +19,7 @@
 // chain of block barriers, the last block of a pair merging the splits: with this one a decoded
 // `1b` token took 1.23 instead of 1.30-1.33 ms at batch 1 and 1.71 instead of 2.07-2.13 ms at
 // batch 8 (H200; docs/performance.md, attempt 31).
+//
 // Grid: pairs blocks of 32 · warps threads, warps = ⌈keys / 32⌉ up to 32 (each warp then loops
 // over further keys). Dynamic shared memory: warps · (dim + 2) floats.
 template <typename T, int PER>
