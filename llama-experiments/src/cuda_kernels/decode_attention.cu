@@ -143,9 +143,9 @@ __device__ __forceinline__ void decode_attention_rows(const T* q, const T* kr, c
 }
 
 template <typename T, int PER>
-__device__ void decode_attention_warp(const T* q, const T* k, const T* v,
-                                      const unsigned char* hidden, T* out, int heads, int rep,
-                                      int keys, long long kb, long long kh, float scale) {
+__device__ void decode_attention(const T* q, const T* k, const T* v, const unsigned char* hidden,
+                                 T* out, int heads, int rep, int keys, long long kb, long long kh,
+                                 float scale) {
     extern __shared__ float sh[];
     const int warps = blockDim.x >> 5, dim = 32 * PER;
     float* part = sh;                // warps × dim
@@ -167,22 +167,21 @@ __device__ void decode_attention_warp(const T* q, const T* k, const T* v,
 #endif
     pdl_wait();
     pdl_trigger();
-    decode_attention_rows<T, PER>(q + (long long)pair * dim, kr, vr, hr, out + (long long)pair * dim,
-                                  keys, scale, part, wm);
+    const long long row0 = (long long)pair * dim;
+    decode_attention_rows<T, PER>(q + row0, kr, vr, hr, out + row0, keys, scale, part, wm);
 }
 
 // One kernel per head dimension (the registers of a lane's share of a row): _d32 ... _d256.
-#define DECODE_ATTENTION_WARP(SUFFIX, T, DIM)                                                     \
-    extern "C" __global__ void __launch_bounds__(1024) decode_attention_d##DIM##_##SUFFIX(       \
-        const T* q, const T* k, const T* v, const unsigned char* hidden, T* out, int heads,       \
-        int rep, int keys, long long kb, long long kh, float scale) {                             \
-        decode_attention_warp<T, DIM / 32>(q, k, v, hidden, out, heads, rep, keys, kb, kh,        \
-                                           scale);                                                \
+#define DECODE_ATTENTION(SUFFIX, T, DIM)                                                           \
+    extern "C" __global__ void __launch_bounds__(1024) decode_attention_d##DIM##_##SUFFIX(         \
+        const T* q, const T* k, const T* v, const unsigned char* hidden, T* out, int heads,        \
+        int rep, int keys, long long kb, long long kh, float scale) {                              \
+        decode_attention<T, DIM / 32>(q, k, v, hidden, out, heads, rep, keys, kb, kh, scale);     \
     }
-#define DECODE_ATTENTION_DIMS(SUFFIX, T)                                                          \
-    DECODE_ATTENTION_WARP(SUFFIX, T, 32)                                                          \
-    DECODE_ATTENTION_WARP(SUFFIX, T, 64)                                                          \
-    DECODE_ATTENTION_WARP(SUFFIX, T, 128)                                                         \
-    DECODE_ATTENTION_WARP(SUFFIX, T, 256)
+#define DECODE_ATTENTION_DIMS(SUFFIX, T)                                                           \
+    DECODE_ATTENTION(SUFFIX, T, 32)                                                                \
+    DECODE_ATTENTION(SUFFIX, T, 64)                                                                \
+    DECODE_ATTENTION(SUFFIX, T, 128)                                                               \
+    DECODE_ATTENTION(SUFFIX, T, 256)
 DECODE_ATTENTION_DIMS(f32, float)
 DECODE_ATTENTION_DIMS(bf16, bf16_t)

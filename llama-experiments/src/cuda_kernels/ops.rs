@@ -391,6 +391,9 @@ pub fn adamw(
 
 /// Most warps per block of `decode_attention` (a warp per 32 keys; longer caches loop).
 const DECODE_MAX_WARPS: i64 = 32;
+/// The head dimensions with a `decode_attention_d*` kernel (`DECODE_ATTENTION_DIMS` in
+/// `decode_attention.cu`, `KERNELS` in `mod.rs`).
+const DECODE_HEAD_DIMS: [i64; 4] = [32, 64, 128, 256];
 
 /// One query per row and head against cached keys: `q [b, h, 1, d]`, `k, v [b, h_kv, t, d]` (a
 /// view of the cache is fine: unit stride within a key, `d` between keys), `hidden [b, 1, 1, t]`
@@ -420,7 +423,7 @@ pub fn decode_attention(
         || hkv == 0
         || h % hkv != 0
         || t == 0
-        || ![32, 64, 128, 256].contains(&d)
+        || !DECODE_HEAD_DIMS.contains(&d)
     {
         return None;
     }
