@@ -410,6 +410,70 @@ fn add_rms_norm_is_the_add_then_the_norm() {
     }
 }
 
+/// The norm folded into the one-row product gives the bits of the add-and-norm kernel (or the
+/// norm kernel, without δ) followed by the product, at the presets' widths (their norms' blocks
+/// larger, equal to and smaller than the product's), and declines what it does not take.
+#[test]
+fn gemv_norm_is_the_norm_then_the_product() {
+    let Some(dev) = cuda() else { return };
+    let eps = 1e-5;
+    let bf = |t: Tensor| t.to_kind(Kind::BFloat16);
+    for (dim, n) in [
+        (2048i64, 2560i64), // 1b: q/k/v
+        (2048, 11264),      // 1b: gate/up
+        (768, 2304),        // 125m: q/k/v
+        (4096, 22016),      // 7B: gate/up
+        (8192, 64),         // 65B's width, a few outputs
+        (5632, 40),         // rows of three warps
+        (104, 7),           // a norm block of one warp
+    ] {
+        let x = Tensor::randn([1, dim], (Kind::Float, dev)) * 2.0;
+        let delta = bf(Tensor::randn([1, dim], (Kind::Float, dev)));
+        let gamma = Tensor::randn([dim], (Kind::Float, dev)) + 1.0;
+        let wt = bf(Tensor::randn([n, dim], (Kind::Float, dev)) / (dim as f64).sqrt());
+        let w = wt.transpose(0, 1);
+        let what = format!("{dim}×{n}");
+
+        let (h, y) = k::gemv_norm(&x, Some(&delta), &gamma, eps, &w).expect("runs on CUDA");
+        let (want_h, a) = k::add_rms_norm(&x, &delta, &gamma, eps, Kind::BFloat16).unwrap();
+        let want_y = k::gemv(&a, &w).unwrap();
+        assert!(h.equal(&want_h), "{what}: h differs");
+        assert_eq!(y.kind(), Kind::BFloat16, "{what}");
+        assert!(y.equal(&want_y), "{what}: y differs");
+
+        let (h, y) = k::gemv_norm(&x, None, &gamma, eps, &w).expect("runs without δ");
+        let (a, _) = k::rms_norm_forward(&x, &gamma, eps, Kind::BFloat16).unwrap();
+        assert!(h.equal(&x), "{what}: h is x without δ");
+        assert!(
+            y.equal(&k::gemv(&a, &w).unwrap()),
+            "{what}: y differs without δ"
+        );
+    }
+    let (x, gamma) = (
+        Tensor::randn([1, 64], (Kind::Float, dev)),
+        Tensor::ones([64], (Kind::Float, dev)),
+    );
+    let w = bf(Tensor::randn([32, 64], (Kind::Float, dev))).transpose(0, 1);
+    let two = Tensor::randn([2, 64], (Kind::Float, dev));
+    assert!(
+        k::gemv_norm(&two, None, &gamma, eps, &w).is_none(),
+        "two rows"
+    );
+    assert!(
+        k::gemv_norm(&bf(x.shallow_clone()), None, &gamma, eps, &w).is_none(),
+        "bf16 x"
+    );
+    let f32_delta = Tensor::randn([1, 64], (Kind::Float, dev));
+    assert!(
+        k::gemv_norm(&x, Some(&f32_delta), &gamma, eps, &w).is_none(),
+        "f32 δ"
+    );
+    assert!(
+        k::gemv_norm(&x, None, &gamma, eps, &w.transpose(0, 1)).is_none(),
+        "[in, out] weight"
+    );
+}
+
 /// A decode step's rotation and cache-slot write in one kernel gives the bits of the rotary
 /// kernel and torch's `index_copy_`, and leaves the rest of the cache as it was.
 #[test]
