@@ -130,7 +130,6 @@ impl DeviceSpec {
                         decode_attention: crate::libtorch_fused::decode_attention,
                         gemv: crate::libtorch_fused::gemv,
                         add_norm: crate::libtorch_fused::add_rms_norm,
-                        norm_gemv: crate::libtorch_fused::norm_gemv,
                         rope_slot: crate::libtorch_fused::rope_slot,
                     }),
                     torch_loss: cuda,
@@ -225,8 +224,6 @@ struct Fused<I: burn::tensor::backend::Backend> {
     gemv: llama_model::gemv::NativeGemv<I>,
     /// The residual update with the next RMSNorm (inference only).
     add_norm: llama_model::add_norm::NativeAddRmsNorm<I>,
-    /// A sublayer's RMSNorm folded into the stacked one-row product reading it (inference only).
-    norm_gemv: llama_model::norm_gemv::NativeNormGemv<I>,
     /// A decode step's rotation and cache-slot write (inference only).
     rope_slot: llama_model::rope_slot::NativeRopeSlot<I>,
 }
@@ -260,7 +257,6 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`, `LLAMA_LINEAR=auto|flat|split`,
 /// `LLAMA_DECODE_ATTENTION=auto|fused|decomposed`, `LLAMA_GEMV=auto|fused|matmul`,
 /// `LLAMA_ADD_NORM=auto|fused|separate`, `LLAMA_ROPE_SLOT=auto|fused|separate`,
-/// `LLAMA_NORM_GEMV=auto|fused|separate` (a decoded row's norms inside the stacked products),
 /// `LLAMA_PDL=auto|off` (the fused kernels of a decoded token with programmatic dependent launch),
 /// `LLAMA_GEMV_SPLIT=auto|off` (the one-row product's long rows over several warps),
 /// `LLAMA_VJP=auto|seed` (torch's backward from a given output gradient, or from `Σ out ⊙ grad`)
@@ -349,12 +345,6 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         "separate",
         fused.as_ref().map(|f| f.add_norm),
         llama_model::add_norm::register_native::<I>,
-    )?;
-    register_inference(
-        "LLAMA_NORM_GEMV",
-        "separate",
-        fused.as_ref().map(|f| f.norm_gemv),
-        llama_model::norm_gemv::register_native::<I>,
     )?;
     register_inference(
         "LLAMA_ROPE_SLOT",

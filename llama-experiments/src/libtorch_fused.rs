@@ -87,20 +87,6 @@ pub fn add_rms_norm(
     Some((TchTensor::new(h), TchTensor::new(y)))
 }
 
-/// A sublayer's RMSNorm folded into the stacked one-row product that reads it (inference) to
-/// register with `llama_model::norm_gemv::register_native::<LibTorch>`.
-pub fn norm_gemv(
-    x: TchTensor,
-    delta: Option<TchTensor>,
-    gamma: TchTensor,
-    eps: f64,
-    w: TchTensor,
-) -> Option<(TchTensor, TchTensor)> {
-    let delta = delta.map(|d| d.tensor);
-    let (h, y) = k::gemv_norm(&x.tensor, delta.as_ref(), &gamma.tensor, eps, &w.tensor)?;
-    Some((TchTensor::new(h), TchTensor::new(y)))
-}
-
 /// A decode step's rotation and cache-slot write (inference) to register with
 /// `llama_model::rope_slot::register_native::<LibTorch>`.
 #[allow(clippy::too_many_arguments)]

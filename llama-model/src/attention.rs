@@ -99,36 +99,20 @@ impl<B: Backend> Attention<B> {
         let [b, t, _] = x.dims();
         let x = precision.input(x);
         let proj = |l: &Linear<B>, x| precision.linear(l, x);
-        let qkv = match self.stacked_for(b * t) {
-            Some(stack) => stack.forward(x, precision),
-            None => vec![
+        let (h, hkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+        let (q, k, v) = match &self.stacked {
+            Some(stack) if b * t <= stacked::MAX_ROWS => {
+                let mut ys = stack.forward(x, precision).into_iter();
+                let mut next = || ys.next().expect("three projections");
+                (next(), next(), next())
+            }
+            _ => (
                 proj(&self.wq, x.clone()),
                 proj(&self.wk, x.clone()),
                 proj(&self.wv, x),
-            ],
+            ),
         };
-        self.forward_projected(qkv, rope, mask, cache, precision)
-    }
-
-    /// The stacked q/k/v weight where a step of `rows` rows (batch × time) uses it.
-    pub fn stacked_for(&self, rows: usize) -> Option<&Stacked<B>> {
-        self.stacked.as_ref().filter(|_| rows <= stacked::MAX_ROWS)
-    }
-
-    /// [`Self::forward`] from the q, k and v projections of its input (`[batch, time, _]` each,
-    /// in the compute dtype), as [`Self::stacked_for`]'s stack or the separate weights give them.
-    pub fn forward_projected(
-        &self,
-        qkv: Vec<Tensor<B, 3>>,
-        rope: Option<&RopeAngles<B>>,
-        mask: &AttentionMask<B>,
-        cache: Option<&mut LayerCache<B>>,
-        precision: Precision,
-    ) -> Tensor<B, 3> {
-        let [b, t, _] = qkv[0].dims();
-        let (h, hkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let [q, k, v]: [Tensor<B, 3>; 3] = qkv.try_into().expect("three projections");
         let (q, k, v) = (heads(q, h), heads(k, hkv), heads(v, hkv));
         // Rotation and cache write; one kernel for a decode step's slot where the backend has it.
         let (q, k, v) = match (rope, cache) {

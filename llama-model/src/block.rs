@@ -76,51 +76,20 @@ impl<B: Backend> Block<B> {
         // The sublayers return the compute dtype; the residual stream and the norms keep the
         // stream's own dtype (f32 under bf16 compute, as autocast does).
         let dtype = x.dtype();
-        let rows = x.dims()[..2].iter().product::<usize>();
+        let attn = |a| self.attention.forward(a, rope, mask, cache, precision);
+        let ffn = |f| self.feed_forward.forward(f, precision);
         match self.placement {
             NormPlacement::Pre => {
-                // A one-row step's norms folded into the stacked products that read them, where
-                // the backend has the kernel (`norm_gemv`); otherwise each norm's output, in the
-                // sublayer's compute dtype, is what the sublayer reads.
+                // The norms' outputs only feed the sublayers: produced in their compute dtype.
                 let to = precision.compute_dtype().unwrap_or(dtype);
-                let (x, a) = match self.attention_norm.forward_stacked(
-                    &x,
-                    pending.as_ref(),
-                    self.attention.stacked_for(rows),
-                    precision,
-                ) {
-                    Some((x, qkv)) => (
-                        x,
-                        self.attention
-                            .forward_projected(qkv, rope, mask, cache, precision),
-                    ),
-                    None => {
-                        let (x, a) = match pending {
-                            Some(delta) => self.attention_norm.add_forward_to(x, delta, to),
-                            None => (x.clone(), self.attention_norm.forward_to(x, to)),
-                        };
-                        (x, self.attention.forward(a, rope, mask, cache, precision))
-                    }
+                let (x, a) = match pending {
+                    Some(delta) => self.attention_norm.add_forward_to(x, delta, to),
+                    None => (x.clone(), self.attention_norm.forward_to(x, to)),
                 };
-                let (h, f) = match self.ffn_norm.forward_stacked(
-                    &x,
-                    Some(&a),
-                    self.feed_forward.stacked_for(rows),
-                    precision,
-                ) {
-                    Some((h, gate_up)) => {
-                        (h, self.feed_forward.forward_projected(gate_up, precision))
-                    }
-                    None => {
-                        let (h, f) = self.ffn_norm.add_forward_to(x, a, to);
-                        (h, self.feed_forward.forward(f, precision))
-                    }
-                };
-                (h, Some(f))
+                let (h, f) = self.ffn_norm.add_forward_to(x, attn(a), to);
+                (h, Some(ffn(f)))
             }
             NormPlacement::Post => {
-                let attn = |a| self.attention.forward(a, rope, mask, cache, precision);
-                let ffn = |f| self.feed_forward.forward(f, precision);
                 let x = match pending {
                     Some(delta) => residual::add(x, delta),
                     None => x,

@@ -78,9 +78,15 @@ impl<B: Backend> FeedForward<B> {
     pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
         let x = precision.input(x);
         let rows = x.dims()[..2].iter().product::<usize>();
-        let (a, up) = match (self.stacked_for(rows), &self.w3) {
-            (Some(stack), _) => {
-                return self.forward_projected(stack.forward(x, precision), precision);
+        let (a, up) = match (&self.stacked, &self.w3) {
+            // One row (a decoded token): one product for the gate and up projections, whose
+            // halves are then contiguous (more rows would need copies of them).
+            (Some(stack), _) if rows == 1 => {
+                let [a, b]: [Tensor<B, 3>; 2] = stack
+                    .forward(x, precision)
+                    .try_into()
+                    .expect("two projections");
+                (a, Some(b))
             }
             (_, Some(w3)) => (
                 precision.linear(&self.w1, x.clone()),
@@ -88,33 +94,6 @@ impl<B: Backend> FeedForward<B> {
             ),
             (_, None) => (precision.linear(&self.w1, x), None),
         };
-        self.finish(a, up, precision)
-    }
-
-    /// The stacked gate/up weight where a step of `rows` rows (batch × time) uses it: one row (a
-    /// decoded token), whose two halves are then contiguous (more rows would need copies).
-    pub fn stacked_for(&self, rows: usize) -> Option<&Stacked<B>> {
-        self.stacked.as_ref().filter(|_| rows == 1)
-    }
-
-    /// [`Self::forward`] from the gate and up projections of its input (in the compute dtype),
-    /// as [`Self::stacked_for`]'s stack gives them.
-    pub fn forward_projected(
-        &self,
-        gate_up: Vec<Tensor<B, 3>>,
-        precision: Precision,
-    ) -> Tensor<B, 3> {
-        let [a, b]: [Tensor<B, 3>; 2] = gate_up.try_into().expect("two projections");
-        self.finish(a, Some(b), precision)
-    }
-
-    /// The gated (or plain) activation of `a` (and `up`) and the down projection.
-    fn finish(
-        &self,
-        a: Tensor<B, 3>,
-        up: Option<Tensor<B, 3>>,
-        precision: Precision,
-    ) -> Tensor<B, 3> {
         let h = match (self.kind, up) {
             (FfnKind::Swiglu, Some(b)) => swiglu(a, b),
             (FfnKind::Geglu, Some(b)) => gelu(a) * b,

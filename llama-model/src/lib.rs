@@ -26,7 +26,6 @@ pub mod meta;
 pub mod model;
 pub mod native;
 pub mod norm;
-pub mod norm_gemv;
 pub mod position;
 pub mod precision;
 pub mod record;

@@ -6,9 +6,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
 use crate::knobs::NormKind;
-use crate::precision::Precision;
 use crate::rms_norm::rms_norm_to;
-use crate::stacked::Stacked;
 use crate::{add_norm, residual};
 
 /// RMSNorm (gain only) or LayerNorm (gain and bias), chosen by [`NormKind`].
@@ -46,24 +44,6 @@ impl<B: Backend> Norm<B> {
                     false => y.cast(out),
                 }
             }
-        }
-    }
-
-    /// `(h, the stacked projections of norm(h))` with `h = x + δ` (or `x`), the norm computed by
-    /// the product's kernel where the backend has one ([`crate::norm_gemv`]; RMSNorm only);
-    /// `None` to run the norm and the product apart.
-    pub fn forward_stacked<const D: usize>(
-        &self,
-        x: &Tensor<B, D>,
-        delta: Option<&Tensor<B, D>>,
-        stack: Option<&Stacked<B>>,
-        precision: Precision,
-    ) -> Option<(Tensor<B, D>, Vec<Tensor<B, D>>)> {
-        match (self, stack) {
-            (Self::Rms(n), Some(stack)) => {
-                stack.forward_normed(x, delta, n.gamma.val(), n.epsilon, precision)
-            }
-            _ => None,
         }
     }
 

@@ -55,27 +55,6 @@ impl<B: Backend> Stacked<B> {
             .collect()
     }
 
-    /// [`Self::forward`] of `rms_norm(h) · γ` with `h = x + δ` (or `x`), the norm folded into the
-    /// product by the backend's kernel ([`crate::norm_gemv`]): `(h, outputs)`. `None` where the
-    /// backend has no such kernel for these inputs, or the stack is not in the compute dtype.
-    pub fn forward_normed<const D: usize>(
-        &self,
-        x: &Tensor<B, D>,
-        delta: Option<&Tensor<B, D>>,
-        gamma: Tensor<B, 1>,
-        eps: f64,
-        precision: Precision,
-    ) -> Option<(Tensor<B, D>, Vec<Tensor<B, D>>)> {
-        if precision
-            .compute_dtype()
-            .is_some_and(|d| d != self.weight.dtype())
-        {
-            return None;
-        }
-        let (h, y) = crate::norm_gemv::try_norm_gemv(x, delta, gamma, eps, self.weight.clone())?;
-        Some((h, Self::split(&y, &self.widths)))
-    }
-
     /// `x: [.., d_in]` → each projection's output `[.., d_out_i]` (views of one product), in the
     /// compute dtype.
     pub fn forward<const D: usize>(

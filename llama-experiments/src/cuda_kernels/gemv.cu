@@ -45,63 +45,40 @@ __device__ __forceinline__ void gemv_load(const bf16_t* wr, int base, int end, u
 // (consecutive warps of a block), so that a long row (the down projection's 5,632 columns at
 // `1b`) is one pass of loads per warp instead of three in a row; the warps' sums are added in
 // span order through shared memory (deterministic). Block: (8 / parts, at least 1) outputs.
-struct GemvWarp {
-    int lane, warp, col, part, lo, hi;
-    bool live;  // whole warps
-    const bf16_t* wr;
-    // The warp's share of output group `group` (the block's outputs when launched one group
-    // per block).
-    __device__ GemvWarp(const bf16_t* wt, int k, int n, long long ldw, int parts, int group) {
-        lane = threadIdx.x & 31;
-        warp = threadIdx.x >> 5;
-        const int per_block = (blockDim.x >> 5) / parts;
-        col = group * per_block + warp / parts;
-        part = warp % parts;
-        const int span = ((k + parts - 1) / parts + 7) & ~7;
-        lo = min(k, part * span);
-        hi = min(k, lo + span);
-        live = col < n;
-        wr = wt + (long long)(live ? col : 0) * ldw;
-    }
-};
-
+//
 // The weight is a decode step's constant, never written by the kernels ahead of a product, so
 // under programmatic dependent launch (see pdl_wait) a warp issues its span's first loads and
 // prefetches the rest of it into L2 before waiting for the kernel ahead: the stream of weights
 // starts while that kernel (the norm, attention) still runs. Only `x` waits.
-__device__ __forceinline__ void gemv_issue(const GemvWarp& g, uint4* wv) {
-    if (!g.live) return;
-    gemv_load(g.wr, g.lo + g.lane * 8, g.hi, wv);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    // One prefetch per 128-byte line (64 bf16) of the span past the first loads.
-    for (int kk = g.lo + GEMV_COLS + g.lane * 64; kk < g.hi; kk += 32 * 64)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(g.wr + kk));
-#endif
-}
-
-// Prefetches the warp's whole span into L2 (one 128-byte line per lane and step).
-__device__ __forceinline__ void gemv_prefetch(const GemvWarp& g) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (!g.live) return;
-    for (int kk = g.lo + g.lane * 64; kk < g.hi; kk += 32 * 64)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(g.wr + kk));
-#endif
-}
-
-// The warp's sum over its span (the first loads in `wv`), the spans added, y[col] stored.
-// `x` may be in global or shared memory. Ends with the block synchronised when the spans are
-// added through shared memory (a block may call it again).
-__device__ void gemv_finish(const GemvWarp& g, const bf16_t* x, bf16_t* y, int parts,
-                            uint4* wv) {
+__device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw,
+                     int parts) {
     __shared__ float partial[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int per_block = (blockDim.x >> 5) / parts;
+    const int col = blockIdx.x * per_block + warp / parts, part = warp % parts;
+    const int span = ((k + parts - 1) / parts + 7) & ~7;
+    const int lo = min(k, part * span), hi = min(k, lo + span);
+    const bool live = col < n;  // whole warps
+    const bf16_t* wr = wt + (long long)(live ? col : 0) * ldw;
+    uint4 wv[GEMV_UNROLL];
+    if (live) {
+        gemv_load(wr, lo + lane * 8, hi, wv);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        // One prefetch per 128-byte line (64 bf16) of the span past the first loads.
+        for (int kk = lo + GEMV_COLS + lane * 64; kk < hi; kk += 32 * 64)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + kk));
+#endif
+    }
+    pdl_wait();
+    pdl_trigger();
     float acc = 0.0f;
-    if (g.live) {
-        for (int base = g.lo + g.lane * 8; base < g.hi; base += GEMV_COLS) {
-            if (base != g.lo + g.lane * 8) gemv_load(g.wr, base, g.hi, wv);
+    if (live) {
+        for (int base = lo + lane * 8; base < hi; base += GEMV_COLS) {
+            if (base != lo + lane * 8) gemv_load(wr, base, hi, wv);
 #pragma unroll
             for (int u = 0; u < GEMV_UNROLL; ++u) {
                 const int kk = base + 32 * 8 * u;
-                if (kk >= g.hi) break;
+                if (kk >= hi) break;
                 float wf[8], xf[8];
                 unpack8(wv[u], wf);
                 unpack8(*reinterpret_cast<const uint4*>(x + kk), xf);
@@ -112,100 +89,20 @@ __device__ void gemv_finish(const GemvWarp& g, const bf16_t* x, bf16_t* y, int p
     }
     acc = warp_sum(acc);
     if (parts == 1) {
-        if (g.live && g.lane == 0) store(y, g.col, acc);
+        if (live && lane == 0) store(y, col, acc);
         return;
     }
-    if (g.lane == 0) partial[g.warp] = acc;
+    if (lane == 0) partial[warp] = acc;
     __syncthreads();
-    if (g.live && g.part == 0 && g.lane == 0) {
+    if (live && part == 0 && lane == 0) {
         float t = 0.0f;
-        for (int p = 0; p < parts; ++p) t += partial[g.warp + p];
-        store(y, g.col, t);
+        for (int p = 0; p < parts; ++p) t += partial[warp + p];
+        store(y, col, t);
     }
-    __syncthreads();
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_MAX_THREADS)
     gemv_bf16(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw,
               int parts) {
-    const GemvWarp g(wt, k, n, ldw, parts, blockIdx.x);
-    uint4 wv[GEMV_UNROLL];
-    gemv_issue(g, wv);
-    pdl_start();
-    gemv_finish(g, x, y, parts, wv);
-}
-
-// The RMSNorm of the f32 residual stream folded into the product that reads it (decoding):
-//   h = x + δ (δ bf16; with δ null, h = x and nothing is written),  a = rms_norm(h) · γ (bf16),
-//   y = a · wt
-// `h` is written by block 0; every block computes `a` itself into shared memory (the row is a
-// few KB, read from L2) instead of a separate add-and-norm kernel writing it for the product to
-// read back: one kernel and one dependency fewer per norm. The numbers are add_rms_norm's (and
-// rms_norm_forward's without δ) bit for bit: its arithmetic over a virtual block of
-// `norm_threads` threads (the separate kernel's block), thread v of which this block's thread
-// v mod blockDim.x plays, its warps' sums added as block_sum adds them. So that the norm is
-// computed once per block rather than once per group of outputs, the grid is at most the blocks
-// resident at once, each taking groups blockIdx.x, + gridDim.x, ... (gemv_bf16's blocks) in
-// turn, with the next group's rows prefetched into L2 while it sums the current one. Dynamic
-// shared memory: k bf16. `norm_threads` a multiple of 32, at most 1,024, with
-// k <= RMS_COLS * norm_threads.
-extern "C" __global__ void __launch_bounds__(GEMV_MAX_THREADS)
-    gemv_norm_bf16(const float* x, const bf16_t* delta, const float* gamma, float eps,
-                   int norm_threads, float* h, const bf16_t* wt, bf16_t* y, int k, int n,
-                   long long ldw, int parts) {
-    extern __shared__ __align__(16) bf16_t row[];
-    __shared__ float sums[33];
-    const int groups = (n + (blockDim.x >> 5) / parts - 1) / ((blockDim.x >> 5) / parts);
-    GemvWarp g(wt, k, n, ldw, parts, blockIdx.x);
-    uint4 wv[GEMV_UNROLL];
-    gemv_issue(g, wv);
-    if (blockIdx.x + gridDim.x < groups)
-        gemv_prefetch(GemvWarp(wt, k, n, ldw, parts, blockIdx.x + gridDim.x));
-    pdl_wait();
-    if (threadIdx.x < 32) sums[threadIdx.x] = 0.0f;
-    __syncthreads();
-    for (int v0 = 0; v0 < norm_threads; v0 += blockDim.x) {
-        const int vt = v0 + threadIdx.x;
-        float ss = 0.0f;
-#pragma unroll
-        for (int c = 0; c < RMS_COLS; ++c) {
-            const int j = vt + c * norm_threads;
-            float v = 0.0f;
-            if (vt < norm_threads && j < k) {
-                v = delta ? x[j] + load(delta, j) : x[j];
-                if (delta && blockIdx.x == 0) h[j] = v;
-            }
-            ss += v * v;
-        }
-        ss = warp_sum(ss);
-        if ((threadIdx.x & 31) == 0 && vt < norm_threads) sums[vt >> 5] = ss;
-    }
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        const float t = warp_sum(sums[threadIdx.x]);
-        if (threadIdx.x == 0) sums[32] = t;
-    }
-    __syncthreads();
-    const float rr = rsqrtf(sums[32] / k + eps);
-    for (int vt = threadIdx.x; vt < norm_threads; vt += blockDim.x) {
-#pragma unroll
-        for (int c = 0; c < RMS_COLS; ++c) {
-            const int j = vt + c * norm_threads;
-            if (j < k) {
-                const float v = delta ? x[j] + load(delta, j) : x[j];
-                store(row, j, v * rr * gamma[j]);
-            }
-        }
-    }
-    __syncthreads();
-    pdl_trigger();
-    for (int group = blockIdx.x; group < groups; group += gridDim.x) {
-        if (group != blockIdx.x) {
-            g = GemvWarp(wt, k, n, ldw, parts, group);
-            gemv_issue(g, wv);
-            if (group + gridDim.x < groups)
-                gemv_prefetch(GemvWarp(wt, k, n, ldw, parts, group + gridDim.x));
-        }
-        gemv_finish(g, row, y, parts, wv);
-    }
+    gemv(x, wt, y, k, n, ldw, parts);
 }

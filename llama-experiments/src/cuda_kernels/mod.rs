@@ -60,7 +60,7 @@ pub const KERNELS: [&str; 12] = [
 pub const F32_KERNELS: [&str; 1] = ["adamw"];
 
 /// Kernels with a bf16 form only.
-pub const BF16_KERNELS: [&str; 2] = ["gemv", "gemv_norm"];
+pub const BF16_KERNELS: [&str; 1] = ["gemv"];
 
 /// The residual update with the next RMSNorm, by (update, output) dtype; the stream is f32.
 pub const ADD_NORM_KERNELS: [&str; 3] = [
@@ -136,8 +136,6 @@ pub(super) struct Loaded {
     checked: Mutex<HashSet<String>>,
     /// Whether [`PDL_KERNELS`] launch with programmatic dependent launch.
     pdl: bool,
-    /// Streaming multiprocessors (a grid of resident blocks is a multiple of them).
-    sms: usize,
     /// The capture and graph node of the last of [`PDL_KERNELS`] recorded (see `capture`).
     tail: Mutex<Option<(u64, usize)>>,
 }
@@ -153,7 +151,6 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
             .map_err(|e| format!("CUDA device attributes: {e}"))
     };
     let major = attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
-    let sms = attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
     let ptx = compile_for(arch_for(major))?;
     let module = ctx
         .load_module(ptx)
@@ -177,7 +174,6 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
             && driver_version() >= 12030
             && crate::backend::knob_on("LLAMA_PDL", "off"),
         stream: ctx.default_stream(),
-        sms,
         ctx,
         functions,
         checked: Mutex::default(),
