@@ -3,8 +3,9 @@
 use std::path::Path;
 
 use anyhow::{Result, bail, ensure};
+use burn::tensor::DType;
 use burn::tensor::backend::Backend;
-use llama_model::{Llama, load_hf, load_meta, load_native};
+use llama_model::{Llama, load_hf_as, load_meta_as, load_native};
 
 /// The checkpoint layouts `llama` recognises in a directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +40,17 @@ pub fn detect(dir: &Path) -> Result<CheckpointFormat> {
     )
 }
 
-/// Loads any supported checkpoint directory onto `device`.
-pub fn load_checkpoint<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>> {
+/// Loads any supported checkpoint directory onto `device`; with `weights`, a Hugging Face or Meta
+/// checkpoint's projection matrices are made in that dtype as they are read (for inference in it:
+/// no f32 copy of the model on the device first), ours are read in f32 (Burn's record).
+pub fn load_checkpoint<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    weights: Option<DType>,
+) -> Result<Llama<B>> {
     match detect(dir)? {
-        CheckpointFormat::HuggingFace => Ok(load_hf(dir, device)?),
-        CheckpointFormat::Meta => Ok(load_meta(dir, device)?),
+        CheckpointFormat::HuggingFace => Ok(load_hf_as(dir, device, weights)?),
+        CheckpointFormat::Meta => Ok(load_meta_as(dir, device, weights)?),
         CheckpointFormat::Native => Ok(load_native(dir, device)?),
     }
 }

@@ -31,7 +31,8 @@ impl BackendJob for GenerateJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Vec<Generated>> {
         let tok = LlamaTokenizer::from_file(&self.tokenizer)?;
         self.precision.check::<B>(&device)?;
-        let model = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &device)?
+        let weights = self.precision.compute_dtype();
+        let model = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &device, weights)?
             .with_precision(self.precision)
             .with_inference_weights();
         ensure!(

@@ -35,7 +35,7 @@ pub struct ScoreJob {
 impl BackendJob for ScoreJob {
     type Output = Result<ScoreReport>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<ScoreReport> {
-        let model = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &device)?;
+        let model = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &device, None)?;
         let cfg = model.config();
         let t = self.ids.len();
         ensure!(t >= 2, "need at least 2 token ids to predict one, got {t}");

@@ -5,11 +5,13 @@
 //! so no permutation is needed; linear weights are `[out, in]` and are transposed to Burn's `[in, out]`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::module::Param;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
@@ -146,6 +148,58 @@ pub(crate) struct HostTensor {
     pub data: Vec<f32>,
 }
 
+/// A checkpoint's tensor, converted to f32 on the host only when the model takes it: a whole
+/// bf16 checkpoint read into f32 first is twice the file's size in memory beside the model being
+/// built (a 7B import then needed ~27 GB of host memory more than the model itself).
+pub(crate) enum CheckpointTensor {
+    Host(HostTensor),
+    /// Bytes `range` of a memory-mapped safetensors file.
+    Mapped {
+        file: Arc<memmap2::Mmap>,
+        range: Range<usize>,
+        dtype: Dtype,
+        shape: Vec<usize>,
+    },
+}
+
+impl CheckpointTensor {
+    pub(crate) fn shape(&self) -> &[usize] {
+        match self {
+            Self::Host(t) => &t.shape,
+            Self::Mapped { shape, .. } => shape,
+        }
+    }
+
+    /// The tensor as f32 on the host.
+    pub(crate) fn into_host(self, name: &str) -> Result<HostTensor, CheckpointError> {
+        match self {
+            Self::Host(t) => Ok(t),
+            Self::Mapped {
+                file,
+                range,
+                dtype,
+                shape,
+            } => {
+                let data = to_f32(name, dtype, &file[range.clone()])?;
+                // The file's pages of this tensor are not read again: dropped from memory now
+                // rather than when the whole file is unmapped, so that a checkpoint's pages and
+                // the model built from it are not both resident at the end of the import.
+                #[cfg(unix)]
+                // SAFETY: a read-only file mapping; nothing borrows these bytes any more (the data
+                // was copied above), and a later read of them would fault them in from the file.
+                let _ = unsafe {
+                    file.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        range.start,
+                        range.len(),
+                    )
+                };
+                Ok(HostTensor { data, shape })
+            }
+        }
+    }
+}
+
 fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, CheckpointError> {
     let chunks = |n: usize| bytes.chunks_exact(n);
     Ok(match dtype {
@@ -170,8 +224,11 @@ fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, Checkpoint
     })
 }
 
-/// Reads every tensor of a Hugging Face checkpoint directory, file by file.
-pub(crate) fn read_tensors(dir: &Path) -> Result<BTreeMap<String, HostTensor>, CheckpointError> {
+/// Every tensor of a Hugging Face checkpoint directory, file by file: the files memory-mapped
+/// and their headers checked, the data left in place until taken.
+pub(crate) fn read_tensors(
+    dir: &Path,
+) -> Result<BTreeMap<String, CheckpointTensor>, CheckpointError> {
     let mut out = BTreeMap::new();
     for path in weight_files(dir)? {
         let file = std::fs::File::open(&path).map_err(|e| CheckpointError::io(&path, e))?;
@@ -179,19 +236,25 @@ pub(crate) fn read_tensors(dir: &Path) -> Result<BTreeMap<String, HostTensor>, C
         // every mmap-based checkpoint loader; safetensors validates the header.
         let mmap =
             unsafe { memmap2::Mmap::map(&file) }.map_err(|e| CheckpointError::io(&path, e))?;
-        let st = SafeTensors::deserialize(&mmap).map_err(|e| CheckpointError::Safetensors {
+        let bad = |e: safetensors::SafeTensorError| CheckpointError::Safetensors {
             path: path.display().to_string(),
             message: e.to_string(),
-        })?;
-        for (name, view) in st.tensors() {
-            let data = to_f32(&name, view.dtype(), view.data())?;
-            out.insert(
-                name,
-                HostTensor {
-                    shape: view.shape().to_vec(),
-                    data,
-                },
-            );
+        };
+        // `deserialize` checks that the header's offsets cover the data exactly; the offsets
+        // themselves come from the metadata (relative to the data, after the 8-byte length and
+        // the header).
+        SafeTensors::deserialize(&mmap).map_err(bad)?;
+        let (header, metadata) = SafeTensors::read_metadata(&mmap).map_err(bad)?;
+        let file = Arc::new(mmap);
+        for (name, info) in metadata.tensors() {
+            let (start, end) = info.data_offsets;
+            let tensor = CheckpointTensor::Mapped {
+                file: file.clone(),
+                range: 8 + header + start..8 + header + end,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+            };
+            out.insert(name, tensor);
         }
     }
     Ok(out)
@@ -199,19 +262,36 @@ pub(crate) fn read_tensors(dir: &Path) -> Result<BTreeMap<String, HostTensor>, C
 
 /// Loads a Hugging Face LLaMA directory onto `device` (weights become the device's float dtype).
 pub fn load_hf<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, CheckpointError> {
+    load_hf_as(dir, device, None)
+}
+
+/// [`load_hf`] with the projection matrices (attention, feed-forward, an untied output head) made
+/// in `weights` straight from the file, for inference in that dtype: what
+/// `Llama::with_inference_weights` would cast them to, without an f32 copy of every matrix on the
+/// device first (a bf16 7B model then loads in its 13.5 GB instead of peaking at 27 GB).
+/// Embeddings and norms keep the device's float dtype, as there.
+pub fn load_hf_as<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    weights: Option<DType>,
+) -> Result<Llama<B>, CheckpointError> {
     let config_path = dir.join("config.json");
     let config = config_from_hf(&read_json(&config_path)?, &config_path)?;
-    build_from_hf_tensors(&config, read_tensors(dir)?, device)
+    build_from_hf_tensors(&config, read_tensors(dir)?, device, weights)
 }
 
 /// Builds a model of `config` from tensors named and laid out as in Hugging Face checkpoints,
-/// checking that every tensor is present, has its shape, and is used.
+/// checking that every tensor is present, has its shape, and is used; the projection matrices in
+/// `weights` where given ([`load_hf_as`]).
 pub(crate) fn build_from_hf_tensors<B: Backend>(
     config: &LlamaConfig,
-    mut tensors: BTreeMap<String, HostTensor>,
+    mut tensors: BTreeMap<String, CheckpointTensor>,
     device: &B::Device,
+    weights: Option<DType>,
 ) -> Result<Llama<B>, CheckpointError> {
     let mut model = config.init::<B>(device)?;
+    // Linear weights are `[out, in]` in the file and `[in, out]` here: transposed, and made in
+    // `weights` where given.
     let mut take = |name: String,
                     shape: [usize; 2],
                     transpose: bool|
@@ -220,7 +300,7 @@ pub(crate) fn build_from_hf_tensors<B: Backend>(
             .remove(&name)
             .ok_or_else(|| CheckpointError::Missing(name.clone()))?;
         let is_vector = shape[0] == 1;
-        if t.shape != shape && !(is_vector && t.shape == [shape[1]]) {
+        if t.shape() != shape && !(is_vector && t.shape() == [shape[1]]) {
             return Err(CheckpointError::Shape {
                 tensor: name,
                 expected: if is_vector {
@@ -228,15 +308,20 @@ pub(crate) fn build_from_hf_tensors<B: Backend>(
                 } else {
                     shape.to_vec()
                 },
-                found: t.shape,
+                found: t.shape().to_vec(),
             });
         }
+        let t = t.into_host(&name)?;
         let (data, dims) = if transpose {
             (transpose_2d(&t.data, shape), [shape[1], shape[0]])
         } else {
             (t.data, shape)
         };
-        Ok(Tensor::from_data(TensorData::new(data, dims), device))
+        let data = TensorData::new(data, dims);
+        Ok(match (transpose, weights) {
+            (true, Some(dtype)) => Tensor::from_data(data, (device, dtype)),
+            _ => Tensor::from_data(data, device),
+        })
     };
     let (d, v, h) = (config.dim, config.vocab_size, config.ffn_hidden());
     let (q, kv) = (
@@ -354,38 +439,13 @@ pub fn save_hf<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), Checkpoin
         "torch_dtype": "float32",
         "dtype": "float32",
     });
-    let host = |t: Tensor<B, 2>, transpose: bool| -> HostTensor {
-        let [r, k] = t.dims();
-        let data = t
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("converted to f32");
-        if transpose {
-            HostTensor {
-                shape: vec![k, r],
-                data: transpose_2d(&data, [r, k]),
-            }
-        } else {
-            HostTensor {
-                shape: vec![r, k],
-                data,
-            }
-        }
-    };
-    let vector = |t: Tensor<B, 1>| HostTensor {
-        shape: t.dims().to_vec(),
-        data: t
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("converted to f32"),
-    };
+    let host = F32View::matrix;
+    let vector = F32View::vector;
     let gamma = |n: &crate::norm::Norm<B>| match n {
         crate::norm::Norm::Rms(n) => vector(n.gamma.val()),
         crate::norm::Norm::Layer(n) => vector(n.gamma.val()),
     };
-    let mut tensors: Vec<(String, HostTensor)> = vec![(
+    let mut tensors: Vec<(String, F32View<B>)> = vec![(
         "model.embed_tokens.weight".into(),
         host(model.tok_embeddings.weight.val(), false),
     )];
@@ -411,37 +471,82 @@ pub fn save_hf<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(), Checkpoin
     if let Some(out) = &model.output {
         tensors.push(("lm_head.weight".into(), host(out.weight.val(), true)));
     }
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(n, t)| {
-            (
-                n,
-                t.shape,
-                t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(n, shape, b)| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)
-                .expect("shape matches the data");
-            (n.clone(), view)
-        })
-        .collect::<Vec<_>>();
     // transformers refuses safetensors files without format metadata.
     let metadata = Some(std::collections::HashMap::from([(
         "format".to_string(),
         "pt".to_string(),
     )]));
-    let blob = safetensors::tensor::serialize(views, metadata)
-        .map_err(|e| CheckpointError::Export(e.to_string()))?;
 
     crate::native::write_dir_atomically(dir, |tmp| {
-        std::fs::write(tmp.join("model.safetensors"), &blob)?;
+        // One tensor at a time is read back from the device and converted as it is written
+        // (`F32View`), so the export needs the model and one tensor's copy, not the whole file.
+        safetensors::tensor::serialize_to_file(tensors, metadata, &tmp.join("model.safetensors"))
+            .map_err(std::io::Error::other)?;
         std::fs::write(
             tmp.join("config.json"),
             serde_json::to_string_pretty(&config).expect("json"),
         )
     })
+}
+
+/// A model tensor written to safetensors as f32 in `shape` (`[r, k]` as it is, or transposed to
+/// `[k, r]`; a vector as `[d]`), read back from the device only when the writer asks for its
+/// bytes.
+struct F32View<B: Backend> {
+    tensor: Tensor<B, 2>,
+    transpose: bool,
+    shape: Vec<usize>,
+}
+
+impl<B: Backend> F32View<B> {
+    fn matrix(tensor: Tensor<B, 2>, transpose: bool) -> Self {
+        let [r, k] = tensor.dims();
+        let shape = match transpose {
+            true => vec![k, r],
+            false => vec![r, k],
+        };
+        Self {
+            tensor,
+            transpose,
+            shape,
+        }
+    }
+
+    fn vector(tensor: Tensor<B, 1>) -> Self {
+        Self {
+            shape: tensor.dims().to_vec(),
+            tensor: tensor.unsqueeze::<2>(),
+            transpose: false,
+        }
+    }
+}
+
+impl<B: Backend> safetensors::View for F32View<B> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let [r, k] = self.tensor.dims();
+        let data = self
+            .tensor
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("converted to f32");
+        let data = match self.transpose {
+            true => transpose_2d(&data, [r, k]),
+            false => data,
+        };
+        data.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn data_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * 4
+    }
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::config::LlamaConfig;
 use crate::error::CheckpointError;
-use crate::hf::{HostTensor, build_from_hf_tensors, read_json};
+use crate::hf::{CheckpointTensor, HostTensor, build_from_hf_tensors, read_json};
 use crate::model::Llama;
 
 /// Context length of LLaMA 1 (params.json does not record it).
@@ -133,6 +133,15 @@ fn permute_rotary(t: HostTensor, n_heads: usize) -> HostTensor {
 
 /// Loads a Meta LLaMA directory onto `device`.
 pub fn load_meta<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>, CheckpointError> {
+    load_meta_as(dir, device, None)
+}
+
+/// [`load_meta`] with the projection matrices made in `weights` (see [`crate::hf::load_hf_as`]).
+pub fn load_meta_as<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    weights: Option<burn::tensor::DType>,
+) -> Result<Llama<B>, CheckpointError> {
     let params_path = dir.join("params.json");
     let params = read_json(&params_path)?;
     let field = |k: &str| CheckpointError::Field {
@@ -232,7 +241,7 @@ pub fn load_meta<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>,
         } else {
             t
         };
-        hf.insert(renamed, t);
+        hf.insert(renamed, CheckpointTensor::Host(t));
     }
-    build_from_hf_tensors(&config, hf, device)
+    build_from_hf_tensors(&config, hf, device, weights)
 }

@@ -109,10 +109,16 @@ impl<B: Backend> Llama<B> {
         };
         // Out-major where the backend's few-row product reads weights that way (`gemv`).
         let out_major = crate::gemv::registered::<B>();
+        // Weights already in `dtype` (a checkpoint loaded for inference in it, `load_hf_as`) are
+        // not cast again.
+        let to = |w: Tensor<B, 2>| match w.dtype() == dtype {
+            true => w,
+            false => w.cast(dtype),
+        };
         let cast = |l: Linear<B>| Linear {
             weight: l.weight.map(|w| match out_major {
-                true => crate::gemv::out_major(w.cast(dtype)),
-                false => w.cast(dtype),
+                true => crate::gemv::out_major(to(w)),
+                false => to(w),
             }),
             bias: l.bias.map(|b| b.map(|b| b.cast(dtype))),
         };

@@ -365,3 +365,106 @@ fn native_save_then_load_is_identical_and_checked() {
     assert!(e.contains("model.mpk"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Loading for bf16 inference (`load_hf_as`) makes the projection matrices bf16 as they are read,
+/// each the f32 weight rounded to nearest even (torch's cast) bit for bit, for untied, tied,
+/// sharded and bf16 checkpoints; embeddings and norms stay f32; and the model predicts what
+/// loading in f32 and casting predicts. (Not bit for bit there: Flex's own f32-to-bf16 cast goes
+/// through f64 and rounds some values down, e.g. 0x3cd88003 to 0x3cd8 instead of 0x3cd9.)
+#[test]
+fn loading_straight_into_bf16_rounds_each_weight_once() {
+    use burn::backend::Flex;
+    use burn::tensor::DType;
+    use llama_model::{Precision, load_hf_as};
+    let fdev = Default::default();
+    let bits = |t: Tensor<Flex, 2>| -> Vec<u16> {
+        match t.dtype() {
+            DType::BF16 => t.into_data().to_vec::<half::bf16>().unwrap(),
+            _ => t
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(half::bf16::from_f32)
+                .collect(),
+        }
+        .into_iter()
+        .map(half::bf16::to_bits)
+        .collect()
+    };
+    for name in ["mha-untied", "gqa-tied", "gqa-sharded", "bf16-gqa"] {
+        let direct = load_hf_as::<Flex>(&fixture(name), &fdev, Some(DType::BF16)).unwrap();
+        let f32s = load_hf::<Flex>(&fixture(name), &fdev).unwrap();
+        assert_eq!(
+            direct.tok_embeddings.weight.val().dtype(),
+            DType::F32,
+            "{name}"
+        );
+        assert_eq!(direct.output.is_some(), f32s.output.is_some(), "{name}");
+        if let (Some(x), Some(y)) = (&direct.output, &f32s.output) {
+            assert_eq!(x.weight.val().dtype(), DType::BF16, "{name}: head");
+            assert_eq!(bits(x.weight.val()), bits(y.weight.val()), "{name}: head");
+        }
+        for (i, (x, y)) in direct.layers.iter().zip(&f32s.layers).enumerate() {
+            let (ax, ay, fx, fy) = (&x.attention, &y.attention, &x.feed_forward, &y.feed_forward);
+            let up = fx.w3.as_ref().zip(fy.w3.as_ref());
+            for (what, p, q) in [
+                ("wq", &ax.wq, &ay.wq),
+                ("wk", &ax.wk, &ay.wk),
+                ("wv", &ax.wv, &ay.wv),
+                ("wo", &ax.wo, &ay.wo),
+                ("w1", &fx.w1, &fy.w1),
+                ("w2", &fx.w2, &fy.w2),
+            ]
+            .into_iter()
+            .chain(up.map(|(p, q)| ("w3", p, q)))
+            {
+                let (p, q) = (p.weight.val(), q.weight.val());
+                assert_eq!(p.dtype(), DType::BF16, "{name}: layer {i} {what}");
+                assert_eq!(bits(p), bits(q), "{name}: layer {i} {what}");
+            }
+            let gamma = |n: &llama_model::norm::Norm<Flex>| match n {
+                llama_model::norm::Norm::Rms(n) => n.gamma.val().dtype(),
+                llama_model::norm::Norm::Layer(n) => n.gamma.val().dtype(),
+            };
+            assert_eq!(
+                gamma(&x.attention_norm),
+                DType::F32,
+                "{name}: layer {i} norm"
+            );
+        }
+        let ready = |m: Llama<Flex>| m.with_precision(Precision::Bf16).with_inference_weights();
+        let (direct, cast) = (ready(direct), ready(f32s));
+        let ids = Tensor::<Flex, 2, Int>::from_data(
+            TensorData::new((0..12i64).collect::<Vec<_>>(), [2, 6]),
+            &fdev,
+        );
+        let logits = |m: &Llama<Flex>| -> Vec<f32> {
+            m.forward(ids.clone())
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap()
+        };
+        let (a, b) = (logits(&direct), logits(&cast));
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            worst <= 0.02 * scale,
+            "{name}: logits {worst} apart (scale {scale})"
+        );
+        let argmax = |v: &[f32]| {
+            v.chunks(v.len() / 12)
+                .map(|r| {
+                    r.iter()
+                        .enumerate()
+                        .fold(0, |k, (j, x)| if *x > r[k] { j } else { k })
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(argmax(&a), argmax(&b), "{name}: predictions");
+    }
+}

@@ -194,7 +194,8 @@ impl BackendJob for EvalJob {
             .map(|t| resolve(t, &self.evals))
             .collect::<Result<Vec<_>>>()?;
         let tok = LlamaTokenizer::from_file(&tokenizer_path(&self)?)?;
-        let model = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &device)?
+        let weights = self.precision.compute_dtype();
+        let model = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &device, weights)?
             .with_precision(self.precision)
             .with_inference_weights();
         ensure!(
