@@ -148,9 +148,9 @@ pub(crate) struct HostTensor {
     pub data: Vec<f32>,
 }
 
-/// A checkpoint's tensor, converted to f32 on the host only when the model takes it: a whole
-/// bf16 checkpoint read into f32 first is twice the file's size in memory beside the model being
-/// built (a 7B import then needed ~27 GB of host memory more than the model itself).
+/// A checkpoint's tensor, converted to f32 on the host only when the model takes it. Reading the
+/// whole checkpoint into f32 first held twice a bf16 file's size on the host at once (27 GB for a
+/// 7B model), beside the file's pages; on a GPU backend all of it only to be uploaded.
 pub(crate) enum CheckpointTensor {
     Host(HostTensor),
     /// Bytes `range` of a memory-mapped safetensors file.
