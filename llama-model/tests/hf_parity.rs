@@ -370,7 +370,8 @@ fn native_save_then_load_is_identical_and_checked() {
 /// each the f32 weight rounded to nearest even (torch's cast) bit for bit, for untied, tied,
 /// sharded and bf16 checkpoints; embeddings and norms stay f32; and the model predicts what
 /// loading in f32 and casting predicts. (Not bit for bit there: Flex's own f32-to-bf16 cast goes
-/// through f64 and rounds some values down, e.g. 0x3cd88003 to 0x3cd8 instead of 0x3cd9.)
+/// through f64, and half 2.7's f64-to-bf16 drops the f64's low 32 bits before rounding, so an f32
+/// just above a tie rounds as the tie: 0x3cd88003 to 0x3cd8 instead of 0x3cd9.)
 #[test]
 fn loading_straight_into_bf16_rounds_each_weight_once() {
     use burn::backend::Flex;
