@@ -258,10 +258,10 @@ fn generate_runs_end_to_end_with_the_llama_tokenizer() {
         .init::<burn::backend::NdArray>(&Default::default())
         .unwrap();
     llama_model::save_hf(&model, &dir).unwrap();
-    let run = |prompts: &[&str]| {
+    let run_on = |device: &str, extra: &[&str], prompts: &[&str]| {
         let mut args = vec![
             "--device",
-            "ndarray",
+            device,
             "generate",
             "--checkpoint",
             dir.to_str().unwrap(),
@@ -271,6 +271,7 @@ fn generate_runs_end_to_end_with_the_llama_tokenizer() {
             "6",
             "--json",
         ];
+        args.extend(extra);
         for p in prompts {
             args.extend(["--prompt", p]);
         }
@@ -278,6 +279,7 @@ fn generate_runs_end_to_end_with_the_llama_tokenizer() {
         assert_eq!(code, 0, "{err}");
         serde_json::from_str::<serde_json::Value>(&out).unwrap()
     };
+    let run = |prompts: &[&str]| run_on("ndarray", &[], prompts);
     let batch = run(&["Hello world", "The llama is"]);
     assert_eq!(batch.as_array().unwrap().len(), 2);
     let alone = run(&["The llama is"]);
@@ -285,6 +287,15 @@ fn generate_runs_end_to_end_with_the_llama_tokenizer() {
     let ids = batch[0]["ids"].as_array().unwrap();
     assert!(!ids.is_empty() && ids.len() <= 6);
     assert!(batch[0]["text"].is_string());
+    // bf16 on Flex: the checkpoint's projections are read straight into bf16 (`load_hf_as`).
+    if cfg!(feature = "flex") {
+        let bf16 = ["--precision", "bf16"];
+        let batch = run_on("flex", &bf16, &["Hello world", "The llama is"]);
+        let alone = run_on("flex", &bf16, &["The llama is"]);
+        assert_eq!(alone[0]["ids"], batch[1]["ids"]);
+        let ids = batch[0]["ids"].as_array().unwrap();
+        assert!(!ids.is_empty() && ids.len() <= 6);
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 
