@@ -240,10 +240,9 @@ pub(crate) fn read_tensors(
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        // `deserialize` checks that the header's offsets cover the data exactly; the offsets
-        // themselves come from the metadata (relative to the data, after the 8-byte length and
-        // the header).
-        SafeTensors::deserialize(&mmap).map_err(bad)?;
+        // `read_metadata` parses the header and checks that its offsets cover the data exactly
+        // (what `deserialize` checks: it is this call and a slice); the offsets are relative to
+        // the data, after the 8-byte length and the header.
         let (header, metadata) = SafeTensors::read_metadata(&mmap).map_err(bad)?;
         let file = Arc::new(mmap);
         for (name, info) in metadata.tensors() {
