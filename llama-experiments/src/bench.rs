@@ -45,6 +45,8 @@ pub struct BenchJob {
     pub iters: usize,
     /// The peak FLOP/s MFU is computed against (named in the output).
     pub peak_flops: Option<f64>,
+    /// Train: also time forward, backward and optimiser apart (`--phases`).
+    pub phases: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +73,22 @@ pub struct BenchReport {
     pub final_loss: Option<f64>,
     /// Decode: how the steps ran (`eager`, or `cuda-graph` on libtorch CUDA; `LLAMA_DECODE`).
     pub decoder: Option<String>,
+    /// Train with `--phases`: where a step goes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<TrainPhases>,
+}
+
+/// Median seconds of each part of a training step, from `iters` further steps with a device
+/// synchronisation after each part (so the parts cannot overlap and their sum is at least the
+/// plain step; `median_step_s` comes from the unsynchronised steps before them).
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainPhases {
+    /// The loss: forward pass and cross-entropy.
+    pub forward_s: f64,
+    /// `loss.backward()` and collecting the parameters' gradients.
+    pub backward_s: f64,
+    /// Global-norm clipping and the AdamW update.
+    pub optimizer_s: f64,
 }
 
 fn random_tokens<B: Backend>(
@@ -142,6 +160,45 @@ fn time_steps<D>(
     (times[times.len() / 2], warm, last)
 }
 
+/// `iters` training steps with a sync after the forward pass, the backward pass and the
+/// optimiser step, each part timed on its own: the medians.
+fn time_phases<B: AutodiffBackend>(
+    mut model: Llama<B>,
+    optim: &mut LlamaOptimizer<Llama<B>, B>,
+    iters: usize,
+    sync: &impl Fn(),
+    tokens: impl Fn(usize) -> Tensor<B, 2, Int>,
+    device: &B::Device,
+) -> (Llama<B>, TrainPhases) {
+    let mut parts = [vec![], vec![], vec![]];
+    for i in 0..iters {
+        let batch = tokens(i);
+        sync();
+        let t = Instant::now();
+        let loss = model.loss(batch);
+        sync();
+        parts[0].push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        sync();
+        parts[1].push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        model = optim.step(3e-4, model, grads, 1.0, Some(1.0), device).0;
+        sync();
+        parts[2].push(t.elapsed().as_secs_f64());
+    }
+    let [forward_s, backward_s, optimizer_s] = parts.map(|mut v| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    });
+    let phases = TrainPhases {
+        forward_s,
+        backward_s,
+        optimizer_s,
+    };
+    (model, phases)
+}
+
 impl BackendJob for BenchJob {
     type Output = Result<BenchReport>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<BenchReport> {
@@ -164,6 +221,7 @@ impl BackendJob for BenchJob {
         let (b, t) = (self.batch, self.seq);
         let mut final_loss = None;
         let mut decoder_name = None;
+        let mut phases = None;
         let ((median, warmup_steps_s), tokens, flops_per_token) = match self.mode {
             BenchMode::Train => {
                 let model: Llama<B> = init_model(cfg, 0, &device)?.with_precision(self.precision);
@@ -185,6 +243,28 @@ impl BackendJob for BenchJob {
                 // Read after the timing: seeds are fixed, so two builds or knob settings that
                 // compute the same step report the same loss (up to rounding).
                 final_loss = last.map(|l| l.into_scalar().elem::<f64>());
+                if self.phases {
+                    let model = slot.take().expect("the model is put back after every step");
+                    let (model, p) = time_phases(
+                        model,
+                        &mut optim,
+                        self.iters,
+                        &sync,
+                        |i| {
+                            random_tokens::<B>(
+                                b,
+                                t + 1,
+                                vocab,
+                                (self.warmup + self.iters + i) as u64,
+                                &device,
+                            )
+                        },
+                        &device,
+                    );
+                    slot = Some(model);
+                    phases = Some(p);
+                }
+                drop(slot);
                 ((median, warm), b * t, cfg.flops_per_token() as f64)
             }
             BenchMode::Prefill => {
@@ -255,6 +335,7 @@ impl BackendJob for BenchJob {
             peak_rss_bytes: peak_rss(),
             final_loss,
             decoder: decoder_name,
+            phases,
         })
     }
 }

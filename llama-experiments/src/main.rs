@@ -186,6 +186,7 @@ fn run(cli: Cli) -> Result<()> {
             warmup,
             iters,
             peak_flops,
+            phases,
             json,
         } => {
             let (name, config) = model.load("tiny")?;
@@ -201,6 +202,7 @@ fn run(cli: Cli) -> Result<()> {
                 warmup,
                 iters,
                 peak_flops,
+                phases,
             })??;
             if json {
                 println!("{}", serde_json::to_string(&r)?);

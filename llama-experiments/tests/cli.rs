@@ -300,6 +300,33 @@ fn generate_runs_end_to_end_with_the_llama_tokenizer() {
 }
 
 #[test]
+fn bench_phases_split_a_training_step() {
+    let (code, out, err) = llama(&[
+        "--device", "ndarray", "bench", "--preset", "tiny", "--batch", "2", "--seq", "16",
+        "--warmup", "1", "--iters", "3", "--phases", "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let part = |k: &str| v["phases"][k].as_f64().unwrap_or(-1.0);
+    let parts = ["forward_s", "backward_s", "optimizer_s"].map(part);
+    assert!(parts.iter().all(|&p| p > 0.0), "{v}");
+    // Synchronised parts cannot be much faster than the whole step they split (slack for
+    // the medians of different steps on a shared machine).
+    let step = v["median_step_s"].as_f64().unwrap();
+    assert!(parts.iter().sum::<f64>() > 0.5 * step, "{v}");
+    // Without the flag there is no such field.
+    let (code, out, err) = llama(&[
+        "--device", "ndarray", "bench", "--preset", "tiny", "--batch", "1", "--seq", "8",
+        "--warmup", "0", "--iters", "1", "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("median_step_s") && !out.contains("phases"),
+        "{out}"
+    );
+}
+
+#[test]
 fn bench_times_train_prefill_and_decode_steps() {
     for mode in ["train", "prefill", "decode"] {
         let (code, out, err) = llama(&[
