@@ -18,7 +18,11 @@
 // batch 2, 4 and 8 took 1.83 / 2.64 / 4.37 ms per token against 1.78 / 1.91 / 2.44, H200.)
 
 #define GEMV_MAX_THREADS 1024
-#define GEMV_UNROLL 8
+// Four loads in flight per lane, each warp one pass over 1,024 columns: against eight loads over
+// 2,048 columns, `1b` decoding took 1.13–1.15 against 1.22–1.29 ms per token on an H200 (fewer
+// registers, so more resident warps, and twice the warps on each row; docs/performance.md,
+// attempt 33).
+#define GEMV_UNROLL 4
 
 __device__ __forceinline__ void unpack8(const uint4& u, float* f) {
     const unsigned int w[4] = {u.x, u.y, u.z, u.w};

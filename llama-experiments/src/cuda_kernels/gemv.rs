@@ -7,11 +7,11 @@ use super::{launch, loaded, ptr};
 /// Warps per block when each output takes one (eight outputs).
 const WARPS: usize = 8;
 /// Columns one warp covers in one pass of loads (`GEMV_COLS` in `gemv.cu`).
-const WARP_COLS: i64 = 2048;
+const WARP_COLS: i64 = 1024;
 /// Most warps per output (a block holds at most 1,024 threads).
 const MAX_PARTS: i64 = 32;
 
-/// Warps per output for rows of `k` columns: one pass of loads each (`k / 2,048` rounded up),
+/// Warps per output for rows of `k` columns: one pass of loads each (`k / 1,024` rounded up),
 /// or one warp for every row under `LLAMA_GEMV_SPLIT=off`.
 fn parts(k: i64) -> i64 {
     static SPLIT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -25,7 +25,7 @@ fn parts(k: i64) -> i64 {
 
 /// `x [1, k] · w [k, n]`, bf16 in and out (f32 sums), in one kernel that streams the weight at
 /// close to the memory bandwidth (one row only: more were slower than cuBLAS, see `gemv.cu`);
-/// rows longer than 2,048 columns split over several warps (`LLAMA_GEMV_SPLIT=auto|off`).
+/// rows longer than 1,024 columns split over several warps (`LLAMA_GEMV_SPLIT=auto|off`).
 /// `w` must be the transposed view of an `[n, k]` matrix (strides `[1, ldw]`: each output's
 /// weights contiguous, as `Llama::with_inference_weights` stores them for a backend with this
 /// kernel), possibly a row slice of a taller one. `None` for anything else (the caller multiplies
