@@ -89,6 +89,9 @@ pub struct TrainPhases {
     pub backward_s: f64,
     /// Global-norm clipping and the AdamW update.
     pub optimizer_s: f64,
+    /// Host time of each part until its call returned, before the sync (`[forward, backward,
+    /// optimiser]`): a part whose host time is close to its whole time is bound by dispatch.
+    pub host_s: [f64; 3],
 }
 
 fn random_tokens<B: Backend>(
@@ -170,31 +173,35 @@ fn time_phases<B: AutodiffBackend>(
     tokens: impl Fn(usize) -> Tensor<B, 2, Int>,
     device: &B::Device,
 ) -> (Llama<B>, TrainPhases) {
-    let mut parts = [vec![], vec![], vec![]];
+    let (mut parts, mut host) = ([vec![], vec![], vec![]], [vec![], vec![], vec![]]);
+    let mut time = |i: usize, t: Instant| {
+        host[i].push(t.elapsed().as_secs_f64());
+        sync();
+        parts[i].push(t.elapsed().as_secs_f64());
+    };
     for i in 0..iters {
         let batch = tokens(i);
         sync();
         let t = Instant::now();
         let loss = model.loss(batch);
-        sync();
-        parts[0].push(t.elapsed().as_secs_f64());
+        time(0, t);
         let t = Instant::now();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        sync();
-        parts[1].push(t.elapsed().as_secs_f64());
+        time(1, t);
         let t = Instant::now();
         model = optim.step(3e-4, model, grads, 1.0, Some(1.0), device).0;
-        sync();
-        parts[2].push(t.elapsed().as_secs_f64());
+        time(2, t);
     }
-    let [forward_s, backward_s, optimizer_s] = parts.map(|mut v| {
+    let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
-    });
+    };
+    let [forward_s, backward_s, optimizer_s] = parts.map(median);
     let phases = TrainPhases {
         forward_s,
         backward_s,
         optimizer_s,
+        host_s: host.map(median),
     };
     (model, phases)
 }

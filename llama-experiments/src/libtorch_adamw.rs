@@ -24,7 +24,7 @@ use burn::backend::LibTorch;
 use burn::backend::libtorch::TchTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use crate::train::optim::{AdamwOutput, AdamwStep};
+use crate::train::optim::{AdamwOutput, AdamwParts, AdamwStep};
 
 type T = Tensor<LibTorch, 1>;
 
@@ -51,6 +51,84 @@ pub fn try_update<I: burn::tensor::backend::Backend>(
     Ok(*out
         .downcast::<AdamwOutput<I>>()
         .expect("I is LibTorch here"))
+}
+
+/// Whether `device` is a libtorch CUDA device with the fused kernels, so that
+/// [`try_update_parts`] updates each parameter of a bucket where it lies.
+pub fn updates_parts<I: burn::tensor::backend::Backend>(device: &I::Device) -> bool {
+    let device: &dyn Any = device;
+    match device.downcast_ref::<burn::backend::libtorch::LibTorchDevice>() {
+        Some(&burn::backend::libtorch::LibTorchDevice::Cuda(i)) => {
+            crate::cuda_kernels::available(tch::Device::Cuda(i))
+        }
+        _ => false,
+    }
+}
+
+/// [`AdamwParts`]'s update with the fused kernel, one launch per parameter (its gradient and
+/// values read where they are, the new values written into the bucket's new vectors), or the
+/// step back when its tensors are not libtorch CUDA f32 ones.
+pub fn try_update_parts<I: burn::tensor::backend::Backend>(
+    step: AdamwParts<I>,
+) -> Result<AdamwOutput<I>, AdamwParts<I>> {
+    let boxed: Box<dyn Any> = Box::new(step);
+    let step = match boxed.downcast::<AdamwParts<LibTorch>>() {
+        Ok(step) => *step,
+        Err(boxed) => return Err(*boxed.downcast::<AdamwParts<I>>().expect("its own type")),
+    };
+    let out: Box<dyn Any> = match update_parts(&step) {
+        Some(out) => Box::new(out),
+        None => Box::new(step),
+    };
+    match out.downcast::<AdamwOutput<I>>() {
+        Ok(out) => Ok(*out),
+        Err(step) => Err(*step
+            .downcast::<AdamwParts<I>>()
+            .expect("I is LibTorch here")),
+    }
+}
+
+fn update_parts(step: &AdamwParts<LibTorch>) -> Option<AdamwOutput<LibTorch>> {
+    let t = |x: &T| raw(x.clone()).tensor;
+    let (_, first, _) = step.parts.first()?;
+    let device = t(first).device();
+    let new = || tch::Tensor::empty([step.len as i64], (tch::Kind::Float, device));
+    let (po, mo, vo) = (new(), new(), new());
+    let moments = step.moments.as_ref().map(|(m, v)| (t(m), t(v)));
+    let factor = step.grad_factor.as_ref().map(t);
+    let mut covered = 0;
+    for (offset, p, g) in &step.parts {
+        let (p, g) = (t(p), t(g));
+        let (o, n) = (*offset as i64, p.numel() as i64);
+        let view = |x: &tch::Tensor| x.narrow(0, o, n);
+        let m = moments.as_ref().map(|(m, v)| (view(m), view(v)));
+        crate::cuda_kernels::adamw_into(
+            &p,
+            &g,
+            m.as_ref().map(|(m, v)| (m, v)),
+            factor.as_ref(),
+            step.scalars,
+            (&view(&po), &view(&mo), &view(&vo)),
+        )?;
+        covered += n as usize;
+    }
+    // Every element of the new vectors written (the parts tile the bucket), or nothing returned.
+    (covered == step.len).then(|| (wrap(po), wrap(mo), wrap(vo)))
+}
+
+/// `Σ t²` (`[1]`) as one reduction (torch's 2-norm, squared) where `t` is libtorch's, else `t`.
+pub fn try_sum_squares<I: burn::tensor::backend::Backend>(
+    t: Tensor<I, 1>,
+) -> Result<Tensor<I, 1>, Tensor<I, 1>> {
+    let boxed: Box<dyn Any> = Box::new(t);
+    let t = match boxed.downcast::<T>() {
+        Ok(t) => *t,
+        Err(boxed) => return Err(*boxed.downcast::<Tensor<I, 1>>().expect("its own type")),
+    };
+    let raw = raw(t).tensor;
+    let n = raw.to_kind(tch::Kind::Float).norm();
+    let out: Box<dyn Any> = Box::new(wrap((&n * &n).reshape([1])));
+    Ok(*out.downcast::<Tensor<I, 1>>().expect("I is LibTorch here"))
 }
 
 fn update(step: AdamwStep<LibTorch>, fused: bool) -> AdamwOutput<LibTorch> {

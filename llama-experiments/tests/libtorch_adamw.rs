@@ -12,8 +12,8 @@ use llama_experiments::libtorch_adamw::try_update;
 #[test]
 fn the_optimiser_with_torchs_kernels_is_torchs_adamw() {
     let device = LibTorchDevice::Cpu;
-    common::adamw::check_torch_adamw::<Autodiff<LibTorch>>(&device, true);
-    common::adamw::check_torch_adamw::<Autodiff<LibTorch>>(&device, false);
+    common::adamw::check_torch_adamw::<Autodiff<LibTorch>>(&device, true, None);
+    common::adamw::check_torch_adamw::<Autodiff<LibTorch>>(&device, false, None);
 }
 
 #[test]

@@ -505,3 +505,88 @@ fn adamw_matches_the_tensor_op_update() {
         try_update(a, true).ok()
     });
 }
+
+/// The optimiser on CUDA updating every bucket parameter by parameter (`AdamwParts`: no
+/// concatenation, the clipping and the accumulation scale folded into the kernel's factor)
+/// against the f64 reference of torch's AdamW; and one bucket's update by parts bit for bit the
+/// same as the concatenated bucket's, for parts whose offsets break the four-element loads.
+#[test]
+fn adamw_by_parameter_is_the_bucket_update() {
+    use burn::backend::Autodiff;
+    use burn::backend::libtorch::{LibTorch, LibTorchDevice};
+    use burn::tensor::{Distribution, Tensor as BurnTensor};
+    use llama_experiments::libtorch_adamw::{try_update, try_update_parts, updates_parts};
+    use llama_experiments::train::optim::{AdamwParts, AdamwScalars};
+    if cuda().is_none() {
+        return;
+    }
+    let device = LibTorchDevice::Cuda(0);
+    assert!(
+        updates_parts::<LibTorch>(&device),
+        "the fused kernels load on CUDA"
+    );
+    assert!(!updates_parts::<LibTorch>(&LibTorchDevice::Cpu));
+    common::adamw::check_torch_adamw::<Autodiff<LibTorch>>(&device, true, Some(1));
+    let r =
+        |n, std| BurnTensor::<LibTorch, 1>::random([n], Distribution::Normal(0.0, std), &device);
+    let cases = [
+        (vec![4096, 2048, 64], true),
+        (vec![4096, 1001, 7, 2048], true),
+        (vec![999, 4096], false),
+    ];
+    for (sizes, later) in cases {
+        let len: usize = sizes.iter().sum();
+        let mut offset = 0;
+        let parts: Vec<_> = sizes
+            .iter()
+            .map(|&n| {
+                offset += n;
+                (offset - n, r(n, 1.0), r(n, 0.1))
+            })
+            .collect();
+        let step = AdamwParts {
+            len,
+            parts,
+            grad_factor: Some(BurnTensor::from_floats([0.37], &device)),
+            moments: later.then(|| (r(len, 0.01), r(len, 1e-4).abs())),
+            scalars: AdamwScalars {
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                lr: 3e-4,
+                decay: 3e-5,
+                c1: 0.5,
+                c2: 0.3,
+            },
+        };
+        let again = AdamwParts {
+            parts: step.parts.clone(),
+            grad_factor: step.grad_factor.clone(),
+            moments: step.moments.clone(),
+            ..step
+        };
+        let Ok((p, m, v)) = try_update_parts(step) else {
+            panic!("libtorch CUDA f32 parts are updated by the kernel");
+        };
+        let Ok((p2, m2, v2)) = try_update(again.concatenated(), true) else {
+            panic!("the concatenated bucket is updated by the kernel");
+        };
+        // Parts at offsets of four elements take the kernel's four-wide loads as the whole
+        // bucket does: the same bits. Others take its one-element loop, which the compiler may
+        // contract into fused multiply-adds differently: within rounding.
+        let aligned = sizes.iter().all(|n| n % 4 == 0);
+        for (what, a, b) in [("p", p, p2), ("m", m, m2), ("v", v, v2)] {
+            let (a, b) = (
+                a.into_data().to_vec::<f32>().unwrap(),
+                b.into_data().to_vec::<f32>().unwrap(),
+            );
+            let worst = (a.iter().zip(&b))
+                .map(|(x, y)| (x - y).abs() / y.abs().max(1e-3))
+                .fold(0.0f32, f32::max);
+            match aligned {
+                true => assert_eq!(a, b, "{what}, sizes {sizes:?}: worst {worst:e}"),
+                false => assert!(worst < 1e-6, "{what}, sizes {sizes:?}: worst {worst:e}"),
+            }
+        }
+    }
+}

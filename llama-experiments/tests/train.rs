@@ -411,5 +411,5 @@ fn a_bf16_run_trains_like_f32_and_resumes_exactly() {
 #[test]
 fn the_optimiser_is_torchs_adamw_with_global_norm_clipping() {
     let _serial = serial();
-    common::adamw::check_torch_adamw::<B>(&Default::default(), true);
+    common::adamw::check_torch_adamw::<B>(&Default::default(), true, None);
 }

@@ -338,7 +338,33 @@ pub fn adamw(
     factor: Option<&Tensor>,
     s: AdamwScalars,
 ) -> Option<(Tensor, Tensor, Tensor)> {
+    let new = || Tensor::empty(p.size(), (Kind::Float, p.device()));
+    let out = (new(), new(), new());
+    adamw_into(p, g, moments, factor, s, (&out.0, &out.1, &out.2))?;
+    Some(out)
+}
+
+/// [`adamw`] writing the new `(p, m, v)` into `out`: contiguous f32 tensors of `p`'s size that
+/// overlap none of the inputs (views of a bucket's new flat vectors, so that each parameter
+/// of a bucket can be updated where it lies, without concatenating the bucket first).
+pub fn adamw_into(
+    p: &Tensor,
+    g: &Tensor,
+    moments: Option<(&Tensor, &Tensor)>,
+    factor: Option<&Tensor>,
+    s: AdamwScalars,
+    (po, mo, vo): (&Tensor, &Tensor, &Tensor),
+) -> Option<()> {
     if p.kind() != Kind::Float || g.kind() != Kind::Float || p.size() != g.size() {
+        return None;
+    }
+    let outputs_fit = [po, mo, vo].iter().all(|o| {
+        o.kind() == Kind::Float
+            && o.size() == p.size()
+            && o.is_contiguous()
+            && o.device() == p.device()
+    });
+    if !outputs_fit {
         return None;
     }
     let (p, k) = ready(p)?;
@@ -353,10 +379,9 @@ pub fn adamw(
         None => None,
     };
     let factor = factor.map(|f| f.to_kind(Kind::Float).to_device(p.device()).contiguous());
-    let (po, mo, vo) = (p.empty_like(), p.empty_like(), p.empty_like());
     let n = p.numel() as i64;
     let (mp, vp) = moments.as_ref().map_or((0, 0), |(m, v)| (ptr(m), ptr(v)));
-    let mut aligned = vec![&p, &g, &po, &mo, &vo];
+    let mut aligned = vec![&p, &g, po, mo, vo];
     if let Some((m, v)) = &moments {
         aligned.extend([m, v]);
     }
@@ -372,9 +397,9 @@ pub fn adamw(
             &ptr(&g),
             &mp,
             &vp,
-            &ptr(&po),
-            &ptr(&mo),
-            &ptr(&vo),
+            &ptr(po),
+            &ptr(mo),
+            &ptr(vo),
             &n,
             &factor.as_ref().map_or(0, ptr),
             &f(s.beta1),
@@ -385,8 +410,7 @@ pub fn adamw(
             &f(1.0 - s.decay),
             &vec,
         ],
-    )?;
-    Some((po, mo, vo))
+    )
 }
 
 /// Most warps per block of `decode_attention` (a warp per 32 keys; longer caches loop).

@@ -57,6 +57,8 @@ pub struct LlamaOptimizer<M: AutodiffModule<B>, B: AutodiffBackend> {
     native_update: bool,
     /// Whether that may be the fused kernel (CUDA).
     fused_update: bool,
+    /// Least mean parameter size of a bucket updated parameter by parameter ([`PARTS_MIN_MEAN`]).
+    parts_min_mean: usize,
     /// Steps taken (AdamW's `t`).
     time: usize,
     /// First and second moments per bucket, after the first step.
@@ -140,7 +142,7 @@ struct Update<'a, 'b, B: AutodiffBackend> {
 /// Everything one step needs per bucket.
 struct Step<'a, B: AutodiffBackend> {
     params: Vec<Vec<(usize, Flat<B>)>>,
-    grads: Vec<Option<Flat<B>>>,
+    grads: Vec<Option<BucketGrad<B>>>,
     moments: Vec<Option<(Flat<B>, Flat<B>)>>,
     updated: Vec<Option<Flat<B>>>,
     buckets: &'a [Bucket],
@@ -152,39 +154,115 @@ struct Step<'a, B: AutodiffBackend> {
     fused: bool,
     /// The clipping factor every gradient is multiplied by, on the device.
     grad_factor: Option<Flat<B>>,
+    /// The factor of the buckets updated parameter by parameter: their gradients were not
+    /// multiplied by `grad_scale` (no pass of their own), so it is folded in here.
+    parts_factor: Option<Flat<B>>,
 }
+
+/// A bucket's gradient: concatenated, or the parameters' own gradients `(offset, flat)` for a
+/// backend that updates each parameter where it lies ([`AdamwParts`]).
+enum BucketGrad<B: AutodiffBackend> {
+    Flat(Flat<B>),
+    Parts(Vec<(usize, Flat<B>)>),
+}
+
+/// Least mean parameter size (elements) of a bucket updated parameter by parameter: one kernel
+/// per parameter costs its launch on the host, so buckets of small tensors (the norms' gains)
+/// are concatenated and updated in one.
+const PARTS_MIN_MEAN: usize = 1 << 20;
 
 impl<B: AutodiffBackend> Step<'_, B> {
     /// AdamW on bucket `k`: new moments into `moments[k]`, new values into `updated[k]`.
     fn run(&mut self, k: usize) {
         let (b1, b2) = (self.cfg.beta1 as f64, self.cfg.beta2 as f64);
         let t = self.time as i32;
-        let step = AdamwStep {
-            param: cat(std::mem::take(&mut self.params[k])),
-            grad: self.grads[k].take().expect("each bucket is updated once"),
-            grad_factor: self.grad_factor.clone(),
-            moments: self.moments[k].take(),
-            scalars: AdamwScalars {
-                beta1: b1,
-                beta2: b2,
-                eps: self.cfg.eps as f64,
-                lr: self.lr,
-                decay: match self.buckets[k].decayed {
-                    true => self.lr * self.cfg.weight_decay as f64,
-                    false => 0.0,
-                },
-                c1: 1.0 - b1.powi(t),
-                c2: 1.0 - b2.powi(t),
+        let scalars = AdamwScalars {
+            beta1: b1,
+            beta2: b2,
+            eps: self.cfg.eps as f64,
+            lr: self.lr,
+            decay: match self.buckets[k].decayed {
+                true => self.lr * self.cfg.weight_decay as f64,
+                false => 0.0,
             },
+            c1: 1.0 - b1.powi(t),
+            c2: 1.0 - b2.powi(t),
         };
+        let params = std::mem::take(&mut self.params[k]);
+        let moments = self.moments[k].take();
+        let grad_factor = self.grad_factor.clone();
+        let (p, m, v) = match self.grads[k].take().expect("each bucket is updated once") {
+            BucketGrad::Flat(grad) => self.update(AdamwStep {
+                param: cat(params),
+                grad,
+                grad_factor,
+                moments,
+                scalars,
+            }),
+            BucketGrad::Parts(grads) => {
+                let grad_factor = self.parts_factor.clone();
+                // Gathered by one visit: the same parameters in the same order.
+                let parts = params
+                    .into_iter()
+                    .zip(grads)
+                    .map(|((offset, p), (_, g))| (offset, p, g))
+                    .collect();
+                let step = AdamwParts {
+                    len: self.buckets[k].len,
+                    parts,
+                    grad_factor,
+                    moments,
+                    scalars,
+                };
+                match backend_update_parts(step) {
+                    Ok(out) => out,
+                    Err(step) => self.update(step.concatenated()),
+                }
+            }
+        };
+        self.updated[k] = Some(p);
+        self.moments[k] = Some((m, v));
+    }
+
+    /// One concatenated bucket's update: the backend's kernels where allowed, else tensor ops.
+    fn update(&self, step: AdamwStep<Inner<B>>) -> AdamwOutput<Inner<B>> {
         let by_backend = match self.native {
             true => backend_update(step, self.fused),
             false => Err(step),
         };
-        let (p, m, v) = by_backend.unwrap_or_else(AdamwStep::decomposed);
-        self.updated[k] = Some(p);
-        self.moments[k] = Some((m, v));
+        by_backend.unwrap_or_else(AdamwStep::decomposed)
     }
+}
+
+/// Whether this build updates a bucket parameter by parameter on `device` ([`AdamwParts`]: the
+/// fused kernel on libtorch CUDA).
+#[cfg_attr(not(feature = "tch"), allow(unused_variables))]
+fn backend_updates_parts<I: Backend>(device: &I::Device) -> bool {
+    #[cfg(feature = "tch")]
+    let yes = crate::libtorch_adamw::updates_parts::<I>(device);
+    #[cfg(not(feature = "tch"))]
+    let yes = false;
+    yes
+}
+
+/// [`AdamwParts`]'s update by the backend's own kernels, or the step back.
+fn backend_update_parts<I: Backend>(step: AdamwParts<I>) -> Result<AdamwOutput<I>, AdamwParts<I>> {
+    #[cfg(feature = "tch")]
+    let out = crate::libtorch_adamw::try_update_parts(step);
+    #[cfg(not(feature = "tch"))]
+    let out = Err(step);
+    out
+}
+
+/// `Σ t²` as a `[1]` tensor: one reduction on libtorch (its norm, squared), the square and the
+/// sum elsewhere.
+fn sum_squares<I: Backend>(t: Tensor<I, 1>) -> Tensor<I, 1> {
+    #[cfg(feature = "tch")]
+    let t = match crate::libtorch_adamw::try_sum_squares(t) {
+        Ok(s) => return s,
+        Err(t) => t,
+    };
+    t.square().sum()
 }
 
 /// The update by the backend's own kernels where this build has them (libtorch; `fused`: the
@@ -213,6 +291,38 @@ pub struct AdamwStep<I: Backend> {
     /// First and second moments, `None` before the first step.
     pub moments: Option<(Tensor<I, 1>, Tensor<I, 1>)>,
     pub scalars: AdamwScalars,
+}
+
+/// One bucket's AdamW update with its parameters and gradients left as they are, `(offset in the
+/// bucket, parameter, gradient)` flat, for a backend that writes each parameter's new values,
+/// moments included, into its range of the bucket's new vectors: neither the parameters nor the
+/// gradients are concatenated first (two copies of the bucket fewer per step).
+pub struct AdamwParts<I: Backend> {
+    /// The bucket's length.
+    pub len: usize,
+    pub parts: Vec<(usize, Tensor<I, 1>, Tensor<I, 1>)>,
+    pub grad_factor: Option<Tensor<I, 1>>,
+    /// The bucket's flat moments, `None` before the first step.
+    pub moments: Option<(Tensor<I, 1>, Tensor<I, 1>)>,
+    pub scalars: AdamwScalars,
+}
+
+impl<I: Backend> AdamwParts<I> {
+    /// The same update on the concatenated bucket.
+    pub fn concatenated(self) -> AdamwStep<I> {
+        let (params, grads) = self
+            .parts
+            .into_iter()
+            .map(|(offset, p, g)| ((offset, p), (offset, g)))
+            .unzip();
+        AdamwStep {
+            param: cat(params),
+            grad: cat(grads),
+            grad_factor: self.grad_factor,
+            moments: self.moments,
+            scalars: self.scalars,
+        }
+    }
 }
 
 /// One step's AdamW scalars (also what the fused CUDA kernel takes).
@@ -309,10 +419,15 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
                     )
                 })?,
         };
-        let choice = crate::backend::env_choice("LLAMA_ADAMW", &["auto", "torch", "decomposed"])?;
+        // `fused`: the fused kernel over concatenated buckets only (before the update by parts).
+        let choice =
+            crate::backend::env_choice("LLAMA_ADAMW", &["auto", "fused", "torch", "decomposed"])?;
         let mut opt =
             Self::with_bucket_elems(cfg, model, elems).with_native_update(choice != "decomposed");
-        opt.fused_update = choice == "auto";
+        opt.fused_update = matches!(choice, "auto" | "fused");
+        if choice == "fused" {
+            opt.parts_min_mean = usize::MAX;
+        }
         Ok(opt)
     }
 
@@ -321,6 +436,13 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
     /// (`LLAMA_ADAMW=decomposed`). `LLAMA_ADAMW=torch` keeps torch's kernels on CUDA too.
     pub fn with_native_update(mut self, native: bool) -> Self {
         self.native_update = native;
+        self
+    }
+
+    /// Buckets whose parameters average at least `elems` elements are updated parameter by
+    /// parameter where the backend can ([`AdamwParts`]; tests use 1 to reach it with tiny ones).
+    pub fn with_parts_min_mean(mut self, elems: usize) -> Self {
+        self.parts_min_mean = elems;
         self
     }
 
@@ -364,6 +486,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
             time: 0,
             native_update: true,
             fused_update: true,
+            parts_min_mean: PARTS_MIN_MEAN,
             _module: std::marker::PhantomData,
         }
     }
@@ -394,19 +517,40 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
         };
         model.visit(&mut gather);
         let (params, parts) = (gather.params, gather.grads_out);
-        let grads: Vec<Flat<B>> = parts
-            .into_iter()
-            .map(|g| match grad_scale == 1.0 {
-                true => cat(g),
-                false => cat(g).mul_scalar(grad_scale),
+        // Large parameters stay where they are when the backend can update them there; their
+        // gradients are left unscaled (the update multiplies by `grad_scale` with the clipping).
+        let by_parts =
+            self.native_update && self.fused_update && backend_updates_parts::<Inner<B>>(device);
+        let min_mean = self.parts_min_mean;
+        let grads: Vec<BucketGrad<B>> = (parts.into_iter().zip(&self.buckets))
+            .map(
+                |(g, bucket)| match by_parts && bucket.len >= min_mean.saturating_mul(g.len()) {
+                    true => BucketGrad::Parts(g),
+                    false => BucketGrad::Flat(match grad_scale == 1.0 {
+                        true => cat(g),
+                        false => cat(g).mul_scalar(grad_scale),
+                    }),
+                },
+            )
+            .collect();
+        let scaled = |t: Flat<B>| match grad_scale == 1.0 {
+            true => t,
+            false => t.mul_scalar(grad_scale * grad_scale),
+        };
+        let squares: Vec<Flat<B>> = grads
+            .iter()
+            .flat_map(|g| match g {
+                BucketGrad::Flat(g) => vec![sum_squares(g.clone())],
+                BucketGrad::Parts(g) => (g.iter())
+                    .map(|(_, g)| scaled(sum_squares(g.clone())))
+                    .collect(),
             })
             .collect();
-        let norm = grads
-            .iter()
-            .map(|g| g.clone().square().sum())
-            .reduce(|a, b| a + b)
-            .unwrap_or_else(|| Tensor::zeros([1], device))
-            .sqrt();
+        let norm = match squares.is_empty() {
+            true => Tensor::zeros([1], device),
+            false => Tensor::cat(squares, 0).sum(),
+        }
+        .sqrt();
         // Applied by the update itself (one pass over each gradient fewer).
         let grad_factor = clip.map(|max| {
             norm.clone()
@@ -415,6 +559,11 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
                 .mul_scalar(max)
                 .clamp_max(1.0)
         });
+        let parts_factor = match (&grad_factor, grad_scale == 1.0) {
+            (f, true) => f.clone(),
+            (Some(f), false) => Some(f.clone().mul_scalar(grad_scale)),
+            (None, false) => Some(Tensor::full([1], grad_scale, device)),
+        };
         self.time += 1;
         let mut step = Step::<B> {
             params,
@@ -428,6 +577,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
             native: self.native_update,
             fused: self.fused_update,
             grad_factor,
+            parts_factor,
         };
         let model = model.map(&mut Update {
             opt: &mut step,

@@ -17,8 +17,13 @@ struct Three<B: burn::tensor::backend::Backend> {
 /// Three steps of [`LlamaOptimizer`] against an f64 implementation of `torch.optim.AdamW` after
 /// `clip_grad_norm_`: decay on the matrix only, clipping off/inactive/active, four bucket sizes, a
 /// frozen weight matrix left untouched. `native`: the backend's own update kernels where it has
-/// them (`LlamaOptimizer::with_native_update`).
-pub fn check_torch_adamw<B: AutodiffBackend>(device: &B::Device, native: bool) {
+/// them (`LlamaOptimizer::with_native_update`); `parts_min_mean`: the optimiser's threshold for
+/// updating a bucket parameter by parameter (`with_parts_min_mean`; 1 reaches that path).
+pub fn check_torch_adamw<B: AutodiffBackend>(
+    device: &B::Device,
+    native: bool,
+    parts_min_mean: Option<usize>,
+) {
     use burn::optim::GradientsParams;
     use llama_experiments::train::config::OptimConfig;
     use llama_experiments::train::optim::{BUCKET_ELEMS, LlamaOptimizer};
@@ -78,6 +83,9 @@ pub fn check_torch_adamw<B: AutodiffBackend>(device: &B::Device, native: bool) {
             let (mut m, mut v) = (vec![0.0; 9], vec![0.0; 9]);
             let mut optim =
                 LlamaOptimizer::with_bucket_elems(&cfg, &model, bucket).with_native_update(native);
+            if let Some(n) = parts_min_mean {
+                optim = optim.with_parts_min_mean(n);
+            }
             assert_eq!(optim.no_decay_count(), 2);
             for t in 1..=3 {
                 for i in 0..9 {
