@@ -197,7 +197,7 @@ struct Ops<I: burn::tensor::backend::Backend> {
     attention: Option<NativeAttention<I>>,
     loss: Option<NativeLoss<I>>,
     swiglu: Option<NativeSwiglu<I>>,
-    /// The residual update in one kernel (inference; `llama_model::residual`).
+    /// The residual update in one kernel (inference and training; `llama_model::residual`).
     residual: Option<llama_model::residual::NativeResidual<I>>,
     /// Fused kernels of this project for the backend, the default of `auto` where present.
     fused: Option<Fused<I>>,
@@ -356,8 +356,14 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     env_choice("LLAMA_PDL", &["auto", "off"])?;
     env_choice("LLAMA_GEMV_SPLIT", &["auto", "off"])?;
     env_choice("LLAMA_VJP", &["auto", "seed"])?;
-    if let Some(add) = ops.residual {
+    // The residual update in one kernel, in inference and (as one autodiff operation) in
+    // training; `decomposed`: the cast and the sum.
+    if let ("auto", Some(add)) = (
+        env_choice("LLAMA_RESIDUAL", &["auto", "decomposed"])?,
+        ops.residual,
+    ) {
         llama_model::residual::register_native::<I>(add);
+        llama_model::residual::register_autodiff::<I>();
     }
     match env_choice("LLAMA_LINEAR", &["auto", "flat", "split"])? {
         "split" => llama_model::split_k::register::<I>(MAX_SPLITS),
