@@ -365,6 +365,11 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         llama_model::residual::register_native::<I>(add);
         llama_model::residual::register_autodiff::<I>();
     }
+    // Where the fused AdamW runs (it reads bf16 gradients as they are), a projection's weight
+    // gradient stays bf16 instead of being widened to f32 by its cast's backward; `f32`: widened.
+    if let ("auto", Some(_)) = (env_choice("LLAMA_WEIGHT_GRAD", &["auto", "f32"])?, &fused) {
+        llama_model::weight_cast::register::<I>();
+    }
     match env_choice("LLAMA_LINEAR", &["auto", "flat", "split"])? {
         "split" => llama_model::split_k::register::<I>(MAX_SPLITS),
         "auto" if ops.split_linear => llama_model::split_k::register::<I>(MAX_SPLITS),

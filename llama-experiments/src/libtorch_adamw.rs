@@ -125,8 +125,8 @@ pub fn try_sum_squares<I: burn::tensor::backend::Backend>(
         Ok(t) => *t,
         Err(boxed) => return Err(*boxed.downcast::<Tensor<I, 1>>().expect("its own type")),
     };
-    let raw = raw(t).tensor;
-    let n = raw.to_kind(tch::Kind::Float).norm();
+    // Summed in f32 whatever t's dtype (a bf16 gradient is read once, not widened first).
+    let n = raw(t).tensor.norm_scalaropt_dtype(2.0, tch::Kind::Float);
     let out: Box<dyn Any> = Box::new(wrap((&n * &n).reshape([1])));
     Ok(*out.downcast::<Tensor<I, 1>>().expect("I is LibTorch here"))
 }
@@ -150,6 +150,9 @@ fn update(step: AdamwStep<LibTorch>, fused: bool) -> AdamwOutput<LibTorch> {
     if let Some((p, m, v)) = by_kernel {
         return (wrap(p), wrap(m), wrap(v));
     }
+    // torch's kernels take one dtype: a bf16 gradient is widened here (the fused kernel reads it
+    // as it is).
+    let g = g.to_kind(tch::Kind::Float);
     let g = match &factor {
         Some(f) => g * f,
         None => g,

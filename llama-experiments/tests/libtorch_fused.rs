@@ -565,6 +565,59 @@ fn adamw_by_parameter_is_the_bucket_update() {
             moments: step.moments.clone(),
             ..step
         };
+        // The same update from bf16 gradients (`llama_model::weight_cast`): each widened
+        // exactly as it is loaded, so the same bits as from their f32 copies.
+        let rounded = AdamwParts {
+            parts: (step.parts.iter())
+                .map(|(o, p, g)| {
+                    let g16 = g.clone().cast(burn::tensor::DType::BF16);
+                    (*o, p.clone(), g16)
+                })
+                .collect(),
+            grad_factor: step.grad_factor.clone(),
+            moments: step.moments.clone(),
+            ..step
+        };
+        let widened = AdamwParts {
+            parts: (rounded.parts.iter())
+                .map(|(o, p, g)| (*o, p.clone(), g.clone().cast(burn::tensor::DType::F32)))
+                .collect(),
+            grad_factor: step.grad_factor.clone(),
+            moments: step.moments.clone(),
+            ..step
+        };
+        let (Ok(a), Ok(b)) = (try_update_parts(rounded), try_update_parts(widened)) else {
+            panic!("bf16 and f32 gradients are both updated by the kernels");
+        };
+        let bits = |o: llama_experiments::train::optim::AdamwOutput<LibTorch>| {
+            [o.0, o.1, o.2].map(|t| t.into_data().to_vec::<f32>().unwrap())
+        };
+        assert_eq!(bits(a), bits(b), "bf16 gradients, sizes {sizes:?}");
+        // And a concatenated bucket of bf16 gradients (the fused kernel's bf16 form).
+        let flat = |dtype| AdamwParts {
+            parts: (step.parts.iter())
+                .map(|(o, p, g)| {
+                    let g = g.clone().cast(burn::tensor::DType::BF16).cast(dtype);
+                    (*o, p.clone(), g)
+                })
+                .collect(),
+            grad_factor: step.grad_factor.clone(),
+            moments: step.moments.clone(),
+            ..step
+        };
+        let bf16 = flat(burn::tensor::DType::BF16).concatenated();
+        assert_eq!(bf16.grad.dtype(), burn::tensor::DType::BF16);
+        let (Ok(a), Ok(b)) = (
+            try_update(bf16, true),
+            try_update(flat(burn::tensor::DType::F32).concatenated(), true),
+        ) else {
+            panic!("concatenated bf16 and f32 gradients are both updated by the kernel");
+        };
+        assert_eq!(
+            bits(a),
+            bits(b),
+            "concatenated bf16 gradients, sizes {sizes:?}"
+        );
         let Ok((p, m, v)) = try_update_parts(step) else {
             panic!("libtorch CUDA f32 parts are updated by the kernel");
         };

@@ -37,6 +37,7 @@ pub mod sdpa;
 pub mod split_k;
 pub mod stacked;
 pub mod swiglu;
+pub mod weight_cast;
 
 pub use attention::AttentionMask;
 pub use cache::{KvCache, LayerCache};

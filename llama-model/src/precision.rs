@@ -16,6 +16,7 @@ use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use crate::weight_cast;
 
 /// The dtype the model computes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -109,7 +110,7 @@ impl Precision {
         let w = layer.weight.val();
         match self.compute_dtype() {
             None => crate::gemv::matmul(x, w),
-            Some(dtype) => crate::gemv::matmul(cast_to(x, dtype), cast_to(w, dtype)),
+            Some(dtype) => crate::gemv::matmul(cast_to(x, dtype), weight_cast::cast(w, dtype)),
         }
     }
 
@@ -122,7 +123,7 @@ impl Precision {
         match self.compute_dtype() {
             None => layer.forward(x),
             Some(dtype) => {
-                let w = cast_to(layer.weight.val(), dtype);
+                let w = weight_cast::cast(layer.weight.val(), dtype);
                 let b = layer.bias.as_ref().map(|b| cast_to(b.val(), dtype));
                 burn::tensor::module::linear(cast_to(x, dtype), w, b)
             }
@@ -133,7 +134,7 @@ impl Precision {
     pub fn matmul_t<B: Backend>(self, x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
         let (x, w) = match self.compute_dtype() {
             None => (x, w),
-            Some(dtype) => (cast_to(x, dtype), cast_to(w, dtype)),
+            Some(dtype) => (cast_to(x, dtype), weight_cast::cast(w, dtype)),
         };
         let [rows, d] = x.dims();
         match crate::split_k::splits::<B>(rows, w.dims()[0] * d) {

@@ -288,11 +288,12 @@ __device__ __forceinline__ void adamw_one(float p, float g, float m, float v, fl
     po = p * keep - lr_c1 * (mo / (sqrtf(vo) * inv_root_c2 + eps));
 }
 
-extern "C" __global__ void adamw_f32(const float* p, const float* g, const float* m,
-                                     const float* v, float* p_out, float* m_out, float* v_out,
-                                     long long n, const float* factor, float b1, float b2,
-                                     float lr_c1, float inv_root_c2, float eps, float keep,
-                                     int vec) {
+// The gradient in f32, or in bf16 as a bf16 product's weight gradient comes (`adamw_f32_bf16`:
+// no f32 copy of it is made first, see `llama_model::weight_cast`); widened exactly on load.
+template <typename G>
+__device__ void adamw(const float* p, const G* g, const float* m, const float* v, float* p_out,
+                      float* m_out, float* v_out, long long n, const float* factor, float b1,
+                      float b2, float lr_c1, float inv_root_c2, float eps, float keep, int vec) {
     GRID_STRIDE
     const float f = factor ? factor[0] : 1.0f;
     for (long long q = first; q < n4; q += stride) {
@@ -314,13 +315,24 @@ extern "C" __global__ void adamw_f32(const float* p, const float* g, const float
     }
     for (long long i = 4 * n4 + first; i < n; i += stride) {
         float po, mo, vo;
-        adamw_one(p[i], g[i], m ? m[i] : 0.0f, v ? v[i] : 0.0f, f, b1, b2, lr_c1, inv_root_c2,
-                  eps, keep, po, mo, vo);
+        adamw_one(p[i], load(g, i), m ? m[i] : 0.0f, v ? v[i] : 0.0f, f, b1, b2, lr_c1,
+                  inv_root_c2, eps, keep, po, mo, vo);
         p_out[i] = po;
         m_out[i] = mo;
         v_out[i] = vo;
     }
 }
+
+#define ADAMW(NAME, G)                                                                            \
+    extern "C" __global__ void NAME(const float* p, const G* g, const float* m, const float* v,    \
+                                    float* p_out, float* m_out, float* v_out, long long n,        \
+                                    const float* factor, float b1, float b2, float lr_c1,         \
+                                    float inv_root_c2, float eps, float keep, int vec) {          \
+        adamw<G>(p, g, m, v, p_out, m_out, v_out, n, factor, b1, b2, lr_c1, inv_root_c2, eps,     \
+                 keep, vec);                                                                      \
+    }
+ADAMW(adamw_f32, float)
+ADAMW(adamw_f32_bf16, bf16_t)
 
 // Columns per thread that a row kernel keeps in registers: dim <= RMS_COLS * blockDim.x.
 #define RMS_COLS 8

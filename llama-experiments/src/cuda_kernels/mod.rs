@@ -69,8 +69,9 @@ pub const ADD_NORM_KERNELS: [&str; 3] = [
     "add_rms_norm_bf16_f32",
 ];
 
-/// RMSNorm's f32 input with a bf16 output (`_f32_bf16`).
-pub const MIXED_KERNELS: [&str; 2] = ["rms_norm_forward", "rms_norm_backward"];
+/// RMSNorm's f32 input with a bf16 output, AdamW's f32 parameters with a bf16 gradient
+/// (`_f32_bf16`).
+pub const MIXED_KERNELS: [&str; 3] = ["rms_norm_forward", "rms_norm_backward", "adamw"];
 
 /// Columns per thread the row kernels keep in registers (`RMS_COLS` in the source; with 1,024
 /// threads a block then fits the 64 K registers of an SM).

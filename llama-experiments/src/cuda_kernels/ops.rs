@@ -329,7 +329,7 @@ pub fn rms_norm_backward(
     Some((dx, partial.sum_dim_intlist(0, false, Kind::Float)))
 }
 
-/// One AdamW update of a flat f32 bucket in one kernel: new `(p, m, v)`. `moments` is `None` on
+/// One AdamW update of a flat f32 bucket in one kernel (its gradient f32 or bf16): new `(p, m, v)`. `moments` is `None` on
 /// the first step; `factor` (`[1]`, f32, on the device) scales the gradient first.
 pub fn adamw(
     p: &Tensor,
@@ -355,7 +355,12 @@ pub fn adamw_into(
     s: AdamwScalars,
     (po, mo, vo): (&Tensor, &Tensor, &Tensor),
 ) -> Option<()> {
-    if p.kind() != Kind::Float || g.kind() != Kind::Float || p.size() != g.size() {
+    let name = match g.kind() {
+        Kind::Float => "adamw_f32",
+        Kind::BFloat16 => "adamw_f32_bf16",
+        _ => return None,
+    };
+    if p.kind() != Kind::Float || p.size() != g.size() {
         return None;
     }
     let outputs_fit = [po, mo, vo].iter().all(|o| {
@@ -389,7 +394,7 @@ pub fn adamw_into(
     let f = |x: f64| x as f32;
     launch(
         &k,
-        named("adamw", Kind::Float)?,
+        name.to_string(),
         element_grid(n as usize / 4),
         ELEMENT_BLOCK,
         &[

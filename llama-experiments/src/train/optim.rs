@@ -116,8 +116,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B> {
         };
         let value = param.val().inner();
         let n = slot.len;
+        // In the dtype the backward pass left it (bf16 for a projection under
+        // `llama_model::weight_cast`): an update by parameter reads it so, a concatenated bucket
+        // is widened to f32.
         let grad = match self.grads.remove::<Inner<B>, D>(param.id) {
-            Some(g) => g.cast(DType::F32).reshape([n]),
+            Some(g) => g.reshape([n]),
             None => Tensor::zeros([n], &value.device()),
         };
         let value = value.cast(DType::F32).reshape([n]);
@@ -126,10 +129,44 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B> {
     }
 }
 
-/// `cat` of a bucket's pieces in offset order.
+/// `grads` with every gradient in f32: a gradient left in the compute dtype
+/// (`llama_model::weight_cast`) must be widened before gradients of several micro-batches are
+/// summed, or the sum would round to bf16.
+pub fn grads_to_f32<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    mut grads: GradientsParams,
+) -> GradientsParams {
+    struct Widen<'a>(&'a mut GradientsParams);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Widen<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.0.remove::<Inner<B>, D>(param.id) {
+                self.0.register::<Inner<B>, D>(param.id, widened(g));
+            }
+        }
+    }
+    model.visit(&mut Widen(&mut grads));
+    grads
+}
+
+/// `cat` of a bucket's pieces in offset order: in their dtype when they share one (a bucket of
+/// bf16 weight gradients stays bf16: the fused update reads it so), else in f32.
 fn cat<B: Backend>(mut parts: Vec<(usize, Tensor<B, 1>)>) -> Tensor<B, 1> {
     parts.sort_by_key(|(offset, _)| *offset);
-    Tensor::cat(parts.into_iter().map(|(_, t)| t).collect(), 0)
+    let dtype = parts.first().map(|(_, t)| t.dtype());
+    let same = parts.iter().all(|(_, t)| Some(t.dtype()) == dtype);
+    let parts = parts.into_iter().map(|(_, t)| match same {
+        true => t,
+        false => widened(t),
+    });
+    Tensor::cat(parts.collect(), 0)
+}
+
+/// `t` in f32 (itself if it is already).
+pub fn widened<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    match t.dtype() {
+        DType::F32 => t,
+        _ => t.cast(DType::F32),
+    }
 }
 
 /// The update of one bucket and the parameters as views of it, computed when the mapper reaches
@@ -262,7 +299,7 @@ fn sum_squares<I: Backend>(t: Tensor<I, 1>) -> Tensor<I, 1> {
         Ok(s) => return s,
         Err(t) => t,
     };
-    t.square().sum()
+    widened(t).square().sum()
 }
 
 /// The update by the backend's own kernels where this build has them (libtorch; `fused`: the
@@ -284,6 +321,7 @@ fn backend_update<I: Backend>(
 pub struct AdamwStep<I: Backend> {
     /// The bucket's parameters, freshly concatenated (an update may write it in place).
     pub param: Tensor<I, 1>,
+    /// f32, or bf16 (a bucket of projection weight gradients under `llama_model::weight_cast`).
     pub grad: Tensor<I, 1>,
     /// A factor (`[1]`, on the device: the clipping's) the gradient is multiplied by first, so
     /// that an update can fold the scaling into its own pass over the gradient.
@@ -345,9 +383,10 @@ pub type AdamwOutput<I> = (Tensor<I, 1>, Tensor<I, 1>, Tensor<I, 1>);
 impl<I: Backend> AdamwStep<I> {
     /// New parameters and moments, in tensor ops (one kernel per scalar operation).
     pub fn decomposed(self) -> AdamwOutput<I> {
+        let grad = widened(self.grad);
         let g = match self.grad_factor {
-            Some(f) => self.grad * f,
-            None => self.grad,
+            Some(f) => grad * f,
+            None => grad,
         };
         let s = self.scalars;
         let (b1, b2) = (s.beta1, s.beta2);

@@ -213,7 +213,10 @@ fn train<B: AutodiffBackend>(job: &TrainJob, device: &B::Device) -> Result<Train
                 Some(s) => s + value,
                 None => value,
             });
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            if accum > 1 {
+                grads = super::optim::grads_to_f32(&model, grads);
+            }
             acc.accumulate(&model, grads);
         }
         // Averaged over the micro-batches, clipped as torch.nn.utils.clip_grad_norm_.
