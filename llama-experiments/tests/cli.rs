@@ -398,7 +398,9 @@ fn bad_comparison_knobs_in_the_environment_are_one_clear_line() {
         ("LLAMA_ROPE", "fused"),
         ("LLAMA_SWIGLU", "fused"),
         ("LLAMA_SWIGLU", "torch"),
-        ("LLAMA_ADAMW", "fused"),
+        ("LLAMA_ADAMW", "foreach"),
+        ("LLAMA_RESIDUAL", "fused"),
+        ("LLAMA_WEIGHT_GRAD", "bf16"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama"))
             .args(["--device", "ndarray", "bench", "--preset", "tiny"])

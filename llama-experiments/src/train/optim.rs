@@ -9,7 +9,10 @@
 //! [`BUCKET_ELEMS`] elements; a bucket's parameters and gradients are concatenated into flat f32
 //! vectors, AdamW runs on those (~10 kernels per bucket in tensor ops, as torch's `foreach`
 //! AdamW; eight with torch's kernels on libtorch, one fused kernel on CUDA, the clipping factor
-//! folded in), and the parameters come back as views of the bucket's updated vector. Buckets,
+//! folded in), and the parameters come back as views of the bucket's updated vector. Where the
+//! fused kernel runs, a bucket of large parameters is not concatenated at all: the kernel runs once
+//! per parameter, reading it and its gradient (bf16 under `llama_model::weight_cast`) where they lie
+//! and writing into its range of the bucket's new vectors ([`AdamwParts`]). Buckets,
 //! rather than one vector per group, bound the step's extra memory to a bucket's temporaries (one flat copy of a 1b
 //! model is 4.4 GB). The update is torch's `AdamW` (bias-corrected moments,
 //! `p ← p·(1 − lr·wd) − lr·m̂/(√v̂ + ε)`) and the clipping `clip_grad_norm_`'s, without reading
