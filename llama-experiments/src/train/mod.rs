@@ -1,5 +1,6 @@
 //! `llama train`: pretraining with the paper's recipe (section 2.3).
 
+pub mod adamw;
 pub mod config;
 pub mod metrics;
 pub mod optim;

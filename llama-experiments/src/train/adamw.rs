@@ -1,0 +1,174 @@
+//! One bucket's AdamW update: what it takes ([`AdamwStep`] for a concatenated bucket,
+//! [`AdamwParts`] for one left as its parameters), the tensor-op form, and the hand-over to a
+//! backend's own kernels (`libtorch_adamw`) where this build has them. `optim` groups the
+//! parameters into buckets and calls these.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+
+/// `cat` of a bucket's pieces in offset order: in their dtype when they share one (a bucket of
+/// bf16 weight gradients stays bf16: the fused update reads it so), else in f32.
+pub(super) fn cat<B: Backend>(mut parts: Vec<(usize, Tensor<B, 1>)>) -> Tensor<B, 1> {
+    parts.sort_by_key(|(offset, _)| *offset);
+    let dtype = parts.first().map(|(_, t)| t.dtype());
+    let same = parts.iter().all(|(_, t)| Some(t.dtype()) == dtype);
+    let parts = parts.into_iter().map(|(_, t)| match same {
+        true => t,
+        false => widened(t),
+    });
+    Tensor::cat(parts.collect(), 0)
+}
+
+/// `t` in f32 (itself if it is already).
+pub fn widened<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    match t.dtype() {
+        DType::F32 => t,
+        _ => t.cast(DType::F32),
+    }
+}
+
+/// Whether this build updates a bucket parameter by parameter on `device` ([`AdamwParts`]: the
+/// fused kernel on libtorch CUDA).
+#[cfg_attr(not(feature = "tch"), allow(unused_variables))]
+pub(super) fn backend_updates_parts<I: Backend>(device: &I::Device) -> bool {
+    #[cfg(feature = "tch")]
+    let yes = crate::libtorch_adamw::updates_parts::<I>(device);
+    #[cfg(not(feature = "tch"))]
+    let yes = false;
+    yes
+}
+
+/// [`AdamwParts`]'s update by the backend's own kernels, or the step back.
+pub(super) fn backend_update_parts<I: Backend>(
+    step: AdamwParts<I>,
+) -> Result<AdamwOutput<I>, AdamwParts<I>> {
+    #[cfg(feature = "tch")]
+    let out = crate::libtorch_adamw::try_update_parts(step);
+    #[cfg(not(feature = "tch"))]
+    let out = Err(step);
+    out
+}
+
+/// `Σ t²` as a `[1]` tensor: one reduction on libtorch (its norm, squared), the square and the
+/// sum elsewhere.
+pub(super) fn sum_squares<I: Backend>(t: Tensor<I, 1>) -> Tensor<I, 1> {
+    #[cfg(feature = "tch")]
+    let t = match crate::libtorch_adamw::try_sum_squares(t) {
+        Ok(s) => return s,
+        Err(t) => t,
+    };
+    widened(t).square().sum()
+}
+
+/// The update by the backend's own kernels where this build has them (libtorch; `fused`: the
+/// fused kernel on CUDA), else `step` back.
+#[cfg_attr(not(feature = "tch"), allow(unused_variables))]
+pub(super) fn backend_update<I: Backend>(
+    step: AdamwStep<I>,
+    fused: bool,
+) -> Result<AdamwOutput<I>, AdamwStep<I>> {
+    #[cfg(feature = "tch")]
+    let out = crate::libtorch_adamw::try_update(step, fused);
+    #[cfg(not(feature = "tch"))]
+    let out = Err(step);
+    out
+}
+
+/// One bucket's AdamW update: what it needs, for the tensor-op form here or a backend's own
+/// kernels (`libtorch_adamw`).
+pub struct AdamwStep<I: Backend> {
+    /// The bucket's parameters, freshly concatenated (an update may write it in place).
+    pub param: Tensor<I, 1>,
+    /// f32, or bf16 (a bucket of projection weight gradients under `llama_model::weight_cast`).
+    pub grad: Tensor<I, 1>,
+    /// A factor (`[1]`, on the device: the clipping's) the gradient is multiplied by first, so
+    /// that an update can fold the scaling into its own pass over the gradient.
+    pub grad_factor: Option<Tensor<I, 1>>,
+    /// First and second moments, `None` before the first step.
+    pub moments: Option<(Tensor<I, 1>, Tensor<I, 1>)>,
+    pub scalars: AdamwScalars,
+}
+
+/// One bucket's AdamW update with its parameters and gradients left as they are, `(offset in the
+/// bucket, parameter, gradient)` flat, for a backend that writes each parameter's new values,
+/// moments included, into its range of the bucket's new vectors: neither the parameters nor the
+/// gradients are concatenated first (two copies of the bucket fewer per step).
+pub struct AdamwParts<I: Backend> {
+    /// The bucket's length.
+    pub len: usize,
+    pub parts: Vec<(usize, Tensor<I, 1>, Tensor<I, 1>)>,
+    pub grad_factor: Option<Tensor<I, 1>>,
+    /// The bucket's flat moments, `None` before the first step.
+    pub moments: Option<(Tensor<I, 1>, Tensor<I, 1>)>,
+    pub scalars: AdamwScalars,
+}
+
+impl<I: Backend> AdamwParts<I> {
+    /// The same update on the concatenated bucket.
+    pub fn concatenated(self) -> AdamwStep<I> {
+        let (params, grads) = self
+            .parts
+            .into_iter()
+            .map(|(offset, p, g)| ((offset, p), (offset, g)))
+            .unzip();
+        AdamwStep {
+            param: cat(params),
+            grad: cat(grads),
+            grad_factor: self.grad_factor,
+            moments: self.moments,
+            scalars: self.scalars,
+        }
+    }
+}
+
+/// One step's AdamW scalars (also what the fused CUDA kernel takes).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamwScalars {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub lr: f64,
+    /// `lr · weight_decay` for a decayed bucket, 0 otherwise.
+    pub decay: f64,
+    /// Bias corrections `1 − β₁ᵗ`, `1 − β₂ᵗ`.
+    pub c1: f64,
+    pub c2: f64,
+}
+
+/// An update's result: the new parameters, first and second moments.
+pub type AdamwOutput<I> = (Tensor<I, 1>, Tensor<I, 1>, Tensor<I, 1>);
+
+impl<I: Backend> AdamwStep<I> {
+    /// New parameters and moments, in tensor ops (one kernel per scalar operation).
+    pub fn decomposed(self) -> AdamwOutput<I> {
+        let grad = widened(self.grad);
+        let g = match self.grad_factor {
+            Some(f) => grad * f,
+            None => grad,
+        };
+        let s = self.scalars;
+        let (b1, b2) = (s.beta1, s.beta2);
+        let (m, v) = match self.moments {
+            Some((m, v)) => (
+                m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
+                v.mul_scalar(b2) + g.square().mul_scalar(1.0 - b2),
+            ),
+            None => (
+                g.clone().mul_scalar(1.0 - b1),
+                g.square().mul_scalar(1.0 - b2),
+            ),
+        };
+        // lr·m̂/(√v̂ + ε) = (lr/c1)·m / (√v/√c2 + ε)
+        let denom = v
+            .clone()
+            .sqrt()
+            .mul_scalar(1.0 / s.c2.sqrt())
+            .add_scalar(s.eps);
+        let delta = m.clone().div(denom).mul_scalar(s.lr / s.c1);
+        let p = match s.decay != 0.0 {
+            true => self.param.mul_scalar(1.0 - s.decay),
+            false => self.param,
+        };
+        (p - delta, m, v)
+    }
+}
