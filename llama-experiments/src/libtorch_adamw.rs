@@ -16,7 +16,9 @@
 //! (the last line is torch's `lr·m̂/(√v̂ + ε)` with both sides multiplied by `√c₂`). Every in-place
 //! kernel writes a tensor made in this function or the freshly concatenated bucket the caller
 //! hands over, never a tensor Burn-tch shares. On CUDA the whole update, clipping factor included,
-//! is one fused kernel instead (`cuda_kernels::adamw`, where NVRTC loads).
+//! is one fused kernel instead (`cuda_kernels::adamw`, where NVRTC loads), and a bucket of large
+//! parameters is updated parameter by parameter without being concatenated
+//! ([`try_update_parts`]; its gradients may be bf16, which the kernel widens as it loads them).
 
 use std::any::Any;
 
@@ -67,7 +69,7 @@ pub fn updates_parts<I: burn::tensor::backend::Backend>(device: &I::Device) -> b
 
 /// [`AdamwParts`]'s update with the fused kernel, one launch per parameter (its gradient and
 /// values read where they are, the new values written into the bucket's new vectors), or the
-/// step back when its tensors are not libtorch CUDA f32 ones.
+/// step back when its tensors are not libtorch CUDA ones (f32 values, f32 or bf16 gradients).
 pub fn try_update_parts<I: burn::tensor::backend::Backend>(
     step: AdamwParts<I>,
 ) -> Result<AdamwOutput<I>, AdamwParts<I>> {
