@@ -329,8 +329,9 @@ pub fn rms_norm_backward(
     Some((dx, partial.sum_dim_intlist(0, false, Kind::Float)))
 }
 
-/// One AdamW update of a flat f32 bucket in one kernel (its gradient f32 or bf16): new `(p, m, v)`. `moments` is `None` on
-/// the first step; `factor` (`[1]`, f32, on the device) scales the gradient first.
+/// One AdamW update of a flat f32 bucket in one kernel (its gradient f32 or bf16): new
+/// `(p, m, v)`. `moments` is `None` on the first step; `factor` (`[1]`, f32, on the device)
+/// scales the gradient first.
 pub fn adamw(
     p: &Tensor,
     g: &Tensor,
@@ -338,6 +339,8 @@ pub fn adamw(
     factor: Option<&Tensor>,
     s: AdamwScalars,
 ) -> Option<(Tensor, Tensor, Tensor)> {
+    // Declined before anything is allocated (libtorch's CPU asks on every bucket and step).
+    loaded(p.device())?;
     let new = || Tensor::empty(p.size(), (Kind::Float, p.device()));
     let out = (new(), new(), new());
     adamw_into(p, g, moments, factor, s, (&out.0, &out.1, &out.2))?;
