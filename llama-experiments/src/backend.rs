@@ -148,13 +148,23 @@ impl DeviceSpec {
                 use burn::backend::Cuda;
                 // CubeCL's attention autotune may pick Burn's decomposition (bf16 softmax). Its
                 // matmul does not split long reductions: the weight gradients are split here
-                // (`llama_model::split_k`, attempt 16).
+                // (`llama_model::split_k`, attempt 16) unless cuBLAS runs the products
+                // (`LLAMA_PRODUCT=cublas`, `cubecl_cublas`, attempt 37: opt-in, slower at `125m`).
+                let device = burn::backend::cuda::CudaDevice::new(i);
+                let product = match env_choice("LLAMA_PRODUCT", &["auto", "cublas", "matmul"])? {
+                    "cublas" => {
+                        crate::cubecl_cublas::available(&device)
+                            .map_err(|e| anyhow!("LLAMA_PRODUCT=cublas: {e}"))?;
+                        Some(crate::cubecl_cublas::product as _)
+                    }
+                    _ => None,
+                };
                 register_ops(Ops::<Cuda> {
                     split_linear: true,
+                    product,
                     ..Ops::new(AttentionForward::FusedF32)
                 })?;
-                Ok(job
-                    .run::<burn::backend::Autodiff<Cuda>>(burn::backend::cuda::CudaDevice::new(i)))
+                Ok(job.run::<burn::backend::Autodiff<Cuda>>(device))
             }
             #[allow(unreachable_patterns)]
             other => bail!(
@@ -207,8 +217,11 @@ struct Ops<I: burn::tensor::backend::Backend> {
     norm_operation: bool,
     /// `LLAMA_ROPE=auto` means the rotary operation (else the tensor-op form).
     rope_operation: bool,
-    /// `LLAMA_LINEAR=auto` splits the projections' weight gradients (`llama_model::split_k`).
+    /// `LLAMA_LINEAR=auto` splits the projections' weight gradients (`llama_model::split_k`)
+    /// unless a native product runs.
     split_linear: bool,
+    /// A library's matrix product (`llama_model::product`), registered where present.
+    product: Option<llama_model::product::NativeProduct<I>>,
 }
 
 /// The operations with this project's fused kernels (`LLAMA_LOSS/NORM/ROPE/SWIGLU=fused`).
@@ -242,6 +255,7 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
             norm_operation: false,
             rope_operation: false,
             split_linear: false,
+            product: None,
         }
     }
 }
@@ -255,6 +269,7 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// `LLAMA_ATTENTION=auto|blocked|decomposed`, `LLAMA_LOSS=auto|operation|torch|fused|decomposed`,
 /// `LLAMA_NORM=auto|operation|fused|decomposed`, `LLAMA_ROPE=auto|operation|fused|decomposed`,
 /// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`, `LLAMA_LINEAR=auto|flat|split`,
+/// `LLAMA_PRODUCT=auto|cublas|matmul` (cuBLAS's products under CubeCL, or the backend's matmul),
 /// `LLAMA_DECODE_ATTENTION=auto|fused|decomposed`, `LLAMA_GEMV=auto|fused|matmul`,
 /// `LLAMA_ADD_NORM=auto|fused|separate`, `LLAMA_ROPE_SLOT=auto|fused|separate`,
 /// `LLAMA_PDL=auto|off` (the fused kernels of a decoded token with programmatic dependent launch),
@@ -370,9 +385,24 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     if let ("auto", Some(_)) = (env_choice("LLAMA_WEIGHT_GRAD", &["auto", "f32"])?, &fused) {
         llama_model::weight_cast::register::<I>();
     }
+    // A library's products where the backend offers one (cuBLAS under CubeCL, asked for with
+    // `LLAMA_PRODUCT=cublas`); otherwise the backend's matmul.
+    let product = match (
+        env_choice("LLAMA_PRODUCT", &["auto", "cublas", "matmul"])?,
+        ops.product,
+    ) {
+        ("cublas" | "auto", Some(native)) => {
+            llama_model::product::register_native::<I>(native);
+            true
+        }
+        ("cublas", None) => {
+            bail!("LLAMA_PRODUCT=cublas needs `--device cuda` with libcublas on the library path")
+        }
+        _ => false,
+    };
     match env_choice("LLAMA_LINEAR", &["auto", "flat", "split"])? {
         "split" => llama_model::split_k::register::<I>(MAX_SPLITS),
-        "auto" if ops.split_linear => llama_model::split_k::register::<I>(MAX_SPLITS),
+        "auto" if ops.split_linear && !product => llama_model::split_k::register::<I>(MAX_SPLITS),
         _ => {}
     }
     Ok(())

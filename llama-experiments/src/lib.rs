@@ -6,6 +6,8 @@ pub mod batcher;
 pub mod bench;
 pub mod check;
 pub mod checkpoint;
+#[cfg(feature = "cuda-untuned")]
+pub mod cubecl_cublas;
 #[cfg(all(feature = "tch", llama_cuda_graph))]
 pub mod cuda_graph;
 #[cfg(feature = "tch")]

@@ -201,9 +201,7 @@ fn mixed_attention<B: Backend>(
         AttentionMask::Causal => Some(sdpa::future_keys([b, h, tq, tk], tk - tq, &q.device())),
         AttentionMask::Explicit(m) => Some(m.clone().expand([b, h, tq, tk])),
     };
-    sdpa::masked_probabilities(q, k, hidden)
-        .cast(dtype)
-        .matmul(v)
+    crate::product::matmul(sdpa::masked_probabilities(q, k, hidden).cast(dtype), v)
 }
 
 /// Repeats each key/value head `n_rep` times so grouped-query attention can use the multi-head op.

@@ -28,6 +28,7 @@ pub mod native;
 pub mod norm;
 pub mod position;
 pub mod precision;
+pub mod product;
 pub mod record;
 pub mod residual;
 pub mod rms_norm;

@@ -102,9 +102,11 @@ impl Precision {
         y.reshape(out)
     }
 
-    /// [`Self::project`] of a matrix: a few rows (decoding) through [`crate::gemv`].
+    /// [`Self::project`] of a matrix: a few rows (decoding) through [`crate::gemv`], any number
+    /// through a backend's own product ([`crate::product`]) where it registered one.
     fn project_rows<B: Backend>(self, layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        if x.dims()[0] > crate::gemv::MAX_ROWS || layer.bias.is_some() {
+        let native = x.dims()[0] <= crate::gemv::MAX_ROWS || crate::product::registered::<B>();
+        if !native || layer.bias.is_some() {
             return self.project(layer, x);
         }
         let w = layer.weight.val();

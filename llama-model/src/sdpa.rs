@@ -38,6 +38,7 @@ use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
 use burn::tensor::{Bool, DType, Tensor};
 
 use crate::dispatch::{ErasedNative, Registry, float};
+use crate::product;
 
 /// How the forward pass runs on the inner backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +167,8 @@ pub(crate) fn masked_probabilities<B: Backend>(
     hidden: Option<Tensor<B, 4, Bool>>,
 ) -> Tensor<B, 4> {
     let hd = q.dims()[3];
-    let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) * (1.0 / (hd as f64).sqrt());
+    let scores =
+        product::matmul(q, k.swap_dims(2, 3)).cast(DType::F32) * (1.0 / (hd as f64).sqrt());
     let scores = match hidden {
         Some(m) => scores.mask_fill(m, -1e30),
         None => scores,
@@ -219,10 +221,10 @@ fn blocked_forward<B: Backend>(
         let ke = if causal { e } else { tk };
         let qb = q.clone().slice([0..b, 0..h, s..e, 0..hd]);
         let p = probabilities(qb, k.clone().slice([0..b, 0..h, 0..ke, 0..hd]), s, causal);
-        out.push(
-            p.cast(dtype)
-                .matmul(v.clone().slice([0..b, 0..h, 0..ke, 0..hd])),
-        );
+        out.push(product::matmul(
+            p.cast(dtype),
+            v.clone().slice([0..b, 0..h, 0..ke, 0..hd]),
+        ));
     }
     Tensor::cat(out, 2)
 }
@@ -281,12 +283,12 @@ fn backward_blocks<B: Backend>(
         let (kb, vb) = (k.clone().slice(keys.clone()), v.clone().slice(keys.clone()));
         let dob = dout.clone().slice([0..b, 0..h, s..e, 0..hd]);
         let p = probabilities(qb.clone(), kb.clone(), s, causal);
-        let dvb = p.clone().cast(dtype).swap_dims(2, 3).matmul(dob.clone());
-        let dp = dob.matmul(vb.swap_dims(2, 3)).cast(DType::F32);
+        let dvb = product::matmul(p.clone().cast(dtype).swap_dims(2, 3), dob.clone());
+        let dp = product::matmul(dob, vb.swap_dims(2, 3)).cast(DType::F32);
         let drow = rows.clone().slice([0..b, 0..h, s..e, 0..1]);
         let ds = (p * (dp - drow) * scale).cast(dtype);
-        dq.push(ds.clone().matmul(kb));
-        let dkb = ds.swap_dims(2, 3).matmul(qb);
+        dq.push(product::matmul(ds.clone(), kb));
+        let dkb = product::matmul(ds.swap_dims(2, 3), qb);
         if ke == tk {
             dk = dk + dkb.cast(DType::F32);
             dv = dv + dvb.cast(DType::F32);

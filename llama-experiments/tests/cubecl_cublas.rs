@@ -1,0 +1,109 @@
+//! cuBLAS products under CubeCL (`cubecl_cublas`) against CubeCL's own matmul on the same
+//! device: projections, the tied head's transposed weight, attention's batched products with a
+//! transposed and a sliced operand, in f32 and bf16, and the gradients of both operands through
+//! `llama_model::product`'s autodiff operation. Needs `--features cuda` and an NVIDIA GPU with
+//! libcublas on the library path; skips (passes, saying so) without them.
+#![cfg(feature = "cuda-untuned")]
+
+use burn::backend::Autodiff;
+use burn::backend::cuda::CudaDevice;
+use burn::tensor::{DType, Distribution, Tensor};
+use llama_experiments::cubecl_cublas::{Cuda, available, product};
+
+fn device() -> Option<CudaDevice> {
+    if !std::path::Path::new("/dev/nvidia0").exists() {
+        eprintln!("skipped: no NVIDIA device");
+        return None;
+    }
+    let device = CudaDevice::new(0);
+    match available(&device) {
+        Ok(()) => Some(device),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
+
+/// Largest |got − want| over the largest |want|.
+fn rel<const D: usize>(got: Tensor<Cuda, D>, want: Tensor<Cuda, D>) -> f32 {
+    let scale = want.clone().cast(DType::F32).abs().max().into_scalar();
+    let diff = (got.cast(DType::F32) - want.cast(DType::F32))
+        .abs()
+        .max()
+        .into_scalar();
+    diff / scale
+}
+
+#[test]
+fn cublas_products_match_cubecl_matmul() {
+    let Some(dev) = device() else { return };
+    llama_model::product::register_native::<Cuda>(product);
+    let r = |d: [usize; 2]| Tensor::<Cuda, 2>::random(d, Distribution::Normal(0.0, 1.0), &dev);
+    let r4 = |d: [usize; 4]| Tensor::<Cuda, 4>::random(d, Distribution::Normal(0.0, 1.0), &dev);
+    // f32 within TF32's rounding, should either library use it.
+    for (dtype, tol) in [(DType::F32, 2e-3), (DType::BF16, 2e-2)] {
+        // A projection, and the tied head's `x · Wᵀ` (a transposed view).
+        let (x, w, head) = (
+            r([300, 192]).cast(dtype),
+            r([192, 520]).cast(dtype),
+            r([777, 192]).cast(dtype),
+        );
+        let got = llama_model::product::matmul(x.clone(), w.clone());
+        assert_eq!(got.dims(), [300, 520]);
+        assert!(rel(got, x.clone().matmul(w.clone())) < tol, "{dtype:?} x·w");
+        let got = llama_model::product::matmul(x.clone(), head.clone().transpose());
+        assert!(
+            rel(got, x.clone().matmul(head.transpose())) < tol,
+            "{dtype:?} x·headᵀ"
+        );
+        // A weight gradient's `xᵀ · dy` (a transposed first operand).
+        let dy = r([300, 520]).cast(dtype);
+        let got = llama_model::product::matmul(x.clone().transpose(), dy.clone());
+        assert!(rel(got, x.transpose().matmul(dy)) < tol, "{dtype:?} xᵀ·dy");
+        // Attention: q · kᵀ over [batch, heads], then the probabilities times a slice of v.
+        let (q, k, v) = (
+            r4([2, 3, 40, 16]).cast(dtype),
+            r4([2, 3, 64, 16]).cast(dtype),
+            r4([2, 3, 80, 16]).cast(dtype),
+        );
+        let kt = k.swap_dims(2, 3);
+        let s = llama_model::product::matmul(q.clone(), kt.clone());
+        assert!(rel(s.clone(), q.matmul(kt)) < tol, "{dtype:?} q·kᵀ");
+        let vs = v.slice([0..2, 0..3, 0..64, 0..16]);
+        let got = llama_model::product::matmul(s.clone(), vs.clone());
+        assert!(rel(got, s.matmul(vs)) < tol, "{dtype:?} s·v[..64]");
+    }
+}
+
+#[test]
+fn cublas_gradients_match_cubecl_matmul() {
+    type A = Autodiff<Cuda>;
+    let Some(dev) = device() else { return };
+    llama_model::product::register_native::<Cuda>(product);
+    let r = |d: [usize; 2]| Tensor::<Cuda, 2>::random(d, Distribution::Normal(0.0, 1.0), &dev);
+    let (x, w, weights) = (r([256, 96]), r([96, 130]), r([256, 130]));
+    let leaves = || {
+        (
+            Tensor::<A, 2>::from_inner(x.clone()).require_grad(),
+            Tensor::<A, 2>::from_inner(w.clone()).require_grad(),
+        )
+    };
+    let weights = Tensor::<A, 2>::from_inner(weights);
+    let (xa, wa) = leaves();
+    let (xb, wb) = leaves();
+    let ga = (xa.clone().matmul(wa.clone()) * weights.clone())
+        .sum()
+        .backward();
+    let gb = (llama_model::product::matmul(xb.clone(), wb.clone()) * weights)
+        .sum()
+        .backward();
+    assert!(
+        rel(xb.grad(&gb).unwrap(), xa.grad(&ga).unwrap()) < 2e-3,
+        "dx"
+    );
+    assert!(
+        rel(wb.grad(&gb).unwrap(), wa.grad(&ga).unwrap()) < 2e-3,
+        "dw"
+    );
+}
