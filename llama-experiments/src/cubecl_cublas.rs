@@ -338,13 +338,22 @@ fn gemm(
         let compute = blas::cublasComputeType_t::CUBLAS_COMPUTE_32F;
         let algo = blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
         let ticket = blas.ticket.wrapping_add(1);
+        // Every fallible conversion before anything is queued on cuBLAS's stream.
+        let (ni, mi, ki, ldw, ldx, batches) = (
+            int(n)?,
+            int(m)?,
+            int(k)?,
+            int(wo.ld)?,
+            int(xo.ld)?,
+            int(batch)?,
+        );
+        let flags = blas.flags.clone();
         // Row-major `y [m, n] = x · w` is column-major `yᵀ [n, m] = wᵀ · xᵀ`.
         // SAFETY: the pointers are CubeCL buffers of the sizes the shapes and strides describe;
         // CubeCL's stream does not go past the hand-over (or the host waits) until cuBLAS's
         // stream has written `y`, so none of them is reused before.
         unsafe {
-            let flags = blas.flags.as_ref().map(|f| f.1);
-            if let Some(addr) = flags {
+            if let Some((_, addr)) = flags {
                 cu::cuStreamWaitValue32_v2(
                     blas.stream,
                     addr,
@@ -366,20 +375,20 @@ fn gemm(
                     blas.handle,
                     wo.op,
                     xo.op,
-                    int(n)?,
-                    int(m)?,
-                    int(k)?,
+                    ni,
+                    mi,
+                    ki,
                     ab,
                     a,
                     ty,
-                    int(wo.ld)?,
+                    ldw,
                     b,
                     ty,
-                    int(xo.ld)?,
+                    ldx,
                     bb,
                     c,
                     ty,
-                    int(n)?,
+                    ni,
                     compute,
                     algo,
                 )
@@ -388,29 +397,29 @@ fn gemm(
                     blas.handle,
                     wo.op,
                     xo.op,
-                    int(n)?,
-                    int(m)?,
-                    int(k)?,
+                    ni,
+                    mi,
+                    ki,
                     ab,
                     a,
                     ty,
-                    int(wo.ld)?,
+                    ldw,
                     wo.batch_stride as i64,
                     b,
                     ty,
-                    int(xo.ld)?,
+                    ldx,
                     xo.batch_stride as i64,
                     bb,
                     c,
                     ty,
-                    int(n)?,
+                    ni,
                     (m * n) as i64,
-                    int(batch)?,
+                    batches,
                     compute,
                     algo,
                 )
             };
-            let Some(addr) = flags else {
+            let Some((flag_buffer, addr)) = flags else {
                 result.map_err(|e| format!("cublasGemmEx: {e:?}"))?;
                 return driver::stream::synchronize(blas.stream)
                     .map_err(|e| format!("cuBLAS stream: {e}"));
@@ -429,7 +438,7 @@ fn gemm(
                 &client,
                 CubeCount::Static(1, 1, 1),
                 CubeDim::new_1d(1),
-                ArrayArg::from_raw_parts(blas.flags.as_ref().unwrap().0.clone(), 2),
+                ArrayArg::from_raw_parts(flag_buffer, 2),
                 ticket,
             );
             blas.ticket = ticket;
