@@ -118,10 +118,10 @@ fn with_blas<T>(
 ) -> Result<T, String> {
     let mut guard = BLAS.lock().unwrap_or_else(|e| e.into_inner());
     let map = guard.get_or_insert_with(HashMap::new);
-    if !map.contains_key(&ordinal) {
-        map.insert(ordinal, Blas::new(ordinal)?);
-    }
-    let blas = map.get_mut(&ordinal).expect("inserted above");
+    let blas = match map.entry(ordinal) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => e.insert(Blas::new(ordinal)?),
+    };
     // SAFETY: a context retained in `Blas::new` and never released.
     unsafe { driver::ctx::set_current(blas.ctx) }.map_err(|e| format!("context: {e}"))?;
     f(blas)
