@@ -45,6 +45,8 @@ pub struct BenchJob {
     pub iters: usize,
     /// The peak FLOP/s MFU is computed against (named in the output).
     pub peak_flops: Option<f64>,
+    /// Decode: the memory bandwidth (bytes/s) the step's fewest bytes are judged against.
+    pub peak_bandwidth: Option<f64>,
     /// Train: also time forward, backward and optimiser apart (`--phases`).
     pub phases: bool,
 }
@@ -66,6 +68,15 @@ pub struct BenchReport {
     /// Training or forward FLOPs per token (6·N + attention, or a third of it) × tokens/s / peak.
     pub mfu: Option<f64>,
     pub peak_flops: Option<f64>,
+    /// Decode: the fewest bytes a step must move (`LlamaConfig::decode_bytes`: every weight
+    /// matrix once, the cache at the median timed step's length, in the run's dtype).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_bytes: Option<u64>,
+    /// Decode: `decode_bytes / median_step_s / peak_bandwidth`, the memory-bandwidth utilisation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mbu: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_bandwidth: Option<f64>,
     /// Peak resident memory of the process (CPU backends; a GPU's own memory is not in it).
     pub peak_rss_bytes: Option<u64>,
     /// Training: the loss of the last timed step (fixed seeds, so a check that two runs computed
@@ -318,6 +329,14 @@ impl BackendJob for BenchJob {
             }
         };
         let tokens_per_s = tokens as f64 / median;
+        // The median timed step is the middle one, `warmup + iters / 2` tokens after the prompt.
+        let decode_bytes = (self.mode == BenchMode::Decode).then(|| {
+            let bytes = match self.precision {
+                Precision::F32 => 4,
+                Precision::Bf16 => 2,
+            };
+            cfg.decode_bytes(b, t + self.warmup + self.iters / 2, bytes, bytes)
+        });
         // The attention term at the benchmarked length, not the model's maximum.
         let at_seq = LlamaConfig {
             max_seq_len: t,
@@ -339,6 +358,11 @@ impl BackendJob for BenchJob {
             tokens_per_s,
             mfu: self.peak_flops.map(|p| tokens_per_s * flops_per_token / p),
             peak_flops: self.peak_flops,
+            mbu: decode_bytes
+                .zip(self.peak_bandwidth)
+                .map(|(bytes, bw)| bytes as f64 / median / bw),
+            decode_bytes,
+            peak_bandwidth: self.peak_bandwidth.filter(|_| decode_bytes.is_some()),
             peak_rss_bytes: peak_rss(),
             final_loss,
             decoder: decoder_name,

@@ -155,6 +155,10 @@ pub(crate) enum Command {
         /// The peak FLOP/s MFU is computed against (e.g. 989e12: H100/H200 dense bf16).
         #[arg(long)]
         peak_flops: Option<f64>,
+        /// Decode: the memory bandwidth in bytes/s the step's fewest bytes are judged against
+        /// (e.g. 4.8e12: H200; 3.35e12: H100 SXM), reported as MBU.
+        #[arg(long)]
+        peak_bandwidth: Option<f64>,
         /// Train: also time the forward pass, backward pass and optimiser step apart (further
         /// steps with a device sync after each part).
         #[arg(long)]

@@ -186,6 +186,7 @@ fn run(cli: Cli) -> Result<()> {
             warmup,
             iters,
             peak_flops,
+            peak_bandwidth,
             phases,
             json,
         } => {
@@ -202,13 +203,14 @@ fn run(cli: Cli) -> Result<()> {
                 warmup,
                 iters,
                 peak_flops,
+                peak_bandwidth,
                 phases,
             })??;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "{} {:?} on {} ({}): batch {} × seq {}: median {:.4} s/step, {:.0} tokens/s{}",
+                    "{} {:?} on {} ({}): batch {} × seq {}: median {:.4} s/step, {:.0} tokens/s{}{}",
                     r.model,
                     r.mode,
                     r.device,
@@ -222,6 +224,14 @@ fn run(cli: Cli) -> Result<()> {
                             ", MFU {:.1} % of {:.3e} FLOP/s",
                             100.0 * m,
                             r.peak_flops.unwrap_or(0.0)
+                        ))
+                        .unwrap_or_default(),
+                    r.mbu
+                        .map(|m| format!(
+                            ", MBU {:.1} % of {:.3e} B/s ({:.3} GB a step)",
+                            100.0 * m,
+                            r.peak_bandwidth.unwrap_or(0.0),
+                            r.decode_bytes.unwrap_or(0) as f64 / 1e9
                         ))
                         .unwrap_or_default()
                 );

@@ -347,6 +347,8 @@ fn bench_times_train_prefill_and_decode_steps() {
             "2",
             "--peak-flops",
             "1e12",
+            "--peak-bandwidth",
+            "1e11",
             "--json",
         ]);
         assert_eq!(code, 0, "{err}");
@@ -354,6 +356,23 @@ fn bench_times_train_prefill_and_decode_steps() {
         assert_eq!(v["mode"], mode);
         assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
         assert!(v["mfu"].as_f64().unwrap() > 0.0, "{v}");
+        if mode == "decode" {
+            // The cache at the median timed step: 16 prompt tokens, 1 warm-up, 2 / 2 timed.
+            let cfg = llama_model::LlamaConfig::preset("tiny").unwrap();
+            let bytes = cfg.decode_bytes(2, 18, 4, 4);
+            assert_eq!(v["decode_bytes"].as_u64(), Some(bytes), "{v}");
+            let step = v["median_step_s"].as_f64().unwrap();
+            let mbu = v["mbu"].as_f64().unwrap();
+            assert!(
+                (mbu - bytes as f64 / step / 1e11).abs() < 1e-9 * mbu.max(1.0),
+                "{v}"
+            );
+        } else {
+            assert!(
+                v.get("mbu").is_none() && v.get("decode_bytes").is_none(),
+                "{v}"
+            );
+        }
         assert_eq!(
             (v["batch"].as_u64(), v["seq"].as_u64()),
             (Some(2), Some(16))

@@ -335,6 +335,33 @@ impl LlamaConfig {
         let head = self.vocab_size as u64 * self.dim as u64;
         6 * (n + head) + 12 * self.n_layers as u64 * self.dim as u64 * self.max_seq_len as u64
     }
+
+    /// The fewest bytes one decoded step of `batch` rows must move from memory, attending over
+    /// `context` positions: every weight matrix once (the output head too, tied or not), the
+    /// batch's embedding rows, and the keys and values of `context` positions for each row,
+    /// read, plus the new position's written. Weights are counted at `weight_bytes` per element
+    /// (norm gains included: they are 0.01 % of a preset), the cache at `cache_bytes`.
+    ///
+    /// A step's time against `bytes / bandwidth` is its memory-bandwidth utilisation, the bound
+    /// that batch-1 decoding is judged by (it reads every weight to produce one token).
+    pub fn decode_bytes(
+        &self,
+        batch: usize,
+        context: usize,
+        weight_bytes: usize,
+        cache_bytes: usize,
+    ) -> u64 {
+        let (b, d) = (batch as u64, self.dim as u64);
+        let head = self.vocab_size as u64 * d;
+        let position_rows = match self.position {
+            PositionKind::Learned => b * d,
+            _ => 0,
+        };
+        let weights = self.param_counts().non_embedding + head + b * d + position_rows;
+        let kv_per_position = 2 * (self.kv_heads() * self.head_dim()) as u64;
+        let cache = b * self.n_layers as u64 * kv_per_position * (context as u64 + 1);
+        weights * weight_bytes as u64 + cache * cache_bytes as u64
+    }
 }
 
 /// Analytic parameter counts of a config.
