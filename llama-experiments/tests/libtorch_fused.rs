@@ -326,7 +326,7 @@ fn decode_attention_matches_the_formula() {
 
 /// One-row products against torch's f32 product of the same bf16 values, the weight the
 /// transposed view of an `[n, k]` matrix as the model stores it for decoding: the decode shapes of
-/// the `1b` preset, a `k` that is not a multiple of the warp's 256-element pass,
+/// the `1b` and 7B presets, a `k` that is not a multiple of the warp's 256-element pass,
 /// a row slice of a taller matrix (the stacked projections' views), the same bits when run again,
 /// and the inputs it declines.
 #[test]
@@ -356,9 +356,12 @@ fn gemv_matches_torch() {
         (768, 72),
         (104, 7),
         (4096, 64),
-        (2056, 9),   // two warps per output, the second over 1,024 columns
-        (4104, 13),  // three warps of 1,368 columns
-        (22016, 24), // 65B's down projection: eleven warps per output
+        (2056, 9),     // two warps per output, the second over 1,024 columns
+        (4104, 13),    // three warps of 1,368 columns
+        (22016, 24),   // 65B's down projection: eleven warps per output
+        (4096, 22016), // 7B's gate/up: many groups per block of a resident grid
+        (11008, 4096), // 7B's down
+        (33000, 5),    // 32 warps per output, two passes of loads each
     ] {
         let x = bf(randn(&[1, kk]));
         let wt = bf(randn(&[n, kk]) / (kk as f64).sqrt());

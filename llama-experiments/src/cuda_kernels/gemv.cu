@@ -11,8 +11,8 @@
 // shuffles: no second pass, no atomics, the same bits every run. (A first form with 64-column
 // tiles of an [in, out] weight read 128 bytes per row per block and was no faster than cuBLAS.)
 //
-// Grid: ceil(n / outputs per block) blocks of 32 · parts · outputs per block threads (at most
-// GEMV_MAX_THREADS; gemv.rs picks them). `k` a multiple of 8,
+// Grid: up to ceil(n / outputs per block) blocks of 32 · parts · outputs per block threads (at
+// most GEMV_MAX_THREADS; gemv.rs picks them). `k` a multiple of 8,
 // `ldw` a multiple of 8, `wt` and `x` 16-byte aligned. (Two to eight rows, each weight load
 // multiplied by every row's input, were slower than cuBLAS's tensor-core products: 1b decode at
 // batch 2, 4 and 8 took 1.83 / 2.64 / 4.37 ms per token against 1.78 / 1.91 / 2.44, H200.)
@@ -48,21 +48,33 @@ __device__ __forceinline__ void gemv_load(const bf16_t* wr, int base, int end, u
 // Each output's row is split into `parts` spans of whole 8-column groups, one warp per span
 // (consecutive warps of a block), so that a long row (the down projection's 5,632 columns at
 // `1b`) is one pass of loads per warp instead of three in a row; the warps' sums are added in
-// span order through shared memory (deterministic). Block: (8 / parts, at least 1) outputs.
+// span order through shared memory (deterministic). Block: (8 / parts, at least 1) outputs, a
+// group. A block takes groups `blockIdx.x, + gridDim.x, ...`: with one block per group (the
+// grid in waves) that is one group; with as many blocks as are resident at once (gemv.rs,
+// `LLAMA_GEMV_GRID`) each takes several, and issues the next group's first loads before it
+// reduces and stores the current one, so the memory keeps streaming across a block's groups
+// instead of a block draining and the next one launching. Either way each output is summed by
+// the same lanes in the same order: the same bits.
 //
 // The weight is a decode step's constant, never written by the kernels ahead of a product, so
 // under programmatic dependent launch (see pdl_wait) a warp issues its span's first loads and
-// prefetches the rest of it into L2 before waiting for the kernel ahead: the stream of weights
-// starts while that kernel (the norm, attention) still runs. Only `x` waits.
+// prefetches the rest of it (and with a resident grid its next group's span) into L2 before
+// waiting for the kernel ahead: the stream of weights starts while that kernel (the norm,
+// attention) still runs. Only `x` waits.
 __device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw,
                      int parts) {
     __shared__ float partial[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int per_block = (blockDim.x >> 5) / parts;
-    const int col = blockIdx.x * per_block + warp / parts, part = warp % parts;
+    const int groups = (n + per_block - 1) / per_block;
+    const int part = warp % parts;
     const int span = ((k + parts - 1) / parts + 7) & ~7;
     const int lo = min(k, part * span), hi = min(k, lo + span);
-    const bool live = col < n;  // whole warps
+    // This warp's output in group g (n or more: none; whole warps).
+    auto output = [&](int g) { return g * per_block + warp / parts; };
+    int g = blockIdx.x;
+    int col = output(g);
+    bool live = col < n;
     const bf16_t* wr = wt + (long long)(live ? col : 0) * ldw;
     uint4 wv[GEMV_UNROLL];
     if (live) {
@@ -71,37 +83,55 @@ __device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n,
         // One prefetch per 128-byte line (64 bf16) of the span past the first loads.
         for (int kk = lo + GEMV_COLS + lane * 64; kk < hi; kk += 32 * 64)
             asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + kk));
+        const int next = output(g + gridDim.x);
+        if (g + gridDim.x < groups && next < n)
+            for (int kk = lo + lane * 64; kk < hi; kk += 32 * 64)
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(wt + (long long)next * ldw + kk));
 #endif
     }
     pdl_wait();
     pdl_trigger();
-    float acc = 0.0f;
-    if (live) {
-        for (int base = lo + lane * 8; base < hi; base += GEMV_COLS) {
-            if (base != lo + lane * 8) gemv_load(wr, base, hi, wv);
+    for (;;) {
+        float acc = 0.0f;
+        if (live) {
+            for (int base = lo + lane * 8; base < hi; base += GEMV_COLS) {
+                if (base != lo + lane * 8) gemv_load(wr, base, hi, wv);
 #pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; ++u) {
-                const int kk = base + 32 * 8 * u;
-                if (kk >= hi) break;
-                float wf[8], xf[8];
-                unpack8(wv[u], wf);
-                unpack8(*reinterpret_cast<const uint4*>(x + kk), xf);
+                for (int u = 0; u < GEMV_UNROLL; ++u) {
+                    const int kk = base + 32 * 8 * u;
+                    if (kk >= hi) break;
+                    float wf[8], xf[8];
+                    unpack8(wv[u], wf);
+                    unpack8(*reinterpret_cast<const uint4*>(x + kk), xf);
 #pragma unroll
-                for (int j = 0; j < 8; ++j) acc += wf[j] * xf[j];
+                    for (int j = 0; j < 8; ++j) acc += wf[j] * xf[j];
+                }
             }
         }
-    }
-    acc = warp_sum(acc);
-    if (parts == 1) {
-        if (live && lane == 0) store(y, col, acc);
-        return;
-    }
-    if (lane == 0) partial[warp] = acc;
-    __syncthreads();
-    if (live && part == 0 && lane == 0) {
-        float t = 0.0f;
-        for (int p = 0; p < parts; ++p) t += partial[warp + p];
-        store(y, col, t);
+        // The next group's first loads, in flight while this one is reduced and stored.
+        const int gn = g + gridDim.x;  // the same in the whole block
+        const int coln = output(gn);
+        const bool liven = gn < groups && coln < n;
+        const bf16_t* wrn = wt + (long long)(liven ? coln : 0) * ldw;
+        if (liven) gemv_load(wrn, lo + lane * 8, hi, wv);
+        acc = warp_sum(acc);
+        if (parts == 1) {
+            if (live && lane == 0) store(y, col, acc);
+        } else {
+            if (lane == 0) partial[warp] = acc;
+            __syncthreads();
+            if (live && part == 0 && lane == 0) {
+                float t = 0.0f;
+                for (int p = 0; p < parts; ++p) t += partial[warp + p];
+                store(y, col, t);
+            }
+        }
+        if (gn >= groups) return;
+        if (parts != 1) __syncthreads();  // `partial` is written again
+        g = gn;
+        col = coln;
+        live = liven;
+        wr = wrn;
     }
 }
 

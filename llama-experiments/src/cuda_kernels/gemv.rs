@@ -23,6 +23,13 @@ fn parts(k: i64) -> i64 {
     .clamp(1, MAX_PARTS)
 }
 
+/// Whether the grid holds only the blocks resident at once, each taking several groups of
+/// outputs (`LLAMA_GEMV_GRID=auto`, the default), or one block per group (`waves`).
+fn resident_grid() -> bool {
+    static RESIDENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RESIDENT.get_or_init(|| crate::backend::knob_on("LLAMA_GEMV_GRID", "waves"))
+}
+
 /// `x [1, k] · w [k, n]`, bf16 in and out (f32 sums), in one kernel that streams the weight at
 /// close to the memory bandwidth (one row only: more were slower than cuBLAS, see `gemv.cu`);
 /// rows longer than 1,024 columns split over several warps (`LLAMA_GEMV_SPLIT=auto|off`).
@@ -58,8 +65,14 @@ pub fn gemv(x: &Tensor, w: &Tensor) -> Option<Tensor> {
     let y = Tensor::empty([1, n], (Kind::BFloat16, x.device()));
     let parts = parts(k);
     let per_block = (WARPS / parts as usize).max(1);
-    let blocks = usize::try_from(n).ok()?.div_ceil(per_block);
+    let groups = usize::try_from(n).ok()?.div_ceil(per_block);
     let threads = 32 * parts as usize * per_block;
+    let blocks = match resident_grid() {
+        true => kern
+            .resident_blocks("gemv_bf16", threads)
+            .map_or(groups, |r| r.min(groups)),
+        false => groups,
+    };
     let (k, n, parts) = (
         i32::try_from(k).ok()?,
         i32::try_from(n).ok()?,

@@ -365,33 +365,48 @@ __device__ void rms_norm_forward(const TX* x, const float* gamma, TY* y, float* 
 // The residual update and the next RMSNorm in one pass (inference): h = x + δ in f32 (δ widened
 // exactly, as torch's promoting add does) and y = (h r) γ exactly as rms_norm_forward computes
 // it (same block size, same sums), one block per row.
+//
+// Under programmatic dependent launch only δ (the sublayer's output, written by the kernel just
+// ahead) has to wait: γ is a weight, and x is the residual stream, written a whole sublayer
+// earlier (its products lie between), by a kernel that had completed before the one just ahead
+// could pass its own wait and let this one start. So γ, and with `early` x, are loaded before
+// the wait, off the chain of dependent memory round trips that bounds a decoded token. The
+// caller passes `early` = 0 if x may come from the kernel just ahead.
 template <typename TD, typename TY>
 __device__ void add_rms_norm(const float* x, const TD* delta, const float* gamma, float* h, TY* y,
-                             int dim, float eps) {
+                             int dim, float eps, int early) {
     const long long row = blockIdx.x;
-    float v[RMS_COLS];
+    float v[RMS_COLS], g[RMS_COLS];
+#pragma unroll
+    for (int k = 0; k < RMS_COLS; ++k) {
+        const int j = threadIdx.x + k * blockDim.x;
+        g[k] = j < dim ? gamma[j] : 0.0f;
+        v[k] = early && j < dim ? x[row * dim + j] : 0.0f;
+    }
+    pdl_start();
     float ss = 0.0f;
 #pragma unroll
     for (int k = 0; k < RMS_COLS; ++k) {
         const int j = threadIdx.x + k * blockDim.x;
-        v[k] = j < dim ? x[row * dim + j] + load(delta + row * dim, j) : 0.0f;
-        if (j < dim) h[row * dim + j] = v[k];
+        if (j < dim) {
+            v[k] = (early ? v[k] : x[row * dim + j]) + load(delta + row * dim, j);
+            h[row * dim + j] = v[k];
+        }
         ss += v[k] * v[k];
     }
     const float rr = rsqrtf(block_sum(ss) / dim + eps);
 #pragma unroll
     for (int k = 0; k < RMS_COLS; ++k) {
         const int j = threadIdx.x + k * blockDim.x;
-        if (j < dim) store(y + row * dim, j, v[k] * rr * gamma[j]);
+        if (j < dim) store(y + row * dim, j, v[k] * rr * g[k]);
     }
 }
 
 #define ADD_RMS_NORM(SUFFIX, TD, TY)                                                              \
     extern "C" __global__ void __launch_bounds__(1024) add_rms_norm_##SUFFIX(                     \
         const float* x, const TD* delta, const float* gamma, float* h, TY* y, int dim,            \
-        float eps) {                                                                              \
-        pdl_start();                                                                              \
-        add_rms_norm<TD, TY>(x, delta, gamma, h, y, dim, eps);                                    \
+        float eps, int early) {                                                                   \
+        add_rms_norm<TD, TY>(x, delta, gamma, h, y, dim, eps, early);                             \
     }
 ADD_RMS_NORM(f32_f32, float, float)
 ADD_RMS_NORM(bf16_bf16, bf16_t, bf16_t)

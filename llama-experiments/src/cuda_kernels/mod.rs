@@ -139,6 +139,28 @@ pub(super) struct Loaded {
     pdl: bool,
     /// The capture and graph node of the last of [`PDL_KERNELS`] recorded (see `capture`).
     tail: Mutex<Option<(u64, usize)>>,
+    /// Streaming multiprocessors of the device.
+    sms: usize,
+    /// [`Loaded::resident_blocks`] by kernel and block size.
+    resident: Mutex<HashMap<(String, usize), usize>>,
+}
+
+impl Loaded {
+    /// How many blocks of `block` threads of kernel `full` the whole device holds at once
+    /// (the driver's occupancy for one SM times the SMs); `None` if the query fails.
+    pub(super) fn resident_blocks(&self, full: &str, block: usize) -> Option<usize> {
+        let mut map = self.resident.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&n) = map.get(&(full.to_string(), block)) {
+            return Some(n);
+        }
+        let f = self.functions.get(full)?;
+        let per_sm = f
+            .occupancy_max_active_blocks_per_multiprocessor(u32::try_from(block).ok()?, 0, None)
+            .ok()?;
+        let n = (per_sm as usize * self.sms).max(1);
+        map.insert((full.to_string(), block), n);
+        Some(n)
+    }
 }
 
 /// Per CUDA ordinal: the loaded kernels, or `None` after a failure (reported once).
@@ -152,6 +174,8 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
             .map_err(|e| format!("CUDA device attributes: {e}"))
     };
     let major = attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+    let sms = usize::try_from(attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?)
+        .map_err(|e| format!("CUDA device attributes: {e}"))?;
     let ptx = compile_for(arch_for(major))?;
     let module = ctx
         .load_module(ptx)
@@ -179,6 +203,8 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
         functions,
         checked: Mutex::default(),
         tail: Mutex::default(),
+        sms,
+        resident: Mutex::default(),
     })
 }
 

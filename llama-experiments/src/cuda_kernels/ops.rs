@@ -235,6 +235,11 @@ pub fn rms_norm_forward(
 /// The residual update `h = x + δ` (x f32 `[n, dim]`, δ f32 or bf16) and the RMSNorm of `h` with
 /// gain `gamma` in `out` (f32 or bf16), in one kernel: `(h, y)`, the same numbers as torch's
 /// promoting add followed by [`rms_norm_forward`].
+///
+/// `x` is read before the kernel ahead has finished under programmatic dependent launch
+/// (`add_rms_norm` in `kernels.cu`), so it must not be that kernel's output: as the residual
+/// stream it never is (a sublayer's products lie between its writer and this update).
+/// `LLAMA_NORM_EARLY=off` reads it after the wait.
 pub fn add_rms_norm(
     x: &Tensor,
     delta: &Tensor,
@@ -261,6 +266,8 @@ pub fn add_rms_norm(
     let h = x.empty_like();
     let y = Tensor::empty([n, dim], (out, x.device()));
     let (dim, eps) = (dim as i32, eps as f32);
+    static EARLY: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    let early = *EARLY.get_or_init(|| crate::backend::knob_on("LLAMA_NORM_EARLY", "off").into());
     launch(
         &k,
         name.to_string(),
@@ -274,6 +281,7 @@ pub fn add_rms_norm(
             &ptr(&y),
             &dim,
             &eps,
+            &early,
         ],
     )?;
     Some((h, y))
