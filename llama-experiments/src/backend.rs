@@ -129,6 +129,7 @@ impl DeviceSpec {
                         swiglu: crate::libtorch_fused::swiglu(),
                         decode_attention: crate::libtorch_fused::decode_attention,
                         gemv: crate::libtorch_fused::gemv,
+                        gemv_swiglu: crate::libtorch_fused::gemv_swiglu,
                         add_norm: crate::libtorch_fused::add_rms_norm,
                         rope_slot: crate::libtorch_fused::rope_slot,
                     }),
@@ -235,6 +236,8 @@ struct Fused<I: burn::tensor::backend::Backend> {
     decode_attention: llama_model::decode_attention::NativeDecodeAttention<I>,
     /// Few-row products for decoding (inference only).
     gemv: llama_model::gemv::NativeGemv<I>,
+    /// SwiGLU's gate in the epilogue of a row's stacked gate/up product (inference only).
+    gemv_swiglu: llama_model::gemv::NativeGemvSwiglu<I>,
     /// The residual update with the next RMSNorm (inference only).
     add_norm: llama_model::add_norm::NativeAddRmsNorm<I>,
     /// A decode step's rotation and cache-slot write (inference only).
@@ -354,6 +357,12 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         "matmul",
         fused.as_ref().map(|f| f.gemv),
         llama_model::gemv::register_native::<I>,
+    )?;
+    register_inference(
+        "LLAMA_GEMV_SWIGLU",
+        "separate",
+        fused.as_ref().map(|f| f.gemv_swiglu),
+        llama_model::gemv::register_native_swiglu::<I>,
     )?;
     register_inference(
         "LLAMA_ADD_NORM",

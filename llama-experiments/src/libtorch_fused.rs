@@ -69,6 +69,12 @@ pub fn gemv(x: TchTensor, w: TchTensor) -> Option<TchTensor> {
     k::gemv(&x.tensor, &w.tensor).map(TchTensor::new)
 }
 
+/// SwiGLU's gate in the epilogue of one row's stacked gate/up product, to register with
+/// `llama_model::gemv::register_native_swiglu::<LibTorch>`.
+pub fn gemv_swiglu(x: TchTensor, w: TchTensor) -> Option<TchTensor> {
+    k::gemv_swiglu(&x.tensor, &w.tensor).map(TchTensor::new)
+}
+
 /// The residual update with the next RMSNorm (inference) to register with
 /// `llama_model::add_norm::register_native::<LibTorch>`.
 pub fn add_rms_norm(

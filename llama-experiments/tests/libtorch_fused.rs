@@ -386,6 +386,42 @@ fn gemv_matches_torch() {
     assert!(k::gemv(&x, &wt).is_none(), "an [in, out] weight");
 }
 
+/// SwiGLU's gate in the epilogue of the stacked gate/up product gives the bits of the product
+/// followed by the separate gate kernel: the decode shapes of `125m`, `1b`, 7B and 13B (one, four
+/// and five warps per row; many groups per block of a resident grid), a small odd width, and the
+/// inputs it declines.
+#[test]
+fn gemv_swiglu_is_the_product_then_the_gate() {
+    let Some(dev) = cuda() else { return };
+    let bf = |t: Tensor| t.to_kind(Kind::BFloat16);
+    for (kk, n) in [
+        (768i64, 2048i64),
+        (2048, 5632),
+        (4096, 11008),
+        (5120, 13824),
+        (64, 24),
+    ] {
+        let x = bf(Tensor::randn([1, kk], (Kind::Float, dev)));
+        let wt = bf(Tensor::randn([2 * n, kk], (Kind::Float, dev)) / (kk as f64).sqrt());
+        let w = wt.transpose(0, 1);
+        let both = k::gemv(&x, &w).expect("runs on CUDA");
+        let want =
+            k::swiglu_forward(&both.narrow(1, 0, n), &both.narrow(1, n, n)).expect("runs on CUDA");
+        let got = k::gemv_swiglu(&x, &w).expect("runs on CUDA");
+        assert_eq!(got.size(), [1, n], "{kk}×{n}");
+        assert!(got.equal(&want), "{kk}×{n}: not the separate kernels' bits");
+    }
+    let (x, wt) = (
+        bf(Tensor::randn([1, 64], (Kind::Float, dev))),
+        bf(Tensor::randn([6, 64], (Kind::Float, dev))),
+    );
+    assert!(
+        k::gemv_swiglu(&x, &wt.narrow(0, 0, 5).transpose(0, 1)).is_none(),
+        "an odd width"
+    );
+    assert!(k::gemv_swiglu(&x, &wt.transpose(0, 1)).is_some());
+}
+
 /// The residual update with the next RMSNorm in one kernel gives the bits of torch's promoting
 /// add followed by the RMSNorm kernel, for the three dtype pairs.
 #[test]

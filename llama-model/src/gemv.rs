@@ -47,6 +47,30 @@ pub fn matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
     crate::product::matmul(x, w)
 }
 
+/// `(x [1, k], w [k, 2n])` → `silu(x · w[:, :n]) ⊙ (x · w[:, n..])` `[1, n]` in x's dtype (SwiGLU's
+/// gate over stacked gate and up projections, in the product's epilogue), or `None` to run the
+/// product and the gate apart.
+pub type NativeGemvSwiglu<B> = fn(FloatTensor<B>, FloatTensor<B>) -> Option<FloatTensor<B>>;
+
+static SWIGLU: Registry<ErasedNative> = Registry::new();
+
+/// Makes [`swiglu`] on backend `B` run `native`.
+pub fn register_native_swiglu<B: Backend>(native: NativeGemvSwiglu<B>) {
+    SWIGLU.insert(TypeId::of::<B>(), ErasedNative::new(native));
+}
+
+/// `silu(x · w[:, :n]) ⊙ (x · w[:, n..])` for one row `x [1, k]` and `w [k, 2n]`, where backend
+/// `B` registered a kernel for it and it takes these inputs; `None` otherwise (the caller then
+/// multiplies and gates apart).
+pub fn swiglu<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    if x.dims()[0] != 1 || !w.dims()[1].is_multiple_of(2) {
+        return None;
+    }
+    let f = SWIGLU.native::<NativeGemvSwiglu<B>>(TypeId::of::<B>())?;
+    let prim = |t: Tensor<B, 2>| t.into_primitive().tensor();
+    f(prim(x), prim(w)).map(|y| Tensor::from_primitive(TensorPrimitive::Float(y)))
+}
+
 /// Whether backend `B` registered a native few-row product (and wants out-major weights).
 pub fn registered<B: Backend>() -> bool {
     REGISTRY

@@ -55,13 +55,13 @@ impl<B: Backend> Stacked<B> {
             .collect()
     }
 
-    /// `x: [.., d_in]` → each projection's output `[.., d_out_i]` (views of one product), in the
-    /// compute dtype.
-    pub fn forward<const D: usize>(
+    /// `x` and the stacked weight as the product takes them: `[rows, d_in]` and `[d_in, Σ d_out]`
+    /// in the compute dtype.
+    fn operands<const D: usize>(
         &self,
         x: Tensor<B, D>,
         precision: Precision,
-    ) -> Vec<Tensor<B, D>> {
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let dims = x.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
         let x = precision.input(x).reshape([rows, dims[D - 1]]);
@@ -69,7 +69,38 @@ impl<B: Backend> Stacked<B> {
             Some(dtype) if self.weight.dtype() != dtype => self.weight.clone().cast(dtype),
             _ => self.weight.clone(),
         };
-        let mut out = dims;
+        (x, w)
+    }
+
+    /// SwiGLU's gate of two stacked projections of one row, `silu(x · w₁) ⊙ (x · w₃)`
+    /// `[.., d_out]`, in one kernel where the backend has one ([`crate::gemv::swiglu`]); `None`
+    /// otherwise (or for more rows, or projections of different widths).
+    pub fn forward_swiglu<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        precision: Precision,
+    ) -> Option<Tensor<B, D>> {
+        let &[w1, w3] = &self.widths[..] else {
+            return None;
+        };
+        let mut out = x.dims();
+        if w1 != w3 || out[..D - 1].iter().product::<usize>() != 1 {
+            return None;
+        }
+        let (x, w) = self.operands(x, precision);
+        out[D - 1] = w1;
+        Some(crate::gemv::swiglu(x, w)?.reshape(out))
+    }
+
+    /// `x: [.., d_in]` → each projection's output `[.., d_out_i]` (views of one product), in the
+    /// compute dtype.
+    pub fn forward<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        precision: Precision,
+    ) -> Vec<Tensor<B, D>> {
+        let mut out = x.dims();
+        let (x, w) = self.operands(x, precision);
         out[D - 1] = self.widths.iter().sum();
         Self::split(&crate::gemv::matmul(x, w).reshape(out), &self.widths)
     }

@@ -22,6 +22,11 @@
 //
 // Grid: pairs blocks of 32 · warps threads, warps = ⌈keys / 32⌉ up to 32 (each warp then loops
 // over further keys). Dynamic shared memory: warps · (dim + 2) floats.
+// Floats of value rows a lane has in flight at once (`LLAMA_ATTN_VALUES=narrow` compiles 8).
+#ifndef DECODE_VALUE_FLOATS
+#define DECODE_VALUE_FLOATS 32
+#endif
+
 template <typename T, int PER>
 __device__ __forceinline__ void load_span(const T* p, float* f) {
     if (PER == 1) {
@@ -102,8 +107,11 @@ __device__ __forceinline__ void decode_attention_rows(const T* q, const T* kr, c
 #pragma unroll
         for (int i = 0; i < PER; ++i) o[i] *= corr;
         // VU rows' loads in flight at a time (no branch around them); a hidden key's value may
-        // be anything (NaN), so its product is skipped rather than multiplied by 0.
-        constexpr int VU = PER >= 8 ? 1 : 8 / PER;
+        // be anything (NaN), so its product is skipped rather than multiplied by 0. The loop is
+        // a chain of VU-row round trips to L2 (32 / VU of them for a warp's 32 keys): with 8
+        // floats per lane (attempt 31) a 128-wide head (7B) made 16 of them, ~1/3 of the
+        // kernel; 32 floats make 4, for 32 more registers in a kernel that has them to spare.
+        constexpr int VU = PER >= DECODE_VALUE_FLOATS ? 1 : DECODE_VALUE_FLOATS / PER;
         for (int j0 = 0; j0 < n; j0 += VU) {
             float vf[VU][PER];
 #pragma unroll

@@ -61,21 +61,30 @@ __device__ __forceinline__ void gemv_load(const bf16_t* wr, int base, int end, u
 // prefetches the rest of it (and with a resident grid its next group's span) into L2 before
 // waiting for the kernel ahead: the stream of weights starts while that kernel (the norm,
 // attention) still runs. Only `x` waits.
+//
+// GATED (SwiGLU's gate in the product's epilogue): `wt` holds the gate's n rows then the up
+// projection's n, y = silu(x·gate) ⊙ (x·up) [n]. A group is per_block / 2 gate outputs and the
+// same up outputs (rows n apart), so one block has both sums of each output; each is rounded to
+// bf16 before the gate, as the separate product and swiglu kernels round them: the same bits as
+// the two kernels, without the second one.
+template <bool GATED>
 __device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw,
                      int parts) {
     __shared__ float partial[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int per_block = (blockDim.x >> 5) / parts;
-    const int groups = (n + per_block - 1) / per_block;
-    const int part = warp % parts;
+    const int outs = GATED ? per_block / 2 : per_block;  // outputs of y per group
+    const int groups = (n + outs - 1) / outs;
+    const int part = warp % parts, slot = warp / parts;
     const int span = ((k + parts - 1) / parts + 7) & ~7;
     const int lo = min(k, part * span), hi = min(k, lo + span);
-    // This warp's output in group g (n or more: none; whole warps).
-    auto output = [&](int g) { return g * per_block + warp / parts; };
+    // This warp's output of y in group g (n or more: none; whole warps), and its weight row.
+    auto output = [&](int g) { return g * outs + (GATED ? slot % outs : slot); };
+    auto row = [&](int g) { return output(g) + (GATED && slot >= outs ? n : 0); };
     int g = blockIdx.x;
     int col = output(g);
     bool live = col < n;
-    const bf16_t* wr = wt + (long long)(live ? col : 0) * ldw;
+    const bf16_t* wr = wt + (long long)(live ? row(g) : 0) * ldw;
     uint4 wv[GEMV_UNROLL];
     if (live) {
         gemv_load(wr, lo + lane * 8, hi, wv);
@@ -83,10 +92,11 @@ __device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n,
         // One prefetch per 128-byte line (64 bf16) of the span past the first loads.
         for (int kk = lo + GEMV_COLS + lane * 64; kk < hi; kk += 32 * 64)
             asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + kk));
-        const int next = output(g + gridDim.x);
-        if (g + gridDim.x < groups && next < n)
+        if (g + gridDim.x < groups && output(g + gridDim.x) < n) {
+            const bf16_t* next = wt + (long long)row(g + gridDim.x) * ldw;
             for (int kk = lo + lane * 64; kk < hi; kk += 32 * 64)
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(wt + (long long)next * ldw + kk));
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(next + kk));
+        }
 #endif
     }
     pdl_wait();
@@ -110,26 +120,34 @@ __device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n,
         }
         // The next group's first loads, in flight while this one is reduced and stored.
         const int gn = g + gridDim.x;  // the same in the whole block
-        const int coln = output(gn);
-        const bool liven = gn < groups && coln < n;
-        const bf16_t* wrn = wt + (long long)(liven ? coln : 0) * ldw;
+        const bool liven = gn < groups && output(gn) < n;
+        const bf16_t* wrn = wt + (long long)(liven ? row(gn) : 0) * ldw;
         if (liven) gemv_load(wrn, lo + lane * 8, hi, wv);
         acc = warp_sum(acc);
-        if (parts == 1) {
+        if (parts == 1 && !GATED) {
             if (live && lane == 0) store(y, col, acc);
         } else {
             if (lane == 0) partial[warp] = acc;
             __syncthreads();
-            if (live && part == 0 && lane == 0) {
+            // The sum of slot s: its warps' partials in span order.
+            auto total = [&](int s) {
                 float t = 0.0f;
-                for (int p = 0; p < parts; ++p) t += partial[warp + p];
-                store(y, col, t);
+                for (int p = 0; p < parts; ++p) t += partial[s * parts + p];
+                return t;
+            };
+            if (!GATED) {
+                if (live && part == 0 && lane == 0) store(y, col, total(slot));
+            } else if (threadIdx.x < outs && g * outs + (int)threadIdx.x < n) {
+                bf16_t a, b;  // rounded as the separate product stores them
+                store(&a, 0, total(threadIdx.x));
+                store(&b, 0, total(threadIdx.x + outs));
+                store(y, g * outs + threadIdx.x, silu_mul(load(&a, 0), load(&b, 0)));
             }
         }
         if (gn >= groups) return;
-        if (parts != 1) __syncthreads();  // `partial` is written again
+        if (parts != 1 || GATED) __syncthreads();  // `partial` is written again
         g = gn;
-        col = coln;
+        col = output(gn);
         live = liven;
         wr = wrn;
     }
@@ -138,5 +156,12 @@ __device__ void gemv(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n,
 extern "C" __global__ void __launch_bounds__(GEMV_MAX_THREADS)
     gemv_bf16(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw,
               int parts) {
-    gemv(x, wt, y, k, n, ldw, parts);
+    gemv<false>(x, wt, y, k, n, ldw, parts);
+}
+
+// Block: an even number of slots (at least 2) of `parts` warps.
+extern "C" __global__ void __launch_bounds__(GEMV_MAX_THREADS)
+    gemv_swiglu_bf16(const bf16_t* x, const bf16_t* wt, bf16_t* y, int k, int n, long long ldw,
+                     int parts) {
+    gemv<true>(x, wt, y, k, n, ldw, parts);
 }

@@ -38,6 +38,18 @@ fn resident_grid() -> bool {
 /// kernel), possibly a row slice of a taller one. `None` for anything else (the caller multiplies
 /// with torch).
 pub fn gemv(x: &Tensor, w: &Tensor) -> Option<Tensor> {
+    launch_gemv(x, w, false)
+}
+
+/// SwiGLU's gate over one row's stacked gate and up projections, `silu(x · w[:, :n]) ⊙
+/// (x · w[:, n..])` `[1, n]`, in one kernel (the gate in the product's epilogue; the same bits as
+/// [`gemv`] followed by the separate gate kernel). `w` `[k, 2n]` as for [`gemv`]: the gate's
+/// rows then the up projection's, as `FeedForward` stacks them.
+pub fn gemv_swiglu(x: &Tensor, w: &Tensor) -> Option<Tensor> {
+    launch_gemv(x, w, true)
+}
+
+fn launch_gemv(x: &Tensor, w: &Tensor, gated: bool) -> Option<Tensor> {
     if x.kind() != Kind::BFloat16 || w.kind() != Kind::BFloat16 || x.device() != w.device() {
         return None;
     }
@@ -54,6 +66,7 @@ pub fn gemv(x: &Tensor, w: &Tensor) -> Option<Tensor> {
         || ldw < k
         || ldw % 8 != 0
         || !ptr(w).is_multiple_of(16)
+        || (gated && n % 2 != 0)
     {
         return None;
     }
@@ -62,28 +75,42 @@ pub fn gemv(x: &Tensor, w: &Tensor) -> Option<Tensor> {
     if !ptr(&x).is_multiple_of(16) {
         return None;
     }
-    let y = Tensor::empty([1, n], (Kind::BFloat16, x.device()));
     let parts = parts(k);
-    let per_block = (WARPS / parts as usize).max(1);
-    let groups = usize::try_from(n).ok()?.div_ceil(per_block);
+    // Outputs (weight rows) per block; the gated kernel pairs each gate row with its up row.
+    let per_block = match gated {
+        false => (WARPS / parts as usize).max(1),
+        true => (WARPS / parts as usize).max(2) & !1,
+    };
     let threads = 32 * parts as usize * per_block;
+    if threads > 1024 {
+        return None;
+    }
+    let (outs, name) = match gated {
+        false => (n, "gemv_bf16"),
+        true => (n / 2, "gemv_swiglu_bf16"),
+    };
+    let y = Tensor::empty([1, outs], (Kind::BFloat16, x.device()));
+    let groups =
+        usize::try_from(outs)
+            .ok()?
+            .div_ceil(if gated { per_block / 2 } else { per_block });
     let blocks = match resident_grid() {
         true => kern
-            .resident_blocks("gemv_bf16", threads)
+            .resident_blocks(name, threads)
             .map_or(groups, |r| r.min(groups)),
         false => groups,
     };
-    let (k, n, parts) = (
+    let (k, outs, parts) = (
         i32::try_from(k).ok()?,
-        i32::try_from(n).ok()?,
+        i32::try_from(outs).ok()?,
         i32::try_from(parts).ok()?,
     );
     launch(
         &kern,
-        "gemv_bf16".to_string(),
+        name.to_string(),
         blocks,
         threads,
-        &[&ptr(&x), &ptr(w), &ptr(&y), &k, &n, &ldw, &parts],
+        &[&ptr(&x), &ptr(w), &ptr(&y), &k, &outs, &ldw, &parts],
     )?;
     Some(y)
 }

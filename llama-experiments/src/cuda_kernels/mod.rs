@@ -60,7 +60,7 @@ pub const KERNELS: [&str; 12] = [
 pub const F32_KERNELS: [&str; 1] = ["adamw"];
 
 /// Kernels with a bf16 form only.
-pub const BF16_KERNELS: [&str; 1] = ["gemv"];
+pub const BF16_KERNELS: [&str; 2] = ["gemv", "gemv_swiglu"];
 
 /// The residual update with the next RMSNorm, by (update, output) dtype; the stream is f32.
 pub const ADD_NORM_KERNELS: [&str; 3] = [
@@ -123,6 +123,11 @@ pub fn compile_for(arch: Option<&'static str>) -> Result<Ptx, String> {
         use_fast_math: Some(false),
         name: Some("kernels.cu".into()),
         arch,
+        // Attempt 31's value loads, for comparison (`decode_attention.cu`).
+        options: match crate::backend::knob_on("LLAMA_ATTN_VALUES", "narrow") {
+            true => vec![],
+            false => vec!["-DDECODE_VALUE_FLOATS=8".into()],
+        },
         ..Default::default()
     };
     compile_ptx_with_opts(SOURCE, options).map_err(|e| format!("NVRTC: {e}"))
