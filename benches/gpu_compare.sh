@@ -9,7 +9,8 @@
 #   cuda, tch-cuda, wgpu          `llama bench --device IMPL` (bf16; wgpu runs f32: Vulkan has no bf16 math)
 # e.g. `pt-eager:125m:train:8 cuda:125m:train:8 pt-eager:125m:decode:1`.
 # Environment: SEQ (default 2048; decode uses it as the prompt length), DTYPE (bf16), WARMUP (3),
-# ITERS (10), PEAK (989e12: H100/H200 dense bf16), JOB_TIMEOUT (seconds, 900), SMI_MS (the card's
+# ITERS (10), PEAK (989e12: H100/H200 dense bf16), PEAK_BW (bytes/s: `llama bench`'s decode jobs
+# then report MBU, e.g. 4.8e12 for an H200), JOB_TIMEOUT (seconds, 900), SMI_MS (the card's
 # memory is sampled with nvidia-smi every SMI_MS milliseconds, default 1000; 0 turns it off).
 # Every job runs under `timeout` so that one slow start cannot eat the rest; a job that fails or
 # times out is recorded as {"job": ..., "error": ...} instead of a result.
@@ -29,7 +30,8 @@ for job in "$@"; do
         pt-eager | pt-compile)
             cmd=(python3 "$here/pytorch_reference.py" --model-json "$json" --device cuda)
             [ "$impl" = pt-compile ] && cmd+=(--compile) ;;
-        *) cmd=("$LLAMA" --device "$impl" bench --preset "$preset" --json) ;;
+        *) cmd=("$LLAMA" --device "$impl" bench --preset "$preset" --json)
+            [ "$mode" = decode ] && [ -n "${PEAK_BW:-}" ] && cmd+=(--peak-bandwidth "$PEAK_BW") ;;
     esac
     cmd+=(--mode "$mode" --batch "$batch" --seq "$SEQ" --dtype "$dtype" --warmup "$WARMUP"
         --iters "$ITERS" --peak-flops "$PEAK")
