@@ -420,6 +420,14 @@ fn bad_comparison_knobs_in_the_environment_are_one_clear_line() {
         ("LLAMA_ADAMW", "foreach"),
         ("LLAMA_RESIDUAL", "fused"),
         ("LLAMA_WEIGHT_GRAD", "bf16"),
+        // cuBLAS's products need CubeCL's `--device cuda`.
+        ("LLAMA_PRODUCT", "cublas"),
+        ("LLAMA_PRODUCT", "cutlass"),
+        // Decoding's kernel knobs (tch-cuda), checked on every device.
+        ("LLAMA_GEMV_SWIGLU", "fused"),
+        ("LLAMA_GEMV_GRID", "persistent"),
+        ("LLAMA_NORM_EARLY", "late"),
+        ("LLAMA_ATTN_VALUES", "wide"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama"))
             .args(["--device", "ndarray", "bench", "--preset", "tiny"])
