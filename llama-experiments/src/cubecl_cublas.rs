@@ -347,6 +347,12 @@ fn gemm(
             int(xo.ld)?,
             int(batch)?,
         );
+        let stride = |s: usize| i64::try_from(s).map_err(|_| format!("stride {s} over i64"));
+        let (sw, sx, sy) = (
+            stride(wo.batch_stride)?,
+            stride(xo.batch_stride)?,
+            stride(m * n)?,
+        );
         let flags = blas.flags.clone();
         // Row-major `y [m, n] = x · w` is column-major `yᵀ [n, m] = wᵀ · xᵀ`.
         // SAFETY: the pointers are CubeCL buffers of the sizes the shapes and strides describe;
@@ -370,57 +376,34 @@ fn gemm(
             );
             let ab = (&alpha as *const f32).cast();
             let bb = (&beta as *const f32).cast();
-            let result = if batch == 1 {
-                cublas::gemm_ex(
-                    blas.handle,
-                    wo.op,
-                    xo.op,
-                    ni,
-                    mi,
-                    ki,
-                    ab,
-                    a,
-                    ty,
-                    ldw,
-                    b,
-                    ty,
-                    ldx,
-                    bb,
-                    c,
-                    ty,
-                    ni,
-                    compute,
-                    algo,
-                )
-            } else {
-                cublas::gemm_strided_batched_ex(
-                    blas.handle,
-                    wo.op,
-                    xo.op,
-                    ni,
-                    mi,
-                    ki,
-                    ab,
-                    a,
-                    ty,
-                    ldw,
-                    wo.batch_stride as i64,
-                    b,
-                    ty,
-                    ldx,
-                    xo.batch_stride as i64,
-                    bb,
-                    c,
-                    ty,
-                    ni,
-                    (m * n) as i64,
-                    batches,
-                    compute,
-                    algo,
-                )
-            };
+            // One entry point for every product: with a batch count of 1 the strides are unused.
+            let result = cublas::gemm_strided_batched_ex(
+                blas.handle,
+                wo.op,
+                xo.op,
+                ni,
+                mi,
+                ki,
+                ab,
+                a,
+                ty,
+                ldw,
+                sw,
+                b,
+                ty,
+                ldx,
+                sx,
+                bb,
+                c,
+                ty,
+                ni,
+                sy,
+                batches,
+                compute,
+                algo,
+            );
             let Some((flag_buffer, addr)) = flags else {
-                result.map_err(|e| format!("cublasGemmEx: {e:?}"))?;
+                result.map_err(|e| format!("cublasGemmStridedBatchedEx: {e:?}"))?;
                 return driver::stream::synchronize(blas.stream)
                     .map_err(|e| format!("cuBLAS stream: {e}"));
             };
@@ -442,7 +425,7 @@ fn gemm(
                 ticket,
             );
             blas.ticket = ticket;
-            result.map_err(|e| format!("cublasGemmEx: {e:?}"))
+            result.map_err(|e| format!("cublasGemmStridedBatchedEx: {e:?}"))
         }
     })?;
     drop((xr, wr, yr));
