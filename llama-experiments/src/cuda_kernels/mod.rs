@@ -147,15 +147,15 @@ pub(super) struct Loaded {
     /// Streaming multiprocessors of the device.
     sms: usize,
     /// [`Loaded::resident_blocks`] by kernel and block size.
-    resident: Mutex<HashMap<(String, usize), usize>>,
+    resident: Mutex<HashMap<(&'static str, usize), usize>>,
 }
 
 impl Loaded {
     /// How many blocks of `block` threads of kernel `full` the whole device holds at once
     /// (the driver's occupancy for one SM times the SMs); `None` if the query fails.
-    pub(super) fn resident_blocks(&self, full: &str, block: usize) -> Option<usize> {
+    pub(super) fn resident_blocks(&self, full: &'static str, block: usize) -> Option<usize> {
         let mut map = self.resident.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&n) = map.get(&(full.to_string(), block)) {
+        if let Some(&n) = map.get(&(full, block)) {
             return Some(n);
         }
         let f = self.functions.get(full)?;
@@ -163,7 +163,7 @@ impl Loaded {
             .occupancy_max_active_blocks_per_multiprocessor(u32::try_from(block).ok()?, 0, None)
             .ok()?;
         let n = (per_sm as usize * self.sms).max(1);
-        map.insert((full.to_string(), block), n);
+        map.insert((full, block), n);
         Some(n)
     }
 }
