@@ -382,6 +382,7 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     env_choice("LLAMA_GEMV_GRID", &["auto", "waves"])?;
     env_choice("LLAMA_NORM_EARLY", &["auto", "off"])?;
     env_choice("LLAMA_ATTN_VALUES", &["auto", "narrow"])?;
+    env_choice("LLAMA_ATTN_SPLIT", &["auto", "off"])?;
     env_choice("LLAMA_VJP", &["auto", "seed"])?;
     // The residual update in one kernel, in inference and (as one autodiff operation) in
     // training; `decomposed`: the cast and the sum.

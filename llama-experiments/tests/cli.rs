@@ -428,6 +428,7 @@ fn bad_comparison_knobs_in_the_environment_are_one_clear_line() {
         ("LLAMA_GEMV_GRID", "persistent"),
         ("LLAMA_NORM_EARLY", "late"),
         ("LLAMA_ATTN_VALUES", "wide"),
+        ("LLAMA_ATTN_SPLIT", "on"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama"))
             .args(["--device", "ndarray", "bench", "--preset", "tiny"])

@@ -273,6 +273,11 @@ fn decode_attention_matches_the_formula() {
             // warp loops, its running maximum rescaling what it summed).
             (64, 32, 4, 64, 300, 300, true),
             (1, 4, 1, 64, 5000, 5000, true),
+            // 7B's and 13B's heads at batch 1 (fewer pairs than SMs: on sm_90 each pair's
+            // keys split over a cluster of blocks; a left-padded row leaves whole blocks with
+            // every key hidden).
+            (1, 32, 32, 128, 512, 512, false),
+            (1, 40, 40, 128, 513, 600, true),
             // Head dimensions of 32 and 256.
             (1, 8, 2, 32, 565, 600, true),
             (2, 4, 4, 256, 70, 80, true),

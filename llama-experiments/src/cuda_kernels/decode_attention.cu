@@ -20,8 +20,16 @@
 // `1b` token took 1.23 instead of 1.30-1.33 ms at batch 1 and 1.71 instead of 2.07-2.13 ms at
 // batch 8 (H200; docs/performance.md, attempt 31).
 //
-// Grid: pairs blocks of 32 · warps threads, warps = ⌈keys / 32⌉ up to 32 (each warp then loops
-// over further keys). Dynamic shared memory: warps · (dim + 2) floats.
+// Split keys (sm_90, a launch with a cluster dimension of `splits` ≤ 8): when the pairs are
+// fewer than the SMs (7B at batch 1: 32 heads on 132 SMs), each pair's keys are dealt to the
+// `splits` blocks of one thread-block cluster, so the cache streams through `splits` times the
+// SMs; each block merges its warps as above, then the cluster's blocks read each other's sums
+// from distributed shared memory (no workspace in global memory, no second kernel, no atomics)
+// and each writes a `1 / splits` share of the outputs. One split is the form above, bit for bit.
+//
+// Grid: pairs · splits blocks of 32 · warps threads, warps = ⌈keys / (32 · splits)⌉ up to 16
+// (each warp then loops over further keys). Dynamic shared memory: warps · (dim + 2) + dim + 2
+// floats.
 // Floats of value rows a lane has in flight at once (`LLAMA_ATTN_VALUES=narrow` compiles 8).
 #ifndef DECODE_VALUE_FLOATS
 #define DECODE_VALUE_FLOATS 32
@@ -62,10 +70,55 @@ __device__ __forceinline__ void scatter_step(float* sc, int lane) {
     }
 }
 
+// The block's place in its thread-block cluster (sm_90): a split of one (row, head) pair's keys
+// over `cluster_size()` blocks. Below sm_90, and for a launch without a cluster dimension, one
+// block of one.
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+#endif
+    return r;
+}
+__device__ __forceinline__ unsigned cluster_size() {
+    unsigned n = 1;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
+#endif
+    return n;
+}
+// Every thread of every block of the cluster: writes to shared memory before it are visible to
+// the cluster's reads after it.
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+#endif
+}
+// The float at `p` (this block's shared memory) in block `rank` of the cluster.
+__device__ __forceinline__ float cluster_load(const float* p, unsigned rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned long long local;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(local) : "l"(p));
+    unsigned remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;"
+                 : "=r"(remote)
+                 : "r"((unsigned)local), "r"(rank));
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+#else
+    return *p;
+#endif
+}
+
+// The block's share of one pair's keys: warp w of block r takes keys from (r · warps + w) · 32 in
+// strides of splits · warps · 32. `part`: warps × dim floats; `wm`: 2 · warps; `blk`: dim + 2
+// (the block's unnormalised sums, then its maximum and softmax denominator).
 template <typename T, int PER>
 __device__ __forceinline__ void decode_attention_rows(const T* q, const T* kr, const T* vr,
                                                       const unsigned char* hr, T* out, int keys,
-                                                      float scale, float* part, float* wm) {
+                                                      float scale, float* part, float* wm,
+                                                      float* blk, unsigned rank, unsigned splits) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int dim = 32 * PER;
     float qv[PER], o[PER];
@@ -73,7 +126,8 @@ __device__ __forceinline__ void decode_attention_rows(const T* q, const T* kr, c
 #pragma unroll
     for (int i = 0; i < PER; ++i) o[i] = 0.0f;
     float m = NEG_INF, l = 0.0f;
-    for (int base = warp * 32; base < keys; base += warps * 32) {
+    const int first = ((int)rank * warps + warp) * 32, stride = (int)splits * warps * 32;
+    for (int base = first; base < keys; base += stride) {
         const int n = min(32, keys - base);
         float sc[32];
 #pragma unroll
@@ -136,18 +190,49 @@ __device__ __forceinline__ void decode_attention_rows(const T* q, const T* kr, c
         wm[warps + warp] = l;
     }
     __syncthreads();
+    // The block's warps merged against the block's maximum.
     float mx = NEG_INF;
     for (int w = 0; w < warps; ++w) mx = fmaxf(mx, wm[w]);
+    float den = 0.0f;
+    for (int w = 0; w < warps; ++w)
+        if (wm[w] != NEG_INF) den += wm[warps + w] * expf(wm[w] - mx);
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-        float num = 0.0f, den = 0.0f;
-        for (int w = 0; w < warps; ++w) {
-            if (wm[w] == NEG_INF) continue;
-            const float c = expf(wm[w] - mx);
-            num += part[w * dim + i] * c;
-            den += wm[warps + w] * c;
+        float num = 0.0f;
+        for (int w = 0; w < warps; ++w)
+            if (wm[w] != NEG_INF) num += part[w * dim + i] * expf(wm[w] - mx);
+        if (splits == 1) {
+            store(out, i, den > 0.0f ? num / den : 0.0f);
+        } else {
+            blk[i] = num;
         }
-        store(out, i, den > 0.0f ? num / den : 0.0f);
     }
+    if (splits == 1) return;
+    if (threadIdx.x == 0) {
+        blk[dim] = mx;
+        blk[dim + 1] = den;
+    }
+    // The cluster's blocks merged through distributed shared memory: block r writes the outputs
+    // r, r + splits, ... from every block's sums, in rank order (the same bits every run). The
+    // second barrier keeps each block's shared memory alive until the others have read it.
+    cluster_sync();
+    float bm[8], scale_c[8];
+    float big = NEG_INF;
+    for (unsigned c = 0; c < splits; ++c) {
+        bm[c] = cluster_load(blk + dim, c);
+        big = fmaxf(big, bm[c]);
+    }
+    float total = 0.0f;
+    for (unsigned c = 0; c < splits; ++c) {
+        scale_c[c] = bm[c] == NEG_INF ? 0.0f : expf(bm[c] - big);
+        if (bm[c] != NEG_INF) total += cluster_load(blk + dim + 1, c) * scale_c[c];
+    }
+    for (int i = (int)rank + (int)splits * threadIdx.x; i < dim; i += (int)splits * blockDim.x) {
+        float num = 0.0f;
+        for (unsigned c = 0; c < splits; ++c)
+            if (bm[c] != NEG_INF) num += cluster_load(blk + i, c) * scale_c[c];
+        store(out, i, total > 0.0f ? num / total : 0.0f);
+    }
+    cluster_sync();
 }
 
 template <typename T, int PER>
@@ -158,7 +243,9 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
     const int warps = blockDim.x >> 5, dim = 32 * PER;
     float* part = sh;                // warps × dim
     float* wm = part + warps * dim;  // warps maxima, then warps sums
-    const int pair = blockIdx.x, row = pair / heads, h = pair % heads;
+    float* blk = wm + 2 * warps;     // the block's sums, maximum and denominator (split keys)
+    const unsigned rank = cluster_rank(), splits = cluster_size();
+    const int pair = blockIdx.x / splits, row = pair / heads, h = pair % heads;
     const long long kvoff = row * kb + (long long)(h / rep) * kh;
     const T* kr = k + kvoff;
     const T* vr = v + kvoff;
@@ -166,22 +253,28 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     // The cached keys and values but this step's do not depend on the kernel ahead (it writes
     // that one slot), and a prefetch to L2, the point of coherence, cannot leave a stale line
-    // behind, so they are on their way before waiting for that kernel (see pdl_wait).
-    const long long bytes = (long long)keys * dim * sizeof(T);
-    for (long long o = threadIdx.x * 128LL; o < bytes; o += blockDim.x * 128LL) {
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(kr) + o));
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(vr) + o));
+    // behind, so they are on their way before waiting for that kernel (see pdl_wait). Each
+    // block prefetches the runs of keys its warps read.
+    const long long run = (long long)warps * 32 * dim * sizeof(T);
+    for (long long start = rank * run; start < (long long)keys * dim * sizeof(T);
+         start += splits * run) {
+        const long long end = min(start + run, (long long)keys * dim * sizeof(T));
+        for (long long o = start + threadIdx.x * 128LL; o < end; o += blockDim.x * 128LL) {
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(kr) + o));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(vr) + o));
+        }
     }
 #endif
     pdl_wait();
     pdl_trigger();
     const long long row0 = (long long)pair * dim;
-    decode_attention_rows<T, PER>(q + row0, kr, vr, hr, out + row0, keys, scale, part, wm);
+    decode_attention_rows<T, PER>(q + row0, kr, vr, hr, out + row0, keys, scale, part, wm, blk,
+                                  rank, splits);
 }
 
 // One kernel per head dimension (the registers of a lane's share of a row): _d32 ... _d256.
 #define DECODE_ATTENTION(SUFFIX, T, DIM)                                                           \
-    extern "C" __global__ void __launch_bounds__(1024) decode_attention_d##DIM##_##SUFFIX(         \
+    extern "C" __global__ void __launch_bounds__(512) decode_attention_d##DIM##_##SUFFIX(          \
         const T* q, const T* k, const T* v, const unsigned char* hidden, T* out, int heads,        \
         int rep, int keys, long long kb, long long kh, float scale) {                              \
         decode_attention<T, DIM / 32>(q, k, v, hidden, out, heads, rep, keys, kb, kh, scale);     \

@@ -145,7 +145,10 @@ pub(super) struct Loaded {
     /// The capture and graph node of the last of [`PDL_KERNELS`] recorded (see `capture`).
     tail: Mutex<Option<(u64, usize)>>,
     /// Streaming multiprocessors of the device.
-    sms: usize,
+    pub(super) sms: usize,
+    /// Whether the kernels were compiled for sm_90 (`arch_for`): launches in thread-block
+    /// clusters are available.
+    pub(super) sm90: bool,
     /// [`Loaded::resident_blocks`] by kernel and block size.
     resident: Mutex<HashMap<(&'static str, usize), usize>>,
 }
@@ -209,6 +212,7 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
         checked: Mutex::default(),
         tail: Mutex::default(),
         sms,
+        sm90: arch_for(major).is_some(),
         resident: Mutex::default(),
     })
 }
@@ -281,6 +285,20 @@ pub(super) fn launch_shared(
     shared: u32,
     args: &[&dyn Arg],
 ) -> Option<()> {
+    launch_cluster(k, full, grid, block, shared, 1, args)
+}
+
+/// [`launch_shared`] in thread-block clusters of `cluster` blocks (1: none; more only where
+/// `Loaded::sm90`, with `grid` a multiple of it, at most 8).
+pub(super) fn launch_cluster(
+    k: &Loaded,
+    full: String,
+    grid: usize,
+    block: usize,
+    shared: u32,
+    cluster: u32,
+    args: &[&dyn Arg],
+) -> Option<()> {
     let f = k.functions.get(&full)?;
     // The driver reads one value per parameter of the kernel from the argument list: a list that
     // does not match would make it read past it (a crash in the driver, not an error), so the
@@ -309,8 +327,8 @@ pub(super) fn launch_shared(
     let after_ours = tail(recording)
         .is_some_and(|t| *k.tail.lock().unwrap_or_else(|e| e.into_inner()) == Some(t));
     let dims = (grid, block, shared);
-    let launched = if after_ours {
-        launch_pdl(k, f, &stream, dims, args)
+    let launched = if after_ours || cluster > 1 {
+        launch_ex(k, f, &stream, dims, args, after_ours, cluster)
     } else {
         launch_plain(f, &stream, dims, args)
     };
@@ -384,25 +402,40 @@ fn capture(stream: &CudaStream) -> Option<(u64, Option<usize>)> {
     capturing.then_some((id, node))
 }
 
-/// `f` launched on `stream` with programmatic stream serialisation allowed (`cuLaunchKernelEx`:
-/// `cudarc`'s builder has no launch attributes). A stream capture records it as a programmatic
-/// edge of the graph.
-fn launch_pdl(
+/// `f` launched on `stream` through `cuLaunchKernelEx` (`cudarc`'s builder has no launch
+/// attributes): with programmatic stream serialisation allowed if `pdl` (a stream capture records
+/// it as a programmatic edge of the graph), in clusters of `cluster` blocks if more than one.
+fn launch_ex(
     k: &Loaded,
     f: &CudaFunction,
     stream: &CudaStream,
     (grid, block, shared): (usize, usize, u32),
     args: &[&dyn Arg],
+    pdl: bool,
+    cluster: u32,
 ) -> Result<(), String> {
     use cudarc::driver::sys;
     let grid = u32::try_from(grid).map_err(|_| format!("grid of {grid} blocks"))?;
     let block = u32::try_from(block).map_err(|_| format!("block of {block} threads"))?;
     // The driver reads each parameter through its pointer during the call only.
     let mut params: Vec<*mut std::ffi::c_void> = args.iter().map(|a| a.addr()).collect();
-    // SAFETY: a plain-data C struct; zero is a valid value of every field.
-    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attr.value.programmaticStreamSerializationAllowed = 1;
+    let mut attrs: Vec<sys::CUlaunchAttribute> = Vec::with_capacity(2);
+    if pdl {
+        // SAFETY: a plain-data C struct; zero is a valid value of every field.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        attrs.push(attr);
+    }
+    if cluster > 1 {
+        // SAFETY: as above.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attr.value.clusterDim.x = cluster;
+        attr.value.clusterDim.y = 1;
+        attr.value.clusterDim.z = 1;
+        attrs.push(attr);
+    }
     let config = sys::CUlaunchConfig {
         gridDimX: grid,
         gridDimY: 1,
@@ -412,12 +445,12 @@ fn launch_pdl(
         blockDimZ: 1,
         sharedMemBytes: shared,
         hStream: stream.cu_stream(),
-        attrs: &mut attr,
-        numAttrs: 1,
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: attrs.len() as u32,
     };
     k.ctx.bind_to_thread().map_err(|e| e.to_string())?;
     // SAFETY: as for `launch_plain`'s launch (the argument list was checked against the
-    // kernel's signature); `params` and `attr` outlive the call.
+    // kernel's signature); `params` and `attrs` outlive the call.
     unsafe {
         sys::cuLaunchKernelEx(
             &config,

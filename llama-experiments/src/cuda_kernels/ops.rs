@@ -2,13 +2,15 @@
 //! with torch and launches one kernel of `kernels.cu`, or returns `None` for the caller's
 //! fallback.
 
+use std::sync::OnceLock;
+
 use tch::{Kind, Tensor};
 
 use crate::train::optim::AdamwScalars;
 
 use super::{
-    ELEMENT_BLOCK, element_grid, launch, launch_shared, loaded, named, ptr, ready, row_block,
-    suffix, vec4,
+    ELEMENT_BLOCK, Loaded, element_grid, launch, launch_cluster, loaded, named, ptr, ready,
+    row_block, suffix, vec4,
 };
 
 /// Mean cross-entropy of `logits [n, vocab]` against `targets [n]` (int64): the loss (`[1]`, f32)
@@ -429,8 +431,28 @@ pub fn adamw_into(
     )
 }
 
-/// Most warps per block of `decode_attention` (a warp per 32 keys; longer caches loop).
-const DECODE_MAX_WARPS: i64 = 32;
+/// Most warps per block of `decode_attention` (a warp per 32 keys; longer caches loop): its
+/// `__launch_bounds__(512)`, under which a lane keeps its 32 scores and value rows in registers
+/// (101 at a 128-wide head; 1,024 threads capped them at 64 and spilled ~200 bytes a thread).
+const DECODE_MAX_WARPS: i64 = 16;
+/// Most blocks one (row, head) pair's keys are split over (a portable thread-block cluster).
+const DECODE_MAX_SPLITS: i64 = 8;
+
+/// How many blocks of one cluster share a pair's `keys` (`decode_attention.cu`): as many as keep
+/// every pair's blocks on the SMs at once (7B at batch 1: 32 heads × 4 on 132 SMs), at least a
+/// warp's 32 keys each; 1 (one block per pair) where clusters are not available, when the pairs
+/// fill the SMs already, or with `LLAMA_ATTN_SPLIT=off`.
+fn decode_splits(kern: &Loaded, pairs: i64, keys: i64) -> i64 {
+    static SPLIT: OnceLock<bool> = OnceLock::new();
+    if !kern.sm90 || !*SPLIT.get_or_init(|| crate::backend::knob_on("LLAMA_ATTN_SPLIT", "off")) {
+        return 1;
+    }
+    let sms = i64::try_from(kern.sms).unwrap_or(i64::MAX);
+    (sms / pairs.max(1))
+        .min((keys + 31) / 32)
+        .clamp(1, DECODE_MAX_SPLITS)
+}
+
 /// The head dimensions with a `decode_attention_d*` kernel (`DECODE_ATTENTION_DIMS` in
 /// `decode_attention.cu`, `KERNELS` in `mod.rs`).
 const DECODE_HEAD_DIMS: [i64; 4] = [32, 64, 128, 256];
@@ -494,20 +516,23 @@ pub fn decode_attention(
     let out = Tensor::empty([b, h, 1, d], (q.kind(), q.device()));
     let st = k.stride();
     let hidden_ptr = hidden.as_ref().map_or(0u64, ptr);
-    let warps = ((t + 31) / 32).clamp(1, DECODE_MAX_WARPS);
-    let shared = 4 * u32::try_from(warps * (d + 2)).ok()?;
+    let pairs = b * h;
+    let splits = decode_splits(&kern, pairs, t);
+    let warps = ((t + 32 * splits - 1) / (32 * splits)).clamp(1, DECODE_MAX_WARPS);
+    let shared = 4 * u32::try_from(warps * (d + 2) + d + 2).ok()?;
     let scale = 1.0 / (d as f32).sqrt();
     let (heads, rep, keys) = (
         i32::try_from(h).ok()?,
         i32::try_from(h / hkv).ok()?,
         i32::try_from(t).ok()?,
     );
-    launch_shared(
+    launch_cluster(
         &kern,
         named(&format!("decode_attention_d{d}"), q.kind())?,
-        usize::try_from(b * h).ok()?,
+        usize::try_from(pairs * splits).ok()?,
         32 * warps as usize,
         shared,
+        u32::try_from(splits).ok()?,
         &[
             &ptr(&q),
             &ptr(&k),
