@@ -460,8 +460,9 @@ const DECODE_HEAD_DIMS: [i64; 4] = [32, 64, 128, 256];
 /// One query per row and head against cached keys: `q [b, h, 1, d]`, `k, v [b, h_kv, t, d]` (a
 /// view of the cache is fine: unit stride within a key, `d` between keys), `hidden [b, 1, 1, t]`
 /// (bool, `true` = not visible; `None`: all visible) → softmax(q·kᵀ/√d) v `[b, h, 1, d]` in q's
-/// dtype, head `i` reading key/value head `i / (h / h_kv)`. Scores and softmax in f32; one block
-/// per (row, head), a warp per 32 keys. Head dimensions 32, 64, 128 and 256 (every preset's);
+/// dtype, head `i` reading key/value head `i / (h / h_kv)`. Scores and softmax in f32; a warp
+/// per 32 keys, one block per (row, head), or on sm_90 with fewer pairs than SMs a cluster of
+/// blocks per pair ([`decode_splits`]). Head dimensions 32, 64, 128 and 256 (every preset's);
 /// `None` for others.
 pub fn decode_attention(
     q: &Tensor,
