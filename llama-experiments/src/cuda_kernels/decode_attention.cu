@@ -34,6 +34,9 @@
 // (each warp then loops over further keys). Dynamic shared memory: warps · (dim + 2) + dim + 2
 // floats.
 // Floats of value rows a lane has in flight at once (`LLAMA_ATTN_VALUES=narrow` compiles 8).
+// Most blocks in one pair's cluster (the portable cluster size; `DECODE_MAX_SPLITS` in ops.rs
+// launches no more): the merge keeps one maximum and one scale per block in registers.
+#define DECODE_MAX_SPLITS 8
 #ifndef DECODE_VALUE_FLOATS
 #define DECODE_VALUE_FLOATS 32
 #endif
@@ -218,7 +221,7 @@ __device__ __forceinline__ void decode_attention_rows(const T* q, const T* kr, c
     // r, r + splits, ... from every block's sums, in rank order (the same bits every run). The
     // second barrier keeps each block's shared memory alive until the others have read it.
     cluster_sync();
-    float bm[8], scale_c[8];
+    float bm[DECODE_MAX_SPLITS], scale_c[DECODE_MAX_SPLITS];
     float big = NEG_INF;
     for (unsigned c = 0; c < splits; ++c) {
         bm[c] = cluster_load(blk + dim, c);

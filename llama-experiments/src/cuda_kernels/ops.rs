@@ -435,7 +435,8 @@ pub fn adamw_into(
 /// `__launch_bounds__(512)`, under which a lane keeps its 32 scores and value rows in registers
 /// (101 at a 128-wide head; 1,024 threads capped them at 64 and spilled ~200 bytes a thread).
 const DECODE_MAX_WARPS: i64 = 16;
-/// Most blocks one (row, head) pair's keys are split over (a portable thread-block cluster).
+/// Most blocks one (row, head) pair's keys are split over (a portable thread-block cluster;
+/// `DECODE_MAX_SPLITS` in `decode_attention.cu`, whose merge holds that many per thread).
 const DECODE_MAX_SPLITS: i64 = 8;
 
 /// How many blocks of one cluster share a pair's `keys` (`decode_attention.cu`): as many as keep
