@@ -132,6 +132,7 @@ impl DeviceSpec {
                         gemv_swiglu: crate::libtorch_fused::gemv_swiglu,
                         add_norm: crate::libtorch_fused::add_rms_norm,
                         rope_slot: crate::libtorch_fused::rope_slot,
+                        rope_slot_attention: crate::libtorch_fused::rope_slot_attention,
                     }),
                     torch_loss: cuda,
                     norm_operation: cuda,
@@ -190,6 +191,11 @@ pub(crate) fn env_choice(var: &str, allowed: &[&'static str]) -> Result<&'static
     }
 }
 
+/// `LLAMA_ATTN_SPLIT`'s values: `auto`, `off`, or the blocks of one cluster that share a
+/// decoded (row, head) pair's keys, up to the kernel's 8.
+pub(crate) const SPLIT_CHOICES: [&str; 10] =
+    ["auto", "off", "1", "2", "3", "4", "5", "6", "7", "8"];
+
 /// Whether the on/off knob `var=auto|<off>` is on (unset, empty or `auto`), for the launchers
 /// that read it where it acts; `register_ops` has already turned any other value into an error.
 #[cfg(feature = "tch")]
@@ -242,6 +248,8 @@ struct Fused<I: burn::tensor::backend::Backend> {
     add_norm: llama_model::add_norm::NativeAddRmsNorm<I>,
     /// A decode step's rotation and cache-slot write (inference only).
     rope_slot: llama_model::rope_slot::NativeRopeSlot<I>,
+    /// The two above and decoding's attention in one kernel (inference only).
+    rope_slot_attention: llama_model::rope_slot_attention::NativeRopeSlotAttention<I>,
 }
 
 impl<I: burn::tensor::backend::Backend> Ops<I> {
@@ -376,13 +384,29 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         fused.as_ref().map(|f| f.rope_slot),
         llama_model::rope_slot::register_native::<I>,
     )?;
+    // The rotation, slot write and attention of a decode step in one kernel, where both of the
+    // kernels it replaces are on; `separate`: the two.
+    let (attention_on, slot_on) = (
+        env_choice("LLAMA_DECODE_ATTENTION", &["auto", "fused", "decomposed"])? != "decomposed",
+        env_choice("LLAMA_ROPE_SLOT", &["auto", "fused", "separate"])? != "separate",
+    );
+    register_inference(
+        "LLAMA_ROPE_SLOT_ATTENTION",
+        "separate",
+        fused
+            .as_ref()
+            .filter(|_| attention_on && slot_on)
+            .map(|f| f.rope_slot_attention),
+        llama_model::rope_slot_attention::register_native::<I>,
+    )?;
     // Read by the fused kernels' launchers; checked here for a clear error.
     env_choice("LLAMA_PDL", &["auto", "off"])?;
     env_choice("LLAMA_GEMV_SPLIT", &["auto", "off"])?;
     env_choice("LLAMA_GEMV_GRID", &["auto", "waves"])?;
     env_choice("LLAMA_NORM_EARLY", &["auto", "off"])?;
     env_choice("LLAMA_ATTN_VALUES", &["auto", "narrow"])?;
-    env_choice("LLAMA_ATTN_SPLIT", &["auto", "off"])?;
+    env_choice("LLAMA_ATTN_SPLIT", &SPLIT_CHOICES)?;
+    env_choice("LLAMA_ATTN_KEYS", &["auto", "8", "16", "32"])?;
     env_choice("LLAMA_VJP", &["auto", "seed"])?;
     // The residual update in one kernel, in inference and (as one autodiff operation) in
     // training; `decomposed`: the cast and the sum.

@@ -111,6 +111,39 @@ pub fn rope_slot(
     k::rope_slot(q, kk, v, c, s, kc, vc, slot).map(TchTensor::new)
 }
 
+/// A decode step's rotation, cache-slot write and attention in one kernel (inference) to register
+/// with `llama_model::rope_slot_attention::register_native::<LibTorch>`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_slot_attention(
+    q: TchTensor,
+    kk: TchTensor,
+    v: TchTensor,
+    c: TchTensor,
+    s: TchTensor,
+    k_cache: TchTensor,
+    v_cache: TchTensor,
+    slot: TchTensor,
+    hidden: Option<TchTensor>,
+) -> Option<TchTensor> {
+    let step = k::StepKv {
+        k: &kk.tensor,
+        v: &v.tensor,
+        c: &c.tensor,
+        s: &s.tensor,
+        slot: &slot.tensor,
+    };
+    let hidden = hidden.as_ref().map(|m| &m.tensor);
+    k::decode_attention_with(
+        &q.tensor,
+        &k_cache.tensor,
+        &v_cache.tensor,
+        hidden,
+        Some(&step),
+        None,
+    )
+    .map(TchTensor::new)
+}
+
 /// Whether the fused kernels run on this tch device (compiles them on first use).
 pub fn available(device: tch::Device) -> bool {
     k::available(device)

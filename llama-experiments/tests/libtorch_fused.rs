@@ -305,21 +305,32 @@ fn decode_attention_matches_the_formula() {
                 scores = scores.masked_fill(m, f64::NEG_INFINITY);
             }
             let want = scores.softmax(3, Kind::Float).matmul(&vr);
-            let got = k::decode_attention(&q, &kv, &vv, hidden.as_ref()).expect("runs on CUDA");
-            let again = k::decode_attention(&q, &kv, &vv, hidden.as_ref()).expect("runs again");
-            assert!(again.equal(&got), "b{b} h{h} t{t}: a second run differs");
-            assert_eq!(got.size(), [b, h, 1, d]);
-            assert_eq!(got.kind(), kind);
-            let err = rel(&got, &want);
-            assert!(
-                err < bound(kind),
-                "{kind:?} b{b} h{h}/{hkv} d{d} t{t}: relative error {err:e}"
-            );
-            // A hidden key's value is never read into the sum: NaN there changes nothing.
-            if let Some(m) = &hidden {
-                let nan = vv.masked_fill(&m.reshape([b, 1, t, 1]), f64::NAN);
-                let same = k::decode_attention(&q, &kv, &nan, hidden.as_ref()).expect("runs");
-                assert!(same.equal(&got), "b{b} h{h} t{t}: NaN in hidden values");
+            // The launch's own choice, then each number of keys a warp scores per pass.
+            for kw in [None, Some(8), Some(16), Some(32)] {
+                let run =
+                    |v: &Tensor| k::decode_attention_with(&q, &kv, v, hidden.as_ref(), None, kw);
+                let got = run(&vv).expect("runs on CUDA");
+                let again = run(&vv).expect("runs again");
+                assert!(
+                    again.equal(&got),
+                    "b{b} h{h} t{t} {kw:?}: a second run differs"
+                );
+                assert_eq!(got.size(), [b, h, 1, d]);
+                assert_eq!(got.kind(), kind);
+                let err = rel(&got, &want);
+                assert!(
+                    err < bound(kind),
+                    "{kind:?} b{b} h{h}/{hkv} d{d} t{t} {kw:?}: relative error {err:e}"
+                );
+                // A hidden key's value is never read into the sum: NaN there changes nothing.
+                if let Some(m) = &hidden {
+                    let nan = vv.masked_fill(&m.reshape([b, 1, t, 1]), f64::NAN);
+                    let same = run(&nan).expect("runs");
+                    assert!(
+                        same.equal(&got),
+                        "b{b} h{h} t{t} {kw:?}: NaN in hidden values"
+                    );
+                }
             }
         }
     }
@@ -327,6 +338,9 @@ fn decode_attention_matches_the_formula() {
     let r = |s: &[i64]| Tensor::randn(s, (Kind::Float, dev));
     let (q, kv) = (r(&[1, 4, 1, 96]), r(&[1, 2, 10, 96]));
     assert!(k::decode_attention(&q, &kv, &kv, None).is_none(), "d 96");
+    let (q, kv) = (r(&[1, 4, 1, 64]), r(&[1, 2, 10, 64]));
+    let odd = k::decode_attention_with(&q, &kv, &kv, None, None, Some(4));
+    assert!(odd.is_none(), "4 keys per warp");
 }
 
 /// One-row products against torch's f32 product of the same bf16 values, the weight the
@@ -485,6 +499,82 @@ fn rope_slot_is_the_rotations_and_the_slot_writes() {
             assert!(got.equal(&want_q), "{what}: queries differ");
             assert!(kc.equal(&want_k), "{what}: key cache differs");
             assert!(vc.equal(&want_v), "{what}: value cache differs");
+        }
+    }
+}
+
+/// A decode step's rotation, slot write and attention in one kernel against the two kernels it
+/// replaces (rope_slot, then decoding's attention over the whole cache): the same cache bits, the
+/// same outputs within rounding, for every number of keys per warp, with NaN in the cache past the
+/// slot (never written yet: the one kernel must not read it).
+#[test]
+fn rope_slot_attention_is_rope_slot_then_attention() {
+    let Some(dev) = cuda() else { return };
+    for kind in [Kind::Float, Kind::BFloat16] {
+        // (batch, heads, kv heads, head dim, cache capacity, slot, masked)
+        for (b, h, hkv, d, cap, at, masked) in [
+            (1i64, 32i64, 32i64, 128i64, 565i64, 512i64, false),
+            (1, 40, 40, 128, 600, 513, true),
+            (2, 8, 2, 64, 50, 37, true),
+            (3, 4, 2, 32, 9, 0, false),
+            (1, 4, 1, 256, 70, 69, false),
+            (4, 32, 4, 64, 120, 100, true),
+        ] {
+            let randn = |dims: &[i64]| Tensor::randn(dims, (Kind::Float, dev)).to_kind(kind);
+            let (q, kk, v) = (
+                randn(&[b, h, 1, d]),
+                randn(&[b, hkv, 1, d]),
+                randn(&[b, hkv, 1, d]),
+            );
+            let angle = Tensor::rand([b, 1, 1, d / 2], (Kind::Float, dev)) * 6.0;
+            let (cos, sin) = (angle.cos(), angle.sin());
+            let c = Tensor::cat(&[&cos, &cos], 3).to_kind(kind);
+            let s = Tensor::cat(&[&(-&sin), &sin], 3).to_kind(kind);
+            let (kc, vc) = (randn(&[b, hkv, cap, d]), randn(&[b, hkv, cap, d]));
+            let _ = kc.narrow(2, at, cap - at).fill_(f64::NAN);
+            let _ = vc.narrow(2, at, cap - at).fill_(f64::NAN);
+            let slot = Tensor::from_slice(&[at]).to_device(dev);
+            // Past the slot hidden; with `masked`, about a third of the keys before it too (pads).
+            let past = Tensor::arange(cap, (Kind::Int64, dev))
+                .gt(at)
+                .reshape([1, 1, 1, cap]);
+            let mut hidden = past.expand([b, 1, 1, cap], false).contiguous();
+            if masked {
+                let pads = Tensor::rand([b, 1, 1, cap], (Kind::Float, dev)).lt(0.33);
+                let _ = pads.narrow(3, at, 1).fill_(0);
+                hidden = hidden.logical_or(&pads);
+            }
+            let (want_k, want_v) = (kc.copy(), vc.copy());
+            let rq = k::rope_slot(&q, &kk, &v, &c, &s, &want_k, &want_v, &slot).expect("runs");
+            let want = k::decode_attention(&rq, &want_k, &want_v, Some(&hidden)).expect("runs");
+            let step = k::StepKv {
+                k: &kk,
+                v: &v,
+                c: &c,
+                s: &s,
+                slot: &slot,
+            };
+            for kw in [None, Some(8), Some(16), Some(32)] {
+                let what = format!("{kind:?} b{b} h{h}/{hkv} d{d} slot {at} {kw:?}");
+                let got = k::decode_attention_with(&q, &kc, &vc, Some(&hidden), Some(&step), kw)
+                    .expect("runs on CUDA");
+                // Up to the slot (NaN past it is not equal to itself).
+                let upto = |t: &Tensor| t.narrow(2, 0, at + 1).to_kind(Kind::Float);
+                let gap =
+                    |a: &Tensor, b: &Tensor| (upto(a) - upto(b)).abs().max().double_value(&[]);
+                assert!(
+                    upto(&kc).equal(&upto(&want_k)),
+                    "{what}: key cache differs by up to {:e}",
+                    gap(&kc, &want_k)
+                );
+                assert!(
+                    upto(&vc).equal(&upto(&want_v)),
+                    "{what}: value cache differs by up to {:e}",
+                    gap(&vc, &want_v)
+                );
+                let err = rel(&got, &want);
+                assert!(err < bound(kind), "{what}: relative error {err:e}");
+            }
         }
     }
 }

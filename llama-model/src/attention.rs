@@ -13,6 +13,7 @@ use crate::ffn::linear;
 use crate::position::RopeAngles;
 use crate::precision::Precision;
 use crate::rope_slot;
+use crate::rope_slot_attention;
 use crate::sdpa;
 use crate::stacked::{self, Stacked};
 
@@ -114,6 +115,23 @@ impl<B: Backend> Attention<B> {
             ),
         };
         let (q, k, v) = (heads(q, h), heads(k, hkv), heads(v, hkv));
+        // A decode step's rotation, cache write and attention in one kernel where the backend
+        // has it (the cache writes a device-side slot).
+        let (q, k, v) = match (rope, cache.as_deref(), mask) {
+            (Some(rope), Some(cache), AttentionMask::Full | AttentionMask::Explicit(_))
+                if t == 1 =>
+            {
+                let hidden = match mask {
+                    AttentionMask::Explicit(m) => Some(m),
+                    _ => None,
+                };
+                match rope_slot_attention::try_rope_slot_attention(q, k, v, rope, cache, hidden) {
+                    Ok(out) => return self.output(out, precision),
+                    Err(qkv) => qkv,
+                }
+            }
+            _ => (q, k, v),
+        };
         // Rotation and cache write; one kernel for a decode step's slot where the backend has it.
         let (q, k, v) = match (rope, cache) {
             (Some(rope), Some(cache)) => match rope_slot::try_rope_slot(q, k, v, rope, cache) {

@@ -33,6 +33,7 @@ pub mod record;
 pub mod residual;
 pub mod rms_norm;
 pub mod rope_slot;
+pub mod rope_slot_attention;
 pub mod rotary;
 pub mod sdpa;
 pub mod split_k;

@@ -28,6 +28,13 @@ __device__ __forceinline__ void store(bf16_t* p, long long i, float v) {
     p[i] = (bf16_t)(u >> 16);
 }
 
+// One element of a rotary rotation, x·c + x_partner·s, rounded the same way by every kernel that
+// rotates (rotary, rope_slot, decoding's attention): the product and the fused multiply-add are
+// explicit, so the compiler cannot contract the sum the other way round in one of them.
+__device__ __forceinline__ float rotate_one(float x, float c, float partner, float s) {
+    return __fmaf_rn(x, c, __fmul_rn(partner, s));
+}
+
 // Four consecutive elements, for the 8- or 16-byte loads that use the memory bus fully (2-byte
 // loads move half as much per instruction). Callers check 4-element alignment.
 struct Four {
@@ -268,8 +275,8 @@ __device__ void rotary(const T* x, const T* c, const T* s, T* y, long long n, in
         const int j = i < half ? i + half : i - half;
         const T* xr = x + b * xb + h * xh + t * xt;
         const long long tr = b * cb + t * ct;
-        const float other = backward ? load(xr, j) * load(s, tr + j) : load(xr, j) * load(s, tr + i);
-        store(y, idx, load(xr, i) * load(c, tr + i) + other);
+        const float sv = backward ? load(s, tr + j) : load(s, tr + i);
+        store(y, idx, rotate_one(load(xr, i), load(c, tr + i), load(xr, j), sv));
     }
 }
 

@@ -21,8 +21,8 @@ __device__ void rope_slot(const T* q, const T* k, const T* v, const T* c, const 
             const long long base = idx - i;
             const int j = i < half ? i + half : i - half;
             const long long tr = row * d;
-            const float other = load(q, base + j) * load(s, tr + i);
-            store(q_out, idx, load(q, base + i) * load(c, tr + i) + other);
+            store(q_out, idx,
+                  rotate_one(load(q, base + i), load(c, tr + i), load(q, base + j), load(s, tr + i)));
             continue;
         }
         const bool is_k = idx < nq + nk;
@@ -33,8 +33,7 @@ __device__ void rope_slot(const T* q, const T* k, const T* v, const T* c, const 
         if (is_k) {
             const int j = i < half ? i + half : i - half;
             const long long tr = row * d;
-            const float other = load(k, e - i + j) * load(s, tr + i);
-            store(kc, at, load(k, e) * load(c, tr + i) + other);
+            store(kc, at, rotate_one(load(k, e), load(c, tr + i), load(k, e - i + j), load(s, tr + i)));
         } else {
             vc[at] = v[e];
         }
