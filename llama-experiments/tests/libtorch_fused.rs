@@ -1,7 +1,7 @@
 //! The fused CUDA kernels (`cuda_kernels`) against torch's own formulas and autograd, f32 and
 //! bf16: cross-entropy (loss and the logits' gradient), RMSNorm (y, dx, dγ) and SwiGLU's gate (out,
 //! da, db), each with a non-uniform upstream gradient; rotary; AdamW; decoding's single-query
-//! attention.
+//! attention, alone and with the decode step's rotation and cache write folded in.
 //!
 //! Needs `--features tch`. The source is compiled wherever NVRTC loads (a CUDA toolkit, or PyPI's
 //! `nvidia-cuda-nvrtc`, on `LD_LIBRARY_PATH`; `LLAMA_REQUIRE_NVRTC=1` makes its absence a failure,
@@ -468,6 +468,31 @@ fn add_rms_norm_is_the_add_then_the_norm() {
     }
 }
 
+/// A decode step's unrotated query `[b, h, 1, d]`, key and value `[b, hkv, 1, d]`, and the
+/// rotary operation's full-width tables `[b, 1, 1, d]` of random angles.
+struct Step {
+    q: Tensor,
+    kk: Tensor,
+    v: Tensor,
+    c: Tensor,
+    s: Tensor,
+}
+
+impl Step {
+    fn random(b: i64, h: i64, hkv: i64, d: i64, kind: Kind, dev: Device) -> Self {
+        let randn = |dims: &[i64]| Tensor::randn(dims, (Kind::Float, dev)).to_kind(kind);
+        let angle = Tensor::rand([b, 1, 1, d / 2], (Kind::Float, dev)) * 6.0;
+        let (cos, sin) = (angle.cos(), angle.sin());
+        Self {
+            q: randn(&[b, h, 1, d]),
+            kk: randn(&[b, hkv, 1, d]),
+            v: randn(&[b, hkv, 1, d]),
+            c: Tensor::cat(&[&cos, &cos], 3).to_kind(kind),
+            s: Tensor::cat(&[&(-&sin), &sin], 3).to_kind(kind),
+        }
+    }
+}
+
 /// A decode step's rotation and cache-slot write in one kernel gives the bits of the rotary
 /// kernel and torch's `index_copy_`, and leaves the rest of the cache as it was.
 #[test]
@@ -479,15 +504,7 @@ fn rope_slot_is_the_rotations_and_the_slot_writes() {
             (3, 4, 2, 16, 9, 0),
         ] {
             let randn = |dims: &[i64]| Tensor::randn(dims, (Kind::Float, dev)).to_kind(kind);
-            let (q, kk, v) = (
-                randn(&[b, h, 1, d]),
-                randn(&[b, hkv, 1, d]),
-                randn(&[b, hkv, 1, d]),
-            );
-            let angle = Tensor::rand([b, 1, 1, d / 2], (Kind::Float, dev)) * 6.0;
-            let (cos, sin) = (angle.cos(), angle.sin());
-            let c = Tensor::cat(&[&cos, &cos], 3).to_kind(kind);
-            let s = Tensor::cat(&[&(-&sin), &sin], 3).to_kind(kind);
+            let Step { q, kk, v, c, s } = Step::random(b, h, hkv, d, kind, dev);
             let (kc, vc) = (randn(&[b, hkv, cap, d]), randn(&[b, hkv, cap, d]));
             let slot = Tensor::from_slice(&[at]).to_device(dev);
             let (mut want_k, mut want_v) = (kc.copy(), vc.copy());
@@ -521,15 +538,7 @@ fn rope_slot_attention_is_rope_slot_then_attention() {
             (4, 32, 4, 64, 120, 100, true),
         ] {
             let randn = |dims: &[i64]| Tensor::randn(dims, (Kind::Float, dev)).to_kind(kind);
-            let (q, kk, v) = (
-                randn(&[b, h, 1, d]),
-                randn(&[b, hkv, 1, d]),
-                randn(&[b, hkv, 1, d]),
-            );
-            let angle = Tensor::rand([b, 1, 1, d / 2], (Kind::Float, dev)) * 6.0;
-            let (cos, sin) = (angle.cos(), angle.sin());
-            let c = Tensor::cat(&[&cos, &cos], 3).to_kind(kind);
-            let s = Tensor::cat(&[&(-&sin), &sin], 3).to_kind(kind);
+            let Step { q, kk, v, c, s } = Step::random(b, h, hkv, d, kind, dev);
             let (kc, vc) = (randn(&[b, hkv, cap, d]), randn(&[b, hkv, cap, d]));
             let _ = kc.narrow(2, at, cap - at).fill_(f64::NAN);
             let _ = vc.narrow(2, at, cap - at).fill_(f64::NAN);
