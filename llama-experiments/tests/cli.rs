@@ -430,6 +430,7 @@ fn bad_comparison_knobs_in_the_environment_are_one_clear_line() {
         ("LLAMA_ATTN_VALUES", "wide"),
         ("LLAMA_ATTN_SPLIT", "on"),
         ("LLAMA_ATTN_KEYS", "4"),
+        ("LLAMA_ROPE_SLOT_ATTENTION", "on"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_llama"))
             .args(["--device", "ndarray", "bench", "--preset", "tiny"])

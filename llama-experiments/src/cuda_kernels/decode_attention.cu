@@ -29,15 +29,17 @@
 // from distributed shared memory (no workspace in global memory, no second kernel, no atomics)
 // and each writes a `1 / splits` share of the outputs. One split is the form above (bit for bit
 // up to 512 keys; past them its 16 warps loop where 32 did before). Attempt 41: −2 to −5 % per
-// decoded token on an H200, though alone the kernel takes as long split or not: it is bound by
-// each warp's chain of ~1,700 dependent instructions for its 32 keys, not by bytes.
+// decoded token on an H200, though alone the kernel took as long split or not. Attempt 45: not
+// bound by the warps' chains either (four times the warps with a quarter of the chain was no
+// faster) but by load round trips and the block and cluster barriers; 16 keys per warp over 8
+// blocks per pair took ~10.5 against ~12.5 µs per 7B layer.
 //
 // Grid: pairs · splits blocks of 32 · warps threads, warps = ⌈keys / (KW · splits)⌉ up to 16
 // (each warp then loops over further keys). Dynamic shared memory: (warps + 1) · (dim + 2) +
 // dim + 2 floats.
 // Floats of value rows a lane has in flight at once (`LLAMA_ATTN_VALUES=narrow` compiles 8).
 // Most blocks in one pair's cluster (the portable cluster size; `DECODE_MAX_SPLITS` in ops.rs
-// launches no more): the merge keeps one maximum and one scale per block in registers.
+// launches no more): the merge keeps one scale per block in registers.
 #define DECODE_MAX_SPLITS 8
 // Most warps in a block (`__launch_bounds__(512)`; `DECODE_MAX_WARPS` in ops.rs): the merge holds
 // one weight per warp in a lane.
@@ -130,9 +132,11 @@ __device__ __forceinline__ float cluster_load(const float* p, unsigned rank) {
 #endif
 }
 
-// The block's share of one pair's keys: warp w of block r takes keys from (r · warps + w) · 32 in
-// strides of splits · warps · 32. `part`: warps × dim floats; `wm`: 2 · warps; `blk`: dim + 2
-// (the block's unnormalised sums, then its maximum and softmax denominator).
+// The block's share of one pair's keys below `keys`: warp w of block r takes keys from (r · warps
+// + w) · KW in strides of splits · warps · KW. `qv`: the lane's span of the (rotated) query;
+// `extra`: the step's own key (score `s_extra`, value `v_extra`, the lane's span) enters this
+// block's merge. `part`: (warps + 1) × dim floats; `wm`: 2 · (warps + 1); `blk`: dim + 2 (the
+// block's unnormalised sums, then its maximum and softmax denominator).
 template <typename T, int PER, int KW>
 __device__ __forceinline__ void decode_attention_rows(const float* qv, const T* kr, const T* vr,
                                                       const unsigned char* hr, T* out, int keys,
@@ -339,8 +343,8 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
     // the prefetch; it is read again after the wait for the keys themselves.
     const int cached = slot ? (int)max(0LL, min((long long)keys, *slot)) : keys;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    // The cached keys and values but this step's do not depend on the kernel ahead (it writes
-    // that one slot), and a prefetch to L2, the point of coherence, cannot leave a stale line
+    // The cached keys and values but this step's do not depend on the kernel ahead (at most it
+    // writes that one slot), and a prefetch to L2, the point of coherence, cannot leave a stale line
     // behind, so they are on their way before waiting for that kernel (see pdl_wait). Each
     // block prefetches the runs of keys its warps read.
     const long long run = (long long)warps * KW * dim * sizeof(T);
