@@ -432,8 +432,9 @@ pub fn adamw_into(
 }
 
 /// Most warps per block of `decode_attention` (a warp per 8–32 keys; longer caches loop): its
-/// `__launch_bounds__(512)`, under which a lane keeps its 32 scores and value rows in registers
-/// (101 at a 128-wide head; 1,024 threads capped them at 64 and spilled ~200 bytes a thread).
+/// `__launch_bounds__(512)`, under which a lane keeps its scores and value rows in registers (at
+/// a 128-wide head 113 with 32 keys per warp, 98 with 16; 1,024 threads capped them at 64 and
+/// spilled ~200 bytes a thread).
 const DECODE_MAX_WARPS: i64 = 16;
 /// Most blocks one (row, head) pair's keys are split over (a portable thread-block cluster;
 /// `DECODE_MAX_SPLITS` in `decode_attention.cu`, whose merge holds that many per thread).
@@ -490,8 +491,8 @@ const DECODE_HEAD_DIMS: [i64; 4] = [32, 64, 128, 256];
 /// (bool, `true` = not visible; `None`: all visible) → softmax(q·kᵀ/√d) v `[b, h, 1, d]` in q's
 /// dtype, head `i` reading key/value head `i / (h / h_kv)`. Scores and softmax in f32; a warp
 /// per 8–32 keys at a time ([`decode_keys_per_warp`]), one block per (row, head), or on sm_90
-/// with fewer pairs than SMs a cluster of blocks per pair ([`decode_splits`]). Head dimensions 32, 64, 128 and 256 (every preset's);
-/// `None` for others.
+/// with fewer pairs than SMs a cluster of blocks per pair ([`decode_splits`]). Head dimensions
+/// 32, 64, 128 and 256 (every preset's); `None` for others.
 pub fn decode_attention(
     q: &Tensor,
     k: &Tensor,
