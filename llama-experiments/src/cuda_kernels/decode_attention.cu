@@ -111,7 +111,8 @@ __device__ __forceinline__ void cluster_sync() {
 // keeps each block's shared memory alive until the others have read it.
 __device__ __forceinline__ void cluster_sync_relaxed() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" :::
+                     "memory");
 #endif
 }
 // The float at `p` (this block's shared memory) in block `rank` of the cluster.
@@ -344,8 +345,8 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
     const int cached = slot ? (int)max(0LL, min((long long)keys, *slot)) : keys;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     // The cached keys and values but this step's do not depend on the kernel ahead (at most it
-    // writes that one slot), and a prefetch to L2, the point of coherence, cannot leave a stale line
-    // behind, so they are on their way before waiting for that kernel (see pdl_wait). Each
+    // writes that one slot), and a prefetch to L2, the point of coherence, cannot leave a stale
+    // line behind, so they are on their way before waiting for that kernel (see pdl_wait). Each
     // block prefetches the runs of keys its warps read.
     const long long run = (long long)warps * KW * dim * sizeof(T);
     for (long long start = rank * run; start < (long long)cached * dim * sizeof(T);
