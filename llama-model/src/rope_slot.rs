@@ -42,6 +42,27 @@ pub fn register_native<B: Backend>(native: NativeRopeSlot<B>) {
 
 type Qkv<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
 
+/// A decode step's inputs to a kernel that rotates and writes the cache slot, as the backend's
+/// primitives: `[q, k, v, c, s, k_cache, v_cache]` and the slot; `None` where the rotary tables or
+/// the slot are absent or the dtypes differ. Shared with [`crate::rope_slot_attention`].
+pub(crate) fn slot_inputs<B: Backend>(
+    (q, k, v): (&Tensor<B, 4>, &Tensor<B, 4>, &Tensor<B, 4>),
+    rope: &RopeAngles<B>,
+    cache: &LayerCache<B>,
+) -> Option<([FloatTensor<B>; 7], IntTensor<B>)> {
+    let (Some((c, s)), Some(slot)) = (rope.full_tables(), cache.slot()) else {
+        return None;
+    };
+    let (kc, vc) = cache.buffers();
+    let all = [q, k, v, c, s, kc, vc];
+    let dtype = q.dtype();
+    if all.iter().any(|t| t.dtype() != dtype) {
+        return None;
+    }
+    let prims = all.map(|t| t.clone().into_primitive().tensor());
+    Some((prims, slot.clone().into_primitive()))
+}
+
 /// `(rotated q, all keys, all values)` as [`RopeAngles::apply`] and [`LayerCache::append`] give
 /// them, by the backend's kernel where it has one and the cache writes a slot; else the inputs.
 pub fn try_rope_slot<B: Backend>(
@@ -54,40 +75,18 @@ pub fn try_rope_slot<B: Backend>(
     let Some(f) = REGISTRY.native::<NativeRopeSlot<B>>(TypeId::of::<B>()) else {
         return Err((q, k, v));
     };
-    let (Some((c, s)), Some(slot)) = (rope.full_tables(), cache.slot()) else {
+    let Some(([q_, k_, v_, c, s, kc, vc], slot)) = slot_inputs((&q, &k, &v), rope, cache) else {
         return Err((q, k, v));
     };
-    let (kc, vc) = cache.buffers();
-    let dtype = q.dtype();
-    if [
-        k.dtype(),
-        v.dtype(),
-        c.dtype(),
-        s.dtype(),
-        kc.dtype(),
-        vc.dtype(),
-    ]
-    .iter()
-    .any(|&d| d != dtype)
-    {
-        return Err((q, k, v));
-    }
-    let prim = |t: &Tensor<B, 4>| t.clone().into_primitive().tensor();
-    match f(
-        prim(&q),
-        prim(&k),
-        prim(&v),
-        prim(c),
-        prim(s),
-        prim(kc),
-        prim(vc),
-        slot.clone().into_primitive(),
-    ) {
-        Some(q) => Ok((
-            Tensor::from_primitive(TensorPrimitive::Float(q)),
-            kc.clone(),
-            vc.clone(),
-        )),
+    match f(q_, k_, v_, c, s, kc, vc, slot) {
+        Some(q) => {
+            let (kc, vc) = cache.buffers();
+            Ok((
+                Tensor::from_primitive(TensorPrimitive::Float(q)),
+                kc.clone(),
+                vc.clone(),
+            ))
+        }
         None => Err((q, k, v)),
     }
 }

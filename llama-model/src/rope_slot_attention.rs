@@ -17,6 +17,7 @@ use burn::tensor::{Bool, Tensor, TensorPrimitive};
 use crate::cache::LayerCache;
 use crate::dispatch::{ErasedNative, Registry};
 use crate::position::RopeAngles;
+use crate::rope_slot::slot_inputs;
 
 /// `(q [b, h, 1, d], k [b, hkv, 1, d], v [b, hkv, 1, d]` unrotated, `c, s [b, 1, 1, d]` (the
 /// rotary operation's full-width tables), `k_cache, v_cache [b, hkv, capacity, d]`, `slot [1]`,
@@ -59,36 +60,11 @@ pub fn try_rope_slot_attention<B: Backend>(
     let Some(f) = REGISTRY.native::<NativeRopeSlotAttention<B>>(TypeId::of::<B>()) else {
         return Err((q, k, v));
     };
-    let (Some((c, s)), Some(slot)) = (rope.full_tables(), cache.slot()) else {
+    let Some(([q_, k_, v_, c, s, kc, vc], slot)) = slot_inputs((&q, &k, &v), rope, cache) else {
         return Err((q, k, v));
     };
-    let (kc, vc) = cache.buffers();
-    let dtype = q.dtype();
-    if [
-        k.dtype(),
-        v.dtype(),
-        c.dtype(),
-        s.dtype(),
-        kc.dtype(),
-        vc.dtype(),
-    ]
-    .iter()
-    .any(|&d| d != dtype)
-    {
-        return Err((q, k, v));
-    }
-    let prim = |t: &Tensor<B, 4>| t.clone().into_primitive().tensor();
-    match f(
-        prim(&q),
-        prim(&k),
-        prim(&v),
-        prim(c),
-        prim(s),
-        prim(kc),
-        prim(vc),
-        slot.clone().into_primitive(),
-        hidden.map(|m| m.clone().into_primitive()),
-    ) {
+    let hidden = hidden.map(|m| m.clone().into_primitive());
+    match f(q_, k_, v_, c, s, kc, vc, slot, hidden) {
         Some(out) => Ok(Tensor::from_primitive(TensorPrimitive::Float(out))),
         None => Err((q, k, v)),
     }
