@@ -196,6 +196,10 @@ pub(crate) fn env_choice(var: &str, allowed: &[&'static str]) -> Result<&'static
 pub(crate) const SPLIT_CHOICES: [&str; 10] =
     ["auto", "off", "1", "2", "3", "4", "5", "6", "7", "8"];
 
+/// `LLAMA_ATTN_KEYS`'s values: `auto`, or the keys a warp of decoding's attention scores per
+/// pass (the kernels `decode_attention.cu` compiles).
+pub(crate) const KEYS_CHOICES: [&str; 4] = ["auto", "8", "16", "32"];
+
 /// Whether the on/off knob `var=auto|<off>` is on (unset, empty or `auto`), for the launchers
 /// that read it where it acts; `register_ops` has already turned any other value into an error.
 #[cfg(feature = "tch")]
@@ -411,7 +415,7 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     env_choice("LLAMA_NORM_EARLY", &["auto", "off"])?;
     env_choice("LLAMA_ATTN_VALUES", &["auto", "narrow"])?;
     env_choice("LLAMA_ATTN_SPLIT", &SPLIT_CHOICES)?;
-    env_choice("LLAMA_ATTN_KEYS", &["auto", "8", "16", "32"])?;
+    env_choice("LLAMA_ATTN_KEYS", &KEYS_CHOICES)?;
     env_choice("LLAMA_VJP", &["auto", "seed"])?;
     // The residual update in one kernel, in inference and (as one autodiff operation) in
     // training; `decomposed`: the cast and the sum.

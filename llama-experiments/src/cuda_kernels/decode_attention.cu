@@ -370,8 +370,11 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
         limit = (int)max(0LL, min((long long)keys, sl));
         rotate_span<T, PER>(q + row0, tc + (long long)row * dim, ts + (long long)row * dim, lane,
                             qv);
-        extra = rank == 0 && sl >= 0 && sl < keys && !(hr && hr[sl]);
-        if (rank == 0 && sl >= 0 && sl < keys) {
+        // Block 0 of the cluster scores the step's own key (and, for a group's first head,
+        // writes it) when the slot is in the cache; the merge takes it unless the row hides it.
+        const bool own = rank == 0 && sl >= 0 && sl < keys;
+        extra = own && !(hr && hr[sl]);
+        if (own) {
             const long long nrow = ((long long)row * (heads / rep) + h / rep) * dim;
             rotate_span<T, PER>(kn + nrow, tc + (long long)row * dim, ts + (long long)row * dim,
                                 lane, kx);
@@ -398,7 +401,7 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
 }
 
 // One kernel per head dimension (the registers of a lane's share of a row) and keys per warp
-// pass: decode_attention_d32 ... _d256 take 32, the _k8 and _k16 forms fewer for more warps.
+// pass: decode_attention_k{8,16,32}_d{32,64,128,256}.
 #define DECODE_ATTENTION(SUFFIX, T, DIM, KW, NAME)                                                 \
     extern "C" __global__ void __launch_bounds__(512) NAME##_##SUFFIX(                             \
         const T* q, const T* k, const T* v, const unsigned char* hidden, T* out, int heads,        \
@@ -408,7 +411,7 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
                                           kn, vn, tc, ts, slot);                                   \
     }
 #define DECODE_ATTENTION_KW(SUFFIX, T, DIM)                                                        \
-    DECODE_ATTENTION(SUFFIX, T, DIM, 32, decode_attention_d##DIM)                                  \
+    DECODE_ATTENTION(SUFFIX, T, DIM, 32, decode_attention_k32_d##DIM)                              \
     DECODE_ATTENTION(SUFFIX, T, DIM, 16, decode_attention_k16_d##DIM)                              \
     DECODE_ATTENTION(SUFFIX, T, DIM, 8, decode_attention_k8_d##DIM)
 #define DECODE_ATTENTION_DIMS(SUFFIX, T)                                                           \

@@ -42,10 +42,10 @@ const SOURCE: &str = concat!(
 
 /// Kernel names without their dtype suffix (`_f32`, `_bf16`), in both dtypes.
 pub const KERNELS: [&str; 20] = [
-    "decode_attention_d32",
-    "decode_attention_d64",
-    "decode_attention_d128",
-    "decode_attention_d256",
+    "decode_attention_k32_d32",
+    "decode_attention_k32_d64",
+    "decode_attention_k32_d128",
+    "decode_attention_k32_d256",
     "decode_attention_k16_d32",
     "decode_attention_k16_d64",
     "decode_attention_k16_d128",

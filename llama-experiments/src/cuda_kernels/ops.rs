@@ -471,18 +471,17 @@ fn decode_splits(kern: &Loaded, pairs: i64, keys: i64) -> i64 {
 fn decode_keys_per_warp(kern: &Loaded, pairs: i64) -> i64 {
     static KEYS: OnceLock<&'static str> = OnceLock::new();
     let knob = KEYS.get_or_init(|| {
-        crate::backend::env_choice("LLAMA_ATTN_KEYS", &["auto", "8", "16", "32"]).unwrap_or("auto")
+        crate::backend::env_choice("LLAMA_ATTN_KEYS", &crate::backend::KEYS_CHOICES)
+            .unwrap_or("auto")
     });
-    match *knob {
-        "8" => 8,
-        "16" => 16,
-        "32" => 32,
-        _ if pairs < i64::try_from(kern.sms).unwrap_or(i64::MAX) => 16,
-        _ => 8,
+    match knob.parse::<i64>() {
+        Ok(n) => n,
+        Err(_) if pairs < i64::try_from(kern.sms).unwrap_or(i64::MAX) => 16,
+        Err(_) => 8,
     }
 }
 
-/// The head dimensions with a `decode_attention_d*` kernel (`DECODE_ATTENTION_DIMS` in
+/// The head dimensions with `decode_attention_k*_d*` kernels (`DECODE_ATTENTION_DIMS` in
 /// `decode_attention.cu`, `KERNELS` in `mod.rs`).
 const DECODE_HEAD_DIMS: [i64; 4] = [32, 64, 128, 256];
 
@@ -616,13 +615,7 @@ pub fn decode_attention_with(
     );
     launch_cluster(
         &kern,
-        named(
-            &match kw {
-                32 => format!("decode_attention_d{d}"),
-                _ => format!("decode_attention_k{kw}_d{d}"),
-            },
-            q.kind(),
-        )?,
+        named(&format!("decode_attention_k{kw}_d{d}"), q.kind())?,
         usize::try_from(pairs * splits).ok()?,
         32 * warps as usize,
         shared,
