@@ -1,6 +1,7 @@
 //! Decoding as CUDA graphs (`cuda_graph`): the replayed static step gives the eager cached
-//! pass's logits and tokens (f32 and bf16, padded batches, grouped-query attention), records again for a new
-//! cache, and `decoder_for` picks it on libtorch CUDA only.
+//! pass's logits on the same tokens (f32 and bf16, padded batches, grouped-query attention),
+//! records again for a new cache and repeats itself bit for bit, and `decoder_for` picks it on
+//! libtorch CUDA only.
 //!
 //! Needs `--features tch`; the GPU checks skip (saying so) where torch sees no GPU.
 //! `LLAMA_REQUIRE_CUDA_GRAPHS=1` (CI) makes a binary built without the graph shim a failure.
@@ -8,8 +9,8 @@
 
 use burn::backend::LibTorch;
 use burn::backend::libtorch::LibTorchDevice;
-use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
 use llama_experiments::backend::{BackendJob, DeviceSpec};
 use llama_experiments::decoder::{decoder_for, has_cuda_graphs};
 use llama_model::{
@@ -30,10 +31,14 @@ fn the_graph_shim_is_built_with_a_cuda_libtorch() {
     assert_eq!(d.name(), "eager");
 }
 
-/// Records each step's logits (on the host) of the decoder it wraps.
+/// Records each step's logits (on the host) of the decoder it wraps and, when `forced` holds
+/// another decoding's tokens, returns logits that make the sampler draw those instead: every
+/// step then sees the same inputs as in that decoding, so the two are compared step for step
+/// whatever a rounding does to a draw at temperature 1.
 struct Recording<'a, B: Backend> {
     inner: &'a mut dyn Decoder<B>,
     logits: Vec<Vec<f32>>,
+    forced: Option<&'a [Vec<u32>]>,
 }
 
 impl<B: Backend> Decoder<B> for Recording<'_, B> {
@@ -48,16 +53,30 @@ impl<B: Backend> Decoder<B> for Recording<'_, B> {
         input: StepInput<'_>,
     ) -> Tensor<B, 2> {
         let out = self.inner.step(model, cache, input);
+        let [b, vocab] = out.dims();
         let host = out.clone().into_data().convert::<f32>().into_vec().unwrap();
         self.logits.push(host);
-        out
+        let Some(forced) = self.forced else {
+            return out;
+        };
+        // Step `t` draws each row's token `t + 1`: a logit of 1e4 against 0 elsewhere gives it
+        // probability 1 (exp(-1e4) is 0 in f32).
+        let t = self.logits.len();
+        let mut one_hot = vec![0f32; b * vocab];
+        for (r, ids) in forced.iter().enumerate() {
+            one_hot[r * vocab + ids[t] as usize] = 1e4;
+        }
+        Tensor::from_data(TensorData::new(one_hot, [b, vocab]), &out.device())
     }
 }
 
+/// Generates 12 tokens at temperature 1 (or draws `forced`'s), returning the tokens and each
+/// decoder step's logits.
 fn run<B: Backend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],
     decoder: &mut dyn Decoder<B>,
+    forced: Option<&[Vec<u32>]>,
 ) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
     let sampling = Sampling {
         max_new_tokens: 12,
@@ -68,6 +87,7 @@ fn run<B: Backend>(
     let mut rec = Recording {
         inner: decoder,
         logits: Vec::new(),
+        forced,
     };
     let out = generate_with(model, prompts, &sampling, &mut rec).unwrap();
     (out, rec.logits)
@@ -76,6 +96,13 @@ fn run<B: Backend>(
 /// Run through `DeviceSpec::run`, as the `llama` tool does: the tool's libtorch operations (the
 /// fused kernels' forward passes among them) are registered, so the recorded step is the one
 /// `llama generate` replays.
+///
+/// The replayed graph draws its own tokens; the eager decoder is then forced to the same ones
+/// (the prefill, the same code in both, draws the first), so each step's logits are compared
+/// on the same inputs. Sampled ids are not compared across the two: at temperature 1 a bf16
+/// rounding of another summation order may move a draw (session 24 saw one such failure). A
+/// second generation with the same prompts records the graph again and must repeat the first
+/// bit for bit: a race in a kernel (the slot write against a read) would show there.
 struct GraphVsEager;
 
 impl BackendJob for GraphVsEager {
@@ -95,12 +122,20 @@ impl BackendJob for GraphVsEager {
                 .with_inference_weights();
             let mut graph = decoder_for::<B<AB>>(&device).unwrap();
             assert_eq!(graph.name(), "cuda-graph");
+            let mut first: Option<(Vec<Vec<u32>>, Vec<Vec<f32>>)> = None;
             // Twice with one decoder: the second generation has a new cache, so it records again.
-            for prompts in [&padded[..], &padded[..], &padded[2..]] {
-                let (want_ids, want) = run(&model, prompts, &mut EagerDecoder);
-                let (ids, got) = run(&model, prompts, graph.as_mut());
-                assert_eq!(ids, want_ids, "{precision:?}");
+            for (i, prompts) in [&padded[..], &padded[..], &padded[2..]]
+                .into_iter()
+                .enumerate()
+            {
+                let (ids, got) = run(&model, prompts, graph.as_mut(), None);
+                let (eager_ids, want) = run(&model, prompts, &mut EagerDecoder, Some(&ids));
+                assert_eq!(
+                    eager_ids, ids,
+                    "{precision:?}: the eager decoding was not forced"
+                );
                 assert_eq!(got.len(), 11);
+                assert_eq!(want.len(), 11);
                 for (g, w) in got.iter().zip(&want) {
                     let scale = w.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
                     let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
@@ -112,6 +147,17 @@ impl BackendJob for GraphVsEager {
                         2e-2
                     };
                     assert!(err / scale < bound, "{precision:?}: rel {}", err / scale);
+                }
+                match (i, &first) {
+                    (0, _) => first = Some((ids, got)),
+                    (1, Some((ids0, got0))) => {
+                        assert_eq!(&ids, ids0, "{precision:?}: a second recording drew others");
+                        assert!(
+                            got == *got0,
+                            "{precision:?}: a second recording's logits differ from the first's"
+                        );
+                    }
+                    _ => {}
                 }
             }
         }
