@@ -149,14 +149,23 @@ impl DeviceSpec {
             Self::Cuda(i) => {
                 use burn::backend::Cuda;
                 // CubeCL's attention autotune may pick Burn's decomposition (bf16 softmax). Its
-                // matmul does not split long reductions: the weight gradients are split here
-                // (`llama_model::split_k`, attempt 16) unless cuBLAS runs the products
-                // (`LLAMA_PRODUCT=cublas`, `cubecl_cublas`, attempt 37: opt-in, slower at `125m`).
+                // matmul does not split long reductions, so cuBLAS runs the products
+                // (`cubecl_cublas`) where it can be queued on CubeCL's own stream (found through
+                // CUPTI; attempt 48: 2.4× at `1b`, −9 % at `125m`); with only host waits or
+                // flags for a hand-over it was slower at `125m` (attempt 37), so without CUPTI
+                // the weight gradients are split instead (`llama_model::split_k`, attempt 16).
                 let device = burn::backend::cuda::CudaDevice::new(i);
+                env_choice("LLAMA_CUBLAS_WAIT", &["auto", "stream", "host", "driver"])?;
                 let product = match env_choice("LLAMA_PRODUCT", &["auto", "cublas", "matmul"])? {
                     "cublas" => {
                         crate::cubecl_cublas::available(&device)
                             .map_err(|e| anyhow!("LLAMA_PRODUCT=cublas: {e}"))?;
+                        Some(crate::cubecl_cublas::product as _)
+                    }
+                    "auto"
+                        if crate::cubecl_cublas::available(&device).is_ok()
+                            && crate::cubecl_cublas::hand_over_name(&device) == Ok("stream") =>
+                    {
                         Some(crate::cubecl_cublas::product as _)
                     }
                     _ => None,
@@ -284,7 +293,9 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// `LLAMA_ATTENTION=auto|blocked|decomposed`, `LLAMA_LOSS=auto|operation|torch|fused|decomposed`,
 /// `LLAMA_NORM=auto|operation|fused|decomposed`, `LLAMA_ROPE=auto|operation|fused|decomposed`,
 /// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`, `LLAMA_LINEAR=auto|flat|split`,
-/// `LLAMA_PRODUCT=auto|cublas|matmul` (cuBLAS's products under CubeCL, or the backend's matmul),
+/// `LLAMA_PRODUCT=auto|cublas|matmul` (cuBLAS's products under CubeCL, or the backend's matmul;
+/// `auto`: cuBLAS where CUPTI finds CubeCL's stream), `LLAMA_CUBLAS_WAIT=auto|stream|host|driver`
+/// (how cuBLAS's products and CubeCL's kernels hand over),
 /// `LLAMA_DECODE_ATTENTION=auto|fused|decomposed`, `LLAMA_GEMV=auto|fused|matmul`,
 /// `LLAMA_ADD_NORM=auto|fused|separate`, `LLAMA_ROPE_SLOT=auto|fused|separate`,
 /// `LLAMA_PDL=auto|off` (the fused kernels of a decoded token with programmatic dependent launch),
@@ -431,8 +442,8 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     if let ("auto", Some(_)) = (env_choice("LLAMA_WEIGHT_GRAD", &["auto", "f32"])?, &fused) {
         llama_model::weight_cast::register::<I>();
     }
-    // A library's products where the backend offers one (cuBLAS under CubeCL, asked for with
-    // `LLAMA_PRODUCT=cublas`); otherwise the backend's matmul.
+    // A library's products where the backend offers one (cuBLAS under CubeCL where its stream is
+    // found, or asked for with `LLAMA_PRODUCT=cublas`); otherwise the backend's matmul.
     let product = match (
         env_choice("LLAMA_PRODUCT", &["auto", "cublas", "matmul"])?,
         ops.product,

@@ -8,16 +8,22 @@
 //! runs in order with the fused kernels around it), which reads CubeCL's buffers in place through
 //! their device pointers and writes a fresh CubeCL buffer.
 //!
-//! CubeCL keeps its CUDA stream private, so cuBLAS cannot simply be queued behind CubeCL's
-//! kernels. By default the host waits for CubeCL's stream (the inputs are written) and then for
-//! cuBLAS's own (the output is written) around each product. `LLAMA_CUBLAS_WAIT=driver` hands
-//! over without host waits, through two flags in device memory: on CubeCL's stream a one-thread
-//! kernel ([`hand_over`]) sets the first to the product's ticket and spins until the second reaches
-//! it; cuBLAS's stream waits for the first (`cuStreamWaitValue32`), runs the product and sets the
-//! second. On an H200 that was slower than the host waits (its stream wait reacts late), and a
-//! spinning kernel in place of `cuStreamWaitValue32` hung (a host call that waits for the device,
-//! made while both spun): docs/performance.md attempt 37. Either way a `125m` step stayed slower
-//! than CubeCL's own (split) products, so this is opt-in (`LLAMA_PRODUCT=cublas`).
+//! CubeCL keeps its CUDA streams private (one per caller's stream id), so cuBLAS cannot simply
+//! be queued behind CubeCL's kernels. Three hand-overs (`LLAMA_CUBLAS_WAIT`):
+//! - `stream` (the default where CUPTI loads, attempt 48): CubeCL's stream is found once per
+//!   stream id through CUPTI ([`crate::cupti_stream`]) and cuBLAS is queued on it, in order with
+//!   CubeCL's kernels: no wait at all.
+//! - `host` (the default without CUPTI): the host waits for CubeCL's stream (the inputs are
+//!   written) and then for cuBLAS's own (the output is written) around each product.
+//! - `driver`: two flags in device memory; on CubeCL's stream a one-thread kernel ([`hand_over`])
+//!   sets the first to the product's ticket and spins until the second reaches it; cuBLAS's
+//!   stream waits for the first (`cuStreamWaitValue32`), runs the product and sets the second.
+//!   On an H200 that was slower than the host waits (its stream wait reacts late), and a spinning
+//!   kernel in place of `cuStreamWaitValue32` hung (a host call that waits for the device, made
+//!   while both spun): docs/performance.md attempt 37.
+//!
+//! With the host waits a `125m` step stayed slower than CubeCL's own (split) products, so the
+//! products are opt-in (`LLAMA_PRODUCT=cublas`).
 //!
 //! cuBLAS is loaded at run time (cudarc's dynamic loading): a binary built here runs where
 //! `libcublas` is on the library path, and [`available`] says whether it is.
@@ -44,11 +50,15 @@ type Inner = CubeBackend<CudaRuntime, f32, i32, u8>;
 pub type Cuda = Fusion<Inner>;
 type Runtime = <Inner as burn_fusion::FusionBackend>::FusionRuntime;
 
-/// One device's cuBLAS handle, the stream it runs on and the hand-over flags.
+/// One device's cuBLAS handle, the streams it runs on and the hand-over flags.
 struct Blas {
     ctx: cu::CUcontext,
     handle: blas::cublasHandle_t,
+    /// cuBLAS's own stream (`host` and `driver` hand-overs).
     stream: cu::CUstream,
+    /// CubeCL's stream for each of its stream ids (`stream` hand-over; Burn's fusion runs a
+    /// caller's operations under the caller's id), found on the id's first product.
+    cubecl_streams: HashMap<u64, cu::CUstream>,
     /// How cuBLAS's stream and CubeCL's hand over (`LLAMA_CUBLAS_WAIT`).
     wait: Wait,
     /// The two flags (a CubeCL buffer, kept for the process) and their device address.
@@ -71,6 +81,29 @@ enum Wait {
     /// Through the flags (`LLAMA_CUBLAS_WAIT=driver`): cuBLAS's stream waits with
     /// `cuStreamWaitValue32`, no host wait; measured slower on an H200 (attempt 37).
     Driver,
+    /// On CubeCL's own stream, found through CUPTI (`LLAMA_CUBLAS_WAIT=stream`; the default
+    /// where CUPTI loads): no wait.
+    Stream,
+}
+
+/// The hand-over `LLAMA_CUBLAS_WAIT` asks for (`auto`: `stream` where CUPTI loads, else `host`).
+fn wait_choice() -> Result<Wait, String> {
+    match std::env::var("LLAMA_CUBLAS_WAIT").as_deref() {
+        Err(_) | Ok("" | "auto") => Ok(if crate::cupti_stream::available() {
+            Wait::Stream
+        } else {
+            Wait::Host
+        }),
+        Ok("host") => Ok(Wait::Host),
+        Ok("driver") => Ok(Wait::Driver),
+        Ok("stream") => match crate::cupti_stream::available() {
+            true => Ok(Wait::Stream),
+            false => Err("LLAMA_CUBLAS_WAIT=stream needs libcupti (set LLAMA_CUPTI)".into()),
+        },
+        Ok(other) => Err(format!(
+            "LLAMA_CUBLAS_WAIT={other}: expected auto, host, driver or stream"
+        )),
+    }
 }
 
 static BLAS: Mutex<Option<HashMap<usize, Blas>>> = Mutex::new(None);
@@ -100,10 +133,8 @@ impl Blas {
                 ctx,
                 handle,
                 stream,
-                wait: match std::env::var("LLAMA_CUBLAS_WAIT").as_deref() {
-                    Ok("driver") => Wait::Driver,
-                    _ => Wait::Host,
-                },
+                cubecl_streams: HashMap::new(),
+                wait: wait_choice()?,
                 flags: None,
                 ticket: 0,
             })
@@ -144,6 +175,18 @@ fn hand_over(flags: &Array<Atomic<u32>>, ticket: u32) {
 pub fn available(device: &CudaDevice) -> Result<(), String> {
     std::panic::catch_unwind(|| with_blas(device.index, |_| Ok(())))
         .unwrap_or_else(|_| Err("libcublas could not be loaded".into()))
+}
+
+/// The hand-over between CubeCL's stream and cuBLAS's that `device`'s products use (`stream`,
+/// `host` or `driver`).
+pub fn hand_over_name(device: &CudaDevice) -> Result<&'static str, String> {
+    with_blas(device.index, |b| {
+        Ok(match b.wait {
+            Wait::Host => "host",
+            Wait::Driver => "driver",
+            Wait::Stream => "stream",
+        })
+    })
 }
 
 /// [`llama_model::product::NativeProduct`] for `burn::backend::Cuda`: `x [.., m, k] · w [.., k,
@@ -312,7 +355,24 @@ fn gemm(
     let (xr, wr, yr) = (ptr(&x)?, ptr(&w)?, ptr(&y)?);
     let device = x.device.index;
     with_blas(device, |blas| {
-        if blas.wait == Wait::Host {
+        // The stream cuBLAS runs this product on.
+        let mut on = blas.stream;
+        if blas.wait == Wait::Stream {
+            let id = cubecl::stream_id::StreamId::current().value;
+            on = match blas.cubecl_streams.get(&id) {
+                Some(&s) => s,
+                None => {
+                    // CubeCL's `sync` records its fence on this id's stream, last.
+                    let s = crate::cupti_stream::stream_of(|| {
+                        let _ = burn_cubecl::cubecl::future::block_on(client.sync());
+                    })
+                    .map_err(|e| format!("CubeCL's stream: {e}"))?
+                        as cu::CUstream;
+                    blas.cubecl_streams.insert(id, s);
+                    s
+                }
+            };
+        } else if blas.wait == Wait::Host {
             // CubeCL's kernels that write `x` and `w` are queued on its own stream: wait for them.
             burn_cubecl::cubecl::future::block_on(client.sync())
                 .map_err(|e| format!("CubeCL sync: {e:?}"))?;
@@ -356,9 +416,13 @@ fn gemm(
         let flags = blas.flags.clone();
         // Row-major `y [m, n] = x · w` is column-major `yᵀ [n, m] = wᵀ · xᵀ`.
         // SAFETY: the pointers are CubeCL buffers of the sizes the shapes and strides describe;
+        // the product is queued on CubeCL's stream behind the kernels that write them (the
+        // `get_resource` calls above returned after CubeCL issued every earlier launch), or
         // CubeCL's stream does not go past the hand-over (or the host waits) until cuBLAS's
-        // stream has written `y`, so none of them is reused before.
+        // stream has written `y`: none of them is reused before.
         unsafe {
+            cublas::set_stream(blas.handle, on as blas::cudaStream_t)
+                .map_err(|e| format!("cuBLAS stream: {e:?}"))?;
             if let Some((_, addr)) = flags {
                 cu::cuStreamWaitValue32_v2(
                     blas.stream,
@@ -404,6 +468,9 @@ fn gemm(
             );
             let Some((flag_buffer, addr)) = flags else {
                 result.map_err(|e| format!("cublasGemmStridedBatchedEx: {e:?}"))?;
+                if blas.wait == Wait::Stream {
+                    return Ok(());
+                }
                 return driver::stream::synchronize(blas.stream)
                     .map_err(|e| format!("cuBLAS stream: {e}"));
             };

@@ -12,6 +12,8 @@ pub mod cubecl_cublas;
 pub mod cuda_graph;
 #[cfg(feature = "tch")]
 pub mod cuda_kernels;
+#[cfg(feature = "cuda-untuned")]
+pub mod cupti_stream;
 pub mod data;
 pub mod decoder;
 pub mod eval;

@@ -107,3 +107,40 @@ fn cublas_gradients_match_cubecl_matmul() {
         "dw"
     );
 }
+
+/// Products fed by CubeCL's kernels and feeding them, many in a row with the intermediates
+/// freed as they go: with the `stream` hand-over (cuBLAS on CubeCL's own stream, no wait) an
+/// operand read before its kernel ran, or a buffer reused before cuBLAS wrote or read it,
+/// would show as a wrong result here. Every step's output is summed into one tensor (on the
+/// device, no read in between), so an error at any step shows in the end, however the chain
+/// damps it afterwards.
+#[test]
+fn a_chain_of_products_stays_in_order() {
+    let Some(dev) = device() else { return };
+    llama_model::product::register_native::<Cuda>(product);
+    eprintln!(
+        "hand-over: {}",
+        llama_experiments::cubecl_cublas::hand_over_name(&dev).unwrap()
+    );
+    let r = |d: [usize; 2]| Tensor::<Cuda, 2>::random(d, Distribution::Normal(0.0, 1.0), &dev);
+    for dtype in [DType::F32, DType::BF16] {
+        // Entries of 0.02 over 512 rows: each product scales a row by ~0.45, so rounding
+        // differences between the libraries do not grow along the chain.
+        let ws: Vec<_> = (0..6).map(|_| (r([512, 512]) * 0.02).cast(dtype)).collect();
+        let x0 = r([1024, 512]).cast(dtype);
+        let (mut got, mut want) = (x0.clone(), x0);
+        let (mut got_sum, mut want_sum) =
+            (got.clone().cast(DType::F32), want.clone().cast(DType::F32));
+        for i in 0..48 {
+            let w = &ws[i % ws.len()];
+            // An element-wise kernel of CubeCL's between the products (its fusion sees them).
+            got = (llama_model::product::matmul(got, w.clone()).tanh() + 0.5).cast(dtype);
+            want = (want.matmul(w.clone()).tanh() + 0.5).cast(dtype);
+            got_sum = got_sum + got.clone().cast(DType::F32);
+            want_sum = want_sum + want.clone().cast(DType::F32);
+        }
+        let tol = if dtype == DType::F32 { 2e-3 } else { 2e-2 };
+        let err = rel(got_sum, want_sum);
+        assert!(err < tol, "{dtype:?}: rel {err}");
+    }
+}
