@@ -70,6 +70,9 @@ impl<B: Backend> Decoder<B> for Recording<'_, B> {
     }
 }
 
+/// A decoding's tokens per row and each decoder step's logits.
+type Decoding = (Vec<Vec<u32>>, Vec<Vec<f32>>);
+
 /// Generates 12 tokens at temperature 1 (or draws `forced`'s), returning the tokens and each
 /// decoder step's logits.
 fn run<B: Backend>(
@@ -77,7 +80,7 @@ fn run<B: Backend>(
     prompts: &[Vec<u32>],
     decoder: &mut dyn Decoder<B>,
     forced: Option<&[Vec<u32>]>,
-) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
+) -> Decoding {
     let sampling = Sampling {
         max_new_tokens: 12,
         temperature: 1.0,
@@ -122,7 +125,7 @@ impl BackendJob for GraphVsEager {
                 .with_inference_weights();
             let mut graph = decoder_for::<B<AB>>(&device).unwrap();
             assert_eq!(graph.name(), "cuda-graph");
-            let mut first: Option<(Vec<Vec<u32>>, Vec<Vec<f32>>)> = None;
+            let mut first: Option<Decoding> = None;
             // Twice with one decoder: the second generation has a new cache, so it records again.
             for (i, prompts) in [&padded[..], &padded[..], &padded[2..]]
                 .into_iter()
