@@ -151,7 +151,7 @@ impl DeviceSpec {
                 // CubeCL's attention autotune may pick Burn's decomposition (bf16 softmax). Its
                 // matmul does not split long reductions, so cuBLAS runs the products
                 // (`cubecl_cublas`) where it can be queued on CubeCL's own stream (found through
-                // CUPTI; attempt 48: 2.4× at `1b`, −9 % at `125m`); with only host waits or
+                // CUPTI; attempt 48: 2.4× at `1b`, 1.1–1.8× at `125m`); with only host waits or
                 // flags for a hand-over it was slower at `125m` (attempt 37), so without CUPTI
                 // the weight gradients are split instead (`llama_model::split_k`, attempt 16).
                 let device = burn::backend::cuda::CudaDevice::new(i);

@@ -22,8 +22,9 @@
 //!   kernel in place of `cuStreamWaitValue32` hung (a host call that waits for the device, made
 //!   while both spun): docs/performance.md attempt 37.
 //!
-//! With the host waits a `125m` step stayed slower than CubeCL's own (split) products, so the
-//! products are opt-in (`LLAMA_PRODUCT=cublas`).
+//! With the host waits a `125m` step stayed slower than CubeCL's own (split) products; on
+//! CubeCL's stream both presets measured got faster (attempt 48), so `LLAMA_PRODUCT=auto` runs
+//! these products where the hand-over is `stream`.
 //!
 //! cuBLAS is loaded at run time (cudarc's dynamic loading): a binary built here runs where
 //! `libcublas` is on the library path, and [`available`] says whether it is.
@@ -359,24 +360,33 @@ fn gemm(
         let mut on = blas.stream;
         if blas.wait == Wait::Stream {
             let id = cubecl::stream_id::StreamId::current().value;
-            on = match blas.cubecl_streams.get(&id) {
-                Some(&s) => s,
+            match blas.cubecl_streams.get(&id) {
+                Some(&s) => on = s,
                 None => {
                     // CubeCL's `sync` records its fence on this id's stream, last.
-                    let s = crate::cupti_stream::stream_of(|| {
+                    match crate::cupti_stream::stream_of(|| {
                         let _ = burn_cubecl::cubecl::future::block_on(client.sync());
-                    })
-                    .map_err(|e| format!("CubeCL's stream: {e}"))?
-                        as cu::CUstream;
-                    blas.cubecl_streams.insert(id, s);
-                    s
+                    }) {
+                        Ok(s) => {
+                            on = s as cu::CUstream;
+                            blas.cubecl_streams.insert(id, on);
+                        }
+                        // E.g. a profiler holds CUPTI's one subscription: host waits from now.
+                        Err(e) => {
+                            eprintln!(
+                                "warning: CubeCL's stream not found ({e}); cuBLAS waits on the host"
+                            );
+                            blas.wait = Wait::Host;
+                        }
+                    }
                 }
-            };
-        } else if blas.wait == Wait::Host {
+            }
+        }
+        if blas.wait == Wait::Host {
             // CubeCL's kernels that write `x` and `w` are queued on its own stream: wait for them.
             burn_cubecl::cubecl::future::block_on(client.sync())
                 .map_err(|e| format!("CubeCL sync: {e:?}"))?;
-        } else if blas.flags.is_none() {
+        } else if blas.wait == Wait::Driver && blas.flags.is_none() {
             let handle = client.create_from_slice(&[0u8; 8]);
             let addr = client
                 .get_resource(handle.clone())
