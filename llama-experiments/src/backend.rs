@@ -155,7 +155,7 @@ impl DeviceSpec {
                 // flags for a hand-over it was slower at `125m` (attempt 37), so without CUPTI
                 // the weight gradients are split instead (`llama_model::split_k`, attempt 16).
                 let device = burn::backend::cuda::CudaDevice::new(i);
-                env_choice("LLAMA_CUBLAS_WAIT", &["auto", "stream", "host", "driver"])?;
+                env_choice("LLAMA_CUBLAS_WAIT", &crate::cubecl_cublas::WAIT_CHOICES)?;
                 let product = match env_choice("LLAMA_PRODUCT", &["auto", "cublas", "matmul"])? {
                     "cublas" => {
                         crate::cubecl_cublas::available(&device)

@@ -57,6 +57,10 @@ struct Blas {
     handle: blas::cublasHandle_t,
     /// cuBLAS's own stream (`host` and `driver` hand-overs).
     stream: cu::CUstream,
+    /// The workspace cuBLAS uses on its own stream.
+    workspace: cu::CUdeviceptr,
+    /// The stream the handle is set to now.
+    bound: cu::CUstream,
     /// CubeCL's stream for each of its stream ids (`stream` hand-over; Burn's fusion runs a
     /// caller's operations under the caller's id), found on the id's first product.
     cubecl_streams: HashMap<u64, cu::CUstream>,
@@ -87,23 +91,22 @@ enum Wait {
     Stream,
 }
 
+/// `LLAMA_CUBLAS_WAIT`'s values (the backend checks the knob against them too).
+pub const WAIT_CHOICES: [&str; 4] = ["auto", "stream", "host", "driver"];
+
 /// The hand-over `LLAMA_CUBLAS_WAIT` asks for (`auto`: `stream` where CUPTI loads, else `host`).
 fn wait_choice() -> Result<Wait, String> {
-    match std::env::var("LLAMA_CUBLAS_WAIT").as_deref() {
-        Err(_) | Ok("" | "auto") => Ok(if crate::cupti_stream::available() {
-            Wait::Stream
-        } else {
-            Wait::Host
-        }),
-        Ok("host") => Ok(Wait::Host),
-        Ok("driver") => Ok(Wait::Driver),
-        Ok("stream") => match crate::cupti_stream::available() {
-            true => Ok(Wait::Stream),
-            false => Err("LLAMA_CUBLAS_WAIT=stream needs libcupti (set LLAMA_CUPTI)".into()),
-        },
-        Ok(other) => Err(format!(
-            "LLAMA_CUBLAS_WAIT={other}: expected auto, host, driver or stream"
-        )),
+    let cupti = crate::cupti_stream::available();
+    match crate::backend::env_choice("LLAMA_CUBLAS_WAIT", &WAIT_CHOICES)
+        .map_err(|e| e.to_string())?
+    {
+        "host" => Ok(Wait::Host),
+        "driver" => Ok(Wait::Driver),
+        "stream" if !cupti => {
+            Err("LLAMA_CUBLAS_WAIT=stream needs libcupti (set LLAMA_CUPTI)".into())
+        }
+        "auto" if !cupti => Ok(Wait::Host),
+        _ => Ok(Wait::Stream),
     }
 }
 
@@ -134,6 +137,8 @@ impl Blas {
                 ctx,
                 handle,
                 stream,
+                workspace,
+                bound: stream,
                 cubecl_streams: HashMap::new(),
                 wait: wait_choice()?,
                 flags: None,
@@ -431,8 +436,19 @@ fn gemm(
         // CubeCL's stream does not go past the hand-over (or the host waits) until cuBLAS's
         // stream has written `y`: none of them is reused before.
         unsafe {
-            cublas::set_stream(blas.handle, on as blas::cudaStream_t)
-                .map_err(|e| format!("cuBLAS stream: {e:?}"))?;
+            // Setting a stream resets cuBLAS's workspace to its own pool (per stream, which
+            // CubeCL's streams keep); the fixed one goes back with cuBLAS's own stream, where
+            // no product may allocate while a hand-over kernel spins.
+            if on != blas.bound {
+                cublas::set_stream(blas.handle, on as blas::cudaStream_t)
+                    .map_err(|e| format!("cuBLAS stream: {e:?}"))?;
+                if on == blas.stream {
+                    blas::cublasSetWorkspace_v2(blas.handle, blas.workspace as *mut _, WORKSPACE)
+                        .result()
+                        .map_err(|e| format!("cuBLAS workspace: {e:?}"))?;
+                }
+                blas.bound = on;
+            }
             if let Some((_, addr)) = flags {
                 cu::cuStreamWaitValue32_v2(
                     blas.stream,
