@@ -9,6 +9,7 @@
 //! Every timed step ends with `B::sync`, so queued GPU work is counted. Warm-up steps (kernel
 //! compilation, autotuning) are run first and not timed.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
@@ -20,6 +21,7 @@ use llama_model::{AttentionMask, Llama, LlamaConfig, Precision, StepInput};
 use serde::Serialize;
 
 use crate::backend::BackendJob;
+use crate::host_profile::HostProfile;
 use crate::train::config::OptimConfig;
 use crate::train::init_model;
 use crate::train::optim::LlamaOptimizer;
@@ -49,6 +51,8 @@ pub struct BenchJob {
     pub peak_bandwidth: Option<f64>,
     /// Train: also time forward, backward and optimiser apart (`--phases`).
     pub phases: bool,
+    /// Sample the host's threads during the timed steps into this flame graph (`--profile-host`).
+    pub profile_host: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +91,9 @@ pub struct BenchReport {
     /// Train with `--phases`: where a step goes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phases: Option<TrainPhases>,
+    /// With `--profile-host`: CPU-time samples taken (at ~1 kHz per busy thread) in the timed steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_profile_samples: Option<u64>,
 }
 
 /// Median seconds of each part of a training step, from `iters` further steps with a device
@@ -142,15 +149,34 @@ fn peak_rss() -> Option<u64> {
     None
 }
 
-/// Runs `step` `warmup` times untimed, then `iters` times timed (each followed by a sync).
-/// Returns the median timed step, the warm-up steps' times (on a GPU the first holds kernel
-/// compilation and autotuning: the cold start a user waits through) and the last step's output.
+/// What [`time_steps`] measured.
+struct Timed<D> {
+    median: f64,
+    /// Each warm-up step (on a GPU the first holds kernel compilation and autotuning: the cold
+    /// start a user waits through).
+    warmup: Vec<f64>,
+    /// The last timed step's output.
+    last: Option<D>,
+    /// Samples of the host profile over the timed steps, when one was asked for.
+    profile_samples: Option<u64>,
+}
+
+impl<D> Timed<D> {
+    /// Median, warm-up steps and profile samples: what the report keeps.
+    fn summary(&self) -> (f64, Vec<f64>, Option<u64>) {
+        (self.median, self.warmup.clone(), self.profile_samples)
+    }
+}
+
+/// Runs `step` `warmup` times untimed, then `iters` times timed (each followed by a sync), with
+/// the host sampled into `profile` over the timed steps only.
 fn time_steps<D>(
     warmup: usize,
     iters: usize,
     sync: impl Fn(),
+    profile: Option<&Path>,
     mut step: impl FnMut(usize) -> D,
-) -> (f64, Vec<f64>, Option<D>) {
+) -> Result<Timed<D>> {
     let warm: Vec<f64> = (0..warmup)
         .map(|i| {
             let t = Instant::now();
@@ -161,6 +187,7 @@ fn time_steps<D>(
             s
         })
         .collect();
+    let profiler = profile.map(HostProfile::start).transpose()?;
     let mut last = None;
     let mut times: Vec<f64> = (0..iters)
         .map(|i| {
@@ -170,8 +197,14 @@ fn time_steps<D>(
             t.elapsed().as_secs_f64()
         })
         .collect();
+    let profile_samples = profiler.map(HostProfile::finish).transpose()?;
     times.sort_by(f64::total_cmp);
-    (times[times.len() / 2], warm, last)
+    Ok(Timed {
+        median: times[times.len() / 2],
+        warmup: warm,
+        last,
+        profile_samples,
+    })
 }
 
 /// `iters` training steps with a sync after the forward pass, the backward pass and the
@@ -240,7 +273,10 @@ impl BackendJob for BenchJob {
         let mut final_loss = None;
         let mut decoder_name = None;
         let mut phases = None;
-        let ((median, warmup_steps_s), tokens, flops_per_token) = match self.mode {
+        let profile = self.profile_host.as_deref();
+        let ((median, warmup_steps_s, host_profile_samples), tokens, flops_per_token) = match self
+            .mode
+        {
             BenchMode::Train => {
                 let model: Llama<B> = init_model(cfg, 0, &device)?.with_precision(self.precision);
                 let optim_cfg = OptimConfig::default();
@@ -248,7 +284,7 @@ impl BackendJob for BenchJob {
                 // Moved in and out of the step (as `llama train` does), never cloned: a second
                 // handle on the parameters would stop the optimiser updating them in place.
                 let mut slot = Some(model);
-                let (median, warm, last) = time_steps(self.warmup, self.iters, sync, |i| {
+                let timed = time_steps(self.warmup, self.iters, sync, profile, |i| {
                     let model = slot.take().expect("the model is put back after every step");
                     let tokens = random_tokens::<B>(b, t + 1, vocab, i as u64, &device);
                     let loss = model.loss(tokens);
@@ -257,10 +293,13 @@ impl BackendJob for BenchJob {
                     let (model, _norm) = optim.step(3e-4, model, grads, 1.0, Some(1.0), &device);
                     slot = Some(model);
                     loss.inner()
-                });
+                })?;
                 // Read after the timing: seeds are fixed, so two builds or knob settings that
                 // compute the same step report the same loss (up to rounding).
-                final_loss = last.map(|l| l.into_scalar().elem::<f64>());
+                final_loss = timed
+                    .last
+                    .as_ref()
+                    .map(|l| l.clone().into_scalar().elem::<f64>());
                 if self.phases {
                     let model = slot.take().expect("the model is put back after every step");
                     let (model, p) = time_phases(
@@ -283,18 +322,18 @@ impl BackendJob for BenchJob {
                     phases = Some(p);
                 }
                 drop(slot);
-                ((median, warm), b * t, cfg.flops_per_token() as f64)
+                (timed.summary(), b * t, cfg.flops_per_token() as f64)
             }
             BenchMode::Prefill => {
                 let model = init_model::<B>(cfg, 0, &device)?
                     .valid()
                     .with_precision(self.precision)
                     .with_inference_weights();
-                let (median, warm, _) = time_steps(self.warmup, self.iters, sync, |i| {
+                let timed = time_steps(self.warmup, self.iters, sync, profile, |i| {
                     let tokens = random_tokens::<B::InnerBackend>(b, t, vocab, i as u64, &device);
                     model.forward(tokens)
-                });
-                ((median, warm), b * t, cfg.flops_per_token() as f64 / 3.0)
+                })?;
+                (timed.summary(), b * t, cfg.flops_per_token() as f64 / 3.0)
             }
             BenchMode::Decode => {
                 ensure!(
@@ -316,7 +355,7 @@ impl BackendJob for BenchJob {
                 let pads = vec![0; b];
                 let mut decoder = crate::decoder::decoder_for::<B::InnerBackend>(&device)?;
                 decoder_name = Some(decoder.name().to_string());
-                let (median, warm, _) = time_steps(self.warmup, self.iters, sync, |i| {
+                let timed = time_steps(self.warmup, self.iters, sync, profile, |i| {
                     let tokens = random_ids(b, vocab, i as u64);
                     let input = StepInput {
                         tokens: &tokens,
@@ -324,8 +363,8 @@ impl BackendJob for BenchJob {
                         cur: t + i,
                     };
                     decoder.step(&model, &mut cache, input)
-                });
-                ((median, warm), b, cfg.flops_per_token() as f64 / 3.0)
+                })?;
+                (timed.summary(), b, cfg.flops_per_token() as f64 / 3.0)
             }
         };
         let tokens_per_s = tokens as f64 / median;
@@ -367,6 +406,7 @@ impl BackendJob for BenchJob {
             final_loss,
             decoder: decoder_name,
             phases,
+            host_profile_samples,
         })
     }
 }

@@ -163,6 +163,10 @@ pub(crate) enum Command {
         /// steps with a device sync after each part).
         #[arg(long)]
         phases: bool,
+        /// Sample the host's threads over the timed steps and write a flame graph here (SVG),
+        /// with its collapsed stacks beside it (FILE.folded): where a host-bound step's time goes.
+        #[arg(long, value_name = "FILE.svg")]
+        profile_host: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

@@ -18,6 +18,7 @@ pub mod data;
 pub mod decoder;
 pub mod eval;
 pub mod generate;
+pub mod host_profile;
 #[cfg(feature = "tch")]
 pub mod libtorch_adamw;
 #[cfg(feature = "tch")]

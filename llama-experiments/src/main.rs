@@ -188,6 +188,7 @@ fn run(cli: Cli) -> Result<()> {
             peak_flops,
             peak_bandwidth,
             phases,
+            profile_host,
             json,
         } => {
             let (name, config) = model.load("tiny")?;
@@ -205,6 +206,7 @@ fn run(cli: Cli) -> Result<()> {
                 peak_flops,
                 peak_bandwidth,
                 phases,
+                profile_host,
             })??;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
