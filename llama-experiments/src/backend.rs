@@ -294,7 +294,7 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// `LLAMA_NORM=auto|operation|fused|decomposed`, `LLAMA_ROPE=auto|operation|fused|decomposed`,
 /// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`, `LLAMA_LINEAR=auto|flat|split`,
 /// `LLAMA_PRODUCT=auto|cublas|matmul` (cuBLAS's products under CubeCL, or the backend's matmul;
-/// `auto`: cuBLAS where CUPTI finds CubeCL's stream), `LLAMA_CUBLAS_WAIT=auto|stream|host|driver`
+/// `auto`: cuBLAS where CUPTI finds CubeCL's stream), `LLAMA_CUBLAS_WAIT=auto|stream|host`
 /// (how cuBLAS's products and CubeCL's kernels hand over),
 /// `LLAMA_DECODE_ATTENTION=auto|fused|decomposed`, `LLAMA_GEMV=auto|fused|matmul`,
 /// `LLAMA_ADD_NORM=auto|fused|separate`, `LLAMA_ROPE_SLOT=auto|fused|separate`,

@@ -1,5 +1,5 @@
 //! cuBLAS matrix products for CubeCL's CUDA backend (`--device cuda`, docs/performance.md
-//! attempt 37).
+//! attempts 37, 48 and 49).
 //!
 //! CubeCL 0.10's own matmul (cubek-matmul 0.2) ran a `125m` training step's products in 322 ms of
 //! GPU time where cuBLAS takes ~16 ms (its profile: weight gradients on a few dozen cubes, no
@@ -9,22 +9,18 @@
 //! their device pointers and writes a fresh CubeCL buffer.
 //!
 //! CubeCL keeps its CUDA streams private (one per caller's stream id), so cuBLAS cannot simply
-//! be queued behind CubeCL's kernels. Three hand-overs (`LLAMA_CUBLAS_WAIT`):
-//! - `stream` (the default where CUPTI loads, attempt 48): CubeCL's stream is found once per
-//!   stream id through CUPTI ([`crate::cupti_stream`]) and cuBLAS is queued on it, in order with
-//!   CubeCL's kernels: no wait at all.
+//! be queued behind CubeCL's kernels. Two hand-overs (`LLAMA_CUBLAS_WAIT`):
+//! - `stream` (the default where CUPTI loads, attempts 48–49): CubeCL's stream is found once per
+//!   stream id through CUPTI ([`crate::cupti_stream`]); each product is then a task on CubeCL's
+//!   device runner thread (the one thread that issues CubeCL's launches, in the order they were
+//!   asked for), which looks up the buffers' pointers and queues cuBLAS on that stream. Nothing
+//!   waits: neither the host for the device nor Burn's fusion thread for CubeCL's runner.
 //! - `host` (the default without CUPTI): the host waits for CubeCL's stream (the inputs are
 //!   written) and then for cuBLAS's own (the output is written) around each product.
-//! - `driver`: two flags in device memory; on CubeCL's stream a one-thread kernel ([`hand_over`])
-//!   sets the first to the product's ticket and spins until the second reaches it; cuBLAS's
-//!   stream waits for the first (`cuStreamWaitValue32`), runs the product and sets the second.
-//!   On an H200 that was slower than the host waits (its stream wait reacts late), and a spinning
-//!   kernel in place of `cuStreamWaitValue32` hung (a host call that waits for the device, made
-//!   while both spun): docs/performance.md attempt 37.
 //!
-//! With the host waits a `125m` step stayed slower than CubeCL's own (split) products; on
-//! CubeCL's stream both presets measured got faster (attempt 48), so `LLAMA_PRODUCT=auto` runs
-//! these products where the hand-over is `stream`.
+//! A third, flags in device memory that cuBLAS's stream waited on (`cuStreamWaitValue32`), was
+//! slower than the host waits on an H200 and then failed there (`CUDA_ERROR_INVALID_VALUE`);
+//! it was removed in session 27 (attempt 37 describes it).
 //!
 //! cuBLAS is loaded at run time (cudarc's dynamic loading): a binary built here runs where
 //! `libcublas` is on the library path, and [`available`] says whether it is.
@@ -40,8 +36,11 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionRuntime};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
-use cubecl::prelude::*;
-use cubecl::server::Handle;
+use cubecl::client::ComputeClient;
+use cubecl::device::Device;
+use cubecl::device_handle::DeviceHandle;
+use cubecl::server::{Binding, ComputeServer};
+use cubecl::stream_id::StreamId;
 use cudarc::cublas::{result as cublas, sys as blas};
 use cudarc::driver::{result as driver, sys as cu};
 
@@ -50,15 +49,15 @@ type Inner = CubeBackend<CudaRuntime, f32, i32, u8>;
 /// `burn::backend::Cuda` (CubeCL's CUDA backend with fusion).
 pub type Cuda = Fusion<Inner>;
 type Runtime = <Inner as burn_fusion::FusionBackend>::FusionRuntime;
+/// CubeCL's CUDA compute server, which lives on its device runner thread.
+type Server = <CudaRuntime as cubecl::Runtime>::Server;
 
-/// One device's cuBLAS handle, the streams it runs on and the hand-over flags.
+/// One device's cuBLAS handle and the streams it runs on.
 struct Blas {
     ctx: cu::CUcontext,
     handle: blas::cublasHandle_t,
-    /// cuBLAS's own stream (`host` and `driver` hand-overs).
+    /// cuBLAS's own stream (`host` hand-over).
     stream: cu::CUstream,
-    /// The workspace cuBLAS uses on its own stream.
-    workspace: cu::CUdeviceptr,
     /// The stream the handle is set to now.
     bound: cu::CUstream,
     /// CubeCL's stream for each of its stream ids (`stream` hand-over; Burn's fusion runs a
@@ -66,33 +65,24 @@ struct Blas {
     cubecl_streams: HashMap<u64, cu::CUstream>,
     /// How cuBLAS's stream and CubeCL's hand over (`LLAMA_CUBLAS_WAIT`).
     wait: Wait,
-    /// The two flags (a CubeCL buffer, kept for the process) and their device address.
-    flags: Option<(Handle, u64)>,
-    /// The last product's ticket.
-    ticket: u32,
 }
 
 // SAFETY: the handle, stream and context are only used behind `BLAS`'s lock, one caller at a time.
 unsafe impl Send for Blas {}
 
-/// cuBLAS's workspace in bytes.
-const WORKSPACE: usize = 32 << 20;
-
 /// How the two streams hand over (`LLAMA_CUBLAS_WAIT`).
 #[derive(Clone, Copy, PartialEq)]
 enum Wait {
-    /// The host waits for CubeCL's stream before and for cuBLAS's after each product (default).
+    /// The host waits for CubeCL's stream before and for cuBLAS's after each product (default
+    /// without CUPTI).
     Host,
-    /// Through the flags (`LLAMA_CUBLAS_WAIT=driver`): cuBLAS's stream waits with
-    /// `cuStreamWaitValue32`, no host wait; measured slower on an H200 (attempt 37).
-    Driver,
-    /// On CubeCL's own stream, found through CUPTI (`LLAMA_CUBLAS_WAIT=stream`; the default
-    /// where CUPTI loads): no wait.
+    /// On CubeCL's own stream, found through CUPTI, from CubeCL's runner thread
+    /// (`LLAMA_CUBLAS_WAIT=stream`; the default where CUPTI loads): no wait.
     Stream,
 }
 
 /// `LLAMA_CUBLAS_WAIT`'s values (the backend checks the knob against them too).
-pub const WAIT_CHOICES: [&str; 4] = ["auto", "stream", "host", "driver"];
+pub const WAIT_CHOICES: [&str; 3] = ["auto", "stream", "host"];
 
 /// The hand-over `LLAMA_CUBLAS_WAIT` asks for (`auto`: `stream` where CUPTI loads, else `host`).
 fn wait_choice() -> Result<Wait, String> {
@@ -101,7 +91,6 @@ fn wait_choice() -> Result<Wait, String> {
         .map_err(|e| e.to_string())?
     {
         "host" => Ok(Wait::Host),
-        "driver" => Ok(Wait::Driver),
         "stream" if !cupti => {
             Err("LLAMA_CUBLAS_WAIT=stream needs libcupti (set LLAMA_CUPTI)".into())
         }
@@ -110,6 +99,8 @@ fn wait_choice() -> Result<Wait, String> {
     }
 }
 
+/// Each device's cuBLAS state. Nothing that waits for CubeCL's runner thread may run while this
+/// is held: the runner takes it for the products queued on it.
 static BLAS: Mutex<Option<HashMap<usize, Blas>>> = Mutex::new(None);
 
 impl Blas {
@@ -126,25 +117,26 @@ impl Blas {
             let handle = cublas::create_handle().map_err(|e| format!("cuBLAS: {e:?}"))?;
             cublas::set_stream(handle, stream as blas::cudaStream_t)
                 .map_err(|e| format!("cuBLAS stream: {e:?}"))?;
-            // A workspace of its own from the start (the size NVIDIA recommends for Hopper), so
-            // that no product allocates while a hand-over kernel spins.
-            let workspace =
-                driver::malloc_sync(WORKSPACE).map_err(|e| format!("workspace: {e}"))?;
-            blas::cublasSetWorkspace_v2(handle, workspace as *mut _, WORKSPACE)
-                .result()
-                .map_err(|e| format!("cuBLAS workspace: {e:?}"))?;
             Ok(Self {
                 ctx,
                 handle,
                 stream,
-                workspace,
                 bound: stream,
                 cubecl_streams: HashMap::new(),
                 wait: wait_choice()?,
-                flags: None,
-                ticket: 0,
             })
         }
+    }
+
+    /// Points the handle at `on` (cuBLAS keeps a workspace per stream).
+    fn bind(&mut self, on: cu::CUstream) -> Result<(), String> {
+        if on != self.bound {
+            // SAFETY: a live handle and a live stream of this context.
+            unsafe { cublas::set_stream(self.handle, on as blas::cudaStream_t) }
+                .map_err(|e| format!("cuBLAS stream: {e:?}"))?;
+            self.bound = on;
+        }
+        Ok(())
     }
 }
 
@@ -164,32 +156,18 @@ fn with_blas<T>(
     f(blas)
 }
 
-/// Sets `flags[0]` to `ticket` (CubeCL's stream reached this point: the product's inputs are
-/// written) and holds CubeCL's stream until cuBLAS's sets `flags[1]` to it (the output is
-/// written). One thread; its atomic loads go to L2, where the driver's write lands.
-#[cube(launch)]
-fn hand_over(flags: &Array<Atomic<u32>>, ticket: u32) {
-    flags[0].store(ticket);
-    loop {
-        if flags[1].load() >= ticket {
-            break;
-        }
-    }
-}
-
 /// Whether cuBLAS loads and gets a handle on `device` (the product is registered only then).
 pub fn available(device: &CudaDevice) -> Result<(), String> {
     std::panic::catch_unwind(|| with_blas(device.index, |_| Ok(())))
         .unwrap_or_else(|_| Err("libcublas could not be loaded".into()))
 }
 
-/// The hand-over between CubeCL's stream and cuBLAS's that `device`'s products use (`stream`,
-/// `host` or `driver`).
+/// The hand-over between CubeCL's stream and cuBLAS's that `device`'s products use (`stream` or
+/// `host`).
 pub fn hand_over_name(device: &CudaDevice) -> Result<&'static str, String> {
     with_blas(device.index, |b| {
         Ok(match b.wait {
             Wait::Host => "host",
-            Wait::Driver => "driver",
             Wait::Stream => "stream",
         })
     })
@@ -317,6 +295,157 @@ fn int(v: usize) -> Result<i32, String> {
     i32::try_from(v).map_err(|_| format!("{v} does not fit cuBLAS's 32-bit sizes"))
 }
 
+/// One product's cuBLAS arguments (`y [m, n] = x [m, k] · w [k, n]` per batch entry), every
+/// fallible conversion done before anything is queued.
+struct Gemm {
+    ty: blas::cudaDataType,
+    w_op: blas::cublasOperation_t,
+    x_op: blas::cublasOperation_t,
+    n: i32,
+    m: i32,
+    k: i32,
+    ldw: i32,
+    ldx: i32,
+    w_stride: i64,
+    x_stride: i64,
+    y_stride: i64,
+    batches: i32,
+    /// `y`'s size in bytes.
+    y_bytes: usize,
+}
+
+impl Gemm {
+    /// Queues the product on the stream `handle` is set to.
+    ///
+    /// # Safety
+    /// `w`, `x` and `y` are device buffers of the sizes the arguments describe, written (`w`,
+    /// `x`) before the product runs on that stream and not reused before it ends.
+    unsafe fn queue(
+        &self,
+        handle: blas::cublasHandle_t,
+        w: cu::CUdeviceptr,
+        x: cu::CUdeviceptr,
+        y: cu::CUdeviceptr,
+    ) -> Result<(), String> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Row-major `y [m, n] = x · w` is column-major `yᵀ [n, m] = wᵀ · xᵀ`; one entry point for
+        // every product (with a batch count of 1 the strides are unused).
+        unsafe {
+            cublas::gemm_strided_batched_ex(
+                handle,
+                self.w_op,
+                self.x_op,
+                self.n,
+                self.m,
+                self.k,
+                (&alpha as *const f32).cast(),
+                w as *const _,
+                self.ty,
+                self.ldw,
+                self.w_stride,
+                x as *const _,
+                self.ty,
+                self.ldx,
+                self.x_stride,
+                (&beta as *const f32).cast(),
+                y as *mut _,
+                self.ty,
+                self.n,
+                self.y_stride,
+                self.batches,
+                blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| format!("cublasGemmStridedBatchedEx: {e:?}"))
+    }
+}
+
+/// CubeCL's stream for the caller's stream id where the hand-over is `stream` (found through
+/// CUPTI on the id's first product), `None` where the host waits.
+fn cubecl_stream(
+    client: &ComputeClient<CudaRuntime>,
+    device: usize,
+    id: StreamId,
+) -> Result<Option<cu::CUstream>, String> {
+    let (wait, known) = with_blas(device, |b| {
+        Ok((b.wait, b.cubecl_streams.get(&id.value).copied()))
+    })?;
+    if wait != Wait::Stream || known.is_some() {
+        return Ok(known.filter(|_| wait == Wait::Stream));
+    }
+    // Outside `BLAS`'s lock: the sync waits for CubeCL's runner. Its fence is recorded on this
+    // id's stream, last.
+    match crate::cupti_stream::stream_of(|| {
+        let _ = burn_cubecl::cubecl::future::block_on(client.sync());
+    }) {
+        Ok(s) => with_blas(device, |b| {
+            b.cubecl_streams.insert(id.value, s as cu::CUstream);
+            Ok(Some(s as cu::CUstream))
+        }),
+        // E.g. a profiler holds CUPTI's one subscription: host waits from now.
+        Err(e) => {
+            eprintln!("warning: CubeCL's stream not found ({e}); cuBLAS waits on the host");
+            with_blas(device, |b| {
+                b.wait = Wait::Host;
+                Ok(None)
+            })
+        }
+    }
+}
+
+/// The product as a task of CubeCL's runner thread: the buffers' pointers, then cuBLAS on
+/// CubeCL's stream `stream`. Earlier launches are issued before it and later ones after it, so
+/// the stream keeps them in order; CubeCL's pool reuses buffers in that order too.
+fn queued_product(
+    server: &mut Server,
+    device: usize,
+    id: StreamId,
+    stream: usize,
+    gemm: &Gemm,
+    [w, x, y]: [Binding; 3],
+) {
+    let stream = stream as cu::CUstream;
+    // The resources are held until cuBLAS is queued, like the bindings of a CubeCL launch.
+    let mut resource = |b: Binding| {
+        server
+            .get_resource(b, id)
+            .map_err(|e| format!("CubeCL buffer: {e:?}"))
+    };
+    let y = match resource(y) {
+        Ok(y) => y,
+        Err(e) => {
+            return eprintln!(
+                "error: a cuBLAS product could not be queued ({e}); this step's result is invalid"
+            );
+        }
+    };
+    let y_ptr = y.resource().ptr;
+    let result = resource(w).and_then(|w| {
+        let x = resource(x)?;
+        with_blas(device, |blas| {
+            blas.bind(stream)?;
+            // SAFETY: CubeCL's buffers of the product's sizes, queued behind their writers.
+            unsafe { gemm.queue(blas.handle, w.resource().ptr, x.resource().ptr, y_ptr) }
+        })
+    });
+    if let Err(e) = result {
+        // The task cannot fall back to CubeCL's product (it runs inside CubeCL's server): the
+        // output is filled with NaN so that the step shows it, and later products wait on the
+        // host, where they can.
+        // SAFETY: `y` is a buffer of `y_bytes` bytes on this stream.
+        let _ = unsafe { cu::cuMemsetD8Async(y_ptr, 0xff, gemm.y_bytes, stream) };
+        let _ = with_blas(device, |blas| {
+            blas.wait = Wait::Host;
+            Ok(())
+        });
+        eprintln!(
+            "error: a cuBLAS product failed on CubeCL's stream ({e}); its output is NaN, later \
+             products wait on the host"
+        );
+    }
+}
+
 /// `y = x · w` for CubeCL tensors, `y` a new contiguous tensor.
 fn gemm(
     x: CubeTensor<CudaRuntime>,
@@ -353,172 +482,51 @@ fn gemm(
     }
     let (x, xo) = prepared(x)?;
     let (w, wo) = prepared(w)?;
-    let ptr = |t: &CubeTensor<CudaRuntime>| {
+    let stride = |s: usize| i64::try_from(s).map_err(|_| format!("stride {s} over i64"));
+    let args = Gemm {
+        ty,
+        w_op: wo.op,
+        x_op: xo.op,
+        n: int(n)?,
+        m: int(m)?,
+        k: int(k)?,
+        ldw: int(wo.ld)?,
+        ldx: int(xo.ld)?,
+        w_stride: stride(wo.batch_stride)?,
+        x_stride: stride(xo.batch_stride)?,
+        y_stride: stride(m * n)?,
+        batches: int(batch)?,
+        y_bytes: batch * m * n * dtype.size(),
+    };
+    let device = x.device.index;
+    let id = StreamId::current();
+    if let Some(stream) = cubecl_stream(&client, device, id)? {
+        let bindings = [&w, &x, &y].map(|t| t.handle.clone().binding());
+        let stream = stream as usize;
+        DeviceHandle::<Server>::new(x.device.to_id())
+            .submit(move |server| queued_product(server, device, id, stream, &args, bindings));
+        return Ok(y);
+    }
+    // Host waits. The pointers and CubeCL's sync come before `BLAS`'s lock (both wait for the
+    // runner, which may be running a product queued before the switch to host waits).
+    let pointer = |t: &CubeTensor<CudaRuntime>| {
         client
             .get_resource(t.handle.clone())
             .map_err(|e| format!("CubeCL buffer: {e:?}"))
     };
-    let (xr, wr, yr) = (ptr(&x)?, ptr(&w)?, ptr(&y)?);
-    let device = x.device.index;
+    let (wr, xr, yr) = (pointer(&w)?, pointer(&x)?, pointer(&y)?);
+    // CubeCL's kernels that write `x` and `w` are queued on its own stream: wait for them.
+    burn_cubecl::cubecl::future::block_on(client.sync())
+        .map_err(|e| format!("CubeCL sync: {e:?}"))?;
     with_blas(device, |blas| {
-        // The stream cuBLAS runs this product on.
-        let mut on = blas.stream;
-        if blas.wait == Wait::Stream {
-            let id = cubecl::stream_id::StreamId::current().value;
-            match blas.cubecl_streams.get(&id) {
-                Some(&s) => on = s,
-                None => {
-                    // CubeCL's `sync` records its fence on this id's stream, last.
-                    match crate::cupti_stream::stream_of(|| {
-                        let _ = burn_cubecl::cubecl::future::block_on(client.sync());
-                    }) {
-                        Ok(s) => {
-                            on = s as cu::CUstream;
-                            blas.cubecl_streams.insert(id, on);
-                        }
-                        // E.g. a profiler holds CUPTI's one subscription: host waits from now.
-                        Err(e) => {
-                            eprintln!(
-                                "warning: CubeCL's stream not found ({e}); cuBLAS waits on the host"
-                            );
-                            blas.wait = Wait::Host;
-                        }
-                    }
-                }
-            }
-        }
-        if blas.wait == Wait::Host {
-            // CubeCL's kernels that write `x` and `w` are queued on its own stream: wait for them.
-            burn_cubecl::cubecl::future::block_on(client.sync())
-                .map_err(|e| format!("CubeCL sync: {e:?}"))?;
-        } else if blas.wait == Wait::Driver && blas.flags.is_none() {
-            let handle = client.create_from_slice(&[0u8; 8]);
-            let addr = client
-                .get_resource(handle.clone())
-                .map_err(|e| format!("CubeCL buffer: {e:?}"))?
-                .resource()
-                .ptr;
-            // Loaded now rather than inside the first hand-over.
-            hand_over::launch::<CudaRuntime>(
-                &client,
-                CubeCount::Static(1, 1, 1),
-                CubeDim::new_1d(1),
-                // SAFETY: the two-element buffer just made.
-                unsafe { ArrayArg::from_raw_parts(handle.clone(), 2) },
-                0,
-            );
-            blas.flags = Some((handle, addr));
-        }
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let compute = blas::cublasComputeType_t::CUBLAS_COMPUTE_32F;
-        let algo = blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
-        let ticket = blas.ticket.wrapping_add(1);
-        // Every fallible conversion before anything is queued on cuBLAS's stream.
-        let (ni, mi, ki, ldw, ldx, batches) = (
-            int(n)?,
-            int(m)?,
-            int(k)?,
-            int(wo.ld)?,
-            int(xo.ld)?,
-            int(batch)?,
-        );
-        let stride = |s: usize| i64::try_from(s).map_err(|_| format!("stride {s} over i64"));
-        let (sw, sx, sy) = (
-            stride(wo.batch_stride)?,
-            stride(xo.batch_stride)?,
-            stride(m * n)?,
-        );
-        let flags = blas.flags.clone();
-        // Row-major `y [m, n] = x · w` is column-major `yᵀ [n, m] = wᵀ · xᵀ`.
-        // SAFETY: the pointers are CubeCL buffers of the sizes the shapes and strides describe;
-        // the product is queued on CubeCL's stream behind the kernels that write them (the
-        // `get_resource` calls above returned after CubeCL issued every earlier launch), or
-        // CubeCL's stream does not go past the hand-over (or the host waits) until cuBLAS's
-        // stream has written `y`: none of them is reused before.
+        let own = blas.stream;
+        blas.bind(own)?;
+        // SAFETY: CubeCL's buffers of the product's sizes, written (the sync above) and kept
+        // (`wr`, `xr`, `yr`) until cuBLAS's stream is done with them.
         unsafe {
-            // Setting a stream resets cuBLAS's workspace to its own pool (per stream, which
-            // CubeCL's streams keep); the fixed one goes back with cuBLAS's own stream, where
-            // no product may allocate while a hand-over kernel spins.
-            if on != blas.bound {
-                cublas::set_stream(blas.handle, on as blas::cudaStream_t)
-                    .map_err(|e| format!("cuBLAS stream: {e:?}"))?;
-                if on == blas.stream {
-                    blas::cublasSetWorkspace_v2(blas.handle, blas.workspace as *mut _, WORKSPACE)
-                        .result()
-                        .map_err(|e| format!("cuBLAS workspace: {e:?}"))?;
-                }
-                blas.bound = on;
-            }
-            if let Some((_, addr)) = flags {
-                cu::cuStreamWaitValue32_v2(
-                    blas.stream,
-                    addr,
-                    ticket,
-                    cu::CUstreamWaitValue_flags::CU_STREAM_WAIT_VALUE_GEQ as u32,
-                )
-                .result()
-                .map_err(|e| format!("cuStreamWaitValue32: {e}"))?;
-            }
-            let (a, b, c) = (
-                wr.resource().ptr as *const _,
-                xr.resource().ptr as *const _,
-                yr.resource().ptr as *mut _,
-            );
-            let ab = (&alpha as *const f32).cast();
-            let bb = (&beta as *const f32).cast();
-            // One entry point for every product: with a batch count of 1 the strides are unused.
-            let result = cublas::gemm_strided_batched_ex(
-                blas.handle,
-                wo.op,
-                xo.op,
-                ni,
-                mi,
-                ki,
-                ab,
-                a,
-                ty,
-                ldw,
-                sw,
-                b,
-                ty,
-                ldx,
-                sx,
-                bb,
-                c,
-                ty,
-                ni,
-                sy,
-                batches,
-                compute,
-                algo,
-            );
-            let Some((flag_buffer, addr)) = flags else {
-                result.map_err(|e| format!("cublasGemmStridedBatchedEx: {e:?}"))?;
-                if blas.wait == Wait::Stream {
-                    return Ok(());
-                }
-                return driver::stream::synchronize(blas.stream)
-                    .map_err(|e| format!("cuBLAS stream: {e}"));
-            };
-            // Released whether or not the product was queued: a failed one falls back to
-            // CubeCL's matmul, which must not wait forever.
-            cu::cuStreamWriteValue32_v2(
-                blas.stream,
-                addr + 4,
-                ticket,
-                cu::CUstreamWriteValue_flags::CU_STREAM_WRITE_VALUE_DEFAULT as u32,
-            )
-            .result()
-            .map_err(|e| format!("cuStreamWriteValue32: {e}"))?;
-            hand_over::launch::<CudaRuntime>(
-                &client,
-                CubeCount::Static(1, 1, 1),
-                CubeDim::new_1d(1),
-                ArrayArg::from_raw_parts(flag_buffer, 2),
-                ticket,
-            );
-            blas.ticket = ticket;
-            result.map_err(|e| format!("cublasGemmStridedBatchedEx: {e:?}"))
+            let (w, x, y) = (wr.resource().ptr, xr.resource().ptr, yr.resource().ptr);
+            args.queue(blas.handle, w, x, y)?;
+            driver::stream::synchronize(own).map_err(|e| format!("cuBLAS stream: {e}"))
         }
     })?;
     drop((xr, wr, yr));
