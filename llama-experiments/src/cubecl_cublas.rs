@@ -371,8 +371,11 @@ fn cubecl_stream(
     let (wait, known) = with_blas(device, |b| {
         Ok((b.wait, b.cubecl_streams.get(&id.value).copied()))
     })?;
-    if wait != Wait::Stream || known.is_some() {
-        return Ok(known.filter(|_| wait == Wait::Stream));
+    if wait != Wait::Stream {
+        return Ok(None);
+    }
+    if known.is_some() {
+        return Ok(known);
     }
     // Outside `BLAS`'s lock: the sync waits for CubeCL's runner. Its fence is recorded on this
     // id's stream, last.
@@ -412,36 +415,45 @@ fn queued_product(
             .get_resource(b, id)
             .map_err(|e| format!("CubeCL buffer: {e:?}"))
     };
-    let y = match resource(y) {
-        Ok(y) => y,
-        Err(e) => {
-            return eprintln!(
-                "error: a cuBLAS product could not be queued ({e}); this step's result is invalid"
-            );
-        }
+    let y = resource(y);
+    let result = match &y {
+        Ok(y) => resource(w).and_then(|w| {
+            let x = resource(x)?;
+            with_blas(device, |blas| {
+                blas.bind(stream)?;
+                // SAFETY: CubeCL's buffers of the product's sizes, queued behind their writers.
+                unsafe {
+                    gemm.queue(
+                        blas.handle,
+                        w.resource().ptr,
+                        x.resource().ptr,
+                        y.resource().ptr,
+                    )
+                }
+            })
+        }),
+        Err(e) => Err(e.clone()),
     };
-    let y_ptr = y.resource().ptr;
-    let result = resource(w).and_then(|w| {
-        let x = resource(x)?;
-        with_blas(device, |blas| {
-            blas.bind(stream)?;
-            // SAFETY: CubeCL's buffers of the product's sizes, queued behind their writers.
-            unsafe { gemm.queue(blas.handle, w.resource().ptr, x.resource().ptr, y_ptr) }
-        })
-    });
     if let Err(e) = result {
         // The task cannot fall back to CubeCL's product (it runs inside CubeCL's server): the
-        // output is filled with NaN so that the step shows it, and later products wait on the
-        // host, where they can.
-        // SAFETY: `y` is a buffer of `y_bytes` bytes on this stream.
-        let _ = unsafe { cu::cuMemsetD8Async(y_ptr, 0xff, gemm.y_bytes, stream) };
+        // output is filled with NaN where it can be, so that the step shows it, and later
+        // products wait on the host, where they can.
+        let output = match &y {
+            Ok(y) => {
+                // SAFETY: `y` is a buffer of `y_bytes` bytes on this stream.
+                let _ =
+                    unsafe { cu::cuMemsetD8Async(y.resource().ptr, 0xff, gemm.y_bytes, stream) };
+                "its output is NaN"
+            }
+            Err(_) => "this step's result is invalid",
+        };
         let _ = with_blas(device, |blas| {
             blas.wait = Wait::Host;
             Ok(())
         });
         eprintln!(
-            "error: a cuBLAS product failed on CubeCL's stream ({e}); its output is NaN, later \
-             products wait on the host"
+            "error: a cuBLAS product failed on CubeCL's stream ({e}); {output}, later products \
+             wait on the host"
         );
     }
 }
