@@ -170,9 +170,22 @@ impl DeviceSpec {
                     }
                     _ => None,
                 };
+                // bf16 attention through this project's flash kernels (attempt 50) where they
+                // compile; `LLAMA_ATTENTION=blocked` keeps `sdpa`'s blocked form.
+                let attention = match crate::cubecl_flash::available(&device) {
+                    Ok(()) => Some(NativeAttention {
+                        forward: crate::cubecl_flash::forward,
+                        backward: crate::cubecl_flash::backward,
+                    }),
+                    Err(e) => {
+                        eprintln!("warning: flash attention unavailable ({e}); blocked attention");
+                        None
+                    }
+                };
                 register_ops(Ops::<Cuda> {
                     split_linear: true,
                     product,
+                    attention,
                     ..Ops::new(AttentionForward::FusedF32)
                 })?;
                 Ok(job.run::<burn::backend::Autodiff<Cuda>>(device))

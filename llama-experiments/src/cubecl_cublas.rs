@@ -45,12 +45,12 @@ use cudarc::cublas::{result as cublas, sys as blas};
 use cudarc::driver::{result as driver, sys as cu};
 
 /// CubeCL's CUDA backend without fusion, the one the fusion stream's handles belong to.
-type Inner = CubeBackend<CudaRuntime, f32, i32, u8>;
+pub(crate) type Inner = CubeBackend<CudaRuntime, f32, i32, u8>;
 /// `burn::backend::Cuda` (CubeCL's CUDA backend with fusion).
 pub type Cuda = Fusion<Inner>;
-type Runtime = <Inner as burn_fusion::FusionBackend>::FusionRuntime;
+pub(crate) type Runtime = <Inner as burn_fusion::FusionBackend>::FusionRuntime;
 /// CubeCL's CUDA compute server, which lives on its device runner thread.
-type Server = <CudaRuntime as cubecl::Runtime>::Server;
+pub(crate) type Server = <CudaRuntime as cubecl::Runtime>::Server;
 
 /// One device's cuBLAS handle and the streams it runs on.
 struct Blas {
@@ -154,6 +154,15 @@ fn with_blas<T>(
     // SAFETY: a context retained in `Blas::new` and never released.
     unsafe { driver::ctx::set_current(blas.ctx) }.map_err(|e| format!("context: {e}"))?;
     f(blas)
+}
+
+/// Runs `f` with device `ordinal`'s primary context current, one caller at a time (behind the
+/// cuBLAS state's lock, which CubeCL's runner also takes for queued products).
+pub(crate) fn in_context<T>(
+    ordinal: usize,
+    f: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
+    with_blas(ordinal, |_| f())
 }
 
 /// Whether cuBLAS loads and gets a handle on `device` (the product is registered only then).
@@ -363,7 +372,7 @@ impl Gemm {
 
 /// CubeCL's stream for the caller's stream id where the hand-over is `stream` (found through
 /// CUPTI on the id's first product), `None` where the host waits.
-fn cubecl_stream(
+pub(crate) fn cubecl_stream(
     client: &ComputeClient<CudaRuntime>,
     device: usize,
     id: StreamId,

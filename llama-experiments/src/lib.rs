@@ -8,6 +8,8 @@ pub mod check;
 pub mod checkpoint;
 #[cfg(feature = "cuda-untuned")]
 pub mod cubecl_cublas;
+#[cfg(feature = "cuda-untuned")]
+pub mod cubecl_flash;
 #[cfg(all(feature = "tch", llama_cuda_graph))]
 pub mod cuda_graph;
 #[cfg(feature = "tch")]

@@ -1,0 +1,448 @@
+// Flash attention (FlashAttention-2's algorithm) for bf16 tensors on tensor cores, forward and
+// backward, for CubeCL's CUDA backend (see mod.rs for why and how they are launched). Compiled at
+// run time by NVRTC for sm_80 or later, so the source includes no header: the tensor-core
+// instructions (mma.sync m16n8k16, ldmatrix) are written as inline PTX.
+//
+// Layout: q, k, v and the output's gradient are [B, H, T, D] with any batch, head and row strides
+// (in elements, multiples of 8) and contiguous rows; everything written is contiguous. Scores,
+// softmax statistics and accumulators are f32; the probabilities enter the products rounded to
+// bf16, as in FlashAttention-2. `lse2` is each query row's log-sum-exp in base 2 of the scaled
+// scores (`scale2 = log2(e) / sqrt(D)`), which the backward pass uses to recompute the
+// probabilities; `dsum` is the softmax backward's row term Σ_d dO·O.
+//
+// Each block is four warps; a warp owns 16 rows (queries in the forward and dq kernels, keys in the
+// dk/dv kernel) and walks the other side's 64-row tiles through shared memory. Fragments follow
+// PTX's m16n8k16 layout: lane = 4·g + t holds rows g and g+8, columns 2t and 2t+1 of each 8-wide
+// tile.
+
+typedef unsigned short bf16_t;
+
+#define NEG_INF __int_as_float(0xff800000)
+// Shared-memory rows are padded by 8 elements (16 bytes) so that ldmatrix's eight row addresses
+// fall in different banks.
+#define PAD 8
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned r;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ void ldsm4(unsigned* r, const bf16_t* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void ldsm4t(unsigned* r, const bf16_t* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+// c (16x8, f32) += a (16x16, bf16, row-major) · b (16x8, bf16, column-major).
+__device__ __forceinline__ void mma(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two f32 rounded to nearest even into one bf16 pair, `lo` in the low half.
+__device__ __forceinline__ unsigned pack(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ float lo_of(unsigned u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float hi_of(unsigned u) { return __uint_as_float(u & 0xffff0000u); }
+
+// The A fragment (16x16) at rows r0.., columns c0.. of a shared tile with row stride `s`.
+__device__ __forceinline__ void frag_a(unsigned* a, const bf16_t* tile, int s, int r0, int c0) {
+    const int l = threadIdx.x & 31, i = l >> 3, r = l & 7;
+    ldsm4(a, tile + (r0 + (i & 1) * 8 + r) * s + c0 + (i >> 1) * 8);
+}
+
+// B fragments (16x8) of the two n-tiles n0 and n0+8 over k0..k0+15, from a tile stored [n][k]:
+// b[0], b[1] for n0 and b[2], b[3] for n0+8.
+__device__ __forceinline__ void frag_b_nk(unsigned* b, const bf16_t* tile, int s, int n0, int k0) {
+    const int l = threadIdx.x & 31, i = l >> 3, r = l & 7;
+    ldsm4(b, tile + (n0 + (i >> 1) * 8 + r) * s + k0 + (i & 1) * 8);
+}
+
+// The same from a tile stored [k][n] (transposed on the way out of shared memory).
+__device__ __forceinline__ void frag_b_kn(unsigned* b, const bf16_t* tile, int s, int k0, int n0) {
+    const int l = threadIdx.x & 31, i = l >> 3, r = l & 7;
+    ldsm4t(b, tile + (k0 + (i & 1) * 8 + r) * s + n0 + (i >> 1) * 8);
+}
+
+// The A fragment of k-step kk from an accumulator in C layout (two 8-wide tiles per 16 columns).
+__device__ __forceinline__ void frag_from_c(unsigned* a, const float (*c)[4], int kk) {
+    a[0] = pack(c[2 * kk][0], c[2 * kk][1]);
+    a[1] = pack(c[2 * kk][2], c[2 * kk][3]);
+    a[2] = pack(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+    a[3] = pack(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+}
+
+// Rows r0..r0+ROWS-1 of a [T, D] matrix (row stride `rs` elements) into a shared tile with row
+// stride D+PAD, zeros past T. 16-byte loads: rows start 16-byte aligned (checked by the launcher).
+template <int D, int ROWS>
+__device__ __forceinline__ void load_tile(bf16_t* tile, const bf16_t* src, long long rs, int r0,
+                                          int T) {
+    constexpr int CH = D / 8;
+    for (int c = threadIdx.x; c < ROWS * CH; c += blockDim.x) {
+        const int r = c / CH, col = (c % CH) * 8;
+        uint4 v = {0u, 0u, 0u, 0u};
+        if (r0 + r < T) v = *reinterpret_cast<const uint4*>(src + (long long)(r0 + r) * rs + col);
+        *reinterpret_cast<uint4*>(tile + r * (D + PAD) + col) = v;
+    }
+}
+
+// s (16 x 8·NT, C layout) = a (16 x D, A fragments) · tileᵀ, the tile stored [n][D].
+template <int D, int NT>
+__device__ __forceinline__ void scores(float (*s)[4], const unsigned (*a)[4], const bf16_t* tile) {
+#pragma unroll
+    for (int j = 0; j < NT; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+            unsigned b[4];
+            frag_b_nk(b, tile, D + PAD, np * 16, kk * 16);
+            mma(s[2 * np], a[kk], b[0], b[1]);
+            mma(s[2 * np + 1], a[kk], b[2], b[3]);
+        }
+    }
+}
+
+// acc (16 x D, C layout) += p (16 x 16·KS, C layout, rounded to bf16) · tile, the tile stored [k][D].
+template <int D, int KS>
+__device__ __forceinline__ void accumulate(float (*acc)[4], const float (*p)[4], const bf16_t* tile) {
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+        unsigned a[4];
+        frag_from_c(a, p, kk);
+#pragma unroll
+        for (int np = 0; np < D / 16; ++np) {
+            unsigned b[4];
+            frag_b_kn(b, tile, D + PAD, kk * 16, np * 16);
+            mma(acc[2 * np], a, b[0], b[1]);
+            mma(acc[2 * np + 1], a, b[2], b[3]);
+        }
+    }
+}
+
+// Writes a warp's 16 x D accumulator (rows row0 and row0+8 of this lane) times `mul[r]` as bf16
+// rows of a contiguous [T, D] matrix.
+template <int D>
+__device__ __forceinline__ void store_rows(bf16_t* dst, const float (*acc)[4], int row0, int T,
+                                           const float* mul) {
+    const int t = threadIdx.x & 3;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = row0 + 8 * r;
+        if (row >= T) continue;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n)
+            *reinterpret_cast<unsigned*>(dst + (long long)row * D + n * 8 + 2 * t) =
+                pack(acc[n][2 * r] * mul[r], acc[n][2 * r + 1] * mul[r]);
+    }
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+#define BLOCK 64  // rows per tile on both sides
+#define THREADS 128
+
+// Forward: o = softmax(q kᵀ / √D) v and lse2, one block per (64 queries, head, batch entry).
+template <int D>
+__device__ void flash_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o,
+                              float* lse2, int H, int T, long long qsb, long long qsh,
+                              long long qst, long long ksb, long long ksh, long long kst,
+                              long long vsb, long long vsh, long long vst, float scale2,
+                              int causal) {
+    __shared__ __align__(16) bf16_t ks[BLOCK * (D + PAD)];
+    __shared__ __align__(16) bf16_t vs[BLOCK * (D + PAD)];
+    const int b = blockIdx.z, h = blockIdx.y;
+    const int nq = (T + BLOCK - 1) / BLOCK;
+    const int qblk = nq - 1 - blockIdx.x;  // the longest causal rows first
+    const int q0 = qblk * BLOCK;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    q += b * qsb + h * qsh;
+    k += b * ksb + h * ksh;
+    v += b * vsb + h * vsh;
+    const long long bh = (long long)b * H + h;
+
+    // The warp's query fragments, through the key tile's memory.
+    load_tile<D, BLOCK>(ks, q, qst, q0, T);
+    __syncthreads();
+    unsigned qf[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) frag_a(qf[kk], ks, D + PAD, warp * 16, kk * 16);
+
+    float acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+    const int row0 = q0 + warp * 16 + g;
+    int nk = (T + BLOCK - 1) / BLOCK;
+    if (causal && qblk + 1 < nk) nk = qblk + 1;
+
+    for (int kb = 0; kb < nk; ++kb) {
+        const int k0 = kb * BLOCK;
+        __syncthreads();  // every warp is done with the last tiles (and the queries)
+        load_tile<D, BLOCK>(ks, k, kst, k0, T);
+        load_tile<D, BLOCK>(vs, v, vst, k0, T);
+        __syncthreads();
+        float s[BLOCK / 8][4];
+        scores<D, BLOCK / 8>(s, qf, ks);
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int j = 0; j < BLOCK / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int col = k0 + j * 8 + 2 * t + (e & 1), row = row0 + (e >> 1) * 8;
+                float x = s[j][e] * scale2;
+                if (col >= T || (causal && col > row)) x = NEG_INF;
+                s[j][e] = x;
+                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            }
+        float base[2], alpha[2], rs[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = quad_max(mx[r]);
+            // A row with nothing visible yet keeps a zero base (no inf - inf).
+            base[r] = mx[r] == NEG_INF ? 0.0f : mx[r];
+            alpha[r] = exp2f(m[r] - base[r]);
+            m[r] = mx[r];
+        }
+#pragma unroll
+        for (int j = 0; j < BLOCK / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float p = exp2f(s[j][e] - base[e >> 1]);
+                s[j][e] = p;
+                rs[e >> 1] += p;
+            }
+        // The lanes of a quad keep partial row sums (they scale alike); reduced at the end.
+        l[0] = l[0] * alpha[0] + rs[0];
+        l[1] = l[1] * alpha[1] + rs[1];
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            acc[n][0] *= alpha[0];
+            acc[n][1] *= alpha[0];
+            acc[n][2] *= alpha[1];
+            acc[n][3] *= alpha[1];
+        }
+        accumulate<D, BLOCK / 16>(acc, s, vs);
+    }
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] = quad_sum(l[r]);
+        inv[r] = 1.0f / l[r];
+        const int row = row0 + 8 * r;
+        if (t == 0 && row < T) lse2[bh * T + row] = m[r] + log2f(l[r]);
+    }
+    store_rows<D>(o + bh * T * D, acc, row0, T, inv);
+}
+
+// Backward, first kernel: dsum = Σ_d dO·O per query row and dq = scale · dS k, one block per (64
+// queries, head, batch entry). Runs before the dk/dv kernel, which reads dsum.
+template <int D>
+__device__ void flash_backward_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+                                  const bf16_t* o, const bf16_t* dout, const float* lse2,
+                                  float* dsum, bf16_t* dq, int H, int T, long long qsb,
+                                  long long qsh, long long qst, long long ksb, long long ksh,
+                                  long long kst, long long vsb, long long vsh, long long vst,
+                                  long long dsb, long long dsh, long long dst, float scale2,
+                                  float scale, int causal) {
+    __shared__ __align__(16) bf16_t ks[BLOCK * (D + PAD)];
+    __shared__ __align__(16) bf16_t vs[BLOCK * (D + PAD)];
+    const int b = blockIdx.z, h = blockIdx.y;
+    const int nq = (T + BLOCK - 1) / BLOCK;
+    const int qblk = nq - 1 - blockIdx.x;
+    const int q0 = qblk * BLOCK;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    q += b * qsb + h * qsh;
+    k += b * ksb + h * ksh;
+    v += b * vsb + h * vsh;
+    dout += b * dsb + h * dsh;
+    const long long bh = (long long)b * H + h;
+    o += bh * T * D;
+    const int row0 = q0 + warp * 16 + g;
+
+    load_tile<D, BLOCK>(ks, q, qst, q0, T);
+    load_tile<D, BLOCK>(vs, dout, dst, q0, T);
+    __syncthreads();
+    unsigned qf[D / 16][4], df[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        frag_a(qf[kk], ks, D + PAD, warp * 16, kk * 16);
+        frag_a(df[kk], vs, D + PAD, warp * 16, kk * 16);
+    }
+    // dsum for the lane's two rows: a quarter of the row per lane of the quad.
+    float ds_row[2], lse_row[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = row0 + 8 * r;
+        float sum = 0.0f;
+        if (row < T) {
+            const bf16_t* dr = vs + (warp * 16 + g + 8 * r) * (D + PAD);
+#pragma unroll
+            for (int c = t * (D / 4); c < (t + 1) * (D / 4); c += 8) {
+                const uint4 ov = *reinterpret_cast<const uint4*>(o + (long long)row * D + c);
+                const uint4 dv = *reinterpret_cast<const uint4*>(dr + c);
+                sum += lo_of(ov.x) * lo_of(dv.x) + hi_of(ov.x) * hi_of(dv.x);
+                sum += lo_of(ov.y) * lo_of(dv.y) + hi_of(ov.y) * hi_of(dv.y);
+                sum += lo_of(ov.z) * lo_of(dv.z) + hi_of(ov.z) * hi_of(dv.z);
+                sum += lo_of(ov.w) * lo_of(dv.w) + hi_of(ov.w) * hi_of(dv.w);
+            }
+        }
+        ds_row[r] = quad_sum(sum);
+        lse_row[r] = row < T ? lse2[bh * T + row] : 0.0f;
+        if (t == 0 && row < T) dsum[bh * T + row] = ds_row[r];
+    }
+
+    float acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    int nk = (T + BLOCK - 1) / BLOCK;
+    if (causal && qblk + 1 < nk) nk = qblk + 1;
+    for (int kb = 0; kb < nk; ++kb) {
+        const int k0 = kb * BLOCK;
+        __syncthreads();
+        load_tile<D, BLOCK>(ks, k, kst, k0, T);
+        load_tile<D, BLOCK>(vs, v, vst, k0, T);
+        __syncthreads();
+        float p[BLOCK / 8][4], dp[BLOCK / 8][4];
+        scores<D, BLOCK / 8>(p, qf, ks);
+        scores<D, BLOCK / 8>(dp, df, vs);
+#pragma unroll
+        for (int j = 0; j < BLOCK / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int col = k0 + j * 8 + 2 * t + (e & 1), r = e >> 1, row = row0 + 8 * r;
+                const bool seen = col < T && row < T && !(causal && col > row);
+                const float pe = seen ? exp2f(p[j][e] * scale2 - lse_row[r]) : 0.0f;
+                p[j][e] = pe * (dp[j][e] - ds_row[r]);
+            }
+        accumulate<D, BLOCK / 16>(acc, p, ks);
+    }
+    const float mul[2] = {scale, scale};
+    store_rows<D>(dq + bh * T * D, acc, row0, T, mul);
+}
+
+// Backward, second kernel: dk = scale · dSᵀ q and dv = Pᵀ dO, one block per (64 keys, head,
+// batch entry), walking the query tiles that see its keys.
+template <int D>
+__device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+                                    const bf16_t* dout, const float* lse2, const float* dsum,
+                                    bf16_t* dk, bf16_t* dv, int H, int T, long long qsb,
+                                    long long qsh, long long qst, long long ksb, long long ksh,
+                                    long long kst, long long vsb, long long vsh, long long vst,
+                                    long long dsb, long long dsh, long long dst, float scale2,
+                                    float scale, int causal) {
+    __shared__ __align__(16) bf16_t qs[BLOCK * (D + PAD)];
+    __shared__ __align__(16) bf16_t os[BLOCK * (D + PAD)];
+    __shared__ float lse_s[BLOCK], dsum_s[BLOCK];
+    const int b = blockIdx.z, h = blockIdx.y;
+    const int k0 = blockIdx.x * BLOCK;  // key block 0 sees every query: the longest first
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    q += b * qsb + h * qsh;
+    k += b * ksb + h * ksh;
+    v += b * vsb + h * vsh;
+    dout += b * dsb + h * dsh;
+    const long long bh = (long long)b * H + h;
+    const int key0 = k0 + warp * 16 + g;
+
+    load_tile<D, BLOCK>(qs, k, kst, k0, T);
+    load_tile<D, BLOCK>(os, v, vst, k0, T);
+    __syncthreads();
+    unsigned kf[D / 16][4], vf[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        frag_a(kf[kk], qs, D + PAD, warp * 16, kk * 16);
+        frag_a(vf[kk], os, D + PAD, warp * 16, kk * 16);
+    }
+    float dka[D / 8][4], dva[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dka[n][e] = dva[n][e] = 0.0f;
+
+    for (int i0 = causal ? k0 : 0; i0 < T; i0 += BLOCK) {
+        __syncthreads();
+        load_tile<D, BLOCK>(qs, q, qst, i0, T);
+        load_tile<D, BLOCK>(os, dout, dst, i0, T);
+        if (threadIdx.x < BLOCK) {
+            const int i = i0 + threadIdx.x;
+            lse_s[threadIdx.x] = i < T ? lse2[bh * T + i] : 0.0f;
+            dsum_s[threadIdx.x] = i < T ? dsum[bh * T + i] : 0.0f;
+        }
+        __syncthreads();
+        // Pᵀ and dPᵀ: rows are this warp's keys, columns the tile's queries.
+        float p[BLOCK / 8][4], dp[BLOCK / 8][4];
+        scores<D, BLOCK / 8>(p, kf, qs);
+        scores<D, BLOCK / 8>(dp, vf, os);
+#pragma unroll
+        for (int j = 0; j < BLOCK / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int c = j * 8 + 2 * t + (e & 1), col = i0 + c, key = key0 + (e >> 1) * 8;
+                const bool seen = col < T && key < T && !(causal && key > col);
+                p[j][e] = seen ? exp2f(p[j][e] * scale2 - lse_s[c]) : 0.0f;
+            }
+        accumulate<D, BLOCK / 16>(dva, p, os);
+#pragma unroll
+        for (int j = 0; j < BLOCK / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int c = j * 8 + 2 * t + (e & 1);
+                p[j][e] *= dp[j][e] - dsum_s[c];
+            }
+        accumulate<D, BLOCK / 16>(dka, p, qs);
+    }
+    const float one[2] = {1.0f, 1.0f}, mul[2] = {scale, scale};
+    store_rows<D>(dk + bh * T * D, dka, key0, T, mul);
+    store_rows<D>(dv + bh * T * D, dva, key0, T, one);
+}
+
+#define FLASH(D)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(THREADS) flash_forward_d##D(                     \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse2, int H, int T,  \
+        long long qsb, long long qsh, long long qst, long long ksb, long long ksh, long long kst,  \
+        long long vsb, long long vsh, long long vst, float scale2, int causal) {                  \
+        flash_forward<D>(q, k, v, o, lse2, H, T, qsb, qsh, qst, ksb, ksh, kst, vsb, vsh, vst,     \
+                         scale2, causal);                                                         \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq_d##D(                 \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* o, const bf16_t* dout,   \
+        const float* lse2, float* dsum, bf16_t* dq, int H, int T, long long qsb, long long qsh,   \
+        long long qst, long long ksb, long long ksh, long long kst, long long vsb, long long vsh,  \
+        long long vst, long long dsb, long long dsh, long long dst, float scale2, float scale,    \
+        int causal) {                                                                             \
+        flash_backward_dq<D>(q, k, v, o, dout, lse2, dsum, dq, H, T, qsb, qsh, qst, ksb, ksh,     \
+                             kst, vsb, vsh, vst, dsb, dsh, dst, scale2, scale, causal);           \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv_d##D(               \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse2, \
+        const float* dsum, bf16_t* dk, bf16_t* dv, int H, int T, long long qsb, long long qsh,    \
+        long long qst, long long ksb, long long ksh, long long kst, long long vsb, long long vsh,  \
+        long long vst, long long dsb, long long dsh, long long dst, float scale2, float scale,    \
+        int causal) {                                                                             \
+        flash_backward_dkdv<D>(q, k, v, dout, lse2, dsum, dk, dv, H, T, qsb, qsh, qst, ksb, ksh,  \
+                               kst, vsb, vsh, vst, dsb, dsh, dst, scale2, scale, causal);         \
+    }
+
+FLASH(64)
+FLASH(128)
