@@ -30,7 +30,7 @@ def rows(path):
             continue
         value = float(r["Metric Value"].replace(",", ""))
         unit = r.get("Metric Unit", "nsecond")
-        scale = {"nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3}.get(unit)
+        scale = {"nsecond": 1e-6, "ns": 1e-6, "usecond": 1e-3, "us": 1e-3, "msecond": 1.0, "ms": 1.0, "second": 1e3, "s": 1e3}.get(unit)
         if scale is None:
             sys.exit(f"{path}: unknown unit {unit!r}")
         yield int(r["ID"]), r["Kernel Name"], r.get("Grid Size", ""), r.get("Block Size", ""), value * scale
