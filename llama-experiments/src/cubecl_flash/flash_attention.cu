@@ -100,6 +100,35 @@ __device__ __forceinline__ void load_tile(bf16_t* tile, const bf16_t* src, long 
     }
 }
 
+// The same through cp.async (Ampere and later): the copies run while the warps compute on the
+// other stage; rows past T are zero-filled (a source size of 0 reads nothing).
+template <int D, int ROWS>
+__device__ __forceinline__ void load_tile_async(bf16_t* tile, const bf16_t* src, long long rs,
+                                                int r0, int T) {
+    constexpr int CH = D / 8;
+    for (int c = threadIdx.x; c < ROWS * CH; c += blockDim.x) {
+        const int r = c / CH, col = (c % CH) * 8;
+        const bool in = r0 + r < T;
+        const bf16_t* from = in ? src + (long long)(r0 + r) * rs + col : src;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(
+                         smem_u32(tile + r * (D + PAD) + col)),
+                     "l"(from), "r"(in ? 16 : 0)
+                     : "memory");
+    }
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// Copy stages: two (the next tiles load while the warps compute on these) where they fit the
+// 48 KB of static shared memory, one for D = 128.
+template <int D>
+struct Stages {
+    static constexpr int N = D <= 64 ? 2 : 1;
+};
+
 // s (16 x 8·NT, C layout) = a (16 x D, A fragments) · tileᵀ, the tile stored [n][D].
 template <int D, int NT>
 __device__ __forceinline__ void scores(float (*s)[4], const unsigned (*a)[4], const bf16_t* tile) {
@@ -170,8 +199,9 @@ __device__ void flash_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                               long long qst, long long ksb, long long ksh, long long kst,
                               long long vsb, long long vsh, long long vst, float scale2,
                               int causal) {
-    __shared__ __align__(16) bf16_t ks[BLOCK * (D + PAD)];
-    __shared__ __align__(16) bf16_t vs[BLOCK * (D + PAD)];
+    constexpr int ST = Stages<D>::N;
+    __shared__ __align__(16) bf16_t ks[ST][BLOCK * (D + PAD)];
+    __shared__ __align__(16) bf16_t vs[ST][BLOCK * (D + PAD)];
     const int b = blockIdx.z, h = blockIdx.y;
     const int nq = (T + BLOCK - 1) / BLOCK;
     const int qblk = nq - 1 - blockIdx.x;  // the longest causal rows first
@@ -183,11 +213,12 @@ __device__ void flash_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v,
     const long long bh = (long long)b * H + h;
 
     // The warp's query fragments, through the key tile's memory.
-    load_tile<D, BLOCK>(ks, q, qst, q0, T);
+    load_tile<D, BLOCK>(ks[0], q, qst, q0, T);
     __syncthreads();
     unsigned qf[D / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) frag_a(qf[kk], ks, D + PAD, warp * 16, kk * 16);
+    for (int kk = 0; kk < D / 16; ++kk) frag_a(qf[kk], ks[0], D + PAD, warp * 16, kk * 16);
+    __syncthreads();
 
     float acc[D / 8][4];
 #pragma unroll
@@ -197,14 +228,26 @@ __device__ void flash_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v,
     int nk = (T + BLOCK - 1) / BLOCK;
     if (causal && qblk + 1 < nk) nk = qblk + 1;
 
+    load_tile_async<D, BLOCK>(ks[0], k, kst, 0, T);
+    load_tile_async<D, BLOCK>(vs[0], v, vst, 0, T);
+    cp_commit();
     for (int kb = 0; kb < nk; ++kb) {
-        const int k0 = kb * BLOCK;
-        __syncthreads();  // every warp is done with the last tiles (and the queries)
-        load_tile<D, BLOCK>(ks, k, kst, k0, T);
-        load_tile<D, BLOCK>(vs, v, vst, k0, T);
+        const int k0 = kb * BLOCK, cur = ST == 2 ? (kb & 1) : 0;
+        if (ST == 2) {
+            if (kb + 1 < nk) {
+                load_tile_async<D, BLOCK>(ks[cur ^ 1], k, kst, k0 + BLOCK, T);
+                load_tile_async<D, BLOCK>(vs[cur ^ 1], v, vst, k0 + BLOCK, T);
+            }
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
         __syncthreads();
         float s[BLOCK / 8][4];
-        scores<D, BLOCK / 8>(s, qf, ks);
+        scores<D, BLOCK / 8>(s, qf, ks[cur]);
+        // Only tiles past T or across the diagonal (for this warp's rows) hide keys.
+        const bool mask = k0 + BLOCK > T || (causal && k0 + BLOCK - 1 > q0 + warp * 16);
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int j = 0; j < BLOCK / 8; ++j)
@@ -212,7 +255,7 @@ __device__ void flash_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v,
             for (int e = 0; e < 4; ++e) {
                 const int col = k0 + j * 8 + 2 * t + (e & 1), row = row0 + (e >> 1) * 8;
                 float x = s[j][e] * scale2;
-                if (col >= T || (causal && col > row)) x = NEG_INF;
+                if (mask && (col >= T || (causal && col > row))) x = NEG_INF;
                 s[j][e] = x;
                 mx[e >> 1] = fmaxf(mx[e >> 1], x);
             }
@@ -243,7 +286,13 @@ __device__ void flash_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v,
             acc[n][2] *= alpha[1];
             acc[n][3] *= alpha[1];
         }
-        accumulate<D, BLOCK / 16>(acc, s, vs);
+        accumulate<D, BLOCK / 16>(acc, s, vs[cur]);
+        __syncthreads();  // every warp is done with this stage before it is refilled
+        if (ST == 1 && kb + 1 < nk) {
+            load_tile_async<D, BLOCK>(ks[0], k, kst, k0 + BLOCK, T);
+            load_tile_async<D, BLOCK>(vs[0], v, vst, k0 + BLOCK, T);
+            cp_commit();
+        }
     }
     float inv[2];
 #pragma unroll
@@ -266,8 +315,9 @@ __device__ void flash_backward_dq(const bf16_t* q, const bf16_t* k, const bf16_t
                                   long long kst, long long vsb, long long vsh, long long vst,
                                   long long dsb, long long dsh, long long dst, float scale2,
                                   float scale, int causal) {
-    __shared__ __align__(16) bf16_t ks[BLOCK * (D + PAD)];
-    __shared__ __align__(16) bf16_t vs[BLOCK * (D + PAD)];
+    constexpr int ST = Stages<D>::N;
+    __shared__ __align__(16) bf16_t ks[ST][BLOCK * (D + PAD)];
+    __shared__ __align__(16) bf16_t vs[ST][BLOCK * (D + PAD)];
     const int b = blockIdx.z, h = blockIdx.y;
     const int nq = (T + BLOCK - 1) / BLOCK;
     const int qblk = nq - 1 - blockIdx.x;
@@ -281,14 +331,14 @@ __device__ void flash_backward_dq(const bf16_t* q, const bf16_t* k, const bf16_t
     o += bh * T * D;
     const int row0 = q0 + warp * 16 + g;
 
-    load_tile<D, BLOCK>(ks, q, qst, q0, T);
-    load_tile<D, BLOCK>(vs, dout, dst, q0, T);
+    load_tile<D, BLOCK>(ks[0], q, qst, q0, T);
+    load_tile<D, BLOCK>(vs[0], dout, dst, q0, T);
     __syncthreads();
     unsigned qf[D / 16][4], df[D / 16][4];
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-        frag_a(qf[kk], ks, D + PAD, warp * 16, kk * 16);
-        frag_a(df[kk], vs, D + PAD, warp * 16, kk * 16);
+        frag_a(qf[kk], ks[0], D + PAD, warp * 16, kk * 16);
+        frag_a(df[kk], vs[0], D + PAD, warp * 16, kk * 16);
     }
     // dsum for the lane's two rows: a quarter of the row per lane of the quad.
     float ds_row[2], lse_row[2];
@@ -297,7 +347,7 @@ __device__ void flash_backward_dq(const bf16_t* q, const bf16_t* k, const bf16_t
         const int row = row0 + 8 * r;
         float sum = 0.0f;
         if (row < T) {
-            const bf16_t* dr = vs + (warp * 16 + g + 8 * r) * (D + PAD);
+            const bf16_t* dr = vs[0] + (warp * 16 + g + 8 * r) * (D + PAD);
 #pragma unroll
             for (int c = t * (D / 4); c < (t + 1) * (D / 4); c += 8) {
                 const uint4 ov = *reinterpret_cast<const uint4*>(o + (long long)row * D + c);
@@ -312,31 +362,50 @@ __device__ void flash_backward_dq(const bf16_t* q, const bf16_t* k, const bf16_t
         lse_row[r] = row < T ? lse2[bh * T + row] : 0.0f;
         if (t == 0 && row < T) dsum[bh * T + row] = ds_row[r];
     }
+    __syncthreads();  // the query and gradient tiles are in registers: stage 0 is free
 
     float acc[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     int nk = (T + BLOCK - 1) / BLOCK;
     if (causal && qblk + 1 < nk) nk = qblk + 1;
+    load_tile_async<D, BLOCK>(ks[0], k, kst, 0, T);
+    load_tile_async<D, BLOCK>(vs[0], v, vst, 0, T);
+    cp_commit();
     for (int kb = 0; kb < nk; ++kb) {
-        const int k0 = kb * BLOCK;
-        __syncthreads();
-        load_tile<D, BLOCK>(ks, k, kst, k0, T);
-        load_tile<D, BLOCK>(vs, v, vst, k0, T);
+        const int k0 = kb * BLOCK, cur = ST == 2 ? (kb & 1) : 0;
+        if (ST == 2) {
+            if (kb + 1 < nk) {
+                load_tile_async<D, BLOCK>(ks[cur ^ 1], k, kst, k0 + BLOCK, T);
+                load_tile_async<D, BLOCK>(vs[cur ^ 1], v, vst, k0 + BLOCK, T);
+            }
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
         __syncthreads();
         float p[BLOCK / 8][4], dp[BLOCK / 8][4];
-        scores<D, BLOCK / 8>(p, qf, ks);
-        scores<D, BLOCK / 8>(dp, df, vs);
+        scores<D, BLOCK / 8>(p, qf, ks[cur]);
+        scores<D, BLOCK / 8>(dp, df, vs[cur]);
+        // Rows past T have zero gradients, so only keys past T or across the diagonal matter.
+        const bool mask = k0 + BLOCK > T || (causal && k0 + BLOCK - 1 > q0 + warp * 16);
 #pragma unroll
         for (int j = 0; j < BLOCK / 8; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int col = k0 + j * 8 + 2 * t + (e & 1), r = e >> 1, row = row0 + 8 * r;
-                const bool seen = col < T && row < T && !(causal && col > row);
+                const bool seen = !mask || (col < T && row < T && !(causal && col > row));
                 const float pe = seen ? exp2f(p[j][e] * scale2 - lse_row[r]) : 0.0f;
                 p[j][e] = pe * (dp[j][e] - ds_row[r]);
             }
-        accumulate<D, BLOCK / 16>(acc, p, ks);
+        accumulate<D, BLOCK / 16>(acc, p, ks[cur]);
+        __syncthreads();
+        if (ST == 1 && kb + 1 < nk) {
+            load_tile_async<D, BLOCK>(ks[0], k, kst, k0 + BLOCK, T);
+            load_tile_async<D, BLOCK>(vs[0], v, vst, k0 + BLOCK, T);
+            cp_commit();
+        }
     }
     const float mul[2] = {scale, scale};
     store_rows<D>(dq + bh * T * D, acc, row0, T, mul);
@@ -352,9 +421,10 @@ __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16
                                     long long kst, long long vsb, long long vsh, long long vst,
                                     long long dsb, long long dsh, long long dst, float scale2,
                                     float scale, int causal) {
-    __shared__ __align__(16) bf16_t qs[BLOCK * (D + PAD)];
-    __shared__ __align__(16) bf16_t os[BLOCK * (D + PAD)];
-    __shared__ float lse_s[BLOCK], dsum_s[BLOCK];
+    constexpr int ST = Stages<D>::N;
+    __shared__ __align__(16) bf16_t qs[ST][BLOCK * (D + PAD)];
+    __shared__ __align__(16) bf16_t os[ST][BLOCK * (D + PAD)];
+    __shared__ float lse_s[ST][BLOCK], dsum_s[ST][BLOCK];
     const int b = blockIdx.z, h = blockIdx.y;
     const int k0 = blockIdx.x * BLOCK;  // key block 0 sees every query: the longest first
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -365,52 +435,76 @@ __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16
     const long long bh = (long long)b * H + h;
     const int key0 = k0 + warp * 16 + g;
 
-    load_tile<D, BLOCK>(qs, k, kst, k0, T);
-    load_tile<D, BLOCK>(os, v, vst, k0, T);
+    load_tile<D, BLOCK>(qs[0], k, kst, k0, T);
+    load_tile<D, BLOCK>(os[0], v, vst, k0, T);
     __syncthreads();
     unsigned kf[D / 16][4], vf[D / 16][4];
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-        frag_a(kf[kk], qs, D + PAD, warp * 16, kk * 16);
-        frag_a(vf[kk], os, D + PAD, warp * 16, kk * 16);
+        frag_a(kf[kk], qs[0], D + PAD, warp * 16, kk * 16);
+        frag_a(vf[kk], os[0], D + PAD, warp * 16, kk * 16);
     }
+    __syncthreads();
     float dka[D / 8][4], dva[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dka[n][e] = dva[n][e] = 0.0f;
 
-    for (int i0 = causal ? k0 : 0; i0 < T; i0 += BLOCK) {
-        __syncthreads();
-        load_tile<D, BLOCK>(qs, q, qst, i0, T);
-        load_tile<D, BLOCK>(os, dout, dst, i0, T);
+    const int first = causal ? k0 : 0;
+    const int n = (T - first + BLOCK - 1) / BLOCK;
+    // One query tile and its rows' statistics into stage `st`.
+    auto issue = [&](int i0, int st) {
+        load_tile_async<D, BLOCK>(qs[st], q, qst, i0, T);
+        load_tile_async<D, BLOCK>(os[st], dout, dst, i0, T);
         if (threadIdx.x < BLOCK) {
             const int i = i0 + threadIdx.x;
-            lse_s[threadIdx.x] = i < T ? lse2[bh * T + i] : 0.0f;
-            dsum_s[threadIdx.x] = i < T ? dsum[bh * T + i] : 0.0f;
+            lse_s[st][threadIdx.x] = i < T ? lse2[bh * T + i] : 0.0f;
+            dsum_s[st][threadIdx.x] = i < T ? dsum[bh * T + i] : 0.0f;
+        }
+        cp_commit();
+    };
+    issue(first, 0);
+    for (int it = 0; it < n; ++it) {
+        const int i0 = first + it * BLOCK, cur = ST == 2 ? (it & 1) : 0;
+        if (ST == 2) {
+            if (it + 1 < n) {
+                issue(i0 + BLOCK, cur ^ 1);
+            } else {
+                cp_commit();
+            }
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
         }
         __syncthreads();
         // Pᵀ and dPᵀ: rows are this warp's keys, columns the tile's queries.
         float p[BLOCK / 8][4], dp[BLOCK / 8][4];
-        scores<D, BLOCK / 8>(p, kf, qs);
-        scores<D, BLOCK / 8>(dp, vf, os);
+        scores<D, BLOCK / 8>(p, kf, qs[cur]);
+        scores<D, BLOCK / 8>(dp, vf, os[cur]);
+        const bool mask = i0 + BLOCK > T || k0 + BLOCK > T ||
+                          (causal && k0 + warp * 16 + 15 > i0);
+        const float* ls = lse_s[cur];
+        const float* dss = dsum_s[cur];
 #pragma unroll
         for (int j = 0; j < BLOCK / 8; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int c = j * 8 + 2 * t + (e & 1), col = i0 + c, key = key0 + (e >> 1) * 8;
-                const bool seen = col < T && key < T && !(causal && key > col);
-                p[j][e] = seen ? exp2f(p[j][e] * scale2 - lse_s[c]) : 0.0f;
+                const bool seen = !mask || (col < T && key < T && !(causal && key > col));
+                p[j][e] = seen ? exp2f(p[j][e] * scale2 - ls[c]) : 0.0f;
             }
-        accumulate<D, BLOCK / 16>(dva, p, os);
+        accumulate<D, BLOCK / 16>(dva, p, os[cur]);
 #pragma unroll
         for (int j = 0; j < BLOCK / 8; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int c = j * 8 + 2 * t + (e & 1);
-                p[j][e] *= dp[j][e] - dsum_s[c];
+                p[j][e] *= dp[j][e] - dss[c];
             }
-        accumulate<D, BLOCK / 16>(dka, p, qs);
+        accumulate<D, BLOCK / 16>(dka, p, qs[cur]);
+        __syncthreads();
+        if (ST == 1 && it + 1 < n) issue(i0 + BLOCK, 0);
     }
     const float one[2] = {1.0f, 1.0f}, mul[2] = {scale, scale};
     store_rows<D>(dk + bh * T * D, dka, key0, T, mul);
