@@ -182,10 +182,23 @@ impl DeviceSpec {
                         None
                     }
                 };
+                // The cross-entropy as two kernels of ours (attempt 51), `LLAMA_LOSS=fused`'s
+                // meaning on tch-cuda; `LLAMA_LOSS=operation` keeps the tensor-op form.
+                let own_loss = match crate::cubecl_loss::available(&device) {
+                    Ok(()) => Some(NativeLoss {
+                        forward: crate::cubecl_loss::forward,
+                        backward: crate::cubecl_loss::backward,
+                    }),
+                    Err(e) => {
+                        eprintln!("warning: fused cross-entropy unavailable ({e}); tensor ops");
+                        None
+                    }
+                };
                 register_ops(Ops::<Cuda> {
                     split_linear: true,
                     product,
                     attention,
+                    own_loss,
                     ..Ops::new(AttentionForward::FusedF32)
                 })?;
                 Ok(job.run::<burn::backend::Autodiff<Cuda>>(device))
@@ -255,6 +268,8 @@ struct Ops<I: burn::tensor::backend::Backend> {
     split_linear: bool,
     /// A library's matrix product (`llama_model::product`), registered where present.
     product: Option<llama_model::product::NativeProduct<I>>,
+    /// This project's fused cross-entropy where the other fused kernels are not (CubeCL's CUDA).
+    own_loss: Option<NativeLoss<I>>,
 }
 
 /// The operations with this project's fused kernels (`LLAMA_LOSS/NORM/ROPE/SWIGLU=fused`).
@@ -293,6 +308,7 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
             rope_operation: false,
             split_linear: false,
             product: None,
+            own_loss: None,
         }
     }
 }
@@ -325,6 +341,7 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         Some(f) => (Some(f.loss), Some(f.norm), Some(f.rotary), Some(f.swiglu)),
         None => (None, None, None, None),
     };
+    let fused_loss = fused_loss.or(ops.own_loss);
     match (
         env_choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
         ops.attention,

@@ -10,6 +10,10 @@ pub mod checkpoint;
 pub mod cubecl_cublas;
 #[cfg(feature = "cuda-untuned")]
 pub mod cubecl_flash;
+#[cfg(feature = "cuda-untuned")]
+mod cubecl_launch;
+#[cfg(feature = "cuda-untuned")]
+pub mod cubecl_loss;
 #[cfg(all(feature = "tch", llama_cuda_graph))]
 pub mod cuda_graph;
 #[cfg(feature = "tch")]

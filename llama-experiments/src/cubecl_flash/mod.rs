@@ -19,26 +19,28 @@
 //! on first use; they need sm_80 or later and head dims 64 or 128. [`forward`] returns `None`
 //! otherwise (other dtypes, shapes, no NVRTC), and `sdpa` then runs its blocked attention.
 
-use std::collections::HashMap;
-use std::ffi::{CString, c_void};
-use std::sync::Mutex;
-
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape};
 use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
 use burn_cubecl::tensor::CubeTensor;
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
-use cubecl::device::Device;
-use cubecl::device_handle::DeviceHandle;
-use cubecl::server::{Binding, ComputeServer};
-use cubecl::stream_id::StreamId;
-use cudarc::driver::{result as driver, sys as cu};
-use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 
-use crate::cubecl_cublas::{Cuda, Inner, Runtime, Server, cubecl_stream, in_context};
+use crate::cubecl_cublas::{Cuda, Inner, Runtime};
+use crate::cubecl_launch::{self, Arg, Launch, Source};
 
-const SOURCE: &str = include_str!("flash_attention.cu");
+static SOURCE: Source = Source {
+    name: "flash_attention.cu",
+    code: include_str!("flash_attention.cu"),
+    kernels: &[
+        "flash_forward_d64",
+        "flash_backward_dq_d64",
+        "flash_backward_dkdv_d64",
+        "flash_forward_d128",
+        "flash_backward_dq_d128",
+        "flash_backward_dkdv_d128",
+    ],
+};
 
 /// Rows per tile and threads per block (`BLOCK`, `THREADS` in the source).
 const BLOCK: usize = 64;
@@ -47,86 +49,14 @@ const THREADS: u32 = 128;
 /// Head dims the source instantiates.
 const HEAD_DIMS: [usize; 2] = [64, 128];
 
-/// One device's compiled kernels: forward, backward dq, backward dk/dv per head dim.
-struct Kernels {
-    functions: HashMap<String, usize>,
-}
-
-/// Per CUDA ordinal: the kernels, or why they are not there.
-static KERNELS: Mutex<Option<HashMap<usize, Result<Kernels, String>>>> = Mutex::new(None);
-
-/// The source compiled to PTX for `arch` (`compute_90`); the tests use it without a GPU.
+/// The source compiled to PTX for `arch` (`compute_90`); needs NVRTC, not a GPU.
 pub fn compile(arch: &'static str) -> Result<String, String> {
-    // SAFETY: only tries to open the shared library.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err("NVRTC (libnvrtc) is not on the library path".into());
-    }
-    let options = CompileOptions {
-        name: Some("flash_attention.cu".into()),
-        arch: Some(arch),
-        ..Default::default()
-    };
-    compile_ptx_with_opts(SOURCE, options)
-        .map(|p| p.to_src())
-        .map_err(|e| format!("NVRTC: {e}"))
-}
-
-fn load(ordinal: usize) -> Result<Kernels, String> {
-    in_context(ordinal, || {
-        use cu::CUdevice_attribute as A;
-        // SAFETY: driver queries and a module load in the current (primary) context.
-        unsafe {
-            let dev = driver::device::get(ordinal as i32).map_err(|e| format!("device: {e}"))?;
-            let attr = |a| {
-                driver::device::get_attribute(dev, a).map_err(|e| format!("device attribute: {e}"))
-            };
-            let major = attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
-            if major < 8 {
-                return Err(format!("compute capability {major}.x: needs 8.0 or later"));
-            }
-            // NVRTC's newest target the driver surely takes: sm_90 code on Hopper and later.
-            let arch = if major >= 9 {
-                "compute_90"
-            } else {
-                "compute_80"
-            };
-            let ptx = CString::new(compile(arch)?).map_err(|e| format!("PTX: {e}"))?;
-            let module = driver::module::load_data(ptx.as_ptr().cast())
-                .map_err(|e| format!("loading the kernels: {e}"))?;
-            let mut functions = HashMap::new();
-            for d in HEAD_DIMS {
-                for kind in ["forward", "backward_dq", "backward_dkdv"] {
-                    let name = format!("flash_{kind}_d{d}");
-                    let c = CString::new(name.clone()).expect("no NUL in kernel names");
-                    let f = driver::module::get_function(module, c)
-                        .map_err(|e| format!("kernel {name}: {e}"))?;
-                    functions.insert(name, f as usize);
-                }
-            }
-            Ok(Kernels { functions })
-        }
-    })
-}
-
-/// The kernel `name` on device `ordinal` (compiled and loaded on first use).
-fn function(ordinal: usize, name: &str) -> Result<cu::CUfunction, String> {
-    let mut guard = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
-    let map = guard.get_or_insert_with(HashMap::new);
-    let kernels = map.entry(ordinal).or_insert_with(|| load(ordinal));
-    match kernels {
-        Ok(k) => k
-            .functions
-            .get(name)
-            .map(|&f| f as cu::CUfunction)
-            .ok_or_else(|| format!("no kernel {name}")),
-        Err(e) => Err(e.clone()),
-    }
+    cubecl_launch::compile(&SOURCE, arch)
 }
 
 /// Whether the kernels compile and load on `device` (the attention is registered only then).
 pub fn available(device: &CudaDevice) -> Result<(), String> {
-    std::panic::catch_unwind(|| function(device.index, "flash_forward_d64").map(|_| ()))
-        .unwrap_or_else(|_| Err("NVRTC or the CUDA driver could not be loaded".into()))
+    cubecl_launch::available(&SOURCE, device.index)
 }
 
 /// `[batch, heads, T, D]` of q, k and v when the kernels take them: bf16, one shape, D of
@@ -254,22 +184,6 @@ fn strides(t: &CubeTensor<CudaRuntime>) -> [i64; 3] {
     [s[0] as i64, s[1] as i64, s[2] as i64]
 }
 
-/// One kernel launch: its name, grid and parameters (pointers as indices into the bindings).
-struct Launch {
-    name: String,
-    grid: (u32, u32, u32),
-    args: Vec<Arg>,
-}
-
-#[derive(Clone, Copy)]
-enum Arg {
-    /// The device pointer of binding `i`.
-    Ptr(usize),
-    I32(i32),
-    I64(i64),
-    F32(f32),
-}
-
 type Outputs = Vec<CubeTensor<CudaRuntime>>;
 
 /// Allocates the pass's outputs and queues its kernels; on failure the outputs come back NaN.
@@ -315,6 +229,7 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>) -> Result<Outputs, (String, Outputs
         let launch = Launch {
             name: format!("flash_forward_d{d}"),
             grid,
+            threads: THREADS,
             args,
         };
         (outputs, vec![launch])
@@ -339,18 +254,24 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>) -> Result<Outputs, (String, Outputs
             Launch {
                 name: format!("flash_backward_dq_d{d}"),
                 grid,
+                threads: THREADS,
                 args: dq,
             },
             Launch {
                 name: format!("flash_backward_dkdv_d{d}"),
                 grid,
+                threads: THREADS,
                 args: dkdv,
             },
         ];
         (outputs, launches)
     };
     let tensors: Vec<&CubeTensor<CudaRuntime>> = inputs.iter().chain(outputs.iter()).collect();
-    let result = queue(&client, device.index, &tensors, inputs.len(), launches);
+    // Every tensor but the f32 row statistics is read or written in 16-byte rows.
+    let aligned: Vec<usize> = (0..tensors.len())
+        .filter(|&i| tensors[i].dtype == DType::BF16)
+        .collect();
+    let result = cubecl_launch::queue(&SOURCE, &tensors, inputs.len(), &aligned, launches);
     // The backward pass's last buffer (dsum) is scratch.
     let mut outputs = outputs;
     outputs.truncate(if inputs.len() == 3 { 2 } else { 3 });
@@ -358,127 +279,4 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>) -> Result<Outputs, (String, Outputs
         Ok(()) => Ok(outputs),
         Err(e) => Err((e, outputs)),
     }
-}
-
-/// Queues `launches` after CubeCL's work on the caller's stream: as a task of CubeCL's runner on
-/// its stream where CUPTI found it, else with host waits. Bindings from `first_output` on are
-/// outputs (filled with NaN if a launch fails inside the runner's task).
-fn queue(
-    client: &cubecl::client::ComputeClient<CudaRuntime>,
-    device: usize,
-    tensors: &[&CubeTensor<CudaRuntime>],
-    first_output: usize,
-    launches: Vec<Launch>,
-) -> Result<(), String> {
-    let functions = launches
-        .iter()
-        .map(|l| function(device, &l.name).map(|f| f as usize))
-        .collect::<Result<Vec<_>, _>>()?;
-    let sizes: Vec<usize> = tensors
-        .iter()
-        .map(|t| t.handle.size_in_used() as usize)
-        .collect();
-    let id = StreamId::current();
-    if let Some(stream) = cubecl_stream(client, device, id)? {
-        let bindings: Vec<Binding> = tensors.iter().map(|t| t.handle.clone().binding()).collect();
-        let stream = stream as usize;
-        let dev = tensors[0].device.to_id();
-        DeviceHandle::<Server>::new(dev).submit(move |server| {
-            let stream = stream as cu::CUstream;
-            let mut held = Vec::with_capacity(bindings.len());
-            let mut result = Ok(());
-            for b in bindings {
-                match server.get_resource(b, id) {
-                    Ok(r) => held.push(r),
-                    Err(e) => {
-                        result = Err(format!("CubeCL buffer: {e:?}"));
-                        break;
-                    }
-                }
-            }
-            let ptrs: Vec<u64> = held.iter().map(|r| r.resource().ptr).collect();
-            if result.is_ok() && ptrs.iter().any(|p| p % 16 != 0) {
-                // The kernels' 16-byte row loads would fault (and end the context).
-                result = Err("a buffer not 16-byte aligned".into());
-            }
-            if result.is_ok() {
-                result = in_context(device, || {
-                    launches
-                        .iter()
-                        .zip(&functions)
-                        .try_for_each(|(l, &f)| launch(f as cu::CUfunction, l, &ptrs, stream))
-                });
-            }
-            if let Err(e) = result {
-                for (r, &bytes) in held.iter().zip(&sizes).skip(first_output) {
-                    // SAFETY: an output buffer of `bytes` bytes on this stream.
-                    let _ = unsafe { cu::cuMemsetD8Async(r.resource().ptr, 0xff, bytes, stream) };
-                }
-                eprintln!(
-                    "error: flash attention failed on CubeCL's stream ({e}); its outputs are NaN"
-                );
-            }
-        });
-        return Ok(());
-    }
-    // Host waits: the pointers, CubeCL's queue drained, the kernels on the legacy stream, waited for.
-    let held = tensors
-        .iter()
-        .map(|t| {
-            client
-                .get_resource(t.handle.clone())
-                .map_err(|e| format!("CubeCL buffer: {e:?}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    burn_cubecl::cubecl::future::block_on(client.sync())
-        .map_err(|e| format!("CubeCL sync: {e:?}"))?;
-    let ptrs: Vec<u64> = held.iter().map(|r| r.resource().ptr).collect();
-    in_context(device, || {
-        let stream = std::ptr::null_mut();
-        let result = if ptrs.iter().any(|p| p % 16 != 0) {
-            Err("a buffer not 16-byte aligned".to_string())
-        } else {
-            launches
-                .iter()
-                .zip(&functions)
-                .try_for_each(|(l, &f)| launch(f as cu::CUfunction, l, &ptrs, stream))
-        };
-        if result.is_err() {
-            for (&p, &bytes) in ptrs.iter().zip(&sizes).skip(first_output) {
-                // SAFETY: an output buffer of `bytes` bytes, idle (CubeCL's queue is drained).
-                let _ = unsafe { cu::cuMemsetD8Async(p, 0xff, bytes, stream) };
-            }
-        }
-        // SAFETY: the legacy stream of the current context.
-        let synced =
-            unsafe { driver::stream::synchronize(stream) }.map_err(|e| format!("CUDA: {e}"));
-        result.and(synced)
-    })?;
-    drop(held);
-    Ok(())
-}
-
-/// Launches `l` with `ptrs` for its pointer parameters on `stream`.
-fn launch(f: cu::CUfunction, l: &Launch, ptrs: &[u64], stream: cu::CUstream) -> Result<(), String> {
-    // Parameter values live in `values` while the driver copies them at launch.
-    let mut values: Vec<[u8; 8]> = l
-        .args
-        .iter()
-        .map(|a| {
-            let mut v = [0u8; 8];
-            match *a {
-                Arg::Ptr(i) => v.copy_from_slice(&ptrs[i].to_ne_bytes()),
-                Arg::I64(x) => v.copy_from_slice(&x.to_ne_bytes()),
-                Arg::I32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
-                Arg::F32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
-            }
-            v
-        })
-        .collect();
-    let mut params: Vec<*mut c_void> = values.iter_mut().map(|v| v.as_mut_ptr().cast()).collect();
-    // SAFETY: `f` is a loaded kernel whose parameters are, in order, the ones `l.args` describes
-    // (the launchers above follow the source's signatures); the buffers outlive the launch (held
-    // by the caller until queued, then by CubeCL's stream order).
-    unsafe { driver::launch_kernel(f, l.grid, (THREADS, 1, 1), 0, stream, &mut params) }
-        .map_err(|e| format!("{}: {e}", l.name))
 }

@@ -1,0 +1,107 @@
+// The mean cross-entropy's two passes for CubeCL's CUDA backend (see mod.rs): one block per row of
+// the `[n, vocab]` logits, the log-sum-exp in f32 with a running maximum. Compiled at run time by
+// NVRTC, so the source includes no header. The targets arrive as f32 (exact below 2^24), because
+// Burn's native loss saves float tensors only.
+
+typedef unsigned short bf16_t;
+
+#define NEG_INF __int_as_float(0xff800000)
+#define QUIET_NAN __int_as_float(0x7fc00000)
+#define THREADS 512
+
+__device__ __forceinline__ float load(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float load(const bf16_t* p, long long i) {
+    return __uint_as_float(((unsigned)p[i]) << 16);
+}
+__device__ __forceinline__ void store(float* p, long long i, float v) { p[i] = v; }
+// Rounded to nearest even, NaN kept.
+__device__ __forceinline__ void store(bf16_t* p, long long i, float v) {
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        p[i] = (bf16_t)0x7fc0u;
+        return;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    p[i] = (bf16_t)(u >> 16);
+}
+
+// (m, s) ⊕ (m2, s2) for s = Σ exp(x − m).
+__device__ __forceinline__ void lse_merge(float& m, float& s, float m2, float s2) {
+    const float mm = fmaxf(m, m2);
+    if (mm == NEG_INF) return;
+    s = s * expf(m - mm) + s2 * expf(m2 - mm);
+    m = mm;
+}
+
+__device__ __forceinline__ void lse_add(float& m, float& s, float v) {
+    if (v > m) {
+        s = s * expf(m - v) + 1.0f;
+        m = v;
+    } else {
+        s += expf(v - m);
+    }
+}
+
+// The block's (m, s), every thread getting the result.
+__device__ __forceinline__ void block_lse(float& m, float& s) {
+    __shared__ float pm[32], ps[32];
+    for (int o = 16; o > 0; o >>= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+        const float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        lse_merge(m, s, m2, s2);
+    }
+    const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    if ((threadIdx.x & 31) == 0) {
+        pm[warp] = m;
+        ps[warp] = s;
+    }
+    __syncthreads();
+    m = NEG_INF;
+    s = 0.0f;
+    for (int w = 0; w < warps; ++w) lse_merge(m, s, pm[w], ps[w]);
+}
+
+// Forward: lse[row] and loss[row] = lse − logit[target] (NaN for a target outside the vocabulary).
+template <typename T>
+__device__ void cross_entropy_forward(const T* logits, const float* targets, float* lse,
+                                      float* loss, int vocab) {
+    const long long row = blockIdx.x;
+    const T* x = logits + row * vocab;
+    float m = NEG_INF, s = 0.0f;
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) lse_add(m, s, load(x, j));
+    block_lse(m, s);
+    if (threadIdx.x == 0) {
+        const float l = m + logf(s);
+        const float tf = targets[row];
+        const int t = (int)tf;
+        lse[row] = l;
+        loss[row] = (tf >= 0.0f && t < vocab && (float)t == tf) ? l - load(x, t) : QUIET_NAN;
+    }
+}
+
+// Backward: d logits = (softmax − onehot(target)) · g / n, `g` read on the device.
+template <typename T>
+__device__ void cross_entropy_backward(const T* logits, const float* targets, const float* lse,
+                                       const float* g, T* dlogits, int vocab, float inv_n) {
+    const long long row = blockIdx.x;
+    const T* x = logits + row * vocab;
+    T* dx = dlogits + row * vocab;
+    const float l = lse[row], scale = g[0] * inv_n;
+    const int t = (int)targets[row];
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x)
+        store(dx, j, (expf(load(x, j) - l) - (j == t ? 1.0f : 0.0f)) * scale);
+}
+
+#define CROSS_ENTROPY(SUFFIX, T)                                                                  \
+    extern "C" __global__ void __launch_bounds__(THREADS) cross_entropy_forward_##SUFFIX(         \
+        const T* logits, const float* targets, float* lse, float* loss, int vocab) {              \
+        cross_entropy_forward<T>(logits, targets, lse, loss, vocab);                              \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(THREADS) cross_entropy_backward_##SUFFIX(        \
+        const T* logits, const float* targets, const float* lse, const float* g, T* dlogits,      \
+        int vocab, float inv_n) {                                                                 \
+        cross_entropy_backward<T>(logits, targets, lse, g, dlogits, vocab, inv_n);                \
+    }
+
+CROSS_ENTROPY(f32, float)
+CROSS_ENTROPY(bf16, bf16_t)
