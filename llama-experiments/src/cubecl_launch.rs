@@ -14,6 +14,9 @@ use std::sync::Mutex;
 
 use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::tensor::CubeTensor;
+use burn_fusion::client::GlobalFusionClient;
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr};
 use cubecl::device::Device;
 use cubecl::device_handle::DeviceHandle;
 use cubecl::server::{Binding, ComputeServer};
@@ -21,7 +24,7 @@ use cubecl::stream_id::StreamId;
 use cudarc::driver::{result as driver, sys as cu};
 use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 
-use crate::cubecl_cublas::{Server, cubecl_stream, in_context};
+use crate::cubecl_cublas::{Cuda, Inner, Runtime, Server, cubecl_stream, in_context};
 
 /// A CUDA source and the kernels it defines.
 pub(crate) struct Source {
@@ -108,6 +111,59 @@ pub(crate) fn function(
 pub(crate) fn available(source: &'static Source, ordinal: usize) -> Result<(), String> {
     std::panic::catch_unwind(|| function(source, ordinal, source.kernels[0]).map(|_| ()))
         .unwrap_or_else(|_| Err("NVRTC or the CUDA driver could not be loaded".into()))
+}
+
+/// What a pass's `run` returns: its outputs (allocated whatever happens) and whether its kernels
+/// were queued.
+pub(crate) type Ran = (Vec<CubeTensor<CudaRuntime>>, Result<(), String>);
+
+/// A pass of this project's kernels as a custom operation of Burn's fusion stream: `run` gets the
+/// inputs' CubeCL tensors (in the description's order) and returns the outputs, registered under
+/// the description's output ids.
+#[derive(Clone, Debug)]
+pub(crate) struct Pass {
+    pub desc: CustomOpIr,
+    /// What the pass is, for the error message.
+    pub what: &'static str,
+    pub run: fn(Vec<CubeTensor<CudaRuntime>>) -> Ran,
+}
+
+impl Pass {
+    /// Queues the pass in `client`'s fusion stream after the operations writing its inputs; its
+    /// outputs.
+    pub fn register(
+        self,
+        client: &GlobalFusionClient<Runtime>,
+        streams: OperationStreams,
+    ) -> Vec<burn::tensor::ops::FloatTensor<Cuda>> {
+        client.register(streams, OperationIr::Custom(self.desc.clone()), self)
+    }
+}
+
+impl Operation<Runtime> for Pass {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<Runtime as burn_fusion::FusionRuntime>::FusionHandle>,
+    ) {
+        let inputs = self
+            .desc
+            .inputs
+            .iter()
+            .map(|x| handles.get_float_tensor::<Inner>(x))
+            .collect();
+        let (outputs, result) = (self.run)(inputs);
+        if let Err(e) = result {
+            // The operation cannot return an error: the outputs are NaN (or unwritten, if the
+            // pointers could not be had) and the step shows it.
+            eprintln!(
+                "error: {} could not be queued ({e}); its outputs are NaN",
+                self.what
+            );
+        }
+        for (ir, t) in self.desc.outputs.iter().zip(outputs) {
+            handles.register_float_tensor::<Inner>(&ir.id, t);
+        }
+    }
 }
 
 /// One kernel launch: its name, grid, block and parameters.

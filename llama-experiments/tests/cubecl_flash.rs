@@ -7,6 +7,8 @@
 //! NVRTC on the library path; skips (passes, saying so) without them.
 #![cfg(feature = "cuda-untuned")]
 
+mod common;
+
 use burn::backend::Autodiff;
 use burn::backend::cuda::CudaDevice;
 use burn::tensor::activation::softmax;
@@ -16,18 +18,7 @@ use llama_experiments::cubecl_flash::{available, backward, forward};
 use llama_model::sdpa::{AttentionForward, NativeAttention};
 
 fn device() -> Option<CudaDevice> {
-    if !std::path::Path::new("/dev/nvidia0").exists() {
-        eprintln!("skipped: no NVIDIA device");
-        return None;
-    }
-    let device = CudaDevice::new(0);
-    match available(&device) {
-        Ok(()) => Some(device),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
+    common::gpu(|| CudaDevice::new(0), available)
 }
 
 /// Largest |got − want| over the largest |want|.

@@ -6,6 +6,8 @@
 //! without them.
 #![cfg(feature = "cuda-untuned")]
 
+mod common;
+
 use burn::backend::Autodiff;
 use burn::backend::cuda::CudaDevice;
 use burn::tensor::activation::log_softmax;
@@ -15,18 +17,7 @@ use llama_experiments::cubecl_loss::{available, backward, forward};
 use llama_model::loss::NativeLoss;
 
 fn device() -> Option<CudaDevice> {
-    if !std::path::Path::new("/dev/nvidia0").exists() {
-        eprintln!("skipped: no NVIDIA device");
-        return None;
-    }
-    let device = CudaDevice::new(0);
-    match available(&device) {
-        Ok(()) => Some(device),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
+    common::gpu(|| CudaDevice::new(0), available)
 }
 
 fn scalar<B: burn::tensor::backend::Backend>(t: Tensor<B, 1>) -> f32 {

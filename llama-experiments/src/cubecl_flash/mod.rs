@@ -23,11 +23,11 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape};
 use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
 use burn_cubecl::tensor::CubeTensor;
-use burn_fusion::stream::{Operation, OperationStreams};
-use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+use burn_fusion::stream::OperationStreams;
+use burn_ir::{CustomOpIr, OperationOutput, TensorIr};
 
-use crate::cubecl_cublas::{Cuda, Inner, Runtime};
-use crate::cubecl_launch::{self, Arg, Launch, Source};
+use crate::cubecl_cublas::Cuda;
+use crate::cubecl_launch::{self, Arg, Launch, Pass, Ran, Source};
 
 static SOURCE: Source = Source {
     name: "flash_attention.cu",
@@ -105,9 +105,13 @@ pub fn forward(
         v.clone().into_ir(),
     ];
     let desc = CustomOpIr::new("flash_forward", &inputs, &[o, lse]);
-    let [o, lse] = client
-        .register(streams, OperationIr::Custom(desc.clone()), Pass { desc })
-        .outputs();
+    let [o, lse] = Pass {
+        desc,
+        what: "flash attention",
+        run,
+    }
+    .register(&client, streams)
+    .outputs();
     Some((o.clone(), vec![q, k, v, o, lse]))
 }
 
@@ -131,40 +135,13 @@ pub fn backward(saved: Vec<FloatTensor<Cuda>>, dout: FloatTensor<Cuda>) -> [Floa
         [0; 3].map(|_| TensorIr::uninit(client.create_empty_handle(), shape.clone(), DType::BF16));
     let inputs = [q, k, v, o, lse, dout].map(|x| x.into_ir());
     let desc = CustomOpIr::new("flash_backward", &inputs, &outs);
-    client
-        .register(streams, OperationIr::Custom(desc.clone()), Pass { desc })
-        .outputs()
-}
-
-/// The forward or backward pass as an operation of the fusion stream (which one: its inputs'
-/// count).
-#[derive(Clone, Debug)]
-struct Pass {
-    desc: CustomOpIr,
-}
-
-impl Operation<Runtime> for Pass {
-    fn execute(
-        &self,
-        handles: &mut HandleContainer<<Runtime as burn_fusion::FusionRuntime>::FusionHandle>,
-    ) {
-        let inputs: Vec<CubeTensor<CudaRuntime>> = self
-            .desc
-            .inputs
-            .iter()
-            .map(|x| handles.get_float_tensor::<Inner>(x))
-            .collect();
-        let outputs = match run(inputs) {
-            Ok(outputs) => outputs,
-            Err((e, outputs)) => {
-                eprintln!("error: flash attention could not be queued ({e}); its outputs are NaN");
-                outputs
-            }
-        };
-        for (ir, t) in self.desc.outputs.iter().zip(outputs) {
-            handles.register_float_tensor::<Inner>(&ir.id, t);
-        }
+    Pass {
+        desc,
+        what: "flash attention",
+        run,
     }
+    .register(&client, streams)
+    .outputs()
 }
 
 /// `t` as the kernels read it: rows contiguous, and the batch, head and row strides multiples of
@@ -184,10 +161,8 @@ fn strides(t: &CubeTensor<CudaRuntime>) -> [i64; 3] {
     [s[0] as i64, s[1] as i64, s[2] as i64]
 }
 
-type Outputs = Vec<CubeTensor<CudaRuntime>>;
-
 /// Allocates the pass's outputs and queues its kernels; on failure the outputs come back NaN.
-fn run(inputs: Vec<CubeTensor<CudaRuntime>>) -> Result<Outputs, (String, Outputs)> {
+fn run(inputs: Vec<CubeTensor<CudaRuntime>>) -> Ran {
     let inputs: Vec<_> = inputs
         .into_iter()
         .map(|t| if t.meta.rank() == 4 { readable(t) } else { t })
@@ -275,8 +250,5 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>) -> Result<Outputs, (String, Outputs
     // The backward pass's last buffer (dsum) is scratch.
     let mut outputs = outputs;
     outputs.truncate(if inputs.len() == 3 { 2 } else { 3 });
-    match result {
-        Ok(()) => Ok(outputs),
-        Err(e) => Err((e, outputs)),
-    }
+    (outputs, result)
 }

@@ -12,11 +12,11 @@ use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor, IntTensorOps};
 use burn::tensor::{DType, Shape};
 use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
 use burn_cubecl::tensor::CubeTensor;
-use burn_fusion::stream::{Operation, OperationStreams};
-use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+use burn_fusion::stream::OperationStreams;
+use burn_ir::{CustomOpIr, OperationOutput, TensorIr};
 
-use crate::cubecl_cublas::{Cuda, Inner, Runtime};
-use crate::cubecl_launch::{self, Arg, Launch, Source};
+use crate::cubecl_cublas::{Cuda, Runtime};
+use crate::cubecl_launch::{self, Arg, Launch, Pass, Ran, Source};
 
 static SOURCE: Source = Source {
     name: "cross_entropy.cu",
@@ -71,9 +71,13 @@ pub fn forward(
     let outs = [rows(&client), rows(&client)];
     let inputs = [logits.clone().into_ir(), targets.clone().into_ir()];
     let desc = CustomOpIr::new("cross_entropy_forward", &inputs, &outs);
-    let [lse, loss] = client
-        .register(streams, OperationIr::Custom(desc.clone()), Pass { desc })
-        .outputs();
+    let [lse, loss] = Pass {
+        desc,
+        what: "the cross-entropy",
+        run,
+    }
+    .register(&client, streams)
+    .outputs();
     let mean = Cuda::float_mean(loss);
     Some((mean, vec![logits, targets, lse]))
 }
@@ -97,40 +101,21 @@ pub fn backward(saved: Vec<FloatTensor<Cuda>>, dloss: FloatTensor<Cuda>) -> Floa
     let streams = OperationStreams::with_inputs([&logits, &targets, &lse, &dloss]);
     let inputs = [logits, targets, lse, dloss].map(|x| x.into_ir());
     let desc = CustomOpIr::new("cross_entropy_backward", &inputs, &[out]);
-    client
-        .register(streams, OperationIr::Custom(desc.clone()), Pass { desc })
-        .output()
-}
-
-/// The forward (two inputs) or backward (four) pass as an operation of the fusion stream.
-#[derive(Clone, Debug)]
-struct Pass {
-    desc: CustomOpIr,
-}
-
-impl Operation<Runtime> for Pass {
-    fn execute(
-        &self,
-        handles: &mut HandleContainer<<Runtime as burn_fusion::FusionRuntime>::FusionHandle>,
-    ) {
-        let inputs: Vec<CubeTensor<CudaRuntime>> = self
-            .desc
-            .inputs
-            .iter()
-            .map(|x| burn_cubecl::kernel::into_contiguous(handles.get_float_tensor::<Inner>(x)))
-            .collect();
-        let (outputs, result) = run(&inputs);
-        if let Err(e) = result {
-            eprintln!("error: the cross-entropy could not be queued ({e}); its outputs are NaN");
-        }
-        for (ir, t) in self.desc.outputs.iter().zip(outputs) {
-            handles.register_float_tensor::<Inner>(&ir.id, t);
-        }
+    Pass {
+        desc,
+        what: "the cross-entropy",
+        run,
     }
+    .register(&client, streams)
+    .output()
 }
 
 /// Allocates the pass's outputs and queues its kernel.
-fn run(inputs: &[CubeTensor<CudaRuntime>]) -> (Vec<CubeTensor<CudaRuntime>>, Result<(), String>) {
+fn run(inputs: Vec<CubeTensor<CudaRuntime>>) -> Ran {
+    let inputs: Vec<_> = inputs
+        .into_iter()
+        .map(burn_cubecl::kernel::into_contiguous)
+        .collect();
     let logits = &inputs[0];
     let [n, vocab]: [usize; 2] = logits.meta.shape().to_vec().try_into().expect("rank 2");
     let empty = |dims: Vec<usize>, dtype| {

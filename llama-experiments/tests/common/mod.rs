@@ -27,3 +27,23 @@ pub fn rel<B: Backend, const D: usize>(a: &Tensor<B, D>, b: &Tensor<B, D>) -> f6
     let err: f64 = (a - b.clone()).abs().max().into_scalar().elem();
     err / b.abs().max().into_scalar().elem::<f64>().max(1e-12)
 }
+
+/// A GPU device for the tests of this project's CUDA code where `available` accepts it; `None`
+/// (the test then passes, saying why it skipped) without an NVIDIA device or the library it needs.
+pub fn gpu<D>(
+    device: impl FnOnce() -> D,
+    available: impl FnOnce(&D) -> Result<(), String>,
+) -> Option<D> {
+    if !std::path::Path::new("/dev/nvidia0").exists() {
+        eprintln!("skipped: no NVIDIA device");
+        return None;
+    }
+    let device = device();
+    match available(&device) {
+        Ok(()) => Some(device),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            None
+        }
+    }
+}
