@@ -38,8 +38,8 @@ pub(crate) struct Source {
 type Loaded = HashMap<(&'static str, usize), Result<HashMap<&'static str, usize>, String>>;
 static LOADED: Mutex<Option<Loaded>> = Mutex::new(None);
 
-/// `source` compiled to PTX for `arch` (`compute_90`); the tests use it without a GPU.
-pub(crate) fn compile(source: &Source, arch: &'static str) -> Result<String, String> {
+/// `source` compiled to PTX for `arch` (`compute_90`).
+fn compile(source: &Source, arch: &'static str) -> Result<String, String> {
     // SAFETY: only tries to open the shared library.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err("NVRTC (libnvrtc) is not on the library path".into());

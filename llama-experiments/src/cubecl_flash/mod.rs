@@ -49,11 +49,6 @@ const THREADS: u32 = 128;
 /// Head dims the source instantiates.
 const HEAD_DIMS: [usize; 2] = [64, 128];
 
-/// The source compiled to PTX for `arch` (`compute_90`); needs NVRTC, not a GPU.
-pub fn compile(arch: &'static str) -> Result<String, String> {
-    cubecl_launch::compile(&SOURCE, arch)
-}
-
 /// Whether the kernels compile and load on `device` (the attention is registered only then).
 pub fn available(device: &CudaDevice) -> Result<(), String> {
     cubecl_launch::available(&SOURCE, device.index)
