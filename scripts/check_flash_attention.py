@@ -11,6 +11,7 @@ then times the kernels against torch's own bf16 `scaled_dot_product_attention` (
 """
 
 import argparse
+import re
 import math
 import pathlib
 import sys
@@ -24,9 +25,18 @@ BLOCK = 64
 LOG2E = 1.4426950408889634
 
 
-def module():
+def module(source=SOURCE):
     major, minor = torch.cuda.get_device_capability()
-    return cupy.RawModule(code=SOURCE.read_text(), options=(f"--gpu-architecture=compute_{major}{minor}",))
+    code = pathlib.Path(source).read_text()
+    mod = cupy.RawModule(code=code, options=(f"--gpu-architecture=compute_{major}{minor}",))
+    # Rows per block of each kernel (`#define ROWS_FWD_D64 128`; BLOCK where a source has none).
+    mod.rows = {m[0]: int(m[1]) for m in re.findall(r"#define ROWS_(\w+) (\d+)", code)}
+    return mod
+
+
+def grid_of(mod, kernel, d, t, h, b):
+    rows = mod.rows.get(f"{kernel}_D{d}", BLOCK)
+    return ((t + rows - 1) // rows, h, b)
 
 
 def strides(t):
@@ -39,27 +49,37 @@ def ptr(t):
     return cupy.uint64(t.data_ptr())
 
 
-def run(mod, q, k, v, dout, causal):
+def run(mod, q, k, v, dout, causal, parts=("fwd", "dq", "dkdv"), bufs=None):
+    b, h, t, d = q.shape
+    if bufs is None:
+        bufs = buffers(q)
+    o, lse2, dsum, dq, dk, dv = bufs
+    scale = 1.0 / math.sqrt(d)
+    i64 = cupy.int64
+    qs, ks, vs = ([i64(x) for x in strides(a)] for a in (q, k, v))
+    fwd = mod.get_function(f"flash_forward_d{d}")
+    if "fwd" in parts:
+        fwd(grid_of(mod, "FWD", d, t, h, b), (128,), (ptr(q), ptr(k), ptr(v), ptr(o), ptr(lse2), cupy.int32(h), cupy.int32(t), *qs, *ks, *vs,
+                       cupy.float32(scale * LOG2E), cupy.int32(causal)))
+    ds = [i64(x) for x in strides(dout)]
+    common = (cupy.int32(h), cupy.int32(t), *qs, *ks, *vs, *ds, cupy.float32(scale * LOG2E), cupy.float32(scale),
+              cupy.int32(causal))
+    if "dq" in parts:
+        mod.get_function(f"flash_backward_dq_d{d}")(
+            grid_of(mod, "DQ", d, t, h, b), (128,), (ptr(q), ptr(k), ptr(v), ptr(o), ptr(dout), ptr(lse2), ptr(dsum), ptr(dq), *common))
+    if "dkdv" in parts:
+        mod.get_function(f"flash_backward_dkdv_d{d}")(
+            grid_of(mod, "DKDV", d, t, h, b), (128,), (ptr(q), ptr(k), ptr(v), ptr(dout), ptr(lse2), ptr(dsum), ptr(dk), ptr(dv), *common))
+    return o, lse2, dq, dk, dv
+
+
+def buffers(q):
     b, h, t, d = q.shape
     o = torch.empty(b, h, t, d, dtype=torch.bfloat16, device=q.device)
     lse2 = torch.empty(b, h, t, dtype=torch.float32, device=q.device)
     dsum = torch.empty_like(lse2)
     dq, dk, dv = (torch.empty(b, h, t, d, dtype=torch.bfloat16, device=q.device) for _ in range(3))
-    scale = 1.0 / math.sqrt(d)
-    grid = ((t + BLOCK - 1) // BLOCK, h, b)
-    i64 = cupy.int64
-    qs, ks, vs = ([i64(x) for x in strides(a)] for a in (q, k, v))
-    fwd = mod.get_function(f"flash_forward_d{d}")
-    fwd(grid, (128,), (ptr(q), ptr(k), ptr(v), ptr(o), ptr(lse2), cupy.int32(h), cupy.int32(t), *qs, *ks, *vs,
-                       cupy.float32(scale * LOG2E), cupy.int32(causal)))
-    ds = [i64(x) for x in strides(dout)]
-    common = (cupy.int32(h), cupy.int32(t), *qs, *ks, *vs, *ds, cupy.float32(scale * LOG2E), cupy.float32(scale),
-              cupy.int32(causal))
-    mod.get_function(f"flash_backward_dq_d{d}")(
-        grid, (128,), (ptr(q), ptr(k), ptr(v), ptr(o), ptr(dout), ptr(lse2), ptr(dsum), ptr(dq), *common))
-    mod.get_function(f"flash_backward_dkdv_d{d}")(
-        grid, (128,), (ptr(q), ptr(k), ptr(v), ptr(dout), ptr(lse2), ptr(dsum), ptr(dk), ptr(dv), *common))
-    return o, lse2, dq, dk, dv
+    return o, lse2, dsum, dq, dk, dv
 
 
 def reference(q, k, v, dout, causal):
@@ -104,10 +124,11 @@ def timed(f, iters=20):
     return start.elapsed_time(end) / iters
 
 
-def speed(mod, b, h, t, d):
+def speed(mod, b, h, t, d, parts=False):
     q, k, v = (torch.randn(b, t, h, d, device="cuda").to(torch.bfloat16).transpose(1, 2) for _ in range(3))
     dout = torch.randn(b, h, t, d, device="cuda").to(torch.bfloat16)
-    ours = timed(lambda: run(mod, q, k, v, dout, True))
+    bufs = buffers(q)
+    ours = timed(lambda: run(mod, q, k, v, dout, True, bufs=bufs))
     qq, kk, vv = (x.detach().clone().requires_grad_() for x in (q, k, v))
 
     def torch_step():
@@ -118,20 +139,43 @@ def speed(mod, b, h, t, d):
     flops = 4 * b * h * t * t * d / 2 * 3.5  # causal forward + backward (2.5x)
     print(f"time b{b} h{h} t{t} d{d} causal fwd+bwd: ours {ours:.3f} ms ({flops / ours / 1e9:.0f} TFLOP/s), "
           f"torch sdpa {theirs:.3f} ms ({flops / theirs / 1e9:.0f} TFLOP/s)")
+    if parts:
+        each = {p: timed(lambda p=p: run(mod, q, k, v, dout, True, parts=(p,), bufs=bufs)) for p in ("fwd", "dq", "dkdv")}
+        with torch.no_grad():
+            tf = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        print(f"  parts: ours fwd {each['fwd']:.3f} dq {each['dq']:.3f} dkdv {each['dkdv']:.3f} ms; "
+              f"torch fwd {tf:.3f} bwd {theirs - tf:.3f} ms (fwd {flops / 3.5 / tf / 1e9:.0f} TFLOP/s)")
+
+
+def profile(mod):
+    """One launch of each kernel at the 125m shape, ours and torch's, for Nsight Compute."""
+    b, h, t, d = 8, 12, 2048, 64
+    q, k, v = (torch.randn(b, t, h, d, device="cuda").to(torch.bfloat16).transpose(1, 2) for _ in range(3))
+    dout = torch.randn(b, h, t, d, device="cuda").to(torch.bfloat16)
+    run(mod, q, k, v, dout, True)
+    qq, kk, vv = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    F.scaled_dot_product_attention(qq, kk, vv, is_causal=True).backward(dout)
+    torch.cuda.synchronize()
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--time", action="store_true")
+    ap.add_argument("--parts", action="store_true", help="with --time: each kernel and torch's passes apart")
+    ap.add_argument("--profile", action="store_true", help="only one launch of each kernel (for ncu)")
+    ap.add_argument("--source", default=SOURCE, help="another version of flash_attention.cu")
     a = ap.parse_args()
-    mod = module()
+    mod = module(a.source)
+    if a.profile:
+        profile(mod)
+        return
     ok = True
     for b, h, t, d in [(2, 3, 200, 64), (1, 2, 64, 64), (2, 2, 130, 128), (1, 4, 512, 64), (1, 2, 300, 128)]:
         for causal in (True, False):
             ok &= check(mod, b, h, t, d, causal)
     if a.time:
-        speed(mod, 8, 12, 2048, 64)
-        speed(mod, 4, 32, 2048, 64)
+        speed(mod, 8, 12, 2048, 64, a.parts)
+        speed(mod, 4, 32, 2048, 64, a.parts)
     sys.exit(0 if ok else 1)
 
 

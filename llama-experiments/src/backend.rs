@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
+use llama_model::embedding::NativeEmbedding;
 use llama_model::loss::NativeLoss;
 use llama_model::rms_norm::NativeRmsNorm;
 use llama_model::rotary::NativeRotary;
@@ -194,11 +195,53 @@ impl DeviceSpec {
                         None
                     }
                 };
+                // The embedding's weight gradient by a kernel of ours (attempt 52);
+                // `LLAMA_EMBEDDING=decomposed` keeps Burn's (bit-reproducible, serial) one.
+                let embedding = match crate::cubecl_embedding::available(&device) {
+                    Ok(()) => Some(NativeEmbedding {
+                        backward: crate::cubecl_embedding::backward,
+                    }),
+                    Err(e) => {
+                        eprintln!("warning: embedding gradient kernel unavailable ({e}); Burn's");
+                        None
+                    }
+                };
+                // RMSNorm by the libtorch CUDA path's kernels (attempt 54), `LLAMA_NORM=fused`'s
+                // meaning there; `LLAMA_NORM=decomposed` keeps burn-nn's tensor ops.
+                // The rotary embedding by the same module's kernel (attempt 55).
+                let (own_norm, own_rotary) = match crate::cubecl_fused::available(&device) {
+                    Ok(()) => (
+                        Some(NativeRmsNorm::<Cuda> {
+                            forward: crate::cubecl_fused::rms_norm::forward,
+                            backward: crate::cubecl_fused::rms_norm::backward,
+                        }),
+                        Some(NativeRotary::<Cuda> {
+                            forward: crate::cubecl_fused::rotary::forward,
+                            backward: crate::cubecl_fused::rotary::backward,
+                        }),
+                    ),
+                    Err(e) => {
+                        eprintln!(
+                            "warning: RMSNorm and rotary kernels unavailable ({e}); tensor ops"
+                        );
+                        (None, None)
+                    }
+                };
+                // The clipping's squared norms by a kernel of ours (attempt 53);
+                // `LLAMA_GRAD_NORM=decomposed` keeps `square().sum()`.
+                if env_choice("LLAMA_GRAD_NORM", &["auto", "decomposed"])? == "auto"
+                    && let Err(e) = crate::cubecl_sum_squares::enable(&device)
+                {
+                    eprintln!("warning: squared-norm kernel unavailable ({e}); tensor ops");
+                }
                 register_ops(Ops::<Cuda> {
                     split_linear: true,
+                    embedding,
                     product,
                     attention,
                     own_loss,
+                    own_norm,
+                    own_rotary,
                     ..Ops::new(AttentionForward::FusedF32)
                 })?;
                 Ok(job.run::<burn::backend::Autodiff<Cuda>>(device))
@@ -270,6 +313,12 @@ struct Ops<I: burn::tensor::backend::Backend> {
     product: Option<llama_model::product::NativeProduct<I>>,
     /// This project's fused cross-entropy where the other fused kernels are not (CubeCL's CUDA).
     own_loss: Option<NativeLoss<I>>,
+    /// This project's RMSNorm kernels where the other fused kernels are not (CubeCL's CUDA).
+    own_norm: Option<NativeRmsNorm<I>>,
+    /// This project's rotary kernel where the other fused kernels are not (CubeCL's CUDA).
+    own_rotary: Option<NativeRotary<I>>,
+    /// The embedding's weight gradient by the backend's own kernel (`llama_model::embedding`).
+    embedding: Option<NativeEmbedding<I>>,
 }
 
 /// The operations with this project's fused kernels (`LLAMA_LOSS/NORM/ROPE/SWIGLU=fused`).
@@ -309,6 +358,9 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
             split_linear: false,
             product: None,
             own_loss: None,
+            own_norm: None,
+            own_rotary: None,
+            embedding: None,
         }
     }
 }
@@ -322,6 +374,8 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// `LLAMA_ATTENTION=auto|blocked|decomposed`, `LLAMA_LOSS=auto|operation|torch|fused|decomposed`,
 /// `LLAMA_NORM=auto|operation|fused|decomposed`, `LLAMA_ROPE=auto|operation|fused|decomposed`,
 /// `LLAMA_SWIGLU=auto|operation|torch|fused|decomposed`, `LLAMA_LINEAR=auto|flat|split`,
+/// `LLAMA_EMBEDDING=auto|decomposed` (the embedding's weight gradient by the backend's kernel),
+/// `LLAMA_GRAD_NORM=auto|decomposed` (CubeCL's CUDA: the clipping's squared norms by our kernel),
 /// `LLAMA_PRODUCT=auto|cublas|matmul` (cuBLAS's products under CubeCL, or the backend's matmul;
 /// `auto`: cuBLAS where CUPTI finds CubeCL's stream), `LLAMA_CUBLAS_WAIT=auto|stream|host`
 /// (how cuBLAS's products and CubeCL's kernels hand over),
@@ -342,6 +396,8 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         None => (None, None, None, None),
     };
     let fused_loss = fused_loss.or(ops.own_loss);
+    let fused_norm = fused_norm.or(ops.own_norm);
+    let fused_rotary = fused_rotary.or(ops.own_rotary);
     match (
         env_choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
         ops.attention,
@@ -397,6 +453,12 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         ("torch", None, _) => return Err(libtorch_only("LLAMA_SWIGLU")),
         ("operation", _, _) => llama_model::swiglu::register::<I>(),
         _ => {}
+    }
+    if let ("auto", Some(native)) = (
+        env_choice("LLAMA_EMBEDDING", &["auto", "decomposed"])?,
+        ops.embedding,
+    ) {
+        llama_model::embedding::register_native::<I>(native);
     }
     // Inference-only kernels: on by default where the fused kernels run.
     register_inference(

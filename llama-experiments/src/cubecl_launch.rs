@@ -118,14 +118,17 @@ pub(crate) fn available(source: &'static Source, ordinal: usize) -> Result<(), S
 pub(crate) type Ran = (Vec<CubeTensor<CudaRuntime>>, Result<(), String>);
 
 /// A pass of this project's kernels as a custom operation of Burn's fusion stream: `run` gets the
-/// inputs' CubeCL tensors (in the description's order) and returns the outputs, registered under
-/// the description's output ids.
+/// inputs' CubeCL tensors (in the description's order) and the pass itself (the outputs'
+/// descriptions, its scalars), and returns the outputs, registered under the description's
+/// output ids.
 #[derive(Clone, Debug)]
 pub(crate) struct Pass {
     pub desc: CustomOpIr,
     /// What the pass is, for the error message.
     pub what: &'static str,
-    pub run: fn(Vec<CubeTensor<CudaRuntime>>) -> Ran,
+    pub run: fn(Vec<CubeTensor<CudaRuntime>>, &Pass) -> Ran,
+    /// Numbers the kernels take besides the tensors (an epsilon).
+    pub scalars: Vec<f64>,
 }
 
 impl Pass {
@@ -151,7 +154,7 @@ impl Operation<Runtime> for Pass {
             .iter()
             .map(|x| handles.get_float_tensor::<Inner>(x))
             .collect();
-        let (outputs, result) = (self.run)(inputs);
+        let (outputs, result) = (self.run)(inputs, self);
         if let Err(e) = result {
             // The operation cannot return an error: the outputs are NaN (or unwritten, if the
             // pointers could not be had) and the step shows it.

@@ -9,11 +9,17 @@ pub mod checkpoint;
 #[cfg(feature = "cuda-untuned")]
 pub mod cubecl_cublas;
 #[cfg(feature = "cuda-untuned")]
+pub mod cubecl_embedding;
+#[cfg(feature = "cuda-untuned")]
 pub mod cubecl_flash;
+#[cfg(feature = "cuda-untuned")]
+pub mod cubecl_fused;
 #[cfg(feature = "cuda-untuned")]
 mod cubecl_launch;
 #[cfg(feature = "cuda-untuned")]
 pub mod cubecl_loss;
+#[cfg(feature = "cuda-untuned")]
+pub mod cubecl_sum_squares;
 #[cfg(all(feature = "tch", llama_cuda_graph))]
 pub mod cuda_graph;
 #[cfg(feature = "tch")]

@@ -15,6 +15,7 @@ pub mod config;
 pub mod decode;
 pub mod decode_attention;
 mod dispatch;
+pub mod embedding;
 pub mod error;
 pub mod ffn;
 pub mod gemv;

@@ -174,7 +174,9 @@ impl<B: Backend> Llama<B> {
         mask: &AttentionMask<B>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let mut x = self.tok_embeddings.forward(tokens);
+        // `burn::nn::Embedding::forward`'s lookup, its weight gradient by the backend's own kernel
+        // where one is registered.
+        let mut x = crate::embedding::embedding(self.tok_embeddings.weight.val(), tokens);
         if let Some(pos) = &self.position {
             let p = pos.forward(positions);
             x = x.clone() + p.cast(x.dtype());

@@ -104,6 +104,7 @@ pub fn forward(
         desc,
         what: "flash attention",
         run,
+        scalars: vec![],
     }
     .register(&client, streams)
     .outputs();
@@ -134,6 +135,7 @@ pub fn backward(saved: Vec<FloatTensor<Cuda>>, dout: FloatTensor<Cuda>) -> [Floa
         desc,
         what: "flash attention",
         run,
+        scalars: vec![],
     }
     .register(&client, streams)
     .outputs()
@@ -157,7 +159,7 @@ fn strides(t: &CubeTensor<CudaRuntime>) -> [i64; 3] {
 }
 
 /// Allocates the pass's outputs and queues its kernels; on failure the outputs come back NaN.
-fn run(inputs: Vec<CubeTensor<CudaRuntime>>) -> Ran {
+fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
     let inputs: Vec<_> = inputs
         .into_iter()
         .map(|t| if t.meta.rank() == 4 { readable(t) } else { t })

@@ -75,6 +75,7 @@ pub fn forward(
         desc,
         what: "the cross-entropy",
         run,
+        scalars: vec![],
     }
     .register(&client, streams)
     .outputs();
@@ -105,13 +106,14 @@ pub fn backward(saved: Vec<FloatTensor<Cuda>>, dloss: FloatTensor<Cuda>) -> Floa
         desc,
         what: "the cross-entropy",
         run,
+        scalars: vec![],
     }
     .register(&client, streams)
     .output()
 }
 
 /// Allocates the pass's outputs and queues its kernel.
-fn run(inputs: Vec<CubeTensor<CudaRuntime>>) -> Ran {
+fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
     let inputs: Vec<_> = inputs
         .into_iter()
         .map(burn_cubecl::kernel::into_contiguous)

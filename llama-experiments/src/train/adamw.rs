@@ -49,11 +49,16 @@ pub(super) fn backend_update_parts<I: Backend>(
     out
 }
 
-/// `Σ t²` as a `[1]` tensor: one reduction on libtorch (its norm, squared), the square and the
-/// sum elsewhere.
+/// `Σ t²` as a `[1]` tensor: one reduction on libtorch (its norm, squared) and on CubeCL's CUDA
+/// (a kernel of ours), the square and the sum elsewhere.
 pub(super) fn sum_squares<I: Backend>(t: Tensor<I, 1>) -> Tensor<I, 1> {
     #[cfg(feature = "tch")]
     let t = match crate::libtorch_adamw::try_sum_squares(t) {
+        Ok(s) => return s,
+        Err(t) => t,
+    };
+    #[cfg(feature = "cuda-untuned")]
+    let t = match crate::cubecl_sum_squares::try_sum_squares(t) {
         Ok(s) => return s,
         Err(t) => t,
     };

@@ -1,0 +1,32 @@
+//! The libtorch CUDA path's fused kernels (`cuda_kernels/kernels.cu`) on CubeCL's buffers
+//! (`--device cuda`): RMSNorm ([`rms_norm`], docs/performance.md attempt 54) and the rotary
+//! embedding ([`rotary`], attempt 55) as native forms of `llama_model`'s operations for
+//! `burn::backend::Cuda`, compiled as their own NVRTC module and queued on CubeCL's stream
+//! through [`crate::cubecl_launch`].
+
+use burn_cubecl::cubecl::cuda::CudaDevice;
+
+use crate::cubecl_launch::{self, Source};
+
+pub mod rms_norm;
+pub mod rotary;
+
+static SOURCE: Source = Source {
+    name: "kernels.cu",
+    code: include_str!("../cuda_kernels/kernels.cu"),
+    kernels: &[
+        "rms_norm_forward_f32",
+        "rms_norm_backward_f32",
+        "rms_norm_forward_bf16",
+        "rms_norm_backward_bf16",
+        "rms_norm_forward_f32_bf16",
+        "rms_norm_backward_f32_bf16",
+        "rotary_f32",
+        "rotary_bf16",
+    ],
+};
+
+/// Whether the kernels compile and load on `device` (the operations are registered only then).
+pub fn available(device: &CudaDevice) -> Result<(), String> {
+    cubecl_launch::available(&SOURCE, device.index)
+}
