@@ -30,8 +30,17 @@ def module(source=SOURCE):
     code = pathlib.Path(source).read_text()
     mod = cupy.RawModule(code=code, options=(f"--gpu-architecture=compute_{major}{minor}",))
     # Rows per block of each kernel (`#define ROWS_FWD_D64 128`; BLOCK where a source has none).
-    mod.rows = {m[0]: int(m[1]) for m in re.findall(r"#define ROWS_(\w+) (\d+)", code)}
-    return mod
+    return Module(mod, {m[0]: int(m[1]) for m in re.findall(r"#define ROWS_(\w+) (\d+)", code)})
+
+
+class Module:
+    """A compiled source and its kernels' rows per block."""
+
+    def __init__(self, mod, rows):
+        self.mod, self.rows = mod, rows
+
+    def get_function(self, name):
+        return self.mod.get_function(name)
 
 
 def grid_of(mod, kernel, d, t, h, b):

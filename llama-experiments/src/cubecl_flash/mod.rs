@@ -19,6 +19,9 @@
 //! on first use; they need sm_80 or later and head dims 64 or 128. [`forward`] returns `None`
 //! otherwise (other dtypes, shapes, no NVRTC), and `sdpa` then runs its blocked attention.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape};
 use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
@@ -42,9 +45,23 @@ static SOURCE: Source = Source {
     ],
 };
 
-/// Rows per tile and threads per block (`BLOCK`, `THREADS` in the source).
-const BLOCK: usize = 64;
+/// Threads per block (`THREADS` in the source).
 const THREADS: u32 = 128;
+
+/// Rows (queries, or keys for dk/dv) per block of `kernel` at head dim `d` (`#define ROWS_FWD_D64
+/// 128` in the source; 64 where it names none): the grid's first dimension is `T / rows`, rounded
+/// up. Read from the source, so that the launcher cannot disagree with the kernels.
+fn rows(kernel: &str, d: usize) -> usize {
+    static ROWS: LazyLock<HashMap<String, usize>> = LazyLock::new(|| {
+        (SOURCE.code.lines())
+            .filter_map(|l| {
+                let (name, value) = l.strip_prefix("#define ROWS_")?.split_once(' ')?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    });
+    ROWS.get(&format!("{kernel}_D{d}")).copied().unwrap_or(64)
+}
 
 /// Head dims the source instantiates.
 const HEAD_DIMS: [usize; 2] = [64, 128];
@@ -175,7 +192,7 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
             dtype,
         )
     };
-    let grid = (t.div_ceil(BLOCK) as u32, h as u32, b as u32);
+    let grid = |kernel: &str| (t.div_ceil(rows(kernel, d)) as u32, h as u32, b as u32);
     let scale = 1.0 / (d as f32).sqrt();
     let scale2 = scale * std::f32::consts::LOG2_E;
     let (hh, tt) = (Arg::I32(h as i32), Arg::I32(t as i32));
@@ -200,7 +217,7 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
         args.extend([Arg::F32(scale2), c]);
         let launch = Launch {
             name: format!("flash_forward_d{d}"),
-            grid,
+            grid: grid("FWD"),
             threads: THREADS,
             args,
         };
@@ -225,13 +242,13 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
         let launches = vec![
             Launch {
                 name: format!("flash_backward_dq_d{d}"),
-                grid,
+                grid: grid("DQ"),
                 threads: THREADS,
                 args: dq,
             },
             Launch {
                 name: format!("flash_backward_dkdv_d{d}"),
-                grid,
+                grid: grid("DKDV"),
                 threads: THREADS,
                 args: dkdv,
             },

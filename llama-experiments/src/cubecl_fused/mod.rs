@@ -23,6 +23,7 @@ static SOURCE: Source = Source {
         "rms_norm_backward_f32_bf16",
         "rotary_f32",
         "rotary_bf16",
+        "column_sum_f32",
     ],
 };
 

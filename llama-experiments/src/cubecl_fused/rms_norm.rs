@@ -6,8 +6,8 @@
 //! batch 8 on an H200 against the ~20 µs one read of the f32 rows takes. The kernels are the
 //! ones libtorch CUDA runs (`cuda_kernels/kernels.cu`, compiled here as its own NVRTC module):
 //! forward one block per row (the row's `r = 1/√(mean(x²)+ε)` kept, `y` written in the next
-//! layer's dtype), backward `dx` per row and the gain's gradient as per-block partial sums that
-//! Burn adds.
+//! layer's dtype), backward `dx` per row and the gain's gradient as per-block partial rows,
+//! then their column sums (`column_sum_f32`).
 
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, FloatDType, Shape};
@@ -95,21 +95,16 @@ pub fn backward(
         Some(_) => dy,
         None => Cuda::float_cast(dy, x.dtype.into()),
     };
-    let [n, dim]: [usize; 2] = x.shape.to_vec().try_into().expect("rank 2");
-    let grid = n.min(ROW_GRID);
+    let dim = x.shape[1];
     let client = x.client.clone();
     let streams = OperationStreams::with_inputs([&dy, &x, &gamma, &r]);
     let outs = [
         TensorIr::uninit(client.create_empty_handle(), x.shape.clone(), x.dtype),
-        TensorIr::uninit(
-            client.create_empty_handle(),
-            Shape::from([grid, dim]),
-            DType::F32,
-        ),
+        TensorIr::uninit(client.create_empty_handle(), Shape::from([dim]), DType::F32),
     ];
     let inputs = [dy, x, gamma, r].map(|t| t.into_ir());
     let desc = CustomOpIr::new("rms_norm_backward", &inputs, &outs);
-    let [dx, partial] = Pass {
+    let [dx, dgamma] = Pass {
         desc,
         what: "RMSNorm's backward",
         run,
@@ -117,7 +112,6 @@ pub fn backward(
     }
     .register(&client, streams)
     .outputs();
-    let dgamma = Cuda::float_reshape(Cuda::float_sum_dim(partial, 0), Shape::from([dim]));
     (dx, dgamma)
 }
 
@@ -139,7 +133,7 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, pass: &Pass) -> Ran {
         })
         .collect();
     let forward = inputs.len() == 2;
-    // Forward: x, γ → y, r. Backward: dy, x, γ, r → dx, partial.
+    // Forward: x, γ → y, r. Backward: dy, x, γ, r → dx, dγ (and the partial rows, scratch).
     let (x, y) = match forward {
         true => (&inputs[0], &outputs[0]),
         false => (&inputs[1], &inputs[0]),
@@ -171,13 +165,37 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, pass: &Pass) -> Ran {
                 Arg::Ptr(2),
                 Arg::Ptr(3),
                 Arg::Ptr(4),
-                Arg::Ptr(5),
+                Arg::Ptr(6),
                 Arg::I64(n as i64),
                 Arg::I32(dim as i32),
             ],
         },
     };
+    let mut outputs = outputs;
+    let mut launches = vec![launch];
+    if !forward {
+        // Scratch: the blocks' partial rows of the gain's gradient, then their column sums.
+        let rows = n.min(ROW_GRID);
+        outputs.push(burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+            first.client.clone(),
+            first.device.clone(),
+            Shape::from([rows, dim]),
+            DType::F32,
+        ));
+        launches.push(Launch {
+            name: "column_sum_f32".into(),
+            grid: (dim.div_ceil(32) as u32, 1, 1),
+            threads: 256,
+            args: vec![
+                Arg::Ptr(6),
+                Arg::Ptr(5),
+                Arg::I32(rows as i32),
+                Arg::I32(dim as i32),
+            ],
+        });
+    }
     let tensors: Vec<&CubeTensor<CudaRuntime>> = inputs.iter().chain(&outputs).collect();
-    let result = cubecl_launch::queue(&SOURCE, &tensors, inputs.len(), &[], vec![launch]);
+    let result = cubecl_launch::queue(&SOURCE, &tensors, inputs.len(), &[], launches);
+    outputs.truncate(2);
     (outputs, result)
 }

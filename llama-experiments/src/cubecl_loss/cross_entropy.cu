@@ -61,14 +61,68 @@ __device__ __forceinline__ void block_lse(float& m, float& s) {
     for (int w = 0; w < warps; ++w) lse_merge(m, s, pm[w], ps[w]);
 }
 
+// 16 bytes of a row (4 f32 or 8 bf16) widened to f32, and back (rounded as `store`).
+__device__ __forceinline__ void load16(const float* p, float* v) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+}
+__device__ __forceinline__ void load16(const bf16_t* p, float* v) {
+    const uint4 q = *reinterpret_cast<const uint4*>(p);
+    const unsigned w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        v[2 * k] = __uint_as_float(w[k] << 16);
+        v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+    }
+}
+__device__ __forceinline__ void store16(float* p, const float* v) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void store16(bf16_t* p, const float* v) {
+    bf16_t h[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) store(h, k, v[k]);
+    uint4 q;
+    q.x = (unsigned)h[0] | ((unsigned)h[1] << 16);
+    q.y = (unsigned)h[2] | ((unsigned)h[3] << 16);
+    q.z = (unsigned)h[4] | ((unsigned)h[5] << 16);
+    q.w = (unsigned)h[6] | ((unsigned)h[7] << 16);
+    *reinterpret_cast<uint4*>(p) = q;
+}
+
+// Whether a row is read and written 16 bytes at a time: it starts 16-byte aligned and holds whole
+// 16-byte pieces (a 32,000-entry vocabulary does in both dtypes). One load per element of the
+// row otherwise.
+template <typename T>
+__device__ __forceinline__ bool whole16(const T* row, int vocab) {
+    return vocab % (16 / sizeof(T)) == 0 && ((unsigned long long)row & 15) == 0;
+}
+
 // Forward: lse[row] and loss[row] = lse − logit[target] (NaN for a target outside the vocabulary).
 template <typename T>
 __device__ void cross_entropy_forward(const T* logits, const float* targets, float* lse,
                                       float* loss, int vocab) {
+    constexpr int N = 16 / sizeof(T);
     const long long row = blockIdx.x;
     const T* x = logits + row * vocab;
     float m = NEG_INF, s = 0.0f;
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) lse_add(m, s, load(x, j));
+    if (whole16(x, vocab)) {
+        // Each piece's own maximum first: one exponential per element, one merge per piece.
+        for (int j = N * threadIdx.x; j < vocab; j += N * blockDim.x) {
+            float v[N];
+            load16(x + j, v);
+            float mx = v[0];
+#pragma unroll
+            for (int k = 1; k < N; ++k) mx = fmaxf(mx, v[k]);
+            if (mx == NEG_INF) continue;
+            float sum = 0.0f;
+#pragma unroll
+            for (int k = 0; k < N; ++k) sum += expf(v[k] - mx);
+            lse_merge(m, s, mx, sum);
+        }
+    } else {
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) lse_add(m, s, load(x, j));
+    }
     block_lse(m, s);
     if (threadIdx.x == 0) {
         const float l = m + logf(s);
@@ -83,13 +137,24 @@ __device__ void cross_entropy_forward(const T* logits, const float* targets, flo
 template <typename T>
 __device__ void cross_entropy_backward(const T* logits, const float* targets, const float* lse,
                                        const float* g, T* dlogits, int vocab, float inv_n) {
+    constexpr int N = 16 / sizeof(T);
     const long long row = blockIdx.x;
     const T* x = logits + row * vocab;
     T* dx = dlogits + row * vocab;
     const float l = lse[row], scale = g[0] * inv_n;
     const int t = (int)targets[row];
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x)
-        store(dx, j, (expf(load(x, j) - l) - (j == t ? 1.0f : 0.0f)) * scale);
+    if (whole16(x, vocab) && whole16(dx, vocab)) {
+        for (int j = N * threadIdx.x; j < vocab; j += N * blockDim.x) {
+            float v[N];
+            load16(x + j, v);
+#pragma unroll
+            for (int k = 0; k < N; ++k) v[k] = (expf(v[k] - l) - (j + k == t ? 1.0f : 0.0f)) * scale;
+            store16(dx + j, v);
+        }
+    } else {
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x)
+            store(dx, j, (expf(load(x, j) - l) - (j == t ? 1.0f : 0.0f)) * scale);
+    }
 }
 
 #define CROSS_ENTROPY(SUFFIX, T)                                                                  \

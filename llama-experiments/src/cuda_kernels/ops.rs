@@ -171,7 +171,8 @@ pub fn rotary(x: &Tensor, c: &Tensor, s: &Tensor, backward: bool) -> Option<Tens
     launch(
         &k,
         named("rotary", x.kind())?,
-        element_grid(n as usize),
+        // A thread per pair of elements.
+        element_grid(n as usize / 2),
         ELEMENT_BLOCK,
         &[
             &ptr(&x),
