@@ -191,6 +191,7 @@ __device__ __forceinline__ float quad_sum(float x) {
 
 #define BLOCK 64  // rows per tile on both sides
 #define THREADS 128
+#define CHUNK 16  // queries per step of the dk/dv kernel
 
 // Forward: o = softmax(q kᵀ / √D) v and lse2, one block per (64 queries, head, batch entry).
 template <int D>
@@ -478,31 +479,39 @@ __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16
             cp_wait<0>();
         }
         __syncthreads();
-        // Pᵀ and dPᵀ: rows are this warp's keys, columns the tile's queries.
-        float p[BLOCK / 8][4], dp[BLOCK / 8][4];
-        scores<D, BLOCK / 8>(p, kf, qs[cur]);
-        scores<D, BLOCK / 8>(dp, vf, os[cur]);
-        const bool mask = i0 + BLOCK > T || k0 + BLOCK > T ||
-                          (causal && k0 + warp * 16 + 15 > i0);
-        const float* ls = lse_s[cur];
-        const float* dss = dsum_s[cur];
+        // 16 queries at a time: the probabilities and their gradient for a chunk take 16
+        // registers where a whole tile took 64, and the kernel then fits three blocks per SM
+        // (two before; 15 % faster at the 125m shape, docs/performance.md attempt 57).
 #pragma unroll
-        for (int j = 0; j < BLOCK / 8; ++j)
+        for (int ch = 0; ch < BLOCK / CHUNK; ++ch) {
+            const int c0 = i0 + ch * CHUNK;
+            if (causal && c0 + CHUNK - 1 < k0 + warp * 16) continue;  // none sees these keys
+            const bf16_t* qt = qs[cur] + ch * CHUNK * (D + PAD);
+            const bf16_t* ot = os[cur] + ch * CHUNK * (D + PAD);
+            // Pᵀ and dPᵀ: rows are this warp's keys, columns the chunk's queries.
+            float p[CHUNK / 8][4], dp[CHUNK / 8][4];
+            scores<D, CHUNK / 8>(p, kf, qt);
+            scores<D, CHUNK / 8>(dp, vf, ot);
+            const bool mask = c0 + CHUNK > T || k0 + BLOCK > T ||
+                              (causal && k0 + warp * 16 + 15 > c0);
+            const float* ls = lse_s[cur] + ch * CHUNK;
+            const float* dss = dsum_s[cur] + ch * CHUNK;
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int c = j * 8 + 2 * t + (e & 1), col = i0 + c, key = key0 + (e >> 1) * 8;
-                const bool seen = !mask || (col < T && key < T && !(causal && key > col));
-                p[j][e] = seen ? exp2f(p[j][e] * scale2 - ls[c]) : 0.0f;
-            }
-        accumulate<D, BLOCK / 16>(dva, p, os[cur]);
+            for (int j = 0; j < CHUNK / 8; ++j)
 #pragma unroll
-        for (int j = 0; j < BLOCK / 8; ++j)
+                for (int e = 0; e < 4; ++e) {
+                    const int c = j * 8 + 2 * t + (e & 1), col = c0 + c,
+                              key = key0 + (e >> 1) * 8;
+                    const bool seen = !mask || (col < T && key < T && !(causal && key > col));
+                    p[j][e] = seen ? exp2f(p[j][e] * scale2 - ls[c]) : 0.0f;
+                }
+            accumulate<D, CHUNK / 16>(dva, p, ot);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int c = j * 8 + 2 * t + (e & 1);
-                p[j][e] *= dp[j][e] - dss[c];
-            }
-        accumulate<D, BLOCK / 16>(dka, p, qs[cur]);
+            for (int j = 0; j < CHUNK / 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) p[j][e] *= dp[j][e] - dss[j * 8 + 2 * t + (e & 1)];
+            accumulate<D, CHUNK / 16>(dka, p, qt);
+        }
         __syncthreads();
         if (ST == 1 && it + 1 < n) issue(i0 + BLOCK, 0);
     }
