@@ -113,6 +113,21 @@ pub(crate) fn available(source: &'static Source, ordinal: usize) -> Result<(), S
         .unwrap_or_else(|_| Err("NVRTC or the CUDA driver could not be loaded".into()))
 }
 
+/// An uninitialised contiguous tensor of `shape` and `dtype` on `like`'s device (a pass's
+/// output or scratch).
+pub(crate) fn empty(
+    like: &CubeTensor<CudaRuntime>,
+    shape: impl Into<burn::tensor::Shape>,
+    dtype: burn::tensor::DType,
+) -> CubeTensor<CudaRuntime> {
+    burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        shape.into(),
+        dtype,
+    )
+}
+
 /// What a pass's `run` returns: its outputs (allocated whatever happens) and whether its kernels
 /// were queued.
 pub(crate) type Ran = (Vec<CubeTensor<CudaRuntime>>, Result<(), String>);

@@ -83,12 +83,7 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, pass: &Pass) -> Ran {
     let dy = &inputs[0];
     let [n, dim]: [usize; 2] = dy.meta.shape().to_vec().try_into().expect("rank 2");
     let vocab = pass.desc.outputs[0].shape[0];
-    let dw = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
-        dy.client.clone(),
-        dy.device.clone(),
-        Shape::from([vocab, dim]),
-        DType::F32,
-    );
+    let dw = cubecl_launch::empty(dy, [vocab, dim], DType::F32);
     let total = (vocab * dim) as i64;
     let zero = Launch {
         name: "embedding_zero".into(),

@@ -183,15 +183,7 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
         .collect();
     let q = &inputs[0];
     let [b, h, t, d]: [usize; 4] = q.meta.shape().to_vec().try_into().expect("rank 4");
-    let (client, device) = (q.client.clone(), q.device.clone());
-    let empty = |dims: Vec<usize>, dtype| {
-        burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
-            client.clone(),
-            device.clone(),
-            Shape::from(dims),
-            dtype,
-        )
-    };
+    let empty = |dims: Vec<usize>, dtype| cubecl_launch::empty(q, dims, dtype);
     let grid = |kernel: &str| (t.div_ceil(rows(kernel, d)) as u32, h as u32, b as u32);
     let scale = 1.0 / (d as f32).sqrt();
     let scale2 = scale * std::f32::consts::LOG2_E;

@@ -123,14 +123,7 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, pass: &Pass) -> Ran {
         .collect();
     let first = &inputs[0];
     let outputs: Vec<_> = (pass.desc.outputs.iter())
-        .map(|o| {
-            burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
-                first.client.clone(),
-                first.device.clone(),
-                o.shape.clone(),
-                o.dtype,
-            )
-        })
+        .map(|o| cubecl_launch::empty(first, o.shape.clone(), o.dtype))
         .collect();
     let forward = inputs.len() == 2;
     // Forward: x, γ → y, r. Backward: dy, x, γ, r → dx, dγ (and the partial rows, scratch).
@@ -176,12 +169,7 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, pass: &Pass) -> Ran {
     if !forward {
         // Scratch: the blocks' partial rows of the gain's gradient, then their column sums.
         let rows = n.min(ROW_GRID);
-        outputs.push(burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
-            first.client.clone(),
-            first.device.clone(),
-            Shape::from([rows, dim]),
-            DType::F32,
-        ));
+        outputs.push(cubecl_launch::empty(first, [rows, dim], DType::F32));
         launches.push(Launch {
             name: "column_sum_f32".into(),
             grid: (dim.div_ceil(32) as u32, 1, 1),

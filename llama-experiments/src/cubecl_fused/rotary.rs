@@ -94,12 +94,7 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, pass: &Pass) -> Ran {
     let s = burn_cubecl::kernel::into_contiguous(inputs.next().expect("s"));
     let shape = x.meta.shape().to_vec();
     let (heads, time, dim) = (shape[1], shape[2], shape[3]);
-    let y = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
-        x.client.clone(),
-        x.device.clone(),
-        x.meta.shape().clone(),
-        x.dtype,
-    );
+    let y = cubecl_launch::empty(&x, x.meta.shape().clone(), x.dtype);
     let n = y.meta.num_elements();
     let xs = x.meta.strides().to_vec();
     let cs = c.meta.strides().to_vec();

@@ -120,14 +120,7 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
         .collect();
     let logits = &inputs[0];
     let [n, vocab]: [usize; 2] = logits.meta.shape().to_vec().try_into().expect("rank 2");
-    let empty = |dims: Vec<usize>, dtype| {
-        burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
-            logits.client.clone(),
-            logits.device.clone(),
-            Shape::from(dims),
-            dtype,
-        )
-    };
+    let empty = |dims: Vec<usize>, dtype| cubecl_launch::empty(logits, dims, dtype);
     let sfx = suffix(logits.dtype).unwrap_or("f32");
     let grid = (n as u32, 1, 1);
     let v = Arg::I32(vocab as i32);

@@ -94,12 +94,7 @@ pub fn sum_squares(x: FloatTensor<Cuda>) -> Option<FloatTensor<Cuda>> {
 fn run(inputs: Vec<CubeTensor<CudaRuntime>>, pass: &Pass) -> Ran {
     let x = burn_cubecl::kernel::into_contiguous(inputs.into_iter().next().expect("one input"));
     let blocks = pass.desc.outputs[0].shape[0];
-    let partial = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
-        x.client.clone(),
-        x.device.clone(),
-        Shape::from([blocks]),
-        DType::F32,
-    );
+    let partial = cubecl_launch::empty(&x, [blocks], DType::F32);
     let name = match x.dtype {
         DType::BF16 => "sum_squares_bf16",
         _ => "sum_squares_f32",
