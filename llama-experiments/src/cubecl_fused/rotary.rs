@@ -4,8 +4,8 @@
 //! a concatenation; its backward slice-assigns into zeros), about 5 ms of slices, copies and
 //! element-wise kernels per `125m` step on an H200 (docs/performance.md attempt 55). The kernel
 //! (`rotary` in `kernels.cu`) reads `x` through its strides (the heads' transposed layout needs no
-//! copy) and writes the rotated tensor contiguous in one pass, either way, a thread per pair of
-//! elements that the rotation mixes.
+//! copy) and writes the rotated tensor contiguous in one pass, either way, a thread per four pairs
+//! of elements that the rotation mixes (four-element loads).
 
 use burn::tensor::DType;
 use burn::tensor::ops::FloatTensor;
@@ -106,9 +106,10 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, pass: &Pass) -> Ran {
     };
     let launch = Launch {
         name: format!("rotary_{sfx}"),
-        // A thread per pair of elements.
+        // A thread per four pairs of elements (per pair where a row cannot be read by fours: the
+        // kernel's grid-stride loop then walks the rest).
         grid: (
-            (n as u64 / 2).div_ceil(THREADS as u64).clamp(1, 65_536) as u32,
+            (n as u64 / 8).div_ceil(THREADS as u64).clamp(1, 65_536) as u32,
             1,
             1,
         ),

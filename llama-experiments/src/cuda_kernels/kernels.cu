@@ -260,29 +260,45 @@ __device__ void swiglu_backward(const T* a, const T* b, const T* g, T* da, T* db
 //   forward  y = x c + swap(x) s,     backward  dx = g c + swap(g s)
 // (a rotation's backward is the inverse rotation).
 template <typename T>
+__device__ __forceinline__ void rotate_pair(const T* xr, const T* c, const T* s, T* yr, int i,
+                                            int half, long long tr, int backward) {
+    const float x0 = load(xr, i), x1 = load(xr, i + half);
+    const float s0 = load(s, tr + i), s1 = load(s, tr + i + half);
+    store(yr, i, rotate_one(x0, load(c, tr + i), x1, backward ? s1 : s0));
+    store(yr, i + half, rotate_one(x1, load(c, tr + i + half), x0, backward ? s0 : s1));
+}
+
+template <typename T>
 __device__ void rotary(const T* x, const T* c, const T* s, T* y, long long n, int heads, int time,
                        int dim, long long xb, long long xh, long long xt, long long cb,
                        long long ct, int backward) {
-    // One thread per pair (i, i + half) of a row: both elements from one read of each operand,
-    // and 32-bit index arithmetic where the pairs fit (a 64-bit division is a long emulated
-    // sequence: with six per element the kernel ran at ~5 % of the bandwidth on an H200).
+    // A thread per four pairs (i..i+3, i+half..i+half+3) where every row and table row allows
+    // four-element loads, else per pair; both halves from one read of each operand; 32-bit index
+    // arithmetic where the units fit (a 64-bit division is a long emulated sequence: with six
+    // per element, one pair per thread and two-byte loads the kernel ran at ~5 % of an H200's
+    // bandwidth, docs/performance.md attempt 55). The same arithmetic per element either way.
     const int half = dim / 2;
-    const long long pairs = n / 2;
-    const bool narrow = pairs <= 0xffffffffLL;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < pairs;
+    const auto at4 = [](const void* p, int bytes) { return ((unsigned long long)p % bytes) == 0; };
+    const bool vec = half % 4 == 0 && xb % 4 == 0 && xh % 4 == 0 && xt % 4 == 0 && cb % 4 == 0 &&
+                     ct % 4 == 0 && at4(x, 4 * sizeof(T)) && at4(c, 4 * sizeof(T)) &&
+                     at4(s, 4 * sizeof(T)) && at4(y, 4 * sizeof(T));
+    const int per = vec ? 4 : 1, row_units = half / per;
+    const long long units = n / 2 / per;
+    const bool narrow = units <= 0xffffffffLL;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < units;
          idx += (long long)gridDim.x * blockDim.x) {
         long long row, b;
         int i, t, h;
         if (narrow) {
-            const unsigned u = (unsigned)idx, r = u / (unsigned)half, q = r / (unsigned)time;
-            i = (int)(u - r * (unsigned)half);
+            const unsigned u = (unsigned)idx, r = u / (unsigned)row_units, q = r / (unsigned)time;
+            i = (int)(u - r * (unsigned)row_units) * per;
             t = (int)(r - q * (unsigned)time);
             h = (int)(q % (unsigned)heads);
             b = q / (unsigned)heads;
             row = r;
         } else {
-            row = idx / half;
-            i = (int)(idx - row * half);
+            row = idx / row_units;
+            i = (int)(idx - row * row_units) * per;
             const long long q = row / time;
             t = (int)(row - q * time);
             h = (int)(q % heads);
@@ -290,11 +306,22 @@ __device__ void rotary(const T* x, const T* c, const T* s, T* y, long long n, in
         }
         const T* xr = x + b * xb + h * xh + t * xt;
         const long long tr = b * cb + t * ct;
-        const float x0 = load(xr, i), x1 = load(xr, i + half);
-        const float s0 = load(s, tr + i), s1 = load(s, tr + i + half);
         T* yr = y + row * dim;
-        store(yr, i, rotate_one(x0, load(c, tr + i), x1, backward ? s1 : s0));
-        store(yr, i + half, rotate_one(x1, load(c, tr + i + half), x0, backward ? s0 : s1));
+        if (vec) {
+            const Four x0 = load4(xr, i), x1 = load4(xr, i + half);
+            const Four c0 = load4(c, tr + i), c1 = load4(c, tr + i + half);
+            const Four s0 = load4(s, tr + i), s1 = load4(s, tr + i + half);
+            Four y0, y1;
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                y0.v[k] = rotate_one(x0.v[k], c0.v[k], x1.v[k], backward ? s1.v[k] : s0.v[k]);
+                y1.v[k] = rotate_one(x1.v[k], c1.v[k], x0.v[k], backward ? s0.v[k] : s1.v[k]);
+            }
+            store4(yr, i, y0);
+            store4(yr, i + half, y1);
+        } else {
+            rotate_pair(xr, c, s, yr, i, half, tr, backward);
+        }
     }
 }
 

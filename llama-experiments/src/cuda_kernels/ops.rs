@@ -171,8 +171,9 @@ pub fn rotary(x: &Tensor, c: &Tensor, s: &Tensor, backward: bool) -> Option<Tens
     launch(
         &k,
         named("rotary", x.kind())?,
-        // A thread per pair of elements.
-        element_grid(n as usize / 2),
+        // A thread per four pairs of elements (per pair where a row cannot be read by fours: the
+        // kernel's grid-stride loop then walks the rest).
+        element_grid(n as usize / 8),
         ELEMENT_BLOCK,
         &[
             &ptr(&x),
