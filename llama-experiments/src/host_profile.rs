@@ -160,12 +160,25 @@ fn write_atomically(
 mod tests {
     use super::*;
 
-    /// Enough CPU work to be sampled many times at ~1 kHz, in a function whose name must show.
+    /// This thread's CPU time in milliseconds.
+    fn thread_cpu_ms() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime fills the struct we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+    }
+
+    /// Enough CPU work to be sampled many times at ~1 kHz, in a function whose name must show:
+    /// 300 ms of this thread's CPU time (not of the clock: on a loaded machine the thread gets a
+    /// share of a core, and the profiler samples CPU time), within 20 s of the clock.
     #[inline(never)]
     fn spin_for_the_profile() -> u64 {
-        let t = std::time::Instant::now();
+        let (t, cpu) = (std::time::Instant::now(), thread_cpu_ms());
         let mut x = 1u64;
-        while t.elapsed().as_millis() < 300 {
+        while thread_cpu_ms() - cpu < 300 && t.elapsed().as_secs() < 20 {
             for i in 0..10_000u64 {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
             }
