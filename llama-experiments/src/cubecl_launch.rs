@@ -128,6 +128,17 @@ pub(crate) fn empty(
     )
 }
 
+/// An uninitialised `[b, h, t, d]` tensor stored as `[b, t, h, d]` (each time step's heads side by
+/// side): the layout of the model's projections, so that turning attention's heads back into
+/// `[b, t, h·d]` rows (`swap_dims(1, 2)`, a reshape) is a view, not a copy.
+pub(crate) fn empty_time_major(
+    like: &CubeTensor<CudaRuntime>,
+    [b, h, t, d]: [usize; 4],
+    dtype: burn::tensor::DType,
+) -> CubeTensor<CudaRuntime> {
+    burn_cubecl::ops::permute(empty(like, [b, t, h, d], dtype), &[0, 2, 1, 3])
+}
+
 /// What a pass's `run` returns: its outputs (allocated whatever happens) and whether its kernels
 /// were queued.
 pub(crate) type Ran = (Vec<CubeTensor<CudaRuntime>>, Result<(), String>);

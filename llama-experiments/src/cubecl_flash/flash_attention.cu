@@ -10,8 +10,9 @@
 // scores (`scale2 = log2(e) / sqrt(D)`), which the backward pass uses to recompute the
 // probabilities; `dsum` is the softmax backward's row term Σ_d dO·O.
 //
-// Each block is four warps; a warp owns 16 rows (queries in the forward and dq kernels, keys in the
-// dk/dv kernel) and walks the other side's 64-row tiles through shared memory. Fragments follow
+// A warp owns 16 rows (queries in the forward and dq kernels, keys in the dk/dv kernel) and walks
+// the other side's 64-row tiles through shared memory; a block is ROWS_<KERNEL>_D<D> / 16 warps
+// (the launcher reads those defines: grid T / rows, 2·rows threads). Fragments follow
 // PTX's m16n8k16 layout: lane = 4·g + t holds rows g and g+8, columns 2t and 2t+1 of each 8-wide
 // tile.
 
@@ -22,10 +23,10 @@ typedef unsigned short bf16_t;
 // fall in different banks.
 #define PAD 8
 
+// A shared-memory pointer as ldmatrix and cp.async take it. The builtin (not a cvta in inline
+// PTX) lets the compiler fold each fragment's constant offset into the instruction's address.
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
-    unsigned r;
-    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
-    return r;
+    return (unsigned)__cvta_generic_to_shared(p);
 }
 
 __device__ __forceinline__ void ldsm4(unsigned* r, const bf16_t* p) {
@@ -164,10 +165,10 @@ __device__ __forceinline__ void accumulate(float (*acc)[4], const float (*p)[4],
 }
 
 // Writes a warp's 16 x D accumulator (rows row0 and row0+8 of this lane) times `mul[r]` as bf16
-// rows of a contiguous [T, D] matrix.
+// rows of a [T, D] matrix with row stride `rs`.
 template <int D>
-__device__ __forceinline__ void store_rows(bf16_t* dst, const float (*acc)[4], int row0, int T,
-                                           const float* mul) {
+__device__ __forceinline__ void store_rows(bf16_t* dst, long long rs, const float (*acc)[4],
+                                           int row0, int T, const float* mul) {
     const int t = threadIdx.x & 3;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -175,7 +176,7 @@ __device__ __forceinline__ void store_rows(bf16_t* dst, const float (*acc)[4], i
         if (row >= T) continue;
 #pragma unroll
         for (int n = 0; n < D / 8; ++n)
-            *reinterpret_cast<unsigned*>(dst + (long long)row * D + n * 8 + 2 * t) =
+            *reinterpret_cast<unsigned*>(dst + (long long)row * rs + n * 8 + 2 * t) =
                 pack(acc[n][2 * r] * mul[r], acc[n][2 * r + 1] * mul[r]);
     }
 }
@@ -189,55 +190,134 @@ __device__ __forceinline__ float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-#define BLOCK 64  // rows per tile on both sides
-#define THREADS 128
+// 2^x in one instruction (exp2f adds range checks and scaling around it); ftz: results below
+// 2^-126, far below what a softmax's sums can tell from zero, are 0.
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// The largest and the sum of row r's (0: the lane's row g, 1: g + 8) elements of a C-layout
+// tile, each as a tree: a chain of NT dependent operations would wait on each one's latency.
+template <int NT>
+__device__ __forceinline__ float row_max(const float (*s)[4], int r) {
+    float v[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) v[j] = fmaxf(s[j][2 * r], s[j][2 * r + 1]);
+#pragma unroll
+    for (int w = NT / 2; w >= 1; w /= 2)
+#pragma unroll
+        for (int j = 0; j < w; ++j) v[j] = fmaxf(v[j], v[j + w]);
+    return v[0];
+}
+template <int NT>
+__device__ __forceinline__ float row_sum(const float (*s)[4], int r) {
+    float v[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) v[j] = s[j][2 * r] + s[j][2 * r + 1];
+#pragma unroll
+    for (int w = NT / 2; w >= 1; w /= 2)
+#pragma unroll
+        for (int j = 0; j < w; ++j) v[j] += v[j + w];
+    return v[0];
+}
+
+// Sets to −∞ the scores (rows from row0, columns from col0: queries and keys, or keys and queries
+// with KEY_ROWS) of keys past T or, when causal, after the query; queries past T see nothing
+// either. Called only for tiles that have such scores, so the index arithmetic is not paid on
+// the others.
+template <int NT, bool KEY_ROWS = false>
+__device__ __forceinline__ void hide(float (*s)[4], int row0, int col0, int T, int causal) {
+    const int t = threadIdx.x & 3;
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int col = col0 + j * 8 + 2 * t + (e & 1), row = row0 + (e >> 1) * 8;
+            const bool after = KEY_ROWS ? row > col : col > row;
+            if (col >= T || row >= T || (causal && after)) s[j][e] = NEG_INF;
+        }
+}
+
+#define BLOCK 64  // rows per tile of the side a block walks
 #define CHUNK 16  // queries per step of the dk/dv kernel
 
+// Rows a block owns. 128 for the forward kernel at D = 64: each key and value tile read from L2
+// then serves twice the queries (eight warps; faster at the 125m shape on an H200, slower for the
+// backward kernels, docs/performance.md attempt 60).
+#define ROWS_FWD_D64 128
+#define ROWS_DQ_D64 64
+#define ROWS_DKDV_D64 64
+#define ROWS_FWD_D128 64
+#define ROWS_DQ_D128 64
+#define ROWS_DKDV_D128 64
+// Blocks per SM the registers must allow (__launch_bounds__'s second argument; 0: no bound). At
+// D = 64 two 8-warp forward blocks and four dk/dv blocks (128 registers, no spills) ran faster
+// than the compiler's own choice; the dq kernel spills under 128.
+#define MINB_FWD_D64 2
+#define MINB_DQ_D64 0
+#define MINB_DKDV_D64 4
+#define MINB_FWD_D128 0
+#define MINB_DQ_D128 0
+#define MINB_DKDV_D128 0
+
+// Shared memory of a kernel: ST stages of two BLOCK-row tiles, also holding the block's own
+// ROWS-row tiles while they are read into registers (one at a time).
+template <int D, int ROWS, int ST>
+struct Smem {
+    static constexpr int TILE = BLOCK * (D + PAD);
+    static constexpr int N = (2 * ST * BLOCK > ROWS ? 2 * ST * BLOCK : ROWS) * (D + PAD);
+};
+
 // Forward: o = softmax(q kᵀ / √D) v and lse2, one block per (64 queries, head, batch entry).
-template <int D>
+template <int D, int ROWS>
 __device__ void flash_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o,
                               float* lse2, int H, int T, long long qsb, long long qsh,
                               long long qst, long long ksb, long long ksh, long long kst,
-                              long long vsb, long long vsh, long long vst, float scale2,
-                              int causal) {
+                              long long vsb, long long vsh, long long vst, long long osb,
+                              long long osh, long long ost, float scale2, int causal) {
     constexpr int ST = Stages<D>::N;
-    __shared__ __align__(16) bf16_t ks[ST][BLOCK * (D + PAD)];
-    __shared__ __align__(16) bf16_t vs[ST][BLOCK * (D + PAD)];
+    typedef Smem<D, ROWS, ST> SM;
+    __shared__ __align__(16) bf16_t sm[SM::N];
+    auto ks = [&](int st) { return sm + st * SM::TILE; };
+    auto vs = [&](int st) { return sm + (ST + st) * SM::TILE; };
     const int b = blockIdx.z, h = blockIdx.y;
-    const int nq = (T + BLOCK - 1) / BLOCK;
+    const int nq = (T + ROWS - 1) / ROWS;
     const int qblk = nq - 1 - blockIdx.x;  // the longest causal rows first
-    const int q0 = qblk * BLOCK;
+    const int q0 = qblk * ROWS;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     q += b * qsb + h * qsh;
     k += b * ksb + h * ksh;
     v += b * vsb + h * vsh;
     const long long bh = (long long)b * H + h;
+    const int w0 = q0 + warp * 16;  // the warp's first query
 
-    // The warp's query fragments, through the key tile's memory.
-    load_tile<D, BLOCK>(ks[0], q, qst, q0, T);
+    // The warp's query fragments, through the stages' memory.
+    load_tile<D, ROWS>(sm, q, qst, q0, T);
     __syncthreads();
     unsigned qf[D / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) frag_a(qf[kk], ks[0], D + PAD, warp * 16, kk * 16);
+    for (int kk = 0; kk < D / 16; ++kk) frag_a(qf[kk], sm, D + PAD, warp * 16, kk * 16);
     __syncthreads();
 
     float acc[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
-    const int row0 = q0 + warp * 16 + g;
+    const int row0 = w0 + g;
     int nk = (T + BLOCK - 1) / BLOCK;
-    if (causal && qblk + 1 < nk) nk = qblk + 1;
+    if (causal && (q0 + ROWS - 1) / BLOCK + 1 < nk) nk = (q0 + ROWS - 1) / BLOCK + 1;
 
-    load_tile_async<D, BLOCK>(ks[0], k, kst, 0, T);
-    load_tile_async<D, BLOCK>(vs[0], v, vst, 0, T);
+    load_tile_async<D, BLOCK>(ks(0), k, kst, 0, T);
+    load_tile_async<D, BLOCK>(vs(0), v, vst, 0, T);
     cp_commit();
     for (int kb = 0; kb < nk; ++kb) {
         const int k0 = kb * BLOCK, cur = ST == 2 ? (kb & 1) : 0;
         if (ST == 2) {
             if (kb + 1 < nk) {
-                load_tile_async<D, BLOCK>(ks[cur ^ 1], k, kst, k0 + BLOCK, T);
-                load_tile_async<D, BLOCK>(vs[cur ^ 1], v, vst, k0 + BLOCK, T);
+                load_tile_async<D, BLOCK>(ks(cur ^ 1), k, kst, k0 + BLOCK, T);
+                load_tile_async<D, BLOCK>(vs(cur ^ 1), v, vst, k0 + BLOCK, T);
             }
             cp_commit();
             cp_wait<1>();
@@ -245,41 +325,29 @@ __device__ void flash_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v,
             cp_wait<0>();
         }
         __syncthreads();
+        // A tile after all of the warp's rows adds nothing (the block's other warps see some).
+        if (!causal || k0 <= w0 + 15) {
         float s[BLOCK / 8][4];
-        scores<D, BLOCK / 8>(s, qf, ks[cur]);
+        scores<D, BLOCK / 8>(s, qf, ks(cur));
         // Only tiles past T or across the diagonal (for this warp's rows) hide keys.
-        const bool mask = k0 + BLOCK > T || (causal && k0 + BLOCK - 1 > q0 + warp * 16);
-        float mx[2] = {m[0], m[1]};
-#pragma unroll
-        for (int j = 0; j < BLOCK / 8; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int col = k0 + j * 8 + 2 * t + (e & 1), row = row0 + (e >> 1) * 8;
-                float x = s[j][e] * scale2;
-                if (mask && (col >= T || (causal && col > row))) x = NEG_INF;
-                s[j][e] = x;
-                mx[e >> 1] = fmaxf(mx[e >> 1], x);
-            }
-        float base[2], alpha[2], rs[2] = {0.0f, 0.0f};
+        if (k0 + BLOCK > T || (causal && k0 + BLOCK - 1 > w0)) hide<BLOCK / 8>(s, row0, k0, T, causal);
+        // The running maximum `m` is kept scaled (scale2 > 0 keeps the order).
+        float base[2], alpha[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            mx[r] = quad_max(mx[r]);
+            const float mx = fmaxf(m[r], quad_max(row_max<BLOCK / 8>(s, r)) * scale2);
             // A row with nothing visible yet keeps a zero base (no inf - inf).
-            base[r] = mx[r] == NEG_INF ? 0.0f : mx[r];
-            alpha[r] = exp2f(m[r] - base[r]);
-            m[r] = mx[r];
+            base[r] = mx == NEG_INF ? 0.0f : mx;
+            alpha[r] = ex2(m[r] - base[r]);
+            m[r] = mx;
         }
 #pragma unroll
         for (int j = 0; j < BLOCK / 8; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float p = exp2f(s[j][e] - base[e >> 1]);
-                s[j][e] = p;
-                rs[e >> 1] += p;
-            }
+            for (int e = 0; e < 4; ++e) s[j][e] = ex2(fmaf(s[j][e], scale2, -base[e >> 1]));
         // The lanes of a quad keep partial row sums (they scale alike); reduced at the end.
-        l[0] = l[0] * alpha[0] + rs[0];
-        l[1] = l[1] * alpha[1] + rs[1];
+        l[0] = l[0] * alpha[0] + row_sum<BLOCK / 8>(s, 0);
+        l[1] = l[1] * alpha[1] + row_sum<BLOCK / 8>(s, 1);
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
             acc[n][0] *= alpha[0];
@@ -287,11 +355,12 @@ __device__ void flash_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v,
             acc[n][2] *= alpha[1];
             acc[n][3] *= alpha[1];
         }
-        accumulate<D, BLOCK / 16>(acc, s, vs[cur]);
+        accumulate<D, BLOCK / 16>(acc, s, vs(cur));
+        }
         __syncthreads();  // every warp is done with this stage before it is refilled
         if (ST == 1 && kb + 1 < nk) {
-            load_tile_async<D, BLOCK>(ks[0], k, kst, k0 + BLOCK, T);
-            load_tile_async<D, BLOCK>(vs[0], v, vst, k0 + BLOCK, T);
+            load_tile_async<D, BLOCK>(ks(0), k, kst, k0 + BLOCK, T);
+            load_tile_async<D, BLOCK>(vs(0), v, vst, k0 + BLOCK, T);
             cp_commit();
         }
     }
@@ -303,44 +372,50 @@ __device__ void flash_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v,
         const int row = row0 + 8 * r;
         if (t == 0 && row < T) lse2[bh * T + row] = m[r] + log2f(l[r]);
     }
-    store_rows<D>(o + bh * T * D, acc, row0, T, inv);
+    store_rows<D>(o + b * osb + h * osh, ost, acc, row0, T, inv);
 }
 
 // Backward, first kernel: dsum = Σ_d dO·O per query row and dq = scale · dS k, one block per (64
 // queries, head, batch entry). Runs before the dk/dv kernel, which reads dsum.
-template <int D>
+template <int D, int ROWS>
 __device__ void flash_backward_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                   const bf16_t* o, const bf16_t* dout, const float* lse2,
                                   float* dsum, bf16_t* dq, int H, int T, long long qsb,
                                   long long qsh, long long qst, long long ksb, long long ksh,
                                   long long kst, long long vsb, long long vsh, long long vst,
-                                  long long dsb, long long dsh, long long dst, float scale2,
-                                  float scale, int causal) {
+                                  long long dsb, long long dsh, long long dst, long long osb,
+                                  long long osh, long long ost, long long gsb, long long gsh,
+                                  long long gst, float scale2, float scale, int causal) {
     constexpr int ST = Stages<D>::N;
-    __shared__ __align__(16) bf16_t ks[ST][BLOCK * (D + PAD)];
-    __shared__ __align__(16) bf16_t vs[ST][BLOCK * (D + PAD)];
+    typedef Smem<D, ROWS, ST> SM;
+    __shared__ __align__(16) bf16_t sm[SM::N];
+    auto ks = [&](int st) { return sm + st * SM::TILE; };
+    auto vs = [&](int st) { return sm + (ST + st) * SM::TILE; };
     const int b = blockIdx.z, h = blockIdx.y;
-    const int nq = (T + BLOCK - 1) / BLOCK;
+    const int nq = (T + ROWS - 1) / ROWS;
     const int qblk = nq - 1 - blockIdx.x;
-    const int q0 = qblk * BLOCK;
+    const int q0 = qblk * ROWS;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     q += b * qsb + h * qsh;
     k += b * ksb + h * ksh;
     v += b * vsb + h * vsh;
     dout += b * dsb + h * dsh;
     const long long bh = (long long)b * H + h;
-    o += bh * T * D;
-    const int row0 = q0 + warp * 16 + g;
+    o += b * osb + h * osh;
+    const int w0 = q0 + warp * 16;
+    const int row0 = w0 + g;
 
-    load_tile<D, BLOCK>(ks[0], q, qst, q0, T);
-    load_tile<D, BLOCK>(vs[0], dout, dst, q0, T);
-    __syncthreads();
+    // The query and output-gradient fragments, one tile at a time through the stages' memory.
     unsigned qf[D / 16][4], df[D / 16][4];
+    load_tile<D, ROWS>(sm, q, qst, q0, T);
+    __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        frag_a(qf[kk], ks[0], D + PAD, warp * 16, kk * 16);
-        frag_a(df[kk], vs[0], D + PAD, warp * 16, kk * 16);
-    }
+    for (int kk = 0; kk < D / 16; ++kk) frag_a(qf[kk], sm, D + PAD, warp * 16, kk * 16);
+    __syncthreads();
+    load_tile<D, ROWS>(sm, dout, dst, q0, T);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) frag_a(df[kk], sm, D + PAD, warp * 16, kk * 16);
     // dsum for the lane's two rows: a quarter of the row per lane of the quad.
     float ds_row[2], lse_row[2];
 #pragma unroll
@@ -348,10 +423,10 @@ __device__ void flash_backward_dq(const bf16_t* q, const bf16_t* k, const bf16_t
         const int row = row0 + 8 * r;
         float sum = 0.0f;
         if (row < T) {
-            const bf16_t* dr = vs[0] + (warp * 16 + g + 8 * r) * (D + PAD);
+            const bf16_t* dr = sm + (warp * 16 + g + 8 * r) * (D + PAD);
 #pragma unroll
             for (int c = t * (D / 4); c < (t + 1) * (D / 4); c += 8) {
-                const uint4 ov = *reinterpret_cast<const uint4*>(o + (long long)row * D + c);
+                const uint4 ov = *reinterpret_cast<const uint4*>(o + (long long)row * ost + c);
                 const uint4 dv = *reinterpret_cast<const uint4*>(dr + c);
                 sum += lo_of(ov.x) * lo_of(dv.x) + hi_of(ov.x) * hi_of(dv.x);
                 sum += lo_of(ov.y) * lo_of(dv.y) + hi_of(ov.y) * hi_of(dv.y);
@@ -363,22 +438,22 @@ __device__ void flash_backward_dq(const bf16_t* q, const bf16_t* k, const bf16_t
         lse_row[r] = row < T ? lse2[bh * T + row] : 0.0f;
         if (t == 0 && row < T) dsum[bh * T + row] = ds_row[r];
     }
-    __syncthreads();  // the query and gradient tiles are in registers: stage 0 is free
+    __syncthreads();  // the tiles are in registers: the stages are free
 
     float acc[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     int nk = (T + BLOCK - 1) / BLOCK;
-    if (causal && qblk + 1 < nk) nk = qblk + 1;
-    load_tile_async<D, BLOCK>(ks[0], k, kst, 0, T);
-    load_tile_async<D, BLOCK>(vs[0], v, vst, 0, T);
+    if (causal && (q0 + ROWS - 1) / BLOCK + 1 < nk) nk = (q0 + ROWS - 1) / BLOCK + 1;
+    load_tile_async<D, BLOCK>(ks(0), k, kst, 0, T);
+    load_tile_async<D, BLOCK>(vs(0), v, vst, 0, T);
     cp_commit();
     for (int kb = 0; kb < nk; ++kb) {
         const int k0 = kb * BLOCK, cur = ST == 2 ? (kb & 1) : 0;
         if (ST == 2) {
             if (kb + 1 < nk) {
-                load_tile_async<D, BLOCK>(ks[cur ^ 1], k, kst, k0 + BLOCK, T);
-                load_tile_async<D, BLOCK>(vs[cur ^ 1], v, vst, k0 + BLOCK, T);
+                load_tile_async<D, BLOCK>(ks(cur ^ 1), k, kst, k0 + BLOCK, T);
+                load_tile_async<D, BLOCK>(vs(cur ^ 1), v, vst, k0 + BLOCK, T);
             }
             cp_commit();
             cp_wait<1>();
@@ -386,48 +461,51 @@ __device__ void flash_backward_dq(const bf16_t* q, const bf16_t* k, const bf16_t
             cp_wait<0>();
         }
         __syncthreads();
+        if (!causal || k0 <= w0 + 15) {
         float p[BLOCK / 8][4], dp[BLOCK / 8][4];
-        scores<D, BLOCK / 8>(p, qf, ks[cur]);
-        scores<D, BLOCK / 8>(dp, df, vs[cur]);
+        scores<D, BLOCK / 8>(p, qf, ks(cur));
+        scores<D, BLOCK / 8>(dp, df, vs(cur));
         // Rows past T have zero gradients, so only keys past T or across the diagonal matter.
-        const bool mask = k0 + BLOCK > T || (causal && k0 + BLOCK - 1 > q0 + warp * 16);
+        if (k0 + BLOCK > T || (causal && k0 + BLOCK - 1 > w0)) hide<BLOCK / 8>(p, row0, k0, T, causal);
 #pragma unroll
         for (int j = 0; j < BLOCK / 8; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const int col = k0 + j * 8 + 2 * t + (e & 1), r = e >> 1, row = row0 + 8 * r;
-                const bool seen = !mask || (col < T && row < T && !(causal && col > row));
-                const float pe = seen ? exp2f(p[j][e] * scale2 - lse_row[r]) : 0.0f;
-                p[j][e] = pe * (dp[j][e] - ds_row[r]);
+                const int r = e >> 1;
+                p[j][e] = ex2(fmaf(p[j][e], scale2, -lse_row[r])) * (dp[j][e] - ds_row[r]);
             }
-        accumulate<D, BLOCK / 16>(acc, p, ks[cur]);
+        accumulate<D, BLOCK / 16>(acc, p, ks(cur));
+        }
         __syncthreads();
         if (ST == 1 && kb + 1 < nk) {
-            load_tile_async<D, BLOCK>(ks[0], k, kst, k0 + BLOCK, T);
-            load_tile_async<D, BLOCK>(vs[0], v, vst, k0 + BLOCK, T);
+            load_tile_async<D, BLOCK>(ks(0), k, kst, k0 + BLOCK, T);
+            load_tile_async<D, BLOCK>(vs(0), v, vst, k0 + BLOCK, T);
             cp_commit();
         }
     }
     const float mul[2] = {scale, scale};
-    store_rows<D>(dq + bh * T * D, acc, row0, T, mul);
+    store_rows<D>(dq + b * gsb + h * gsh, gst, acc, row0, T, mul);
 }
 
 // Backward, second kernel: dk = scale · dSᵀ q and dv = Pᵀ dO, one block per (64 keys, head,
 // batch entry), walking the query tiles that see its keys.
-template <int D>
+template <int D, int ROWS>
 __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                     const bf16_t* dout, const float* lse2, const float* dsum,
                                     bf16_t* dk, bf16_t* dv, int H, int T, long long qsb,
                                     long long qsh, long long qst, long long ksb, long long ksh,
                                     long long kst, long long vsb, long long vsh, long long vst,
-                                    long long dsb, long long dsh, long long dst, float scale2,
-                                    float scale, int causal) {
+                                    long long dsb, long long dsh, long long dst, long long gsb,
+                                    long long gsh, long long gst, float scale2, float scale,
+                                    int causal) {
     constexpr int ST = Stages<D>::N;
-    __shared__ __align__(16) bf16_t qs[ST][BLOCK * (D + PAD)];
-    __shared__ __align__(16) bf16_t os[ST][BLOCK * (D + PAD)];
+    typedef Smem<D, ROWS, ST> SM;
+    __shared__ __align__(16) bf16_t sm[SM::N];
     __shared__ float lse_s[ST][BLOCK], dsum_s[ST][BLOCK];
+    auto qs = [&](int st) { return sm + st * SM::TILE; };
+    auto os = [&](int st) { return sm + (ST + st) * SM::TILE; };
     const int b = blockIdx.z, h = blockIdx.y;
-    const int k0 = blockIdx.x * BLOCK;  // key block 0 sees every query: the longest first
+    const int k0 = blockIdx.x * ROWS;  // key block 0 sees every query: the longest first
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     q += b * qsb + h * qsh;
     k += b * ksb + h * ksh;
@@ -436,15 +514,16 @@ __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16
     const long long bh = (long long)b * H + h;
     const int key0 = k0 + warp * 16 + g;
 
-    load_tile<D, BLOCK>(qs[0], k, kst, k0, T);
-    load_tile<D, BLOCK>(os[0], v, vst, k0, T);
-    __syncthreads();
     unsigned kf[D / 16][4], vf[D / 16][4];
+    load_tile<D, ROWS>(sm, k, kst, k0, T);
+    __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        frag_a(kf[kk], qs[0], D + PAD, warp * 16, kk * 16);
-        frag_a(vf[kk], os[0], D + PAD, warp * 16, kk * 16);
-    }
+    for (int kk = 0; kk < D / 16; ++kk) frag_a(kf[kk], sm, D + PAD, warp * 16, kk * 16);
+    __syncthreads();
+    load_tile<D, ROWS>(sm, v, vst, k0, T);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) frag_a(vf[kk], sm, D + PAD, warp * 16, kk * 16);
     __syncthreads();
     float dka[D / 8][4], dva[D / 8][4];
 #pragma unroll
@@ -456,8 +535,8 @@ __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16
     const int n = (T - first + BLOCK - 1) / BLOCK;
     // One query tile and its rows' statistics into stage `st`.
     auto issue = [&](int i0, int st) {
-        load_tile_async<D, BLOCK>(qs[st], q, qst, i0, T);
-        load_tile_async<D, BLOCK>(os[st], dout, dst, i0, T);
+        load_tile_async<D, BLOCK>(qs(st), q, qst, i0, T);
+        load_tile_async<D, BLOCK>(os(st), dout, dst, i0, T);
         if (threadIdx.x < BLOCK) {
             const int i = i0 + threadIdx.x;
             lse_s[st][threadIdx.x] = i < T ? lse2[bh * T + i] : 0.0f;
@@ -486,25 +565,21 @@ __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16
         for (int ch = 0; ch < BLOCK / CHUNK; ++ch) {
             const int c0 = i0 + ch * CHUNK;
             if (causal && c0 + CHUNK - 1 < k0 + warp * 16) continue;  // none sees these keys
-            const bf16_t* qt = qs[cur] + ch * CHUNK * (D + PAD);
-            const bf16_t* ot = os[cur] + ch * CHUNK * (D + PAD);
+            const bf16_t* qt = qs(cur) + ch * CHUNK * (D + PAD);
+            const bf16_t* ot = os(cur) + ch * CHUNK * (D + PAD);
             // Pᵀ and dPᵀ: rows are this warp's keys, columns the chunk's queries.
             float p[CHUNK / 8][4], dp[CHUNK / 8][4];
             scores<D, CHUNK / 8>(p, kf, qt);
             scores<D, CHUNK / 8>(dp, vf, ot);
-            const bool mask = c0 + CHUNK > T || k0 + BLOCK > T ||
-                              (causal && k0 + warp * 16 + 15 > c0);
+            if (c0 + CHUNK > T || k0 + ROWS > T || (causal && k0 + warp * 16 + 15 > c0))
+                hide<CHUNK / 8, true>(p, key0, c0, T, causal);
             const float* ls = lse_s[cur] + ch * CHUNK;
             const float* dss = dsum_s[cur] + ch * CHUNK;
 #pragma unroll
             for (int j = 0; j < CHUNK / 8; ++j)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int c = j * 8 + 2 * t + (e & 1), col = c0 + c,
-                              key = key0 + (e >> 1) * 8;
-                    const bool seen = !mask || (col < T && key < T && !(causal && key > col));
-                    p[j][e] = seen ? exp2f(p[j][e] * scale2 - ls[c]) : 0.0f;
-                }
+                for (int e = 0; e < 4; ++e)
+                    p[j][e] = ex2(fmaf(p[j][e], scale2, -ls[j * 8 + 2 * t + (e & 1)]));
             accumulate<D, CHUNK / 16>(dva, p, ot);
 #pragma unroll
             for (int j = 0; j < CHUNK / 8; ++j)
@@ -516,35 +591,45 @@ __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16
         if (ST == 1 && it + 1 < n) issue(i0 + BLOCK, 0);
     }
     const float one[2] = {1.0f, 1.0f}, mul[2] = {scale, scale};
-    store_rows<D>(dk + bh * T * D, dka, key0, T, mul);
-    store_rows<D>(dv + bh * T * D, dva, key0, T, one);
+    store_rows<D>(dk + b * gsb + h * gsh, gst, dka, key0, T, mul);
+    store_rows<D>(dv + b * gsb + h * gsh, gst, dva, key0, T, one);
 }
 
 #define FLASH(D)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(THREADS) flash_forward_d##D(                     \
-        const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse2, int H, int T,  \
-        long long qsb, long long qsh, long long qst, long long ksb, long long ksh, long long kst,  \
-        long long vsb, long long vsh, long long vst, float scale2, int causal) {                  \
-        flash_forward<D>(q, k, v, o, lse2, H, T, qsb, qsh, qst, ksb, ksh, kst, vsb, vsh, vst,     \
-                         scale2, causal);                                                         \
+    extern "C" __global__ void __launch_bounds__(2 * ROWS_FWD_D##D, MINB_FWD_D##D)               \
+        flash_forward_d##D(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o,          \
+                           float* lse2, int H, int T, long long qsb, long long qsh, long long qst, \
+                           long long ksb, long long ksh, long long kst, long long vsb,            \
+                           long long vsh, long long vst, long long osb, long long osh,            \
+                           long long ost, float scale2, int causal) {                             \
+        flash_forward<D, ROWS_FWD_D##D>(q, k, v, o, lse2, H, T, qsb, qsh, qst, ksb, ksh, kst, vsb, \
+                                        vsh, vst, osb, osh, ost, scale2, causal);                 \
     }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq_d##D(                 \
-        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* o, const bf16_t* dout,   \
-        const float* lse2, float* dsum, bf16_t* dq, int H, int T, long long qsb, long long qsh,   \
-        long long qst, long long ksb, long long ksh, long long kst, long long vsb, long long vsh,  \
-        long long vst, long long dsb, long long dsh, long long dst, float scale2, float scale,    \
-        int causal) {                                                                             \
-        flash_backward_dq<D>(q, k, v, o, dout, lse2, dsum, dq, H, T, qsb, qsh, qst, ksb, ksh,     \
-                             kst, vsb, vsh, vst, dsb, dsh, dst, scale2, scale, causal);           \
+    extern "C" __global__ void __launch_bounds__(2 * ROWS_DQ_D##D, MINB_DQ_D##D)                 \
+        flash_backward_dq_d##D(const bf16_t* q, const bf16_t* k, const bf16_t* v,                 \
+                               const bf16_t* o, const bf16_t* dout, const float* lse2,            \
+                               float* dsum, bf16_t* dq, int H, int T, long long qsb,              \
+                               long long qsh, long long qst, long long ksb, long long ksh,        \
+                               long long kst, long long vsb, long long vsh, long long vst,        \
+                               long long dsb, long long dsh, long long dst, long long osb,        \
+                               long long osh, long long ost, long long gsb, long long gsh,        \
+                               long long gst, float scale2, float scale, int causal) {            \
+        flash_backward_dq<D, ROWS_DQ_D##D>(q, k, v, o, dout, lse2, dsum, dq, H, T, qsb, qsh, qst, \
+                                           ksb, ksh, kst, vsb, vsh, vst, dsb, dsh, dst, osb, osh, \
+                                           ost, gsb, gsh, gst, scale2, scale, causal);            \
     }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv_d##D(               \
-        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse2, \
-        const float* dsum, bf16_t* dk, bf16_t* dv, int H, int T, long long qsb, long long qsh,    \
-        long long qst, long long ksb, long long ksh, long long kst, long long vsb, long long vsh,  \
-        long long vst, long long dsb, long long dsh, long long dst, float scale2, float scale,    \
-        int causal) {                                                                             \
-        flash_backward_dkdv<D>(q, k, v, dout, lse2, dsum, dk, dv, H, T, qsb, qsh, qst, ksb, ksh,  \
-                               kst, vsb, vsh, vst, dsb, dsh, dst, scale2, scale, causal);         \
+    extern "C" __global__ void __launch_bounds__(2 * ROWS_DKDV_D##D, MINB_DKDV_D##D)             \
+        flash_backward_dkdv_d##D(const bf16_t* q, const bf16_t* k, const bf16_t* v,               \
+                                 const bf16_t* dout, const float* lse2, const float* dsum,        \
+                                 bf16_t* dk, bf16_t* dv, int H, int T, long long qsb,             \
+                                 long long qsh, long long qst, long long ksb, long long ksh,      \
+                                 long long kst, long long vsb, long long vsh, long long vst,      \
+                                 long long dsb, long long dsh, long long dst, long long gsb,      \
+                                 long long gsh, long long gst, float scale2, float scale,         \
+                                 int causal) {                                                    \
+        flash_backward_dkdv<D, ROWS_DKDV_D##D>(q, k, v, dout, lse2, dsum, dk, dv, H, T, qsb, qsh,  \
+                                               qst, ksb, ksh, kst, vsb, vsh, vst, dsb, dsh, dst,  \
+                                               gsb, gsh, gst, scale2, scale, causal);             \
     }
 
 FLASH(64)

@@ -45,9 +45,6 @@ static SOURCE: Source = Source {
     ],
 };
 
-/// Threads per block (`THREADS` in the source).
-const THREADS: u32 = 128;
-
 /// Rows (queries, or keys for dk/dv) per block of `kernel` at head dim `d` (`#define ROWS_FWD_D64
 /// 128` in the source; 64 where it names none): the grid's first dimension is `T / rows`, rounded
 /// up. Read from the source, so that the launcher cannot disagree with the kernels.
@@ -184,7 +181,12 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
     let q = &inputs[0];
     let [b, h, t, d]: [usize; 4] = q.meta.shape().to_vec().try_into().expect("rank 4");
     let empty = |dims: Vec<usize>, dtype| cubecl_launch::empty(q, dims, dtype);
+    // o, dq, dk and dv are written through their strides, time-major: the model turns them back
+    // into `[b, t, h·d]` rows without a copy.
+    let heads = || cubecl_launch::empty_time_major(q, [b, h, t, d], DType::BF16);
     let grid = |kernel: &str| (t.div_ceil(rows(kernel, d)) as u32, h as u32, b as u32);
+    // A warp per 16 rows.
+    let threads = |kernel: &str| 2 * rows(kernel, d) as u32;
     let scale = 1.0 / (d as f32).sqrt();
     let scale2 = scale * std::f32::consts::LOG2_E;
     let (hh, tt) = (Arg::I32(h as i32), Arg::I32(t as i32));
@@ -192,10 +194,7 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
     let c = Arg::I32(1); // causal
     let (outputs, launches) = if inputs.len() == 3 {
         // Forward: bindings q, k, v, o, lse2.
-        let outputs = vec![
-            empty(vec![b, h, t, d], DType::BF16),
-            empty(vec![b, h, t], DType::F32),
-        ];
+        let outputs = vec![heads(), empty(vec![b, h, t], DType::F32)];
         let mut args = vec![
             Arg::Ptr(0),
             Arg::Ptr(1),
@@ -206,42 +205,41 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
             tt,
         ];
         args.extend(st(0).into_iter().chain(st(1)).chain(st(2)));
+        args.extend(strides(&outputs[0]).map(Arg::I64));
         args.extend([Arg::F32(scale2), c]);
         let launch = Launch {
             name: format!("flash_forward_d{d}"),
             grid: grid("FWD"),
-            threads: THREADS,
+            threads: threads("FWD"),
             args,
         };
         (outputs, vec![launch])
     } else {
         // Backward: bindings q, k, v, o, lse2, dout, dq, dk, dv, dsum.
-        let outputs = vec![
-            empty(vec![b, h, t, d], DType::BF16),
-            empty(vec![b, h, t, d], DType::BF16),
-            empty(vec![b, h, t, d], DType::BF16),
-            empty(vec![b, h, t], DType::F32),
-        ];
-        let tail = |args: &mut Vec<Arg>| {
+        let outputs = vec![heads(), heads(), heads(), empty(vec![b, h, t], DType::F32)];
+        // dq, dk and dv share one layout.
+        let gs = strides(&outputs[0]).map(Arg::I64);
+        let tail = |args: &mut Vec<Arg>, extra: &[Arg]| {
             args.extend([hh, tt]);
             args.extend(st(0).into_iter().chain(st(1)).chain(st(2)).chain(st(5)));
+            args.extend(extra);
             args.extend([Arg::F32(scale2), Arg::F32(scale), c]);
         };
         let mut dq = [0, 1, 2, 3, 5, 4, 9, 6].map(Arg::Ptr).to_vec();
-        tail(&mut dq);
+        tail(&mut dq, &[st(3).as_slice(), &gs].concat());
         let mut dkdv = [0, 1, 2, 5, 4, 9, 7, 8].map(Arg::Ptr).to_vec();
-        tail(&mut dkdv);
+        tail(&mut dkdv, &gs);
         let launches = vec![
             Launch {
                 name: format!("flash_backward_dq_d{d}"),
                 grid: grid("DQ"),
-                threads: THREADS,
+                threads: threads("DQ"),
                 args: dq,
             },
             Launch {
                 name: format!("flash_backward_dkdv_d{d}"),
                 grid: grid("DKDV"),
-                threads: THREADS,
+                threads: threads("DKDV"),
                 args: dkdv,
             },
         ];

@@ -4,8 +4,9 @@
 //! a concatenation; its backward slice-assigns into zeros), about 5 ms of slices, copies and
 //! element-wise kernels per `125m` step on an H200 (docs/performance.md attempt 55). The kernel
 //! (`rotary` in `kernels.cu`) reads `x` through its strides (the heads' transposed layout needs no
-//! copy) and writes the rotated tensor contiguous in one pass, either way, a thread per four pairs
-//! of elements that the rotation mixes (four-element loads).
+//! copy) and writes the rotated tensor time-major (`[b, t, h, d]` in memory, as the projections
+//! are) in one pass, either way, a thread per four pairs of elements that the rotation mixes
+//! (four-element loads).
 
 use burn::tensor::DType;
 use burn::tensor::ops::FloatTensor;
@@ -39,7 +40,7 @@ pub fn backward(
 }
 
 /// `x [batch, heads, time, dim]` rotated with the tables `[batch or 1, 1, time, dim]` (x's
-/// dtype, f32 or bf16), contiguous; `None` for shapes or dtypes the kernel does not take.
+/// dtype, f32 or bf16), time-major; `None` for shapes or dtypes the kernel does not take.
 fn rotate(
     x: FloatTensor<Cuda>,
     c: FloatTensor<Cuda>,
@@ -94,7 +95,10 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, pass: &Pass) -> Ran {
     let s = burn_cubecl::kernel::into_contiguous(inputs.next().expect("s"));
     let shape = x.meta.shape().to_vec();
     let (heads, time, dim) = (shape[1], shape[2], shape[3]);
-    let y = cubecl_launch::empty(&x, x.meta.shape().clone(), x.dtype);
+    // Time-major ([b, t, h, d] in memory): attention reads it through its strides, and the
+    // backward pass's rotated gradients go back into `[b, t, h·d]` rows without a copy.
+    let y = cubecl_launch::empty_time_major(&x, [shape[0], heads, time, dim], x.dtype);
+    let ys = y.meta.strides().to_vec();
     let n = y.meta.num_elements();
     let xs = x.meta.strides().to_vec();
     let cs = c.meta.strides().to_vec();
@@ -128,6 +132,9 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, pass: &Pass) -> Ran {
             Arg::I64(xs[2] as i64),
             Arg::I64(cb as i64),
             Arg::I64(cs[2] as i64),
+            Arg::I64(ys[0] as i64),
+            Arg::I64(ys[1] as i64),
+            Arg::I64(ys[2] as i64),
             Arg::I32(i32::from(pass.scalars[0] != 0.0)),
         ],
     };

@@ -214,8 +214,15 @@ __device__ void cross_entropy_backward(const T* logits, const long long* targets
 __device__ __forceinline__ float silu_mul(float a, float b) { return a / (1.0f + expf(-a)) * b; }
 
 // SwiGLU's gate, element-wise: out = silu(a) * b.
+// Whether a pointer allows four-element loads (a caller may ask for them without knowing).
+template <typename T>
+__device__ __forceinline__ bool at4(const T* p) {
+    return (unsigned long long)p % (4 * sizeof(T)) == 0;
+}
+
 template <typename T>
 __device__ void swiglu_forward(const T* a, const T* b, T* out, long long n, int vec) {
+    vec = vec && at4(a) && at4(b) && at4(out);
     GRID_STRIDE
     for (long long q = first; q < n4; q += stride) {
         Four x = load4(a, 4 * q);
@@ -237,6 +244,7 @@ __device__ __forceinline__ void swiglu_grad(float x, float y, float d, float& da
 template <typename T>
 __device__ void swiglu_backward(const T* a, const T* b, const T* g, T* da, T* db, long long n,
                                 int vec) {
+    vec = vec && at4(a) && at4(b) && at4(g) && at4(da) && at4(db);
     GRID_STRIDE
     for (long long q = first; q < n4; q += stride) {
         const Four x = load4(a, 4 * q), y = load4(b, 4 * q), d = load4(g, 4 * q);
@@ -256,7 +264,7 @@ __device__ void swiglu_backward(const T* a, const T* b, const T* g, T* da, T* db
 
 // The rotary embedding of `x [batch, heads, time, dim]` (strides xb, xh, xt; unit stride within a
 // head) with full-width tables `c = [cos, cos]`, `s = [-sin, sin]` (`[batch or 1, 1, time, dim]`,
-// strides cb, ct), into a contiguous `y`. The rotation exchanges the two halves of each head:
+// strides cb, ct), into `y` (strides yb, yh, yt; unit stride within a head). The rotation exchanges the two halves of each head:
 //   forward  y = x c + swap(x) s,     backward  dx = g c + swap(g s)
 // (a rotation's backward is the inverse rotation).
 template <typename T>
@@ -271,23 +279,22 @@ __device__ __forceinline__ void rotate_pair(const T* xr, const T* c, const T* s,
 template <typename T>
 __device__ void rotary(const T* x, const T* c, const T* s, T* y, long long n, int heads, int time,
                        int dim, long long xb, long long xh, long long xt, long long cb,
-                       long long ct, int backward) {
+                       long long ct, long long yb, long long yh, long long yt, int backward) {
     // A thread per four pairs (i..i+3, i+half..i+half+3) where every row and table row allows
     // four-element loads, else per pair; both halves from one read of each operand; 32-bit index
     // arithmetic where the units fit (a 64-bit division is a long emulated sequence: with six
     // per element, one pair per thread and two-byte loads the kernel ran at ~5 % of an H200's
     // bandwidth, docs/performance.md attempt 55). The same arithmetic per element either way.
     const int half = dim / 2;
-    const auto at4 = [](const void* p, int bytes) { return ((unsigned long long)p % bytes) == 0; };
     const bool vec = half % 4 == 0 && xb % 4 == 0 && xh % 4 == 0 && xt % 4 == 0 && cb % 4 == 0 &&
-                     ct % 4 == 0 && at4(x, 4 * sizeof(T)) && at4(c, 4 * sizeof(T)) &&
-                     at4(s, 4 * sizeof(T)) && at4(y, 4 * sizeof(T));
+                     ct % 4 == 0 && yb % 4 == 0 && yh % 4 == 0 && yt % 4 == 0 && at4(x) &&
+                     at4(c) && at4(s) && at4(y);
     const int per = vec ? 4 : 1, row_units = half / per;
     const long long units = n / 2 / per;
     const bool narrow = units <= 0xffffffffLL;
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < units;
          idx += (long long)gridDim.x * blockDim.x) {
-        long long row, b;
+        long long b;
         int i, t, h;
         if (narrow) {
             const unsigned u = (unsigned)idx, r = u / (unsigned)row_units, q = r / (unsigned)time;
@@ -295,9 +302,8 @@ __device__ void rotary(const T* x, const T* c, const T* s, T* y, long long n, in
             t = (int)(r - q * (unsigned)time);
             h = (int)(q % (unsigned)heads);
             b = q / (unsigned)heads;
-            row = r;
         } else {
-            row = idx / row_units;
+            const long long row = idx / row_units;
             i = (int)(idx - row * row_units) * per;
             const long long q = row / time;
             t = (int)(row - q * time);
@@ -306,7 +312,7 @@ __device__ void rotary(const T* x, const T* c, const T* s, T* y, long long n, in
         }
         const T* xr = x + b * xb + h * xh + t * xt;
         const long long tr = b * cb + t * ct;
-        T* yr = y + row * dim;
+        T* yr = y + b * yb + h * yh + t * yt;
         if (vec) {
             const Four x0 = load4(xr, i), x1 = load4(xr, i + half);
             const Four c0 = load4(c, tr + i), c1 = load4(c, tr + i + half);
@@ -525,9 +531,10 @@ __device__ void rms_norm_backward(const TY* dy, const TX* x, const float* gamma,
     }                                                                                             \
     extern "C" __global__ void rotary_##SUFFIX(                                                   \
         const T* x, const T* c, const T* s, T* y, long long n, int heads, int time, int dim,      \
-        long long xb, long long xh, long long xt, long long cb, long long ct, int backward) {     \
+        long long xb, long long xh, long long xt, long long cb, long long ct, long long yb,       \
+        long long yh, long long yt, int backward) {                                               \
         pdl_start();                                                                              \
-        rotary<T>(x, c, s, y, n, heads, time, dim, xb, xh, xt, cb, ct, backward);                 \
+        rotary<T>(x, c, s, y, n, heads, time, dim, xb, xh, xt, cb, ct, yb, yh, yt, backward);     \
     }                                                                                             \
     RMS_NORM(SUFFIX, T, T)
 

@@ -163,6 +163,7 @@ pub fn rotary(x: &Tensor, c: &Tensor, s: &Tensor, backward: bool) -> Option<Tens
     let st = x.stride();
     let cb = if c.size()[0] == 1 { 0 } else { c.stride()[0] };
     let ct = c.stride()[2];
+    let ys = y.stride();
     let (heads, time, dim) = (
         i32::try_from(heads).ok()?,
         i32::try_from(time).ok()?,
@@ -189,6 +190,9 @@ pub fn rotary(x: &Tensor, c: &Tensor, s: &Tensor, backward: bool) -> Option<Tens
             &st[2],
             &cb,
             &ct,
+            &ys[0],
+            &ys[1],
+            &ys[2],
             &i32::from(backward),
         ],
     )?;
