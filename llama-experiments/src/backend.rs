@@ -208,8 +208,11 @@ impl DeviceSpec {
                 };
                 // RMSNorm by the libtorch CUDA path's kernels (attempt 54), `LLAMA_NORM=fused`'s
                 // meaning there; `LLAMA_NORM=decomposed` keeps burn-nn's tensor ops.
-                // The rotary embedding by the same module's kernel (attempt 55).
-                let (own_norm, own_rotary) = match crate::cubecl_fused::available(&device) {
+                // The rotary embedding (attempt 55) and SwiGLU's gate (attempt 59) by the same
+                // module's kernels.
+                let (own_norm, own_rotary, own_swiglu) = match crate::cubecl_fused::available(
+                    &device,
+                ) {
                     Ok(()) => (
                         Some(NativeRmsNorm::<Cuda> {
                             forward: crate::cubecl_fused::rms_norm::forward,
@@ -219,12 +222,16 @@ impl DeviceSpec {
                             forward: crate::cubecl_fused::rotary::forward,
                             backward: crate::cubecl_fused::rotary::backward,
                         }),
+                        Some(NativeSwiglu::<Cuda> {
+                            forward: crate::cubecl_fused::swiglu::forward,
+                            backward: crate::cubecl_fused::swiglu::backward,
+                        }),
                     ),
                     Err(e) => {
                         eprintln!(
-                            "warning: RMSNorm and rotary kernels unavailable ({e}); tensor ops"
+                            "warning: RMSNorm, rotary and SwiGLU kernels unavailable ({e}); tensor ops"
                         );
-                        (None, None)
+                        (None, None, None)
                     }
                 };
                 // The clipping's squared norms by a kernel of ours (attempt 53);
@@ -242,6 +249,7 @@ impl DeviceSpec {
                     own_loss,
                     own_norm,
                     own_rotary,
+                    own_swiglu,
                     ..Ops::new(AttentionForward::FusedF32)
                 })?;
                 Ok(job.run::<burn::backend::Autodiff<Cuda>>(device))
@@ -317,6 +325,8 @@ struct Ops<I: burn::tensor::backend::Backend> {
     own_norm: Option<NativeRmsNorm<I>>,
     /// This project's rotary kernel where the other fused kernels are not (CubeCL's CUDA).
     own_rotary: Option<NativeRotary<I>>,
+    /// This project's SwiGLU kernels where the other fused kernels are not (CubeCL's CUDA).
+    own_swiglu: Option<NativeSwiglu<I>>,
     /// The embedding's weight gradient by the backend's own kernel (`llama_model::embedding`).
     embedding: Option<NativeEmbedding<I>>,
 }
@@ -360,6 +370,7 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
             own_loss: None,
             own_norm: None,
             own_rotary: None,
+            own_swiglu: None,
             embedding: None,
         }
     }
@@ -398,6 +409,7 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     let fused_loss = fused_loss.or(ops.own_loss);
     let fused_norm = fused_norm.or(ops.own_norm);
     let fused_rotary = fused_rotary.or(ops.own_rotary);
+    let fused_swiglu = fused_swiglu.or(ops.own_swiglu);
     match (
         env_choice("LLAMA_ATTENTION", &["auto", "blocked", "decomposed"])?,
         ops.attention,

@@ -2,9 +2,10 @@
 //! the embedding's weight gradient (`cubecl_embedding`, through `llama_model::embedding`'s
 //! autodiff operation: ids repeated many times, rows summed by atomics, and ids outside the
 //! vocabulary adding nothing), RMSNorm both ways (`cubecl_rms_norm`, through
-//! `llama_model::rms_norm`'s operation, against burn-nn's formula in f32) and the squared norm
-//! (`cubecl_sum_squares`). Needs `--features cuda-untuned`, an NVIDIA GPU of compute capability
-//! 8.0 or later and NVRTC on the library path; skips (passes, saying so) without them.
+//! `llama_model::rms_norm`'s operation, against burn-nn's formula in f32), the squared norm
+//! (`cubecl_sum_squares`), and the rotary embedding and SwiGLU's gate both ways (`cubecl_fused`,
+//! against their tensor-op forms). Needs `--features cuda-untuned`, an NVIDIA GPU of compute
+//! capability 8.0 or later and NVRTC on the library path; skips (passes, saying so) without them.
 #![cfg(feature = "cuda-untuned")]
 
 mod common;
@@ -17,6 +18,7 @@ use llama_experiments::cubecl_embedding::{available, backward};
 use llama_model::embedding::NativeEmbedding;
 use llama_model::rms_norm::NativeRmsNorm;
 use llama_model::rotary::NativeRotary;
+use llama_model::swiglu::NativeSwiglu;
 
 fn device() -> Option<CudaDevice> {
     common::gpu(|| CudaDevice::new(0), available)
@@ -193,6 +195,51 @@ fn the_rotary_kernel_matches_tensor_ops() {
             let tol = if dtype == DType::F32 { 1e-6 } else { 1e-2 };
             let (ey, edx) = (rel(y.inner(), want_y), rel(dx, want_dx));
             assert!(ey < tol && edx < tol, "d {d} {dtype:?}: y {ey}, dx {edx}");
+        }
+    }
+}
+
+#[test]
+fn the_swiglu_kernels_match_the_closed_form() {
+    type A = Autodiff<Cuda>;
+    let Some(dev) = device() else { return };
+    llama_experiments::cubecl_fused::available(&dev).expect("the kernels load");
+    llama_model::swiglu::register_native::<Cuda>(NativeSwiglu {
+        forward: llama_experiments::cubecl_fused::swiglu::forward,
+        backward: llama_experiments::cubecl_fused::swiglu::backward,
+    });
+    // Read by fours, and a size that leaves a tail of single elements (3 · 5 · 7 = 105).
+    for [b, t, n] in [[2, 33, 256], [3, 5, 7]] {
+        let x = || Tensor::<Cuda, 3>::random([b, t, n], Distribution::Normal(0.0, 2.0), &dev);
+        let (a, g, dy) = (x(), x(), x());
+        for dtype in [DType::F32, DType::BF16] {
+            let (ad, gd, dyd) = (
+                a.clone().cast(dtype),
+                g.clone().cast(dtype),
+                dy.clone().cast(dtype),
+            );
+            let aa = Tensor::<A, 3>::from_inner(ad.clone()).require_grad();
+            let ga = Tensor::<A, 3>::from_inner(gd.clone()).require_grad();
+            let y = llama_model::swiglu::swiglu(aa.clone(), ga.clone());
+            let grads = (y.clone() * Tensor::<A, 3>::from_inner(dyd.clone()))
+                .sum()
+                .backward();
+            let (da, dg) = (aa.grad(&grads).expect("a's"), ga.grad(&grads).expect("b's"));
+            let f = |t: Tensor<Cuda, 3>| t.cast(DType::F32);
+            let want_y = burn::tensor::activation::silu(f(ad.clone())) * f(gd.clone());
+            let (want_da, want_dg) =
+                llama_model::swiglu::closed_form_backward(f(ad), f(gd), f(dyd));
+            let rel = |got: Tensor<Cuda, 3>, want: Tensor<Cuda, 3>| {
+                let got = got.cast(DType::F32);
+                scalar((got - want.clone()).abs().max().reshape([1]))
+                    / scalar(want.abs().max().reshape([1]))
+            };
+            let tol = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+            let (ey, ea, eg) = (rel(y.inner(), want_y), rel(da, want_da), rel(dg, want_dg));
+            assert!(
+                ey < tol && ea < tol && eg < tol,
+                "{b}x{t}x{n} {dtype:?}: y {ey}, da {ea}, db {eg}"
+            );
         }
     }
 }

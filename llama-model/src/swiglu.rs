@@ -96,8 +96,9 @@ pub fn swiglu<B: Backend>(a: Tensor<B, 3>, b: Tensor<B, 3>) -> Tensor<B, 3> {
     }
 }
 
-/// The closed-form gradients `(da, db)` of `Σ g ⊙ silu(a) ⊙ b`.
-fn closed_form_backward<B: Backend>(
+/// The closed-form gradients `(da, db)` of `Σ g ⊙ silu(a) ⊙ b` (also a native backward's
+/// fallback for inputs its kernel does not take).
+pub fn closed_form_backward<B: Backend>(
     a: Tensor<B, 3>,
     b: Tensor<B, 3>,
     g: Tensor<B, 3>,

@@ -1,6 +1,6 @@
 //! The libtorch CUDA path's fused kernels (`cuda_kernels/kernels.cu`) on CubeCL's buffers
-//! (`--device cuda`): RMSNorm ([`rms_norm`], docs/performance.md attempt 54) and the rotary
-//! embedding ([`rotary`], attempt 55) as native forms of `llama_model`'s operations for
+//! (`--device cuda`): RMSNorm ([`rms_norm`], docs/performance.md attempt 54), the rotary
+//! embedding ([`rotary`], attempt 55) and SwiGLU's gate ([`swiglu`], attempt 59) as native forms of `llama_model`'s operations for
 //! `burn::backend::Cuda`, compiled as their own NVRTC module and queued on CubeCL's stream
 //! through [`crate::cubecl_launch`].
 
@@ -10,6 +10,7 @@ use crate::cubecl_launch::{self, Source};
 
 pub mod rms_norm;
 pub mod rotary;
+pub mod swiglu;
 
 static SOURCE: Source = Source {
     name: "kernels.cu",
@@ -24,6 +25,10 @@ static SOURCE: Source = Source {
         "rotary_f32",
         "rotary_bf16",
         "column_sum_f32",
+        "swiglu_forward_f32",
+        "swiglu_backward_f32",
+        "swiglu_forward_bf16",
+        "swiglu_backward_bf16",
     ],
 };
 

@@ -157,6 +157,24 @@ __device__ void cross_entropy_backward(const T* logits, const float* targets, co
     }
 }
 
+// out[0] = the mean of x[0..n), one block: each thread sums a strided share, then the warps' sums
+// in a fixed order, so the loss is the same bits run to run (CubeCL's `float_mean` of the row
+// losses ran as one 380 µs launch per `125m` step, docs/performance.md attempt 58).
+extern "C" __global__ void __launch_bounds__(THREADS) mean_f32(const float* x, float* out,
+                                                             long long n) {
+    __shared__ float part[THREADS / 32];
+    float s = 0.0f;
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float total = 0.0f;
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) total += part[w];
+        out[0] = total / (float)n;
+    }
+}
+
 #define CROSS_ENTROPY(SUFFIX, T)                                                                  \
     extern "C" __global__ void __launch_bounds__(THREADS) cross_entropy_forward_##SUFFIX(         \
         const T* logits, const float* targets, float* lse, float* loss, int vocab) {              \

@@ -6,7 +6,8 @@
 //! (~10 ms of a `125m` step on an H200, where one read of the bf16 logits takes 0.25 ms).
 //! `cross_entropy.cu` reads each row once forward (a running-maximum log-sum-exp, the row's loss)
 //! and once backward (writing `(softmax − onehot) · g / n` in the logits' dtype), queued on
-//! CubeCL's stream through [`crate::cubecl_launch`]. The mean of the row losses is Burn's.
+//! CubeCL's stream through [`crate::cubecl_launch`]; a one-block kernel then averages the rows'
+//! losses in a fixed order.
 
 use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor, IntTensorOps};
 use burn::tensor::{DType, Shape};
@@ -26,10 +27,11 @@ static SOURCE: Source = Source {
         "cross_entropy_backward_f32",
         "cross_entropy_forward_bf16",
         "cross_entropy_backward_bf16",
+        "mean_f32",
     ],
 };
 
-/// Threads per row (`THREADS` in the source).
+/// Threads per row, and of the mean's one block (`THREADS` in the source).
 const THREADS: u32 = 512;
 
 /// Whether the kernels compile and load on `device` (the loss is registered only then).
@@ -68,10 +70,11 @@ pub fn forward(
     let rows = |c: &burn_fusion::client::GlobalFusionClient<Runtime>| {
         TensorIr::uninit(c.create_empty_handle(), Shape::from([n]), DType::F32)
     };
-    let outs = [rows(&client), rows(&client)];
+    let mean = TensorIr::uninit(client.create_empty_handle(), Shape::from([1]), DType::F32);
+    let outs = [rows(&client), mean];
     let inputs = [logits.clone().into_ir(), targets.clone().into_ir()];
     let desc = CustomOpIr::new("cross_entropy_forward", &inputs, &outs);
-    let [lse, loss] = Pass {
+    let [lse, mean] = Pass {
         desc,
         what: "the cross-entropy",
         run,
@@ -79,7 +82,6 @@ pub fn forward(
     }
     .register(&client, streams)
     .outputs();
-    let mean = Cuda::float_mean(loss);
     Some((mean, vec![logits, targets, lse]))
 }
 
@@ -125,16 +127,34 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
     let grid = (n as u32, 1, 1);
     let v = Arg::I32(vocab as i32);
     if inputs.len() == 2 {
-        // Forward: logits, targets, lse, loss.
-        let outputs = vec![empty(vec![n], DType::F32), empty(vec![n], DType::F32)];
-        let launch = Launch {
+        // Forward: logits, targets, lse, the mean, the rows' losses (scratch).
+        let outputs = vec![
+            empty(vec![n], DType::F32),
+            empty(vec![1], DType::F32),
+            empty(vec![n], DType::F32),
+        ];
+        let rows = Launch {
             name: format!("cross_entropy_forward_{sfx}"),
             grid,
             threads: THREADS,
-            args: vec![Arg::Ptr(0), Arg::Ptr(1), Arg::Ptr(2), Arg::Ptr(3), v],
+            args: vec![Arg::Ptr(0), Arg::Ptr(1), Arg::Ptr(2), Arg::Ptr(4), v],
         };
-        let tensors = [&inputs[0], &inputs[1], &outputs[0], &outputs[1]];
-        let result = cubecl_launch::queue(&SOURCE, &tensors, 2, &[], vec![launch]);
+        let mean = Launch {
+            name: "mean_f32".into(),
+            grid: (1, 1, 1),
+            threads: THREADS,
+            args: vec![Arg::Ptr(4), Arg::Ptr(3), Arg::I64(n as i64)],
+        };
+        let tensors = [
+            &inputs[0],
+            &inputs[1],
+            &outputs[0],
+            &outputs[1],
+            &outputs[2],
+        ];
+        let result = cubecl_launch::queue(&SOURCE, &tensors, 2, &[], vec![rows, mean]);
+        let mut outputs = outputs;
+        outputs.truncate(2);
         (outputs, result)
     } else {
         // Backward: logits, targets, lse, g, dlogits.
