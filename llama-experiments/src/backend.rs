@@ -208,7 +208,7 @@ impl DeviceSpec {
                 };
                 // RMSNorm by the libtorch CUDA path's kernels (attempt 54), `LLAMA_NORM=fused`'s
                 // meaning there; `LLAMA_NORM=decomposed` keeps burn-nn's tensor ops.
-                // The rotary embedding (attempt 55) and SwiGLU's gate (attempt 59) by the same
+                // The rotary embedding (attempt 55) and SwiGLU's gate (attempt 61) by the same
                 // module's kernels.
                 let (own_norm, own_rotary, own_swiglu) = match crate::cubecl_fused::available(
                     &device,

@@ -208,6 +208,8 @@ pub(crate) struct Launch {
 pub(crate) enum Arg {
     /// The device pointer of the `i`-th tensor handed to [`queue`].
     Ptr(usize),
+    /// The same, `bytes` further on (a range of a tensor).
+    PtrAt(usize, u64),
     I32(i32),
     I64(i64),
     F32(f32),
@@ -328,6 +330,7 @@ fn launch(f: cu::CUfunction, l: &Launch, ptrs: &[u64], stream: cu::CUstream) -> 
             let mut v = [0u8; 8];
             match *a {
                 Arg::Ptr(i) => v.copy_from_slice(&ptrs[i].to_ne_bytes()),
+                Arg::PtrAt(i, bytes) => v.copy_from_slice(&(ptrs[i] + bytes).to_ne_bytes()),
                 Arg::I64(x) => v.copy_from_slice(&x.to_ne_bytes()),
                 Arg::I32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
                 Arg::F32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),

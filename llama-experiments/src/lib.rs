@@ -7,6 +7,8 @@ pub mod bench;
 pub mod check;
 pub mod checkpoint;
 #[cfg(feature = "cuda-untuned")]
+pub mod cubecl_adamw;
+#[cfg(feature = "cuda-untuned")]
 pub mod cubecl_cublas;
 #[cfg(feature = "cuda-untuned")]
 pub mod cubecl_embedding;

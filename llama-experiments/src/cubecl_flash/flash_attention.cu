@@ -3,8 +3,9 @@
 // run time by NVRTC for sm_80 or later, so the source includes no header: the tensor-core
 // instructions (mma.sync m16n8k16, ldmatrix) are written as inline PTX.
 //
-// Layout: q, k, v and the output's gradient are [B, H, T, D] with any batch, head and row strides
-// (in elements, multiples of 8) and contiguous rows; everything written is contiguous. Scores,
+// Layout: q, k, v, o and the output's gradient are [B, H, T, D] with any batch, head and row
+// strides (in elements, multiples of 8) and contiguous rows; o, dq, dk and dv are written through
+// their strides (the launcher allocates them time-major), `lse2` and `dsum` contiguous. Scores,
 // softmax statistics and accumulators are f32; the probabilities enter the products rounded to
 // bf16, as in FlashAttention-2. `lse2` is each query row's log-sum-exp in base 2 of the scaled
 // scores (`scale2 = log2(e) / sqrt(D)`), which the backward pass uses to recompute the
@@ -12,9 +13,8 @@
 //
 // A warp owns 16 rows (queries in the forward and dq kernels, keys in the dk/dv kernel) and walks
 // the other side's 64-row tiles through shared memory; a block is ROWS_<KERNEL>_D<D> / 16 warps
-// (the launcher reads those defines: grid T / rows, 2·rows threads). Fragments follow
-// PTX's m16n8k16 layout: lane = 4·g + t holds rows g and g+8, columns 2t and 2t+1 of each 8-wide
-// tile.
+// (the launcher reads those defines: grid T / rows, 2·rows threads). Fragments follow PTX's
+// m16n8k16 layout: lane = 4·g + t holds rows g and g+8, columns 2t and 2t+1 of each 8-wide tile.
 
 typedef unsigned short bf16_t;
 
@@ -245,7 +245,7 @@ __device__ __forceinline__ void hide(float (*s)[4], int row0, int col0, int T, i
 
 // Rows a block owns. 128 for the forward kernel at D = 64: each key and value tile read from L2
 // then serves twice the queries (eight warps; faster at the 125m shape on an H200, slower for the
-// backward kernels, docs/performance.md attempt 60).
+// backward kernels, docs/performance.md attempt 59).
 #define ROWS_FWD_D64 128
 #define ROWS_DQ_D64 64
 #define ROWS_DKDV_D64 64

@@ -1,8 +1,9 @@
 //! The libtorch CUDA path's fused kernels (`cuda_kernels/kernels.cu`) on CubeCL's buffers
 //! (`--device cuda`): RMSNorm ([`rms_norm`], docs/performance.md attempt 54), the rotary
-//! embedding ([`rotary`], attempt 55) and SwiGLU's gate ([`swiglu`], attempt 59) as native forms of `llama_model`'s operations for
-//! `burn::backend::Cuda`, compiled as their own NVRTC module and queued on CubeCL's stream
-//! through [`crate::cubecl_launch`].
+//! embedding ([`rotary`], attempt 55) and SwiGLU's gate ([`swiglu`], attempt 61) as native forms
+//! of `llama_model`'s operations for `burn::backend::Cuda`, and the AdamW update
+//! (`crate::cubecl_adamw`, attempt 62), compiled as their own NVRTC module and queued on
+//! CubeCL's stream through [`crate::cubecl_launch`].
 
 use burn_cubecl::cubecl::cuda::CudaDevice;
 
@@ -12,7 +13,7 @@ pub mod rms_norm;
 pub mod rotary;
 pub mod swiglu;
 
-static SOURCE: Source = Source {
+pub(crate) static SOURCE: Source = Source {
     name: "kernels.cu",
     code: include_str!("../cuda_kernels/kernels.cu"),
     kernels: &[
@@ -29,6 +30,8 @@ static SOURCE: Source = Source {
         "swiglu_backward_f32",
         "swiglu_forward_bf16",
         "swiglu_backward_bf16",
+        "adamw_f32",
+        "adamw_f32_bf16",
     ],
 };
 

@@ -2,7 +2,7 @@
 //!
 //! Why: Burn's fusion ran the gate `silu(a) ⊙ b` as one element-wise kernel of ~100 µs per `125m`
 //! layer on an H200 (the 200 MB it moves take ~50 µs at the card's bandwidth) and the closed-form
-//! backward as another of ~110 µs (docs/performance.md attempt 59). `swiglu_forward` and
+//! backward as another of ~110 µs (docs/performance.md attempt 61). `swiglu_forward` and
 //! `swiglu_backward` of `kernels.cu` (the libtorch CUDA path's) read each operand once in
 //! four-element pieces and write the gate, or both gradients, in one pass.
 

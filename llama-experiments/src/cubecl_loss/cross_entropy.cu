@@ -159,7 +159,7 @@ __device__ void cross_entropy_backward(const T* logits, const float* targets, co
 
 // out[0] = the mean of x[0..n), one block: each thread sums a strided share, then the warps' sums
 // in a fixed order, so the loss is the same bits run to run (CubeCL's `float_mean` of the row
-// losses ran as one 380 µs launch per `125m` step, docs/performance.md attempt 58).
+// losses ran as one 380 µs launch per `125m` step, docs/performance.md attempt 61).
 extern "C" __global__ void __launch_bounds__(THREADS) mean_f32(const float* x, float* out,
                                                              long long n) {
     __shared__ float part[THREADS / 32];

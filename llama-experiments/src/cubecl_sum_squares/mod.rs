@@ -64,13 +64,81 @@ pub fn try_sum_squares<I: burn::tensor::backend::Backend>(
     }
 }
 
+/// `Σ Σ t²` over `ts` (`[1]`, f32) by the kernels, one launch per tensor into one buffer of
+/// partial sums (a bucket's gradients where they lie: ~3 µs per launch against two launches and
+/// a sum per tensor), else `ts` back.
+pub fn try_sum_squares_all<I: burn::tensor::backend::Backend>(
+    ts: Vec<Tensor<I, 1>>,
+) -> Result<Tensor<I, 1>, Vec<Tensor<I, 1>>> {
+    if !ON.load(Ordering::Relaxed) || ts.is_empty() {
+        return Err(ts);
+    }
+    let boxed: Box<dyn Any> = Box::new(ts);
+    let ts = match boxed.downcast::<Vec<Tensor<Cuda, 1>>>() {
+        Ok(ts) => *ts,
+        Err(boxed) => return Err(*boxed.downcast::<Vec<Tensor<I, 1>>>().expect("its own type")),
+    };
+    let xs: Vec<FloatTensor<Cuda>> = ts
+        .iter()
+        .map(|t| t.clone().into_primitive().tensor())
+        .collect();
+    let back = |b: Box<dyn Any>| *b.downcast::<Tensor<I, 1>>().expect("I is Cuda here");
+    match sum_squares_all(xs) {
+        Some(s) => Ok(back(Box::new(Tensor::<Cuda, 1>::from_primitive(
+            TensorPrimitive::Float(s),
+        )))),
+        None => {
+            let boxed: Box<dyn Any> = Box::new(ts);
+            Err(*boxed
+                .downcast::<Vec<Tensor<I, 1>>>()
+                .expect("I is Cuda here"))
+        }
+    }
+}
+
+/// Blocks (partial sums) for a vector of `n` elements: the grid depends only on the length.
+fn blocks(n: usize) -> usize {
+    n.div_ceil(THREADS as usize * 8).min(MAX_BLOCKS)
+}
+
+/// `Σ Σ x²` (`[1]`, f32) over flat f32 or bf16 vectors, or `None` if one is not.
+fn sum_squares_all(xs: Vec<FloatTensor<Cuda>>) -> Option<FloatTensor<Cuda>> {
+    let ok = |x: &FloatTensor<Cuda>| {
+        x.shape.num_dims() == 1
+            && x.shape.num_elements() > 0
+            && matches!(x.dtype, DType::F32 | DType::BF16)
+    };
+    if xs.is_empty() || !xs.iter().all(ok) {
+        return None;
+    }
+    let total: usize = xs.iter().map(|x| blocks(x.shape.num_elements())).sum();
+    let client = xs[0].client.clone();
+    let streams = OperationStreams::with_inputs(xs.iter());
+    let out = TensorIr::uninit(
+        client.create_empty_handle(),
+        Shape::from([total]),
+        DType::F32,
+    );
+    let inputs: Vec<_> = xs.into_iter().map(|x| x.into_ir()).collect();
+    let desc = CustomOpIr::new("sum_squares", &inputs, &[out]);
+    let partial = Pass {
+        desc,
+        what: "the gradient's squared norm",
+        run,
+        scalars: vec![],
+    }
+    .register(&client, streams)
+    .output();
+    Some(Cuda::float_sum(partial))
+}
+
 /// `Σ x²` (`[1]`, f32) of a flat f32 or bf16 vector, or `None` for other dtypes or an empty one.
 pub fn sum_squares(x: FloatTensor<Cuda>) -> Option<FloatTensor<Cuda>> {
     let n = x.shape.num_elements();
     if x.shape.num_dims() != 1 || n == 0 || !matches!(x.dtype, DType::F32 | DType::BF16) {
         return None;
     }
-    let blocks = n.div_ceil(THREADS as usize * 8).min(MAX_BLOCKS);
+    let blocks = blocks(n);
     let client = x.client.clone();
     let streams = OperationStreams::with_inputs([&x]);
     let out = TensorIr::uninit(
@@ -90,25 +158,41 @@ pub fn sum_squares(x: FloatTensor<Cuda>) -> Option<FloatTensor<Cuda>> {
     Some(Cuda::float_sum(partial))
 }
 
-/// Allocates the partial sums (`outputs[0]`'s length is the grid) and queues the kernel.
+/// Allocates the partial sums (`outputs[0]`: every input's blocks in turn) and queues a launch per
+/// input.
 fn run(inputs: Vec<CubeTensor<CudaRuntime>>, pass: &Pass) -> Ran {
-    let x = burn_cubecl::kernel::into_contiguous(inputs.into_iter().next().expect("one input"));
-    let blocks = pass.desc.outputs[0].shape[0];
-    let partial = cubecl_launch::empty(&x, [blocks], DType::F32);
-    let name = match x.dtype {
-        DType::BF16 => "sum_squares_bf16",
-        _ => "sum_squares_f32",
-    };
-    let launch = Launch {
-        name: name.into(),
-        grid: (blocks as u32, 1, 1),
-        threads: THREADS,
-        args: vec![
-            Arg::Ptr(0),
-            Arg::I64(x.meta.num_elements() as i64),
-            Arg::Ptr(1),
-        ],
-    };
-    let result = cubecl_launch::queue(&SOURCE, &[&x, &partial], 1, &[], vec![launch]);
+    let inputs: Vec<_> = inputs
+        .into_iter()
+        .map(burn_cubecl::kernel::into_contiguous)
+        .collect();
+    let total = pass.desc.outputs[0].shape[0];
+    let partial = cubecl_launch::empty(&inputs[0], [total], DType::F32);
+    let out = inputs.len();
+    let mut at = 0;
+    let launches = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let n = x.meta.num_elements();
+            let grid = blocks(n);
+            let launch = Launch {
+                name: match x.dtype {
+                    DType::BF16 => "sum_squares_bf16".into(),
+                    _ => "sum_squares_f32".into(),
+                },
+                grid: (grid as u32, 1, 1),
+                threads: THREADS,
+                args: vec![
+                    Arg::Ptr(i),
+                    Arg::I64(n as i64),
+                    Arg::PtrAt(out, at as u64 * 4),
+                ],
+            };
+            at += grid;
+            launch
+        })
+        .collect();
+    let tensors: Vec<&CubeTensor<CudaRuntime>> = inputs.iter().chain([&partial]).collect();
+    let result = cubecl_launch::queue(&SOURCE, &tensors, out, &[], launches);
     (vec![partial], result)
 }

@@ -352,6 +352,9 @@ template <typename G>
 __device__ void adamw(const float* p, const G* g, const float* m, const float* v, float* p_out,
                       float* m_out, float* v_out, long long n, const float* factor, float b1,
                       float b2, float lr_c1, float inv_root_c2, float eps, float keep, int vec) {
+    // Four-element pieces only where every pointer allows them (a range of a bucket may not).
+    vec = vec && at4(p) && at4(g) && at4(p_out) && at4(m_out) && at4(v_out) &&
+          (!m || (at4(m) && at4(v)));
     GRID_STRIDE
     const float f = factor ? factor[0] : 1.0f;
     for (long long q = first; q < n4; q += stride) {

@@ -1,6 +1,6 @@
 //! One bucket's AdamW update: what it takes ([`AdamwStep`] for a concatenated bucket,
 //! [`AdamwParts`] for one left as its parameters), the tensor-op form, and the hand-over to a
-//! backend's own kernels (`libtorch_adamw`) where this build has them. `optim` groups the
+//! backend's own kernels (`libtorch_adamw`, `cubecl_adamw`) where this build has them. `optim` groups the
 //! parameters into buckets and calls these.
 
 use burn::tensor::backend::Backend;
@@ -28,14 +28,21 @@ pub fn widened<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
 }
 
 /// Whether this build updates a bucket parameter by parameter on `device` ([`AdamwParts`]: the
-/// fused kernel on libtorch CUDA).
-#[cfg_attr(not(feature = "tch"), allow(unused_variables))]
+/// fused kernel on libtorch CUDA and on CubeCL's CUDA).
+#[cfg_attr(
+    not(any(feature = "tch", feature = "cuda-untuned")),
+    allow(unused_variables)
+)]
 pub(super) fn backend_updates_parts<I: Backend>(device: &I::Device) -> bool {
     #[cfg(feature = "tch")]
-    let yes = crate::libtorch_adamw::updates_parts::<I>(device);
-    #[cfg(not(feature = "tch"))]
-    let yes = false;
-    yes
+    if crate::libtorch_adamw::updates_parts::<I>(device) {
+        return true;
+    }
+    #[cfg(feature = "cuda-untuned")]
+    if crate::cubecl_adamw::updates_parts::<I>(device) {
+        return true;
+    }
+    false
 }
 
 /// [`AdamwParts`]'s update by the backend's own kernels, or the step back.
@@ -43,10 +50,16 @@ pub(super) fn backend_update_parts<I: Backend>(
     step: AdamwParts<I>,
 ) -> Result<AdamwOutput<I>, AdamwParts<I>> {
     #[cfg(feature = "tch")]
-    let out = crate::libtorch_adamw::try_update_parts(step);
-    #[cfg(not(feature = "tch"))]
-    let out = Err(step);
-    out
+    let step = match crate::libtorch_adamw::try_update_parts(step) {
+        Ok(out) => return Ok(out),
+        Err(step) => step,
+    };
+    #[cfg(feature = "cuda-untuned")]
+    let step = match crate::cubecl_adamw::try_update_parts(step) {
+        Ok(out) => return Ok(out),
+        Err(step) => step,
+    };
+    Err(step)
 }
 
 /// `Σ t²` as a `[1]` tensor: one reduction on libtorch (its norm, squared) and on CubeCL's CUDA
@@ -65,18 +78,41 @@ pub(super) fn sum_squares<I: Backend>(t: Tensor<I, 1>) -> Tensor<I, 1> {
     widened(t).square().sum()
 }
 
+/// `Σ Σ t²` over `ts` (`[1]`): one pass on CubeCL's CUDA (a launch per tensor), else
+/// [`sum_squares`] of each, summed.
+pub(super) fn sum_squares_all<I: Backend>(ts: Vec<Tensor<I, 1>>) -> Tensor<I, 1> {
+    #[cfg(feature = "cuda-untuned")]
+    let ts = match crate::cubecl_sum_squares::try_sum_squares_all(ts) {
+        Ok(s) => return s,
+        Err(ts) => ts,
+    };
+    Tensor::cat(ts.into_iter().map(sum_squares).collect(), 0).sum()
+}
+
 /// The update by the backend's own kernels where this build has them (libtorch; `fused`: the
-/// fused kernel on CUDA), else `step` back.
-#[cfg_attr(not(feature = "tch"), allow(unused_variables))]
+/// fused kernel on CUDA, libtorch's or CubeCL's), else `step` back.
+#[cfg_attr(
+    not(any(feature = "tch", feature = "cuda-untuned")),
+    allow(unused_variables)
+)]
 pub(super) fn backend_update<I: Backend>(
     step: AdamwStep<I>,
     fused: bool,
 ) -> Result<AdamwOutput<I>, AdamwStep<I>> {
     #[cfg(feature = "tch")]
-    let out = crate::libtorch_adamw::try_update(step, fused);
-    #[cfg(not(feature = "tch"))]
-    let out = Err(step);
-    out
+    let step = match crate::libtorch_adamw::try_update(step, fused) {
+        Ok(out) => return Ok(out),
+        Err(step) => step,
+    };
+    #[cfg(feature = "cuda-untuned")]
+    let step = match fused {
+        true => match crate::cubecl_adamw::try_update(step) {
+            Ok(out) => return Ok(out),
+            Err(step) => step,
+        },
+        false => step,
+    };
+    Err(step)
 }
 
 /// One bucket's AdamW update: what it needs, for the tensor-op form here or a backend's own

@@ -27,7 +27,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
 
 pub use super::adamw::{AdamwOutput, AdamwParts, AdamwScalars, AdamwStep, widened};
-use super::adamw::{backend_update, backend_update_parts, backend_updates_parts, cat, sum_squares};
+use super::adamw::{
+    backend_update, backend_update_parts, backend_updates_parts, cat, sum_squares, sum_squares_all,
+};
 use super::config::OptimConfig;
 
 type Inner<B> = <B as AutodiffBackend>::InnerBackend;
@@ -420,9 +422,9 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
             .iter()
             .flat_map(|g| match g {
                 BucketGrad::Flat(g) => vec![sum_squares(g.clone())],
-                BucketGrad::Parts(g) => (g.iter())
-                    .map(|(_, g)| scaled(sum_squares(g.clone())))
-                    .collect(),
+                BucketGrad::Parts(g) => vec![scaled(sum_squares_all(
+                    g.iter().map(|(_, g)| g.clone()).collect(),
+                ))],
             })
             .collect();
         let norm = match squares.is_empty() {

@@ -1,0 +1,216 @@
+//! AdamW for CubeCL's CUDA backend (`--device cuda`, docs/performance.md attempt 62): a bucket's
+//! update by `kernels.cu`'s fused `adamw` kernel (the libtorch CUDA path's), one launch per
+//! parameter, each reading its parameter and gradient where they lie and writing its range of the
+//! bucket's new parameters and moments.
+//!
+//! Why: in tensor ops the bucket's parameters and gradients are first concatenated (one
+//! `slice_assign` launch per parameter, twice: 222 launches, ~1 ms of a `125m` step on an H200)
+//! and the update then runs as several element-wise kernels over the bucket (~0.75 ms), all of
+//! it scaling with the parameter count. The fused kernel reads and writes each element once.
+
+use std::any::Any;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
+use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
+use burn_cubecl::tensor::CubeTensor;
+use burn_fusion::stream::OperationStreams;
+use burn_ir::{CustomOpIr, OperationOutput, TensorIr};
+
+use crate::cubecl_cublas::Cuda;
+use crate::cubecl_fused::SOURCE;
+use crate::cubecl_launch::{self, Arg, Launch, Pass, Ran};
+use crate::train::optim::{AdamwOutput, AdamwParts, AdamwStep};
+
+const THREADS: u32 = 256;
+
+/// Whether buckets on `device` are updated by the kernel (CubeCL's CUDA device, the kernels load).
+pub fn updates_parts<I: Backend>(device: &I::Device) -> bool {
+    let device: &dyn Any = device;
+    device
+        .downcast_ref::<CudaDevice>()
+        .is_some_and(|d| crate::cubecl_fused::available(d).is_ok())
+}
+
+/// [`AdamwParts`]'s update by the kernel, or the step back when its tensors are not CubeCL CUDA
+/// ones with f32 parameters and f32 or bf16 gradients.
+pub fn try_update_parts<I: Backend>(step: AdamwParts<I>) -> Result<AdamwOutput<I>, AdamwParts<I>> {
+    let boxed: Box<dyn Any> = Box::new(step);
+    let step = match boxed.downcast::<AdamwParts<Cuda>>() {
+        Ok(step) => *step,
+        Err(boxed) => return Err(*boxed.downcast::<AdamwParts<I>>().expect("its own type")),
+    };
+    let out: Box<dyn Any> = match update(&step) {
+        Some(out) => Box::new(out),
+        None => Box::new(step),
+    };
+    match out.downcast::<AdamwOutput<I>>() {
+        Ok(out) => Ok(*out),
+        Err(step) => Err(*step.downcast::<AdamwParts<I>>().expect("I is Cuda here")),
+    }
+}
+
+/// A concatenated bucket's update by the kernel (one part), or the step back.
+pub fn try_update<I: Backend>(step: AdamwStep<I>) -> Result<AdamwOutput<I>, AdamwStep<I>> {
+    let len = step.param.dims()[0];
+    let parts = AdamwParts {
+        len,
+        parts: vec![(0, step.param, step.grad)],
+        grad_factor: step.grad_factor,
+        moments: step.moments,
+        scalars: step.scalars,
+    };
+    try_update_parts(parts).map_err(|p| {
+        let (_, param, grad) = p.parts.into_iter().next().expect("one part");
+        AdamwStep {
+            param,
+            grad,
+            grad_factor: p.grad_factor,
+            moments: p.moments,
+            scalars: p.scalars,
+        }
+    })
+}
+
+fn prim(t: &Tensor<Cuda, 1>) -> FloatTensor<Cuda> {
+    t.clone().into_primitive().tensor()
+}
+
+fn tensor(x: FloatTensor<Cuda>) -> Tensor<Cuda, 1> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
+/// Queues the update: inputs are each part's parameter and gradient, then the moments and the
+/// gradient factor where present; `Pass::scalars` carries the AdamW scalars, the layout (whether
+/// moments and a factor come) and each part's offset.
+fn update(step: &AdamwParts<Cuda>) -> Option<AdamwOutput<Cuda>> {
+    let fits = |p: &Tensor<Cuda, 1>, g: &Tensor<Cuda, 1>| {
+        p.dtype() == DType::F32
+            && matches!(g.dtype(), DType::F32 | DType::BF16)
+            && p.dims() == g.dims()
+    };
+    let covered: usize = step.parts.iter().map(|(_, p, _)| p.dims()[0]).sum();
+    if step.parts.is_empty()
+        || covered != step.len
+        || !step.parts.iter().all(|(_, p, g)| fits(p, g))
+        || step.moments.as_ref().is_some_and(|(m, v)| {
+            m.dims() != [step.len]
+                || v.dims() != [step.len]
+                || m.dtype() != DType::F32
+                || v.dtype() != DType::F32
+        })
+    {
+        return None;
+    }
+    let mut inputs: Vec<FloatTensor<Cuda>> = Vec::new();
+    for (_, p, g) in &step.parts {
+        inputs.extend([prim(p), prim(g)]);
+    }
+    if let Some((m, v)) = &step.moments {
+        inputs.extend([prim(m), prim(v)]);
+    }
+    if let Some(f) = &step.grad_factor {
+        inputs.push(prim(&f.clone().cast(DType::F32)));
+    }
+    let s = step.scalars;
+    let mut scalars = vec![
+        s.beta1,
+        s.beta2,
+        s.lr / s.c1,
+        1.0 / s.c2.sqrt(),
+        s.eps,
+        1.0 - s.decay,
+        f64::from(u8::from(step.moments.is_some())),
+        f64::from(u8::from(step.grad_factor.is_some())),
+    ];
+    scalars.extend(step.parts.iter().map(|(offset, _, _)| *offset as f64));
+    let client = inputs[0].client.clone();
+    let streams = OperationStreams::with_inputs(inputs.iter());
+    let outs = [0; 3].map(|_| {
+        TensorIr::uninit(
+            client.create_empty_handle(),
+            Shape::from([step.len]),
+            DType::F32,
+        )
+    });
+    let irs: Vec<_> = inputs.into_iter().map(|x| x.into_ir()).collect();
+    let desc = CustomOpIr::new("adamw", &irs, &outs);
+    let [p, m, v] = Pass {
+        desc,
+        what: "the AdamW update",
+        run,
+        scalars,
+    }
+    .register(&client, streams)
+    .outputs();
+    Some((tensor(p), tensor(m), tensor(v)))
+}
+
+/// Allocates the bucket's new vectors and queues one launch per part.
+fn run(inputs: Vec<CubeTensor<CudaRuntime>>, pass: &Pass) -> Ran {
+    let inputs: Vec<_> = inputs
+        .into_iter()
+        .map(burn_cubecl::kernel::into_contiguous)
+        .collect();
+    let s = &pass.scalars;
+    let (moments, factor) = (s[6] != 0.0, s[7] != 0.0);
+    let offsets = &s[8..];
+    let n_parts = offsets.len();
+    let len = pass.desc.outputs[0].shape[0];
+    let outputs: Vec<_> = (0..3)
+        .map(|_| cubecl_launch::empty(&inputs[0], [len], DType::F32))
+        .collect();
+    // Tensor indices: parts 0..2n, then m, v, the factor; the outputs after the inputs.
+    let (m, v) = (2 * n_parts, 2 * n_parts + 1);
+    let f = 2 * n_parts + if moments { 2 } else { 0 };
+    let out = inputs.len();
+    let launches = (0..n_parts)
+        .map(|i| {
+            let (p, g) = (&inputs[2 * i], &inputs[2 * i + 1]);
+            let n = p.meta.num_elements();
+            let at = offsets[i] as u64 * 4;
+            let ptr_or_null = |on: bool, t: usize| match on {
+                true => Arg::PtrAt(t, at),
+                false => Arg::I64(0),
+            };
+            Launch {
+                name: match g.dtype {
+                    DType::BF16 => "adamw_f32_bf16".into(),
+                    _ => "adamw_f32".into(),
+                },
+                grid: (
+                    (n as u64 / 4).div_ceil(THREADS as u64).clamp(1, 65_536) as u32,
+                    1,
+                    1,
+                ),
+                threads: THREADS,
+                args: vec![
+                    Arg::Ptr(2 * i),
+                    Arg::Ptr(2 * i + 1),
+                    ptr_or_null(moments, m),
+                    ptr_or_null(moments, v),
+                    Arg::PtrAt(out, at),
+                    Arg::PtrAt(out + 1, at),
+                    Arg::PtrAt(out + 2, at),
+                    Arg::I64(n as i64),
+                    match factor {
+                        true => Arg::Ptr(f),
+                        false => Arg::I64(0),
+                    },
+                    Arg::F32(s[0] as f32),
+                    Arg::F32(s[1] as f32),
+                    Arg::F32(s[2] as f32),
+                    Arg::F32(s[3] as f32),
+                    Arg::F32(s[4] as f32),
+                    Arg::F32(s[5] as f32),
+                    // Four-element pieces where the pointers allow (the kernel checks).
+                    Arg::I32(1),
+                ],
+            }
+        })
+        .collect();
+    let tensors: Vec<&CubeTensor<CudaRuntime>> = inputs.iter().chain(outputs.iter()).collect();
+    let result = cubecl_launch::queue(&SOURCE, &tensors, inputs.len(), &[], launches);
+    (outputs, result)
+}
