@@ -134,28 +134,7 @@ fn sum_squares_all(xs: Vec<FloatTensor<Cuda>>) -> Option<FloatTensor<Cuda>> {
 
 /// `Σ x²` (`[1]`, f32) of a flat f32 or bf16 vector, or `None` for other dtypes or an empty one.
 pub fn sum_squares(x: FloatTensor<Cuda>) -> Option<FloatTensor<Cuda>> {
-    let n = x.shape.num_elements();
-    if x.shape.num_dims() != 1 || n == 0 || !matches!(x.dtype, DType::F32 | DType::BF16) {
-        return None;
-    }
-    let blocks = blocks(n);
-    let client = x.client.clone();
-    let streams = OperationStreams::with_inputs([&x]);
-    let out = TensorIr::uninit(
-        client.create_empty_handle(),
-        Shape::from([blocks]),
-        DType::F32,
-    );
-    let desc = CustomOpIr::new("sum_squares", &[x.into_ir()], &[out]);
-    let partial = Pass {
-        desc,
-        what: "the gradient's squared norm",
-        run,
-        scalars: vec![],
-    }
-    .register(&client, streams)
-    .output();
-    Some(Cuda::float_sum(partial))
+    sum_squares_all(vec![x])
 }
 
 /// Allocates the partial sums (`outputs[0]`: every input's blocks in turn) and queues a launch per
