@@ -3,8 +3,9 @@
 //! autodiff operation: ids repeated many times, rows summed by atomics, and ids outside the
 //! vocabulary adding nothing), RMSNorm both ways (`cubecl_rms_norm`, through
 //! `llama_model::rms_norm`'s operation, against burn-nn's formula in f32), the squared norm
-//! (`cubecl_sum_squares`), and the rotary embedding and SwiGLU's gate both ways (`cubecl_fused`,
-//! against their tensor-op forms). Needs `--features cuda-untuned`, an NVIDIA GPU of compute
+//! (`cubecl_sum_squares`), the rotary embedding and SwiGLU's gate both ways (`cubecl_fused`,
+//! against their tensor-op forms), and AdamW by parts (`cubecl_adamw`, against the tensor ops on
+//! the concatenated bucket). Needs `--features cuda-untuned`, an NVIDIA GPU of compute
 //! capability 8.0 or later and NVRTC on the library path; skips (passes, saying so) without them.
 #![cfg(feature = "cuda-untuned")]
 
@@ -239,6 +240,70 @@ fn the_swiglu_kernels_match_the_closed_form() {
             assert!(
                 ey < tol && ea < tol && eg < tol,
                 "{b}x{t}x{n} {dtype:?}: y {ey}, da {ea}, db {eg}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_adamw_kernel_matches_the_tensor_ops() {
+    use llama_experiments::train::optim::{AdamwParts, AdamwScalars};
+    let Some(dev) = device() else { return };
+    llama_experiments::cubecl_fused::available(&dev).expect("the kernels load");
+    let x = |n: usize| Tensor::<Cuda, 1>::random([n], Distribution::Normal(0.0, 1.0), &dev);
+    let scalars = AdamwScalars {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        lr: 3e-3,
+        decay: 3e-4,
+        c1: 1.0 - 0.9f64.powi(3),
+        c2: 1.0 - 0.95f64.powi(3),
+    };
+    // Parts of sizes that leave ranges not 16-byte aligned (a part of 3 elements), f32 and bf16
+    // gradients, with and without moments and a gradient factor.
+    let sizes = [1000, 3, 517, 4096];
+    for (moments, factor) in [(true, true), (false, false), (true, false)] {
+        let mut offset = 0;
+        let parts: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let g = x(n);
+                let g = if i % 2 == 0 { g.cast(DType::BF16) } else { g };
+                let part = (offset, x(n), g);
+                offset += n;
+                part
+            })
+            .collect();
+        let len = offset;
+        let step = AdamwParts {
+            len,
+            parts,
+            grad_factor: factor.then(|| Tensor::<Cuda, 1>::from_floats([0.5], &dev)),
+            moments: moments.then(|| (x(len), x(len).abs())),
+            scalars,
+        };
+        let want = AdamwParts {
+            len,
+            parts: step.parts.clone(),
+            grad_factor: step.grad_factor.clone(),
+            moments: step.moments.clone(),
+            scalars,
+        }
+        .concatenated()
+        .decomposed();
+        let got = llama_experiments::cubecl_adamw::try_update_parts(step)
+            .unwrap_or_else(|_| panic!("the kernel takes CubeCL's f32 parameters"));
+        for (name, g, w) in [
+            ("p", got.0, want.0),
+            ("m", got.1, want.1),
+            ("v", got.2, want.2),
+        ] {
+            let err = scalar((g - w.clone()).abs().max()) / scalar(w.abs().max());
+            assert!(
+                err < 1e-5,
+                "{name} (moments {moments}, factor {factor}): {err}"
             );
         }
     }
