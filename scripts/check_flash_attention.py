@@ -31,14 +31,16 @@ def module(source=SOURCE):
     mod = cupy.RawModule(code=code, options=(f"--gpu-architecture=compute_{major}{minor}",))
     # Rows per block of each kernel (`#define ROWS_FWD_D64 128`; BLOCK where a source has none).
     rows = {m[0]: int(m[1]) for m in re.findall(r"#define ROWS_(\w+) (\d+)", code)}
-    return Module(mod, rows, "long long osb" in code)
+    return Module(mod, rows, "long long osb" in code, "int H, int G" in code)
 
 
 class Module:
     """A compiled source and its kernels' rows per block."""
 
-    def __init__(self, mod, rows, strided_outputs):
+    def __init__(self, mod, rows, strided_outputs, grouped):
         self.mod, self.rows, self.strided_outputs = mod, rows, strided_outputs
+        # Sources with grouped-query heads (session 31 on) take G = q heads per k/v head.
+        self.grouped = grouped
 
     def get_function(self, name):
         return self.mod.get_function(name)
@@ -66,8 +68,10 @@ def ptr(t):
 
 def run(mod, q, k, v, dout, causal, parts=("fwd", "dq", "dkdv"), bufs=None):
     b, h, t, d = q.shape
+    group = h // k.shape[1]
     if bufs is None:
         bufs = buffers(q, mod.strided_outputs)
+    hg = (cupy.int32(h), cupy.int32(group)) if mod.grouped else (cupy.int32(h),)
     o, lse2, dsum, dq, dk, dv = bufs
     scale = 1.0 / math.sqrt(d)
     i64 = cupy.int64
@@ -78,10 +82,10 @@ def run(mod, q, k, v, dout, causal, parts=("fwd", "dq", "dkdv"), bufs=None):
     fwd = mod.get_function(f"flash_forward_d{d}")
     if "fwd" in parts:
         fwd(grid_of(mod, "FWD", d, t, h, b), threads_of(mod, "FWD", d),
-            (ptr(q), ptr(k), ptr(v), ptr(o), ptr(lse2), cupy.int32(h), cupy.int32(t), *qs, *ks, *vs,
+            (ptr(q), ptr(k), ptr(v), ptr(o), ptr(lse2), *hg, cupy.int32(t), *qs, *ks, *vs,
              *(os_ if out else []), cupy.float32(scale * LOG2E), cupy.int32(causal)))
     tail = (cupy.float32(scale * LOG2E), cupy.float32(scale), cupy.int32(causal))
-    common = (cupy.int32(h), cupy.int32(t), *qs, *ks, *vs, *ds)
+    common = (*hg, cupy.int32(t), *qs, *ks, *vs, *ds)
     if "dq" in parts:
         mod.get_function(f"flash_backward_dq_d{d}")(
             grid_of(mod, "DQ", d, t, h, b), threads_of(mod, "DQ", d),
@@ -113,6 +117,10 @@ def buffers(q, time_major=True):
 
 
 def reference(q, k, v, dout, causal):
+    """o, lse2, dq and dk, dv per query head (grouped k/v heads are repeated, as the kernels
+    write their gradients)."""
+    group = q.shape[1] // k.shape[1]
+    k, v = (x.repeat_interleave(group, 1) for x in (k, v))
     qf, kf, vf = (x.float().detach().requires_grad_() for x in (q, k, v))
     s = qf @ kf.transpose(-1, -2) / math.sqrt(q.shape[-1])
     if causal:
@@ -124,10 +132,16 @@ def reference(q, k, v, dout, causal):
     return o, lse * LOG2E, qf.grad, kf.grad, vf.grad
 
 
-def check(mod, b, h, t, d, causal, tol=2e-2):
+def qkv(b, h, t, d, hkv):
+    """q, k, v as the model has them: [b, t, h, d] seen as [b, h, t, d] (strided heads); k and v
+    with `hkv` heads."""
+    return (torch.randn(b, t, n, d, device="cuda").to(torch.bfloat16).transpose(1, 2) for n in (h, hkv, hkv))
+
+
+def check(mod, b, h, t, d, causal, hkv=None, tol=2e-2):
     torch.manual_seed(t + d)
-    # q, k, v as the model has them: [b, t, h, d] seen as [b, h, t, d] (strided heads).
-    q, k, v = (torch.randn(b, t, h, d, device="cuda").to(torch.bfloat16).transpose(1, 2) for _ in range(3))
+    hkv = hkv or h
+    q, k, v = qkv(b, h, t, d, hkv)
     dout = torch.randn(b, h, t, d, device="cuda").to(torch.bfloat16)
     got = run(mod, q, k, v, dout, causal)
     want = reference(q, k, v, dout, causal)
@@ -138,7 +152,7 @@ def check(mod, b, h, t, d, causal, tol=2e-2):
         worst = max(worst, err)
         parts.append(f"{name} {err:.2e}")
     ok = worst <= tol
-    print(f"b{b} h{h} t{t} d{d} causal={causal}: " + ", ".join(parts) + ("" if ok else "  FAIL"))
+    print(f"b{b} h{h}/{hkv} t{t} d{d} causal={causal}: " + ", ".join(parts) + ("" if ok else "  FAIL"))
     return ok
 
 
@@ -154,25 +168,26 @@ def timed(f, iters=20):
     return start.elapsed_time(end) / iters
 
 
-def speed(mod, b, h, t, d, parts=False):
-    q, k, v = (torch.randn(b, t, h, d, device="cuda").to(torch.bfloat16).transpose(1, 2) for _ in range(3))
+def speed(mod, b, h, t, d, parts=False, hkv=None):
+    hkv = hkv if mod.grouped and hkv else h
+    q, k, v = qkv(b, h, t, d, hkv)
     dout = torch.randn(b, h, t, d, device="cuda").to(torch.bfloat16)
     bufs = buffers(q, mod.strided_outputs)
     ours = timed(lambda: run(mod, q, k, v, dout, True, bufs=bufs))
     qq, kk, vv = (x.detach().clone().requires_grad_() for x in (q, k, v))
 
     def torch_step():
-        o = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True)
+        o = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=hkv != h)
         o.backward(dout)
 
     theirs = timed(torch_step)
     flops = 4 * b * h * t * t * d / 2 * 3.5  # causal forward + backward (2.5x)
-    print(f"time b{b} h{h} t{t} d{d} causal fwd+bwd: ours {ours:.3f} ms ({flops / ours / 1e9:.0f} TFLOP/s), "
+    print(f"time b{b} h{h}/{hkv} t{t} d{d} causal fwd+bwd: ours {ours:.3f} ms ({flops / ours / 1e9:.0f} TFLOP/s), "
           f"torch sdpa {theirs:.3f} ms ({flops / theirs / 1e9:.0f} TFLOP/s)")
     if parts:
         each = {p: timed(lambda p=p: run(mod, q, k, v, dout, True, parts=(p,), bufs=bufs)) for p in ("fwd", "dq", "dkdv")}
         with torch.no_grad():
-            tf = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+            tf = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=hkv != h))
         print(f"  parts: ours fwd {each['fwd']:.3f} dq {each['dq']:.3f} dkdv {each['dkdv']:.3f} ms; "
               f"torch fwd {tf:.3f} bwd {theirs - tf:.3f} ms (fwd {flops / 3.5 / tf / 1e9:.0f} TFLOP/s)")
 
@@ -203,9 +218,13 @@ def main():
     for b, h, t, d in [(2, 3, 200, 64), (1, 2, 64, 64), (2, 2, 130, 128), (1, 4, 512, 64), (1, 2, 300, 128)]:
         for causal in (True, False):
             ok &= check(mod, b, h, t, d, causal)
+    if mod.grouped:
+        for b, h, t, d, hkv in [(2, 8, 200, 64, 2), (1, 4, 130, 128, 1)]:
+            ok &= check(mod, b, h, t, d, True, hkv)
     if a.time:
         speed(mod, 8, 12, 2048, 64, a.parts)
         speed(mod, 4, 32, 2048, 64, a.parts)
+        speed(mod, 4, 32, 2048, 64, a.parts, hkv=4)  # 1b's grouped heads, read in place
         speed(mod, 4, 16, 2048, 128, a.parts)
     sys.exit(0 if ok else 1)
 

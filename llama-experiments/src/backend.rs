@@ -177,6 +177,7 @@ impl DeviceSpec {
                     Ok(()) => Some(NativeAttention {
                         forward: crate::cubecl_flash::forward,
                         backward: crate::cubecl_flash::backward,
+                        grouped: true,
                     }),
                     Err(e) => {
                         eprintln!("warning: flash attention unavailable ({e}); blocked attention");

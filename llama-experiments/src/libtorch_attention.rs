@@ -18,7 +18,11 @@ use crate::libtorch_autograd::{keep_graph, leaf, vjp};
 
 /// The pair to register with `llama_model::sdpa::register_native::<LibTorch>`.
 pub fn native() -> NativeAttention<LibTorch> {
-    NativeAttention { forward, backward }
+    NativeAttention {
+        forward,
+        backward,
+        grouped: false,
+    }
 }
 
 fn forward(

@@ -2,7 +2,7 @@
 //! in f32 on the same device and inputs: the output, and dq, dk, dv through `llama_model::sdpa`'s
 //! autodiff operation with the kernels registered as its native attention (bf16, causal, head
 //! dims 64 and 128, lengths that are not multiples of the 64-row tiles, q/k/v with strided heads
-//! as the model makes them). `scripts/check_flash_attention.py` checks the same kernels against
+//! as the model makes them, grouped-query heads read in place). `scripts/check_flash_attention.py` checks the same kernels against
 //! PyTorch. Needs `--features cuda-untuned`, an NVIDIA GPU of compute capability 8.0 or later and
 //! NVRTC on the library path; skips (passes, saying so) without them.
 #![cfg(feature = "cuda-untuned")]
@@ -15,7 +15,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, Distribution, ElementConversion, Tensor, TensorPrimitive};
 use llama_experiments::cubecl_cublas::Cuda;
 use llama_experiments::cubecl_flash::{available, backward, forward};
-use llama_model::sdpa::{AttentionForward, NativeAttention};
+use llama_model::sdpa::{AttentionForward, NativeAttention, expand_heads};
 
 fn device() -> Option<CudaDevice> {
     common::gpu(|| CudaDevice::new(0), available)
@@ -41,13 +41,14 @@ fn rel<B: burn::tensor::backend::Backend, const D: usize>(
     diff / scale
 }
 
-/// Causal attention in f32 with tensor ops (the reference).
+/// Causal attention in f32 with tensor ops (the reference); grouped k/v heads are expanded.
 fn reference<B: burn::tensor::backend::Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
     let [b, h, t, d] = q.dims();
+    let (k, v) = (expand_heads(k, &q), expand_heads(v, &q));
     let s = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
     let future = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &s.device())
         .unsqueeze::<4>()
@@ -66,11 +67,19 @@ fn strided(dims: [usize; 4], dev: &CudaDevice) -> Tensor<Cuda, 4> {
 #[test]
 fn flash_forward_matches_tensor_ops() {
     let Some(dev) = device() else { return };
-    for dims in [[2, 3, 200, 64], [1, 2, 64, 64], [2, 2, 130, 128]] {
+    // The last number is k/v's heads (grouped-query attention where fewer than q's).
+    for [b, h, t, d, hkv] in [
+        [2, 3, 200, 64, 3],
+        [1, 2, 64, 64, 2],
+        [2, 2, 130, 128, 2],
+        [2, 6, 150, 64, 2],
+        [1, 4, 100, 128, 1],
+    ] {
+        let dims = [b, h, t, d];
         let (q, k, v) = (
             strided(dims, &dev),
-            strided(dims, &dev),
-            strided(dims, &dev),
+            strided([b, hkv, t, d], &dev),
+            strided([b, hkv, t, d], &dev),
         );
         let prim = |x: &Tensor<Cuda, 4>| x.clone().into_primitive().tensor();
         let (o, saved) = forward(prim(&q), prim(&k), prim(&v), true).expect("bf16, D 64/128");
@@ -89,13 +98,18 @@ fn flash_gradients_match_tensor_ops() {
     let Some(dev) = device() else { return };
     llama_model::sdpa::register_native::<Cuda>(
         AttentionForward::FusedF32,
-        NativeAttention { forward, backward },
+        NativeAttention {
+            forward,
+            backward,
+            grouped: true,
+        },
     );
-    for dims in [[2, 3, 200, 64], [1, 2, 150, 128]] {
+    for [b, h, t, d, hkv] in [[2, 3, 200, 64, 3], [1, 2, 150, 128, 2], [2, 8, 130, 64, 2]] {
+        let dims = [b, h, t, d];
         let (q, k, v) = (
             strided(dims, &dev),
-            strided(dims, &dev),
-            strided(dims, &dev),
+            strided([b, hkv, t, d], &dev),
+            strided([b, hkv, t, d], &dev),
         );
         let weights = Tensor::<Cuda, 4>::random(dims, Distribution::Normal(0.0, 1.0), &dev);
         let leaves = |dtype| {
@@ -114,7 +128,9 @@ fn flash_gradients_match_tensor_ops() {
             .sum()
             .backward();
         for (name, a, b) in [("dq", &qa, &qb), ("dk", &ka, &kb), ("dv", &va, &vb)] {
-            let err = rel(a.grad(&ga).unwrap(), b.grad(&gb).unwrap());
+            let (a, b) = (a.grad(&ga).unwrap(), b.grad(&gb).unwrap());
+            assert_eq!(a.dims(), b.dims(), "{dims:?}: {name}");
+            let err = rel(a, b);
             assert!(err < 3e-2, "{dims:?}: {name} rel {err}");
         }
     }
@@ -134,4 +150,10 @@ fn other_inputs_are_left_to_the_blocked_attention() {
     assert!(forward(prim(x.clone()), prim(x.clone()), prim(x), true).is_none());
     let x = r([1, 2, 64, 64], DType::BF16);
     assert!(forward(prim(x.clone()), prim(x.clone()), prim(x), false).is_none());
+    // k/v heads that do not divide q's.
+    let (q, kv) = (
+        r([1, 3, 64, 64], DType::BF16),
+        r([1, 2, 64, 64], DType::BF16),
+    );
+    assert!(forward(prim(q), prim(kv.clone()), prim(kv), true).is_none());
 }

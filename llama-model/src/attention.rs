@@ -163,14 +163,15 @@ impl<B: Backend> Attention<B> {
             }
             _ => (q, k, v),
         };
-        let (k, v) = (repeat_kv(k, h / hkv), repeat_kv(v, h / hkv));
         let options = |is_causal| AttentionModuleOptions {
             is_causal,
             ..Default::default()
         };
-        // Training and prefill on a backend that registered it: the memory-efficient operation.
-        // Not for decoding (one query against the cache): torch's SDPA took ~6 ms per call there
-        // on an H200 (docs/performance.md), and a single query's scores are small anyway.
+        // Training and prefill on a backend that registered it: the memory-efficient operation,
+        // given the grouped key/value heads as they are (a kernel that reads them in place saves
+        // the expansion's copies). Not for decoding (one query against the cache): torch's SDPA
+        // took ~6 ms per call there on an H200 (docs/performance.md), and a single query's
+        // scores are small anyway.
         let (q, k, v) = match mask {
             AttentionMask::Causal if q.dims()[2] == k.dims()[2] => {
                 match sdpa::try_attention(q, k, v, true) {
@@ -180,6 +181,7 @@ impl<B: Backend> Attention<B> {
             }
             _ => (q, k, v),
         };
+        let (k, v) = (sdpa::expand_heads(k, &q), sdpa::expand_heads(v, &q));
         let out = match mask {
             // Burn's attention runs its softmax in the input dtype; in bf16 ours keeps it in f32.
             _ if precision.compute_dtype().is_some() => mixed_attention(q, k, v, mask),
@@ -220,17 +222,6 @@ fn mixed_attention<B: Backend>(
         AttentionMask::Explicit(m) => Some(m.clone().expand([b, h, tq, tk])),
     };
     crate::product::matmul(sdpa::masked_probabilities(q, k, hidden).cast(dtype), v)
-}
-
-/// Repeats each key/value head `n_rep` times so grouped-query attention can use the multi-head op.
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [b, hkv, t, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, hkv, n_rep, t, hd])
-        .reshape([b, hkv * n_rep, t, hd])
 }
 
 #[cfg(test)]

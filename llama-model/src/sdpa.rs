@@ -65,6 +65,10 @@ pub struct NativeAttention<I: Backend> {
     pub forward: NativeForward<I>,
     /// What `forward` saved and the output's gradient → dq, dk, dv.
     pub backward: NativeBackward<I>,
+    /// Whether `forward` takes k and v with fewer heads than q (grouped-query attention: query
+    /// head `i` reads key/value head `i / (h / h_kv)`) and `backward` returns dk and dv in their
+    /// shape. Otherwise they are expanded to q's heads before `forward` sees them.
+    pub grouped: bool,
 }
 
 /// See [`NativeAttention::forward`].
@@ -115,6 +119,13 @@ fn register_all<I: Backend>(forward: AttentionForward, block_bytes: usize, nativ
         let (q, k, v) = *args
             .downcast::<(T<I>, T<I>, T<I>)>()
             .expect("registered under this type's TypeId");
+        // Grouped heads stay as they are only for a native attention that reads them so; the
+        // expansion is then part of the graph (its backward sums the copies' gradients).
+        let grouped = (opts.native.get::<NativeAttention<I>>()).is_some_and(|n| n.grouped);
+        let (k, v) = match grouped {
+            true => (k, v),
+            false => (expand_heads(k, &q), expand_heads(v, &q)),
+        };
         Box::new(autodiff_attention::<I>(q, k, v, causal, opts))
     }
     fn infer<I: Backend>(args: Box<dyn Any>, causal: bool, opts: Options) -> Box<dyn Any> {
@@ -134,7 +145,8 @@ fn register_all<I: Backend>(forward: AttentionForward, block_bytes: usize, nativ
 }
 
 /// Attention over `[batch, heads, T, head_dim]` tensors through the registered operation, or the
-/// inputs back when `B` has none. `causal` needs `t_q == t_k` (training).
+/// inputs back when `B` has none. `causal` needs `t_q == t_k` (training). k and v may have fewer
+/// heads than q, a divisor of them (grouped-query attention; [`expand_heads`] is the meaning).
 #[allow(clippy::type_complexity)]
 pub fn try_attention<B: Backend>(
     q: Tensor<B, 4>,
@@ -148,6 +160,31 @@ pub fn try_attention<B: Backend>(
             .expect("the registered function returns the same backend's tensor")),
         None => Err((q, k, v)),
     }
+}
+
+/// `x` `[b, h_kv, T, d]` with each head repeated to q's `h` heads, consecutively (head `i` of the
+/// result is head `i / (h / h_kv)` of `x`): grouped-query attention as multi-head attention.
+pub fn expand_heads<B: Backend>(x: Tensor<B, 4>, q: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, hkv, t, d] = x.dims();
+    let h = q.dims()[1];
+    if h == hkv {
+        return x;
+    }
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, hkv, h / hkv, t, d])
+        .reshape([b, h, t, d])
+}
+
+/// The gradient of [`expand_heads`]: `dx` `[b, h, T, d]` summed over each group of `h / h_kv`
+/// heads to `[b, h_kv, T, d]`.
+pub fn sum_heads<B: Backend>(dx: Tensor<B, 4>, hkv: usize) -> Tensor<B, 4> {
+    let [b, h, t, d] = dx.dims();
+    if h == hkv {
+        return dx;
+    }
+    dx.reshape([b, hkv, h / hkv, t, d])
+        .sum_dim(2)
+        .reshape([b, hkv, t, d])
 }
 
 /// Queries per block: the f32 probabilities of one block (`batch × heads × block × t_k`) stay
@@ -214,6 +251,7 @@ fn blocked_forward<B: Backend>(
     let [b, h, tq, hd] = q.dims();
     let tk = k.dims()[2];
     let dtype = v.dtype();
+    let (k, v) = (expand_heads(k, &q), expand_heads(v, &q));
     let n = block_len(b, h, tq, tk, block_bytes);
     let mut out = Vec::with_capacity(tq.div_ceil(n));
     for s in (0..tq).step_by(n) {
@@ -247,6 +285,7 @@ fn forward<B: Backend>(
                 is_causal: causal,
                 ..Default::default()
             };
+            let (k, v) = (expand_heads(k, &q), expand_heads(v, &q));
             attention(q, k, v, None, None, options)
         }
         false => blocked_forward(q, k, v, causal, opts.block_bytes),
@@ -264,9 +303,10 @@ fn backward_blocks<B: Backend>(
     block_bytes: usize,
 ) -> [Tensor<B, 4>; 3] {
     let [b, h, tq, hd] = q.dims();
-    let tk = k.dims()[2];
+    let [_, hkv, tk, _] = k.dims();
     let dtype = q.dtype();
     let scale = 1.0 / (hd as f64).sqrt();
+    let (k, v) = (expand_heads(k, &q), expand_heads(v, &q));
     let dout = dout.cast(dtype);
     // D_i = Σ_j dO_ij O_ij = Σ_j P_ij dP_ij: the softmax backward's row term, from the output.
     let rows = (dout.clone().cast(DType::F32) * o.cast(DType::F32)).sum_dim(3);
@@ -301,7 +341,8 @@ fn backward_blocks<B: Backend>(
             dv = add(dv, dvb);
         }
     }
-    [Tensor::cat(dq, 2), dk.cast(dtype), dv.cast(dtype)]
+    let sum = |x: Tensor<B, 4>| sum_heads(x, hkv).cast(dtype);
+    [Tensor::cat(dq, 2), sum(dk), sum(dv)]
 }
 
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 //! The registered training attention (`llama_model::sdpa`) against Burn's decomposition: same
 //! outputs and the same gradients for q, k and v, causal and full, several query blocks, f32 and
-//! bf16; and a whole model's gradients unchanged by registering it.
+//! bf16, grouped key/value heads; and a whole model's gradients unchanged by registering it.
 
 mod common;
 
@@ -13,7 +13,8 @@ use llama_model::{Llama, LlamaConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Burn's reference decomposition, run under autodiff (what the model used before).
+/// Burn's reference decomposition, run under autodiff (what the model used before), on k and v
+/// repeated to q's heads.
 fn reference<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -21,6 +22,7 @@ fn reference<B: Backend>(
     causal: bool,
 ) -> Tensor<B, 4> {
     let [b, h, t, hd] = q.dims();
+    let (k, v) = (sdpa::expand_heads(k, &q), sdpa::expand_heads(v, &q));
     let dtype = v.dtype();
     let s = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) / (hd as f64).sqrt();
     let s = if causal {
@@ -36,26 +38,29 @@ fn reference<B: Backend>(
 
 use burn::tensor::ElementConversion;
 
-/// Output and q/k/v gradients of `f` for fixed random inputs and a random upstream gradient.
+/// Output and q/k/v gradients of `f` for fixed random inputs and a random upstream gradient; k
+/// and v have `hkv` heads.
 fn run<B: AutodiffBackend>(
     dims: [usize; 4],
+    hkv: usize,
     dtype: Option<DType>,
     f: impl Fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) -> Tensor<B, 4>,
 ) -> [Tensor<B::InnerBackend, 4>; 4] {
     let device = Default::default();
     // A local generator: the backends' global seeds are shared with tests running in parallel.
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let n: usize = dims.iter().product();
-    let mut uniform = || {
+    let [b, _, t, d] = dims;
+    let mut uniform = |dims: [usize; 4]| {
+        let n: usize = dims.iter().product();
         let data: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
         Tensor::<B, 4>::from_data(TensorData::new(data, dims), &device)
     };
     let (q, k, v) = (
-        uniform().require_grad(),
-        uniform().require_grad(),
-        uniform().require_grad(),
+        uniform(dims).require_grad(),
+        uniform([b, hkv, t, d]).require_grad(),
+        uniform([b, hkv, t, d]).require_grad(),
     );
-    let w = uniform();
+    let w = uniform(dims);
     let cast = |x: Tensor<B, 4>| match dtype {
         Some(d) => x.cast(d),
         None => x,
@@ -75,9 +80,11 @@ fn compare<B: AutodiffBackend>(forward: AttentionForward, dtype: Option<DType>, 
     // one short) and causal blocks see 64, 128, ... keys.
     sdpa::register_with_block_bytes::<B::InnerBackend>(forward, 1);
     for causal in [true, false] {
-        for dims in [[2, 3, 37, 16], [1, 2, 300, 8]] {
-            let want = run::<B>(dims, dtype, |q, k, v| reference(q, k, v, causal));
-            let got = run::<B>(dims, dtype, |q, k, v| {
+        // The last number is k/v's heads.
+        for [b, h, t, d, hkv] in [[2, 3, 37, 16, 3], [1, 2, 300, 8, 2], [2, 6, 70, 8, 2]] {
+            let dims = [b, h, t, d];
+            let want = run::<B>(dims, hkv, dtype, |q, k, v| reference(q, k, v, causal));
+            let got = run::<B>(dims, hkv, dtype, |q, k, v| {
                 sdpa::try_attention(q, k, v, causal).unwrap_or_else(|_| panic!("registered"))
             });
             for (name, (g, w)) in ["output", "dq", "dk", "dv"]
@@ -88,7 +95,7 @@ fn compare<B: AutodiffBackend>(forward: AttentionForward, dtype: Option<DType>, 
                 let scale = scale.max(1.0);
                 assert!(
                     d <= tol * scale,
-                    "{name} causal={causal} {dims:?}: {d} > {tol}·{scale}"
+                    "{name} causal={causal} {dims:?} kv {hkv}: {d} > {tol}·{scale}"
                 );
             }
         }

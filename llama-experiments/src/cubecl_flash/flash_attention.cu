@@ -4,11 +4,13 @@
 // instructions (mma.sync m16n8k16, ldmatrix) are written as inline PTX.
 //
 // Layout: q, k, v, o and the output's gradient are [B, H, T, D] with any batch, head and row
-// strides (in elements, multiples of 8) and contiguous rows; o, dq, dk and dv are written through
-// their strides (the launcher allocates them time-major), `lse2` and `dsum` contiguous. Scores,
-// softmax statistics and accumulators are f32; the probabilities enter the products rounded to
-// bf16, as in FlashAttention-2. `lse2` is each query row's log-sum-exp in base 2 of the scaled
-// scores (`scale2 = log2(e) / sqrt(D)`), which the backward pass uses to recompute the
+// strides (in elements, multiples of 8) and contiguous rows, except that k and v may have H / G
+// heads (grouped-query attention: query head h reads key/value head h / G in place; dk and dv are
+// still one per query head, [B, H, T, D]). o, dq, dk and dv are written through their strides
+// (the launcher allocates them time-major), `lse2` and `dsum` contiguous. Scores, softmax
+// statistics and accumulators are f32; the probabilities enter the products rounded to bf16, as
+// in FlashAttention-2. `lse2` is each query row's log-sum-exp in base 2 of the scaled scores
+// (`scale2 = log2(e) / sqrt(D)`), which the backward pass uses to recompute the
 // probabilities; `dsum` is the softmax backward's row term Σ_d dO·O.
 //
 // A warp owns 16 rows (queries in the forward and dq kernels, keys in the dk/dv kernel) and walks
@@ -273,7 +275,7 @@ struct Smem {
 // Forward: o = softmax(q kᵀ / √D) v and lse2, one block per (64 queries, head, batch entry).
 template <int D, int ROWS>
 __device__ void flash_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o,
-                              float* lse2, int H, int T, long long qsb, long long qsh,
+                              float* lse2, int H, int G, int T, long long qsb, long long qsh,
                               long long qst, long long ksb, long long ksh, long long kst,
                               long long vsb, long long vsh, long long vst, long long osb,
                               long long osh, long long ost, float scale2, int causal) {
@@ -288,8 +290,8 @@ __device__ void flash_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v,
     const int q0 = qblk * ROWS;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     q += b * qsb + h * qsh;
-    k += b * ksb + h * ksh;
-    v += b * vsb + h * vsh;
+    k += b * ksb + h / G * ksh;
+    v += b * vsb + h / G * vsh;
     const long long bh = (long long)b * H + h;
     const int w0 = q0 + warp * 16;  // the warp's first query
 
@@ -380,7 +382,7 @@ __device__ void flash_forward(const bf16_t* q, const bf16_t* k, const bf16_t* v,
 template <int D, int ROWS>
 __device__ void flash_backward_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                   const bf16_t* o, const bf16_t* dout, const float* lse2,
-                                  float* dsum, bf16_t* dq, int H, int T, long long qsb,
+                                  float* dsum, bf16_t* dq, int H, int G, int T, long long qsb,
                                   long long qsh, long long qst, long long ksb, long long ksh,
                                   long long kst, long long vsb, long long vsh, long long vst,
                                   long long dsb, long long dsh, long long dst, long long osb,
@@ -397,8 +399,8 @@ __device__ void flash_backward_dq(const bf16_t* q, const bf16_t* k, const bf16_t
     const int q0 = qblk * ROWS;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     q += b * qsb + h * qsh;
-    k += b * ksb + h * ksh;
-    v += b * vsb + h * vsh;
+    k += b * ksb + h / G * ksh;
+    v += b * vsb + h / G * vsh;
     dout += b * dsb + h * dsh;
     const long long bh = (long long)b * H + h;
     o += b * osb + h * osh;
@@ -492,7 +494,7 @@ __device__ void flash_backward_dq(const bf16_t* q, const bf16_t* k, const bf16_t
 template <int D, int ROWS>
 __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v,
                                     const bf16_t* dout, const float* lse2, const float* dsum,
-                                    bf16_t* dk, bf16_t* dv, int H, int T, long long qsb,
+                                    bf16_t* dk, bf16_t* dv, int H, int G, int T, long long qsb,
                                     long long qsh, long long qst, long long ksb, long long ksh,
                                     long long kst, long long vsb, long long vsh, long long vst,
                                     long long dsb, long long dsh, long long dst, long long gsb,
@@ -508,8 +510,8 @@ __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16
     const int k0 = blockIdx.x * ROWS;  // key block 0 sees every query: the longest first
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     q += b * qsb + h * qsh;
-    k += b * ksb + h * ksh;
-    v += b * vsb + h * vsh;
+    k += b * ksb + h / G * ksh;
+    v += b * vsb + h / G * vsh;
     dout += b * dsb + h * dsh;
     const long long bh = (long long)b * H + h;
     const int key0 = k0 + warp * 16 + g;
@@ -598,38 +600,38 @@ __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16
 #define FLASH(D)                                                                                  \
     extern "C" __global__ void __launch_bounds__(2 * ROWS_FWD_D##D, MINB_FWD_D##D)               \
         flash_forward_d##D(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o,          \
-                           float* lse2, int H, int T, long long qsb, long long qsh, long long qst, \
-                           long long ksb, long long ksh, long long kst, long long vsb,            \
-                           long long vsh, long long vst, long long osb, long long osh,            \
-                           long long ost, float scale2, int causal) {                             \
-        flash_forward<D, ROWS_FWD_D##D>(q, k, v, o, lse2, H, T, qsb, qsh, qst, ksb, ksh, kst, vsb, \
-                                        vsh, vst, osb, osh, ost, scale2, causal);                 \
+                           float* lse2, int H, int G, int T, long long qsb, long long qsh,        \
+                           long long qst, long long ksb, long long ksh, long long kst,            \
+                           long long vsb, long long vsh, long long vst, long long osb,            \
+                           long long osh, long long ost, float scale2, int causal) {              \
+        flash_forward<D, ROWS_FWD_D##D>(q, k, v, o, lse2, H, G, T, qsb, qsh, qst, ksb, ksh, kst,  \
+                                        vsb, vsh, vst, osb, osh, ost, scale2, causal);            \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(2 * ROWS_DQ_D##D, MINB_DQ_D##D)                 \
         flash_backward_dq_d##D(const bf16_t* q, const bf16_t* k, const bf16_t* v,                 \
                                const bf16_t* o, const bf16_t* dout, const float* lse2,            \
-                               float* dsum, bf16_t* dq, int H, int T, long long qsb,              \
+                               float* dsum, bf16_t* dq, int H, int G, int T, long long qsb,       \
                                long long qsh, long long qst, long long ksb, long long ksh,        \
                                long long kst, long long vsb, long long vsh, long long vst,        \
                                long long dsb, long long dsh, long long dst, long long osb,        \
                                long long osh, long long ost, long long gsb, long long gsh,        \
                                long long gst, float scale2, float scale, int causal) {            \
-        flash_backward_dq<D, ROWS_DQ_D##D>(q, k, v, o, dout, lse2, dsum, dq, H, T, qsb, qsh, qst, \
-                                           ksb, ksh, kst, vsb, vsh, vst, dsb, dsh, dst, osb, osh, \
-                                           ost, gsb, gsh, gst, scale2, scale, causal);            \
+        flash_backward_dq<D, ROWS_DQ_D##D>(q, k, v, o, dout, lse2, dsum, dq, H, G, T, qsb, qsh,   \
+                                           qst, ksb, ksh, kst, vsb, vsh, vst, dsb, dsh, dst, osb, \
+                                           osh, ost, gsb, gsh, gst, scale2, scale, causal);       \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(2 * ROWS_DKDV_D##D, MINB_DKDV_D##D)             \
         flash_backward_dkdv_d##D(const bf16_t* q, const bf16_t* k, const bf16_t* v,               \
                                  const bf16_t* dout, const float* lse2, const float* dsum,        \
-                                 bf16_t* dk, bf16_t* dv, int H, int T, long long qsb,             \
+                                 bf16_t* dk, bf16_t* dv, int H, int G, int T, long long qsb,      \
                                  long long qsh, long long qst, long long ksb, long long ksh,      \
                                  long long kst, long long vsb, long long vsh, long long vst,      \
                                  long long dsb, long long dsh, long long dst, long long gsb,      \
                                  long long gsh, long long gst, float scale2, float scale,         \
                                  int causal) {                                                    \
-        flash_backward_dkdv<D, ROWS_DKDV_D##D>(q, k, v, dout, lse2, dsum, dk, dv, H, T, qsb, qsh,  \
-                                               qst, ksb, ksh, kst, vsb, vsh, vst, dsb, dsh, dst,  \
-                                               gsb, gsh, gst, scale2, scale, causal);             \
+        flash_backward_dkdv<D, ROWS_DKDV_D##D>(q, k, v, dout, lse2, dsum, dk, dv, H, G, T, qsb,   \
+                                               qsh, qst, ksb, ksh, kst, vsb, vsh, vst, dsb, dsh,  \
+                                               dst, gsb, gsh, gst, scale2, scale, causal);        \
     }
 
 FLASH(64)

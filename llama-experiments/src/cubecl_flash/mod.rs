@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Shape};
+use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
 use burn_cubecl::tensor::CubeTensor;
 use burn_fusion::stream::OperationStreams;
@@ -68,19 +68,23 @@ pub fn available(device: &CudaDevice) -> Result<(), String> {
     cubecl_launch::available(&SOURCE, device.index)
 }
 
-/// `[batch, heads, T, D]` of q, k and v when the kernels take them: bf16, one shape, D of
-/// [`HEAD_DIMS`], sizes that fit the kernels' 32-bit indices.
+/// `[batch, heads, T, D]` of q and k/v's heads when the kernels take them: bf16, one shape but for
+/// k/v's heads, a divisor of q's (grouped-query attention, read in place), D of [`HEAD_DIMS`],
+/// sizes that fit the kernels' 32-bit indices.
 fn accepted(
     q: &FloatTensor<Cuda>,
     k: &FloatTensor<Cuda>,
     v: &FloatTensor<Cuda>,
-) -> Option<[usize; 4]> {
+) -> Option<([usize; 4], usize)> {
     let dims: [usize; 4] = q.shape.to_vec().try_into().ok()?;
     let [b, h, t, d] = dims;
-    let same = |x: &FloatTensor<Cuda>| x.dtype == DType::BF16 && x.shape.to_vec() == dims;
-    (same(q) && same(k) && same(v) && HEAD_DIMS.contains(&d) && b > 0 && h > 0 && t > 0)
-        .then_some(())?;
-    (b <= 65_535 && h <= 65_535 && i32::try_from(t).is_ok()).then_some(dims)
+    let hkv = *k.shape.to_vec().get(1)?;
+    let same = |x: &FloatTensor<Cuda>, heads| {
+        x.dtype == DType::BF16 && x.shape.to_vec() == [b, heads, t, d]
+    };
+    (same(q, h) && same(k, hkv) && same(v, hkv) && hkv > 0 && h % hkv == 0).then_some(())?;
+    (HEAD_DIMS.contains(&d) && b > 0 && h > 0 && t > 0).then_some(())?;
+    (b <= 65_535 && h <= 65_535 && i32::try_from(t).is_ok()).then_some((dims, hkv))
 }
 
 /// [`llama_model::sdpa::NativeAttention::forward`] for `burn::backend::Cuda`: the output and, for
@@ -92,7 +96,7 @@ pub fn forward(
     v: FloatTensor<Cuda>,
     causal: bool,
 ) -> Option<(FloatTensor<Cuda>, Vec<FloatTensor<Cuda>>)> {
-    let [b, h, t, d] = accepted(&q, &k, &v)?;
+    let ([b, h, t, d], _) = accepted(&q, &k, &v)?;
     if !causal {
         return None;
     }
@@ -125,7 +129,10 @@ pub fn forward(
     Some((o.clone(), vec![q, k, v, o, lse]))
 }
 
-/// [`llama_model::sdpa::NativeAttention::backward`] for `burn::backend::Cuda`.
+/// [`llama_model::sdpa::NativeAttention::backward`] for `burn::backend::Cuda`. With grouped k/v
+/// heads the dk/dv kernel writes one gradient per query head, summed here over each group (a
+/// reduction over `h / h_kv` at memory speed, against the expansion's copies in the forward pass
+/// and its sum in the backward pass that it replaces).
 pub fn backward(saved: Vec<FloatTensor<Cuda>>, dout: FloatTensor<Cuda>) -> [FloatTensor<Cuda>; 3] {
     let [q, k, v, o, lse]: [FloatTensor<Cuda>; 5] =
         saved.try_into().expect("forward saves q, k, v, o and lse2");
@@ -140,19 +147,27 @@ pub fn backward(saved: Vec<FloatTensor<Cuda>>, dout: FloatTensor<Cuda>) -> [Floa
     };
     let client = q.client.clone();
     let shape = q.shape.clone();
+    let hkv = k.shape[1];
     let streams = OperationStreams::with_inputs([&q, &k, &v, &o, &lse, &dout]);
     let outs =
         [0; 3].map(|_| TensorIr::uninit(client.create_empty_handle(), shape.clone(), DType::BF16));
     let inputs = [q, k, v, o, lse, dout].map(|x| x.into_ir());
     let desc = CustomOpIr::new("flash_backward", &inputs, &outs);
-    Pass {
+    let [dq, dk, dv] = Pass {
         desc,
         what: "flash attention",
         run,
         scalars: vec![],
     }
     .register(&client, streams)
-    .outputs()
+    .outputs();
+    let sum = |x: FloatTensor<Cuda>| {
+        let x = Tensor::<Cuda, 4>::from_primitive(TensorPrimitive::Float(x));
+        llama_model::sdpa::sum_heads(x, hkv)
+            .into_primitive()
+            .tensor()
+    };
+    [dq, sum(dk), sum(dv)]
 }
 
 /// `t` as the kernels read it: rows contiguous, and the batch, head and row strides multiples of
@@ -180,6 +195,8 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
         .collect();
     let q = &inputs[0];
     let [b, h, t, d]: [usize; 4] = q.meta.shape().to_vec().try_into().expect("rank 4");
+    // Query heads per key/value head.
+    let group = h / inputs[1].meta.shape()[1];
     let empty = |dims: Vec<usize>, dtype| cubecl_launch::empty(q, dims, dtype);
     // o, dq, dk and dv are written through their strides, time-major: the model turns them back
     // into `[b, t, h·d]` rows without a copy.
@@ -190,6 +207,7 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
     let scale = 1.0 / (d as f32).sqrt();
     let scale2 = scale * std::f32::consts::LOG2_E;
     let (hh, tt) = (Arg::I32(h as i32), Arg::I32(t as i32));
+    let gg = Arg::I32(group as i32);
     let st = |i: usize| strides(&inputs[i]).map(Arg::I64);
     let c = Arg::I32(1); // causal
     let (outputs, launches) = if inputs.len() == 3 {
@@ -202,6 +220,7 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
             Arg::Ptr(3),
             Arg::Ptr(4),
             hh,
+            gg,
             tt,
         ];
         args.extend(st(0).into_iter().chain(st(1)).chain(st(2)));
@@ -215,20 +234,25 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, _: &Pass) -> Ran {
         };
         (outputs, vec![launch])
     } else {
-        // Backward: bindings q, k, v, o, lse2, dout, dq, dk, dv, dsum.
-        let outputs = vec![heads(), heads(), heads(), empty(vec![b, h, t], DType::F32)];
-        // dq, dk and dv share one layout.
-        let gs = strides(&outputs[0]).map(Arg::I64);
+        // Backward: bindings q, k, v, o, lse2, dout, dq, dk, dv, dsum. Per-query-head dk and dv
+        // of grouped heads are summed by `backward` over `[b, h_kv, group, T, D]`: head-major.
+        let grads = || match group {
+            1 => heads(),
+            _ => empty(vec![b, h, t, d], DType::BF16),
+        };
+        let f32_rows = empty(vec![b, h, t], DType::F32);
+        let outputs = vec![heads(), grads(), grads(), f32_rows];
+        let (gs, gs_kv) = (strides(&outputs[0]), strides(&outputs[1]));
         let tail = |args: &mut Vec<Arg>, extra: &[Arg]| {
-            args.extend([hh, tt]);
+            args.extend([hh, gg, tt]);
             args.extend(st(0).into_iter().chain(st(1)).chain(st(2)).chain(st(5)));
             args.extend(extra);
             args.extend([Arg::F32(scale2), Arg::F32(scale), c]);
         };
         let mut dq = [0, 1, 2, 3, 5, 4, 9, 6].map(Arg::Ptr).to_vec();
-        tail(&mut dq, &[st(3).as_slice(), &gs].concat());
+        tail(&mut dq, &[st(3), gs.map(Arg::I64)].concat());
         let mut dkdv = [0, 1, 2, 5, 4, 9, 7, 8].map(Arg::Ptr).to_vec();
-        tail(&mut dkdv, &gs);
+        tail(&mut dkdv, &gs_kv.map(Arg::I64));
         let launches = vec![
             Launch {
                 name: format!("flash_backward_dq_d{d}"),
