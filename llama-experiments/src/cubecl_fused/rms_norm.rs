@@ -25,9 +25,10 @@ const ROW_COLS: usize = 8;
 /// Blocks of the backward pass (each adds its rows' share of the gain's gradient).
 const ROW_GRID: usize = 1024;
 
-/// Threads per row for `dim` columns (four per thread, whole warps), if the kernels take `dim`.
+/// Threads per row for `dim` columns (eight per thread in two runs of four, whole warps; as
+/// `cuda_kernels::row_block`, which is built only with `tch`), if the kernels take `dim`.
 fn row_block(dim: usize) -> Option<u32> {
-    let block = dim.div_ceil(4).next_multiple_of(32).clamp(32, 1024);
+    let block = dim.div_ceil(ROW_COLS).next_multiple_of(32).clamp(32, 1024);
     (dim > 0 && dim <= ROW_COLS * block).then_some(block as u32)
 }
 

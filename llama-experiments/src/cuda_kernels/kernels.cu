@@ -398,6 +398,56 @@ ADAMW(adamw_f32_bf16, bf16_t)
 // Columns per thread that a row kernel keeps in registers: dim <= RMS_COLS * blockDim.x.
 #define RMS_COLS 8
 
+// The columns a thread of a row kernel holds: two runs of four, quads `threadIdx.x` and
+// `threadIdx.x + blockDim.x` of the row, so that a warp loads and stores 16-byte (f32) or 8-byte
+// (bf16) pieces side by side. 2-byte and 4-byte accesses kept a row's kernel at about half the
+// card's bandwidth (H200, 1b: 45 µs forward for 100 MB, ncu, docs/performance.md attempt 64).
+__device__ __forceinline__ int rms_col(int k) {
+    return 4 * (threadIdx.x + (k >> 2) * blockDim.x) + (k & 3);
+}
+
+// The thread's RMS_COLS columns of `row` (zeros past `dim`), by quads where `vec` (dim a multiple
+// of 4 and the row 4-element aligned).
+template <typename T>
+__device__ __forceinline__ void load_cols(const T* row, int dim, bool vec, float v[RMS_COLS]) {
+#pragma unroll
+    for (int h = 0; h < RMS_COLS / 4; ++h) {
+        const int j = rms_col(4 * h);
+        if (vec && j < dim) {
+            const Four f = load4(row, j);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) v[4 * h + e] = f.v[e];
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) v[4 * h + e] = j + e < dim ? load(row, j + e) : 0.0f;
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_cols(T* row, int dim, bool vec, const float v[RMS_COLS]) {
+#pragma unroll
+    for (int h = 0; h < RMS_COLS / 4; ++h) {
+        const int j = rms_col(4 * h);
+        if (vec && j < dim) {
+            Four f;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) f.v[e] = v[4 * h + e];
+            store4(row, j, f);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                if (j + e < dim) store(row, j + e, v[4 * h + e]);
+        }
+    }
+}
+
+// Whether rows of `dim` elements from these pointers allow quads.
+template <typename A, typename B>
+__device__ __forceinline__ bool rows_at4(int dim, const A* a, const B* b) {
+    return dim % 4 == 0 && at4(a) && at4(b);
+}
+
 // RMSNorm forward, one block per row of `x [n, dim]`: r = 1 / sqrt(mean(x²) + eps) (kept for the
 // backward pass) and y = (x * r) * gamma, in f32 and rounded once to y's dtype (x's, or the next
 // layer's compute dtype: the cast is then free).
@@ -405,27 +455,23 @@ template <typename TX, typename TY>
 __device__ void rms_norm_forward(const TX* x, const float* gamma, TY* y, float* r, int dim,
                                  float eps) {
     const long long row = blockIdx.x;
-    const TX* xr = x + row * dim;
-    float v[RMS_COLS];
+    const bool vec = rows_at4(dim, x, y) && at4(gamma);
+    float v[RMS_COLS], g[RMS_COLS];
+    load_cols(x + row * dim, dim, vec, v);
+    load_cols(gamma, dim, vec, g);
     float ss = 0.0f;
 #pragma unroll
-    for (int k = 0; k < RMS_COLS; ++k) {
-        const int j = threadIdx.x + k * blockDim.x;
-        v[k] = j < dim ? load(xr, j) : 0.0f;
-        ss += v[k] * v[k];
-    }
+    for (int k = 0; k < RMS_COLS; ++k) ss += v[k] * v[k];
     const float rr = rsqrtf(block_sum(ss) / dim + eps);
     if (threadIdx.x == 0) r[row] = rr;
 #pragma unroll
-    for (int k = 0; k < RMS_COLS; ++k) {
-        const int j = threadIdx.x + k * blockDim.x;
-        if (j < dim) store(y + row * dim, j, v[k] * rr * gamma[j]);
-    }
+    for (int k = 0; k < RMS_COLS; ++k) v[k] = v[k] * rr * g[k];
+    store_cols(y + row * dim, dim, vec, v);
 }
 
 // The residual update and the next RMSNorm in one pass (inference): h = x + δ in f32 (δ widened
 // exactly, as torch's promoting add does) and y = (h r) γ exactly as rms_norm_forward computes
-// it (same block size, same sums), one block per row.
+// it (same block size, same columns per thread, same sums), one block per row.
 //
 // Under programmatic dependent launch only δ (the sublayer's output, written by the kernel just
 // ahead) has to wait: γ is a weight, and x is the residual stream, written a whole sublayer
@@ -437,30 +483,24 @@ template <typename TD, typename TY>
 __device__ void add_rms_norm(const float* x, const TD* delta, const float* gamma, float* h, TY* y,
                              int dim, float eps, int early) {
     const long long row = blockIdx.x;
-    float v[RMS_COLS], g[RMS_COLS];
-#pragma unroll
-    for (int k = 0; k < RMS_COLS; ++k) {
-        const int j = threadIdx.x + k * blockDim.x;
-        g[k] = j < dim ? gamma[j] : 0.0f;
-        v[k] = early && j < dim ? x[row * dim + j] : 0.0f;
-    }
+    const bool vec = rows_at4(dim, x, delta) && rows_at4(dim, h, y) && at4(gamma);
+    float v[RMS_COLS], g[RMS_COLS], d[RMS_COLS];
+    load_cols(gamma, dim, vec, g);
+    if (early) load_cols(x + row * dim, dim, vec, v);
     pdl_start();
+    if (!early) load_cols(x + row * dim, dim, vec, v);
+    load_cols(delta + row * dim, dim, vec, d);
     float ss = 0.0f;
 #pragma unroll
     for (int k = 0; k < RMS_COLS; ++k) {
-        const int j = threadIdx.x + k * blockDim.x;
-        if (j < dim) {
-            v[k] = (early ? v[k] : x[row * dim + j]) + load(delta + row * dim, j);
-            h[row * dim + j] = v[k];
-        }
+        v[k] += d[k];
         ss += v[k] * v[k];
     }
+    store_cols(h + row * dim, dim, vec, v);
     const float rr = rsqrtf(block_sum(ss) / dim + eps);
 #pragma unroll
-    for (int k = 0; k < RMS_COLS; ++k) {
-        const int j = threadIdx.x + k * blockDim.x;
-        if (j < dim) store(y + row * dim, j, v[k] * rr * g[k]);
-    }
+    for (int k = 0; k < RMS_COLS; ++k) v[k] = v[k] * rr * g[k];
+    store_cols(y + row * dim, dim, vec, v);
 }
 
 #define ADD_RMS_NORM(SUFFIX, TD, TY)                                                              \
@@ -476,39 +516,44 @@ ADD_RMS_NORM(bf16_f32, bf16_t, float)
 // RMSNorm backward over rows `blockIdx.x, blockIdx.x + gridDim.x, ...`:
 //   x̂ = x r,  t = dy γ,  dx = r (t - x̂ mean(t x̂)),
 // and this block's share of dγ = Σ_rows dy x̂, written to dgamma_partial[blockIdx.x, :] (the
-// caller sums the blocks' rows). dy in y's dtype, dx in x's.
+// caller sums the blocks' rows). dy in y's dtype, dx in x's. The next row's dy and x are loaded
+// before this row's sum, so that a block has loads in flight through its reduction.
 template <typename TX, typename TY>
 __device__ void rms_norm_backward(const TY* dy, const TX* x, const float* gamma, const float* r,
                                   TX* dx, float* dgamma_partial, long long n, int dim) {
-    float acc[RMS_COLS];
+    const bool vec = rows_at4(dim, dy, x) && rows_at4(dim, dx, dgamma_partial) && at4(gamma);
+    float acc[RMS_COLS], g[RMS_COLS], xv[RMS_COLS];
 #pragma unroll
     for (int k = 0; k < RMS_COLS; ++k) acc[k] = 0.0f;
-    for (long long row = blockIdx.x; row < n; row += gridDim.x) {
+    long long row = blockIdx.x;
+    if (row < n) {
+        load_cols(dy + row * dim, dim, vec, g);
+        load_cols(x + row * dim, dim, vec, xv);
+    }
+    for (; row < n; row += gridDim.x) {
         const float rr = r[row];
+        // γ again each row (an L1 hit): kept in registers it pushed the kernel past 64 of them.
         float xh[RMS_COLS], t[RMS_COLS];
+        load_cols(gamma, dim, vec, t);
         float dot = 0.0f;
 #pragma unroll
         for (int k = 0; k < RMS_COLS; ++k) {
-            const int j = threadIdx.x + k * blockDim.x;
-            const bool in = j < dim;
-            const float g = in ? load(dy + row * dim, j) : 0.0f;
-            xh[k] = in ? load(x + row * dim, j) * rr : 0.0f;
-            t[k] = in ? g * gamma[j] : 0.0f;
-            acc[k] += g * xh[k];
+            xh[k] = xv[k] * rr;
+            t[k] *= g[k];
+            acc[k] += g[k] * xh[k];
             dot += t[k] * xh[k];
+        }
+        const long long next = row + gridDim.x;
+        if (next < n) {
+            load_cols(dy + next * dim, dim, vec, g);
+            load_cols(x + next * dim, dim, vec, xv);
         }
         const float c = block_sum(dot) / dim;
 #pragma unroll
-        for (int k = 0; k < RMS_COLS; ++k) {
-            const int j = threadIdx.x + k * blockDim.x;
-            if (j < dim) store(dx + row * dim, j, rr * (t[k] - xh[k] * c));
-        }
+        for (int k = 0; k < RMS_COLS; ++k) t[k] = rr * (t[k] - xh[k] * c);
+        store_cols(dx + row * dim, dim, vec, t);
     }
-#pragma unroll
-    for (int k = 0; k < RMS_COLS; ++k) {
-        const int j = threadIdx.x + k * blockDim.x;
-        if (j < dim) dgamma_partial[blockIdx.x * (long long)dim + j] = acc[k];
-    }
+    store_cols(dgamma_partial + blockIdx.x * (long long)dim, dim, vec, acc);
 }
 
 #define FOR_DTYPES(MACRO) MACRO(f32, float) MACRO(bf16, bf16_t)

@@ -556,10 +556,11 @@ pub(super) fn ready(t: &Tensor) -> Option<(Tensor, Arc<Loaded>)> {
     Some((t.contiguous(), k))
 }
 
-/// Threads per block of a row kernel over `dim` columns (about four columns per thread), or
-/// `None` when a row does not fit the registers.
+/// Threads per block of a row kernel over `dim` columns (eight per thread, two runs of four: each
+/// thread's loads are two 16-byte pieces where a row allows), or `None` when a row does not fit
+/// the registers.
 pub(super) fn row_block(dim: usize) -> Option<usize> {
-    let block = dim.div_ceil(4).next_multiple_of(32).clamp(32, 1024);
+    let block = dim.div_ceil(ROW_COLS).next_multiple_of(32).clamp(32, 1024);
     (dim > 0 && dim <= ROW_COLS * block).then_some(block)
 }
 
@@ -575,8 +576,8 @@ mod tests {
 
     #[test]
     fn row_blocks_fit_the_registers() {
-        assert_eq!(row_block(768), Some(192));
-        assert_eq!(row_block(2048), Some(512));
+        assert_eq!(row_block(768), Some(96));
+        assert_eq!(row_block(2048), Some(256));
         assert_eq!(row_block(8192), Some(1024)); // 65B's width
         assert_eq!(row_block(8192 + 1), None);
         assert_eq!(row_block(0), None);
