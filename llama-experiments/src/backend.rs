@@ -242,9 +242,12 @@ impl DeviceSpec {
                 {
                     eprintln!("warning: squared-norm kernel unavailable ({e}); tensor ops");
                 }
+                // AdamW by kernels.cu's kernel (attempt 62) lives in the same module.
+                let own_adamw = own_norm.is_some();
                 register_ops(Ops::<Cuda> {
                     split_linear: true,
                     embedding,
+                    own_adamw,
                     product,
                     attention,
                     own_loss,
@@ -330,6 +333,9 @@ struct Ops<I: burn::tensor::backend::Backend> {
     own_swiglu: Option<NativeSwiglu<I>>,
     /// The embedding's weight gradient by the backend's own kernel (`llama_model::embedding`).
     embedding: Option<NativeEmbedding<I>>,
+    /// An update kernel of this project that reads bf16 gradients as they are (CubeCL's CUDA;
+    /// tch-cuda's is part of `fused`): projections' weight gradients may then stay bf16.
+    own_adamw: bool,
 }
 
 /// The operations with this project's fused kernels (`LLAMA_LOSS/NORM/ROPE/SWIGLU=fused`).
@@ -373,6 +379,7 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
             own_rotary: None,
             own_swiglu: None,
             embedding: None,
+            own_adamw: false,
         }
     }
 }
@@ -547,7 +554,11 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     }
     // Where the fused AdamW runs (it reads bf16 gradients as they are), a projection's weight
     // gradient stays bf16 instead of being widened to f32 by its cast's backward; `f32`: widened.
-    if let ("auto", Some(_)) = (env_choice("LLAMA_WEIGHT_GRAD", &["auto", "f32"])?, &fused) {
+    // (On CubeCL the widening casts ran at the end of the backward pass, fused by shape into
+    // five kernels at ~2.7 TB/s, ~2.4 ms of a `1b` step: attempt 65.)
+    if env_choice("LLAMA_WEIGHT_GRAD", &["auto", "f32"])? == "auto"
+        && (fused.is_some() || ops.own_adamw)
+    {
         llama_model::weight_cast::register::<I>();
     }
     // A library's products where the backend offers one (cuBLAS under CubeCL where its stream is

@@ -134,9 +134,13 @@ impl Precision {
 
     /// `x · Wᵀ` against a `[out, in]` matrix (the tied output head), in the compute dtype.
     pub fn matmul_t<B: Backend>(self, x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+        // A plain cast (its gradient widened to f32), not `weight_cast`'s: the tied weight's
+        // gradient is also the embedding's, in f32, and a sum of an f32 and a bf16 gradient is
+        // torch's promotion on libtorch but not defined on every backend (CubeCL's adds read
+        // both as one dtype).
         let (x, w) = match self.compute_dtype() {
             None => (x, w),
-            Some(dtype) => (cast_to(x, dtype), weight_cast::cast(w, dtype)),
+            Some(dtype) => (cast_to(x, dtype), cast_to(w, dtype)),
         };
         let [rows, d] = x.dims();
         match crate::split_k::splits::<B>(rows, w.dims()[0] * d) {

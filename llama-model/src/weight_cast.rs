@@ -3,12 +3,13 @@
 //! Under bf16 compute each projection's f32 master weight is cast to bf16 for its product. The
 //! cast's backward converts the product's bf16 weight gradient back to f32 (reading 2 and writing
 //! 4 bytes per parameter, ~1.4 ms of a `1b` step at an H200's bandwidth), only for the optimiser
-//! to read it once. A backend whose optimiser reads bf16 gradients itself (the fused AdamW on libtorch CUDA,
-//! which widens each element exactly as it loads it) registers [`register`]: the cast is then one
-//! autodiff operation whose backward hands the gradient on as it is. The values are the same:
-//! widening bf16 to f32 is exact, wherever it happens. Gradients of one parameter from several
-//! uses are summed by the autodiff graph in the dtypes it is given (torch promotes a mixed sum
-//! to f32); an accumulation over micro-batches must widen first (`llama train` does).
+//! to read it once. A backend whose optimiser reads bf16 gradients itself (the fused AdamW on
+//! libtorch CUDA and on CubeCL's CUDA, which widens each element exactly as it loads it)
+//! registers [`register`]: the cast is then one autodiff operation whose backward hands the
+//! gradient on as it is. The values are the same: widening bf16 to f32 is exact, wherever it
+//! happens. Only the projections' own weights take this cast (a tied output head's weight, also
+//! the embedding's, takes a plain one: two uses' gradients in two dtypes would have to be summed);
+//! an accumulation over micro-batches must widen first (`llama train` does).
 
 use std::any::{Any, TypeId};
 
