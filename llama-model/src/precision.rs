@@ -136,8 +136,7 @@ impl Precision {
     pub fn matmul_t<B: Backend>(self, x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
         // A plain cast (its gradient widened to f32), not `weight_cast`'s: the tied weight's
         // gradient is also the embedding's, in f32, and a sum of an f32 and a bf16 gradient is
-        // torch's promotion on libtorch but not defined on every backend (CubeCL's adds read
-        // both as one dtype).
+        // torch's promotion on libtorch but not something every Burn backend is known to do.
         let (x, w) = match self.compute_dtype() {
             None => (x, w),
             Some(dtype) => (cast_to(x, dtype), cast_to(w, dtype)),
