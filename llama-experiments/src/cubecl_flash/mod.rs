@@ -7,7 +7,9 @@
 //! memory, and twice that in the backward pass. `flash_attention.cu` is FlashAttention-2's
 //! algorithm on tensor cores (mma.sync, ldmatrix as inline PTX): the scores live in registers, the
 //! forward pass writes the output and one log-sum-exp per row, the backward pass recomputes the
-//! probabilities tile by tile in two kernels (dq, then dk and dv).
+//! probabilities tile by tile in two kernels (dq, then dk and dv). Grouped-query key/value heads
+//! are read in place (`NativeAttention::grouped`, attempt 63): query head `h` reads key/value head
+//! `h / G`, and the per-query-head dk and dv are summed per group after the pass.
 //!
 //! How it is launched: like the cuBLAS products (`crate::cubecl_cublas`), each pass is a custom
 //! operation of Burn's fusion stream whose kernels are queued on CubeCL's own CUDA stream, found
