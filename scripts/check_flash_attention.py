@@ -195,7 +195,7 @@ def speed(mod, b, h, t, d, parts=False, hkv=None):
 def profile(mod):
     """One launch of each kernel at the 125m shape, ours and torch's, for Nsight Compute."""
     b, h, t, d = 8, 12, 2048, 64
-    q, k, v = (torch.randn(b, t, h, d, device="cuda").to(torch.bfloat16).transpose(1, 2) for _ in range(3))
+    q, k, v = qkv(b, h, t, d, h)
     dout = torch.randn(b, h, t, d, device="cuda").to(torch.bfloat16)
     run(mod, q, k, v, dout, True)
     qq, kk, vv = (x.detach().clone().requires_grad_() for x in (q, k, v))

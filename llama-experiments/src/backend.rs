@@ -242,8 +242,8 @@ impl DeviceSpec {
                 {
                     eprintln!("warning: squared-norm kernel unavailable ({e}); tensor ops");
                 }
-                // AdamW by kernels.cu's kernel (attempt 62) lives in the same module.
-                let own_adamw = own_norm.is_some();
+                // Whether the optimiser will update by our kernel (attempt 62), as it checks.
+                let own_adamw = crate::cubecl_adamw::updates_parts::<Cuda>(&device);
                 register_ops(Ops::<Cuda> {
                     split_linear: true,
                     embedding,

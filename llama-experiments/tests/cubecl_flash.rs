@@ -2,9 +2,10 @@
 //! in f32 on the same device and inputs: the output, and dq, dk, dv through `llama_model::sdpa`'s
 //! autodiff operation with the kernels registered as its native attention (bf16, causal, head
 //! dims 64 and 128, lengths that are not multiples of the 64-row tiles, q/k/v with strided heads
-//! as the model makes them, grouped-query heads read in place). `scripts/check_flash_attention.py` checks the same kernels against
-//! PyTorch. Needs `--features cuda-untuned`, an NVIDIA GPU of compute capability 8.0 or later and
-//! NVRTC on the library path; skips (passes, saying so) without them.
+//! as the model makes them, grouped-query heads read in place). `scripts/check_flash_attention.py`
+//! checks the same kernels against PyTorch. Needs `--features cuda-untuned`, an NVIDIA GPU of
+//! compute capability 8.0 or later and NVRTC on the library path; skips (passes, saying so)
+//! without them.
 #![cfg(feature = "cuda-untuned")]
 
 mod common;

@@ -399,12 +399,11 @@ ADAMW(adamw_f32_bf16, bf16_t)
 #define RMS_COLS 8
 
 // The columns a thread of a row kernel holds: two runs of four, quads `threadIdx.x` and
-// `threadIdx.x + blockDim.x` of the row, so that a warp loads and stores 16-byte (f32) or 8-byte
-// (bf16) pieces side by side. 2-byte and 4-byte accesses kept a row's kernel at about half the
-// card's bandwidth (H200, 1b: 45 µs forward for 100 MB, ncu, docs/performance.md attempt 64).
-__device__ __forceinline__ int rms_col(int k) {
-    return 4 * (threadIdx.x + (k >> 2) * blockDim.x) + (k & 3);
-}
+// `threadIdx.x + blockDim.x` of the row (this is run h's first column), so that a warp loads and
+// stores 16-byte (f32) or 8-byte (bf16) pieces side by side. 2-byte and 4-byte accesses kept a
+// row's kernel at about half the card's bandwidth (H200, 1b: 45 µs forward for 100 MB, ncu,
+// docs/performance.md attempt 64).
+__device__ __forceinline__ int quad_col(int h) { return 4 * (threadIdx.x + h * blockDim.x); }
 
 // The thread's RMS_COLS columns of `row` (zeros past `dim`), by quads where `vec` (dim a multiple
 // of 4 and the row 4-element aligned).
@@ -412,7 +411,7 @@ template <typename T>
 __device__ __forceinline__ void load_cols(const T* row, int dim, bool vec, float v[RMS_COLS]) {
 #pragma unroll
     for (int h = 0; h < RMS_COLS / 4; ++h) {
-        const int j = rms_col(4 * h);
+        const int j = quad_col(h);
         if (vec && j < dim) {
             const Four f = load4(row, j);
 #pragma unroll
@@ -428,7 +427,7 @@ template <typename T>
 __device__ __forceinline__ void store_cols(T* row, int dim, bool vec, const float v[RMS_COLS]) {
 #pragma unroll
     for (int h = 0; h < RMS_COLS / 4; ++h) {
-        const int j = rms_col(4 * h);
+        const int j = quad_col(h);
         if (vec && j < dim) {
             Four f;
 #pragma unroll
