@@ -249,6 +249,7 @@ impl DeviceSpec {
                     embedding,
                     own_adamw,
                     product,
+                    product_accumulate: Some(crate::cubecl_cublas::accumulate as _),
                     attention,
                     own_loss,
                     own_norm,
@@ -323,6 +324,8 @@ struct Ops<I: burn::tensor::backend::Backend> {
     split_linear: bool,
     /// A library's matrix product (`llama_model::product`), registered where present.
     product: Option<llama_model::product::NativeProduct<I>>,
+    /// The same library's `c + x · w` into `c` (`llama_model::product::register_accumulate`).
+    product_accumulate: Option<llama_model::product::NativeAccumulate<I>>,
     /// This project's fused cross-entropy where the other fused kernels are not (CubeCL's CUDA).
     own_loss: Option<NativeLoss<I>>,
     /// This project's RMSNorm kernels where the other fused kernels are not (CubeCL's CUDA).
@@ -374,6 +377,7 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
             rope_operation: false,
             split_linear: false,
             product: None,
+            product_accumulate: None,
             own_loss: None,
             own_norm: None,
             own_rotary: None,
@@ -396,7 +400,9 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
 /// `LLAMA_EMBEDDING=auto|decomposed` (the embedding's weight gradient by the backend's kernel),
 /// `LLAMA_GRAD_NORM=auto|decomposed` (CubeCL's CUDA: the clipping's squared norms by our kernel),
 /// `LLAMA_PRODUCT=auto|cublas|matmul` (cuBLAS's products under CubeCL, or the backend's matmul;
-/// `auto`: cuBLAS where CUPTI finds CubeCL's stream), `LLAMA_CUBLAS_WAIT=auto|stream|host`
+/// `auto`: cuBLAS where CUPTI finds CubeCL's stream), `LLAMA_PRODUCT_SUM=auto|burn` (products of
+/// one input add their input gradients into one matrix, or Burn sums them),
+/// `LLAMA_CUBLAS_WAIT=auto|stream|host`
 /// (how cuBLAS's products and CubeCL's kernels hand over),
 /// `LLAMA_DECODE_ATTENTION=auto|fused|decomposed`, `LLAMA_GEMV=auto|fused|matmul`,
 /// `LLAMA_ADD_NORM=auto|fused|separate`, `LLAMA_ROPE_SLOT=auto|fused|separate`,
@@ -569,6 +575,14 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     ) {
         ("cublas" | "auto", Some(native)) => {
             llama_model::product::register_native::<I>(native);
+            // Products of one input add their input gradients into one matrix where the
+            // library can (`LLAMA_PRODUCT_SUM=auto`); `burn`: Burn's separate sums.
+            if let ("auto", Some(acc)) = (
+                env_choice("LLAMA_PRODUCT_SUM", &["auto", "burn"])?,
+                ops.product_accumulate,
+            ) {
+                llama_model::product::register_accumulate::<I>(acc);
+            }
             true
         }
         ("cublas", None) => {

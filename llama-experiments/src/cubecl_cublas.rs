@@ -186,6 +186,22 @@ pub fn hand_over_name(device: &CudaDevice) -> Result<&'static str, String> {
 /// n]` through cuBLAS, queued as a custom operation of the fusion stream; `None` for dtypes other
 /// than f32, f16 and bf16, or mixed ones.
 pub fn product(x: FloatTensor<Cuda>, w: FloatTensor<Cuda>) -> Option<FloatTensor<Cuda>> {
+    let dims = product_dims(&x, &w)?;
+    let dtype = x.dtype;
+    let client = x.client.clone();
+    let streams = OperationStreams::with_inputs([&x, &w]);
+    let out = TensorIr::uninit(client.create_empty_handle(), Shape::from(dims), dtype);
+    let desc = CustomOpIr::new("cublas_product", &[x.into_ir(), w.into_ir()], &[out]);
+    Some(
+        client
+            .register(streams, OperationIr::Custom(desc.clone()), Product { desc })
+            .output(),
+    )
+}
+
+/// `x · w`'s dimensions where cuBLAS takes the pair (f32, f16 or bf16, one dtype, equal batch
+/// dimensions).
+fn product_dims(x: &FloatTensor<Cuda>, w: &FloatTensor<Cuda>) -> Option<Vec<usize>> {
     let dtype = x.dtype;
     let rank = x.shape.num_dims();
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
@@ -199,15 +215,70 @@ pub fn product(x: FloatTensor<Cuda>, w: FloatTensor<Cuda>) -> Option<FloatTensor
     }
     let mut dims = x.shape.to_vec();
     dims[rank - 1] = w.shape[rank - 1];
+    Some(dims)
+}
+
+/// [`llama_model::product::NativeAccumulate`] for `burn::backend::Cuda`: `c + x · w` as one
+/// cuBLAS product with `β = 1` written into `c`'s buffer where the fusion stream hands that
+/// buffer over (`c`'s last use, its memory not shared), else the product and a sum. Products
+/// that share an input (q, k and v; gate and up) then leave one input gradient, without the
+/// element-wise sums Burn's autodiff adds (a `[rows, dim]` read twice and written once each).
+pub fn accumulate(
+    c: FloatTensor<Cuda>,
+    x: FloatTensor<Cuda>,
+    w: FloatTensor<Cuda>,
+) -> FloatTensor<Cuda> {
+    use burn::tensor::ops::FloatTensorOps;
+    match product_dims(&x, &w) {
+        Some(dims) if c.dtype == x.dtype && c.shape.to_vec() == dims => {}
+        _ => {
+            let y = product(x.clone(), w.clone()).unwrap_or_else(|| Cuda::float_matmul(x, w));
+            return Cuda::float_add(c, y);
+        }
+    }
     let client = x.client.clone();
-    let streams = OperationStreams::with_inputs([&x, &w]);
-    let out = TensorIr::uninit(client.create_empty_handle(), Shape::from(dims), dtype);
-    let desc = CustomOpIr::new("cublas_product", &[x.into_ir(), w.into_ir()], &[out]);
-    Some(
-        client
-            .register(streams, OperationIr::Custom(desc.clone()), Product { desc })
-            .output(),
-    )
+    let streams = OperationStreams::with_inputs([&c, &x, &w]);
+    let out = TensorIr::uninit(client.create_empty_handle(), c.shape.clone(), c.dtype);
+    let desc = CustomOpIr::new(
+        "cublas_accumulate",
+        &[c.into_ir(), x.into_ir(), w.into_ir()],
+        &[out],
+    );
+    client
+        .register(
+            streams,
+            OperationIr::Custom(desc.clone()),
+            Accumulate { desc },
+        )
+        .output()
+}
+
+#[derive(Clone, Debug)]
+struct Accumulate {
+    desc: CustomOpIr,
+}
+
+impl Operation<Runtime> for Accumulate {
+    fn execute(&self, handles: &mut HandleContainer<<Runtime as FusionRuntime>::FusionHandle>) {
+        use burn::tensor::ops::FloatTensorOps;
+        let ([c, x, w], [y]) = self.desc.as_fixed();
+        let c = handles.get_float_tensor::<Inner>(c);
+        let x = handles.get_float_tensor::<Inner>(x);
+        let w = handles.get_float_tensor::<Inner>(w);
+        // Into `c` only where nothing else holds its buffer and cuBLAS can write it as `y`.
+        let writable =
+            c.can_mut() && c.is_contiguous() && c.is_contiguous_buffer() && c.dtype == x.dtype;
+        let summed = match writable {
+            true => gemm(x.clone(), w.clone(), Some(&c)),
+            false => Err("an accumulator shared or strided".into()),
+        };
+        let out = summed.unwrap_or_else(|_| {
+            let p = gemm(x.clone(), w.clone(), None)
+                .unwrap_or_else(|_| <Inner as FloatTensorOps<Inner>>::float_matmul(x, w));
+            <Inner as FloatTensorOps<Inner>>::float_add(c, p)
+        });
+        handles.register_float_tensor::<Inner>(&y.id, out);
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -220,7 +291,7 @@ impl Operation<Runtime> for Product {
         let ([x, w], [y]) = self.desc.as_fixed();
         let x = handles.get_float_tensor::<Inner>(x);
         let w = handles.get_float_tensor::<Inner>(w);
-        let out = match gemm(x.clone(), w.clone()) {
+        let out = match gemm(x.clone(), w.clone(), None) {
             Ok(out) => out,
             Err(e) => {
                 // The operation cannot return an error: CubeCL's own product stands in, and the
@@ -321,6 +392,8 @@ struct Gemm {
     batches: i32,
     /// `y`'s size in bytes.
     y_bytes: usize,
+    /// 0 (`y = x · w`) or 1 (`y += x · w`).
+    beta: f32,
 }
 
 impl Gemm {
@@ -336,7 +409,7 @@ impl Gemm {
         x: cu::CUdeviceptr,
         y: cu::CUdeviceptr,
     ) -> Result<(), String> {
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (alpha, beta) = (1.0f32, self.beta);
         // Row-major `y [m, n] = x · w` is column-major `yᵀ [n, m] = wᵀ · xᵀ`; one entry point for
         // every product (with a batch count of 1 the strides are unused).
         unsafe {
@@ -467,10 +540,13 @@ fn queued_product(
     }
 }
 
-/// `y = x · w` for CubeCL tensors, `y` a new contiguous tensor.
+/// `y = x · w` for CubeCL tensors, `y` a new contiguous tensor; or with `acc`, `acc += x · w`
+/// in `acc`'s buffer (contiguous, of the product's shape and dtype, not read or written by
+/// anything else), returned as `y`.
 fn gemm(
     x: CubeTensor<CudaRuntime>,
     w: CubeTensor<CudaRuntime>,
+    acc: Option<&CubeTensor<CudaRuntime>>,
 ) -> Result<CubeTensor<CudaRuntime>, String> {
     let rank = x.meta.rank();
     let (m, k, n) = (
@@ -484,13 +560,17 @@ fn gemm(
     let dtype = x.dtype;
     let ty = data_type(dtype)?;
     let client = x.client.clone();
-    let y = burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
-        client.clone(),
-        x.device.clone(),
-        Shape::from(dims),
-        dtype,
-    );
-    if m == 0 || n == 0 || batch == 0 {
+    let y = match acc {
+        Some(c) if c.meta.shape().to_vec() == dims && c.dtype == dtype => c.clone(),
+        Some(_) => return Err("an accumulator of another shape or dtype".into()),
+        None => burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
+            client.clone(),
+            x.device.clone(),
+            Shape::from(dims),
+            dtype,
+        ),
+    };
+    if m == 0 || n == 0 || batch == 0 || (k == 0 && acc.is_some()) {
         return Ok(y);
     }
     if k == 0 {
@@ -518,6 +598,7 @@ fn gemm(
         y_stride: stride(m * n)?,
         batches: int(batch)?,
         y_bytes: batch * m * n * dtype.size(),
+        beta: if acc.is_some() { 1.0 } else { 0.0 },
     };
     let device = x.device.index;
     let id = StreamId::current();

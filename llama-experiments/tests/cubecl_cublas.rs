@@ -1,7 +1,9 @@
 //! cuBLAS products under CubeCL (`cubecl_cublas`) against CubeCL's own matmul on the same
 //! device: projections, the tied head's transposed weight, attention's batched products with a
 //! transposed and a sliced operand, in f32 and bf16, and the gradients of both operands through
-//! `llama_model::product`'s autodiff operation. Needs `--features cuda` and an NVIDIA GPU with
+//! `llama_model::product`'s autodiff operation, and `c + x · w` into `c` (`accumulate`): alone,
+//! with `c` still held elsewhere (which must not change), and as the input gradient of products
+//! that share their input. Needs `--features cuda` and an NVIDIA GPU with
 //! libcublas on the library path; skips (passes, saying so) without them.
 #![cfg(feature = "cuda-untuned")]
 
@@ -10,7 +12,7 @@ mod common;
 use burn::backend::Autodiff;
 use burn::backend::cuda::CudaDevice;
 use burn::tensor::{DType, Distribution, Tensor};
-use llama_experiments::cubecl_cublas::{Cuda, available, product};
+use llama_experiments::cubecl_cublas::{Cuda, accumulate, available, product};
 
 fn device() -> Option<CudaDevice> {
     common::gpu(|| CudaDevice::new(0), available)
@@ -97,6 +99,64 @@ fn cublas_gradients_match_cubecl_matmul() {
         rel(wb.grad(&gb).unwrap(), wa.grad(&ga).unwrap()) < 2e-3,
         "dw"
     );
+}
+
+#[test]
+fn accumulated_products_match_a_product_and_a_sum() {
+    type A = Autodiff<Cuda>;
+    let Some(dev) = device() else { return };
+    llama_model::product::register_native::<Cuda>(product);
+    let r = |d: [usize; 2]| Tensor::<Cuda, 2>::random(d, Distribution::Normal(0.0, 1.0), &dev);
+    let prim = |t: Tensor<Cuda, 2>| t.into_primitive().tensor();
+    let float = |p| Tensor::<Cuda, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(p));
+    for (dtype, tol) in [(DType::F32, 2e-3), (DType::BF16, 2e-2)] {
+        let (x, w) = (r([300, 192]).cast(dtype), r([192, 520]).cast(dtype));
+        let c = r([300, 520]).cast(dtype);
+        let want = c.clone() + x.clone().matmul(w.clone());
+        // `c`'s only handle: the sum may be written into its buffer.
+        let c2 = (c.clone() * 1.0).cast(dtype);
+        let got = float(accumulate(prim(c2), prim(x.clone()), prim(w.clone())));
+        assert!(rel(got, want.clone()) < tol, "{dtype:?} c + x·w");
+        // `c` still held here: its values must not change.
+        let before = c.clone().cast(DType::F32).into_data();
+        let got = float(accumulate(
+            prim(c.clone()),
+            prim(x.clone()),
+            prim(w.clone()),
+        ));
+        assert!(rel(got, want) < tol, "{dtype:?} shared c + x·w");
+        assert_eq!(
+            c.cast(DType::F32).into_data(),
+            before,
+            "{dtype:?}: c changed"
+        );
+    }
+    // Three products of one input (attention's q, k, v): the input's gradient accumulated.
+    llama_model::product::register_accumulate::<Cuda>(accumulate);
+    let (x, ws) = (r([256, 96]), [r([96, 130]), r([96, 32]), r([96, 32])]);
+    let weights = [r([256, 130]), r([256, 32]), r([256, 32])];
+    let grads = |native: bool| {
+        let x = Tensor::<A, 2>::from_inner(x.clone()).require_grad();
+        let ws = ws
+            .clone()
+            .map(|w| Tensor::<A, 2>::from_inner(w).require_grad());
+        let mut loss = Tensor::<A, 1>::zeros([1], &dev);
+        for (w, weight) in ws.iter().zip(&weights) {
+            let y = match native {
+                true => llama_model::product::matmul(x.clone(), w.clone()),
+                false => x.clone().matmul(w.clone()),
+            };
+            loss = loss + (y * Tensor::from_inner(weight.clone())).sum();
+        }
+        let g = loss.backward();
+        let mut out = vec![x.grad(&g).unwrap()];
+        out.extend(ws.iter().map(|w| w.grad(&g).unwrap()));
+        out
+    };
+    for (i, (got, want)) in grads(true).into_iter().zip(grads(false)).enumerate() {
+        let err = rel(got, want);
+        assert!(err < 2e-3, "gradient {i}: rel {err}");
+    }
 }
 
 /// Products fed by CubeCL's kernels and feeding them, many in a row with the intermediates

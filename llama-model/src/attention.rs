@@ -108,11 +108,17 @@ impl<B: Backend> Attention<B> {
                 let mut next = || ys.next().expect("three projections");
                 (next(), next(), next())
             }
-            _ => (
-                proj(&self.wq, x.clone()),
-                proj(&self.wk, x.clone()),
-                proj(&self.wv, x),
-            ),
+            // One flattened input for the three products: their input gradients meet at its
+            // node, where a backend may add each into the last (`product::register_accumulate`).
+            _ => {
+                let rows = x.flatten::<2>(0, 1);
+                let project = |l: &Linear<B>| {
+                    let y = proj(l, rows.clone());
+                    let n = y.dims()[1];
+                    y.reshape([b, t, n])
+                };
+                (project(&self.wq), project(&self.wk), project(&self.wv))
+            }
         };
         let (q, k, v) = (heads(q, h), heads(k, hkv), heads(v, hkv));
         // A decode step's rotation, cache write and attention in one kernel where the backend

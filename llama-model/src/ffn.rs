@@ -95,10 +95,18 @@ impl<B: Backend> FeedForward<B> {
                     .expect("two projections");
                 (a, Some(b))
             }
-            (_, Some(w3)) => (
-                precision.linear(&self.w1, x.clone()),
-                Some(precision.linear(w3, x)),
-            ),
+            // One flattened input for both products: their input gradients meet at its node,
+            // where a backend may add one into the other (`product::register_accumulate`).
+            (_, Some(w3)) => {
+                let [b, t, _] = x.dims();
+                let rows = x.flatten::<2>(0, 1);
+                let proj = |l: &Linear<B>| {
+                    let y = precision.linear(l, rows.clone());
+                    let n = y.dims()[1];
+                    y.reshape([b, t, n])
+                };
+                (proj(&self.w1), Some(proj(w3)))
+            }
             (_, None) => (precision.linear(&self.w1, x), None),
         };
         let h = match (self.kind, up) {

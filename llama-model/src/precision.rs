@@ -77,7 +77,9 @@ impl Precision {
 
     /// `x · W (+ b)` for a [`Linear`], in the compute dtype.
     ///
-    /// The leading dimensions are flattened first: Burn's `linear` on a `[batch, T, d]` input
+    /// The leading dimensions are flattened first (a matrix is taken as it is: a reshape is an
+    /// autodiff node even to the same shape, and products that share a flattened input should
+    /// meet at its node, `product::register_accumulate`): Burn's `linear` on a `[batch, T, d]` input
     /// broadcasts the weight to a batched matmul, and its weight gradient is then `batch` separate
     /// `[d_in, d_out]` products summed afterwards (for the output head, a `[batch, d, vocab]`
     /// temporary); one `[batch·T, d]` matmul does the same work in one product.
@@ -95,11 +97,11 @@ impl Precision {
             Some(s) => self
                 .project(layer, x.reshape([s, rows / s, d]))
                 .flatten(0, 1),
-            None => self.project_rows(layer, x.reshape([rows, d])),
+            None => self.project_rows(layer, rows_of(x)),
         };
         let mut out = dims;
         out[D - 1] = y.dims()[1];
-        y.reshape(out)
+        unrows(y, out)
     }
 
     /// [`Self::project`] of a matrix: a few rows (decoding) through [`crate::gemv`], any number
@@ -150,6 +152,24 @@ impl Precision {
             None => crate::gemv::matmul(x, w.transpose()),
         }
     }
+}
+
+/// `[.., d]` as `[rows, d]`; a matrix as it is (a reshape is an autodiff node even to the same
+/// shape).
+fn rows_of<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 2> {
+    if D == 2 {
+        return Tensor::from_primitive(x.into_primitive());
+    }
+    let dims = x.dims();
+    x.reshape([dims[..D - 1].iter().product::<usize>(), dims[D - 1]])
+}
+
+/// `[rows, n]` as `out` (`[.., n]`), the inverse of [`rows_of`].
+fn unrows<B: Backend, const D: usize>(y: Tensor<B, 2>, out: [usize; D]) -> Tensor<B, D> {
+    if D == 2 {
+        return Tensor::from_primitive(y.into_primitive());
+    }
+    y.reshape(out)
 }
 
 /// `t` in `dtype`; no operation (and no autodiff node) when it already is.
