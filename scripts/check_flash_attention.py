@@ -25,9 +25,14 @@ BLOCK = 64
 LOG2E = 1.4426950408889634
 
 
-def module(source=SOURCE):
+def module(source=SOURCE, defines=()):
+    """The source compiled, each `NAME=VALUE` of `defines` replacing its `#define NAME` first."""
     major, minor = torch.cuda.get_device_capability()
     code = pathlib.Path(source).read_text()
+    for d in defines:
+        name, value = d.split("=")
+        code, n = re.subn(rf"#define {name} \S+", f"#define {name} {value}", code)
+        assert n == 1, f"no #define {name} in the source"
     mod = cupy.RawModule(code=code, options=(f"--gpu-architecture=compute_{major}{minor}",))
     # Rows per block of each kernel (`#define ROWS_FWD_D64 128`; BLOCK where a source has none).
     rows = {m[0]: int(m[1]) for m in re.findall(r"#define ROWS_(\w+) (\d+)", code)}
@@ -209,8 +214,12 @@ def main():
     ap.add_argument("--parts", action="store_true", help="with --time: each kernel and torch's passes apart")
     ap.add_argument("--profile", action="store_true", help="only one launch of each kernel (for ncu)")
     ap.add_argument("--source", default=SOURCE, help="another version of flash_attention.cu")
+    ap.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
+                    help="replace the source's `#define NAME` (e.g. ROWS_FWD_D64=256)")
     a = ap.parse_args()
-    mod = module(a.source)
+    mod = module(a.source, a.define)
+    if a.define:
+        print("defines: " + " ".join(a.define))
     if a.profile:
         profile(mod)
         return

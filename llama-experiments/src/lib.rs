@@ -50,5 +50,7 @@ pub mod libtorch_swiglu;
 pub mod params;
 pub mod plot;
 pub mod quickstart;
+#[cfg(any(feature = "tch", feature = "cuda-untuned"))]
+mod row_kernels;
 pub mod score;
 pub mod train;

@@ -19,18 +19,10 @@ use burn_ir::{CustomOpIr, OperationOutput, TensorIr};
 use super::SOURCE;
 use crate::cubecl_cublas::Cuda;
 use crate::cubecl_launch::{self, Arg, Launch, Pass, Ran};
+use crate::row_kernels::row_block;
 
-/// Columns each thread keeps in registers (`RMS_COLS` in the source).
-const ROW_COLS: usize = 8;
 /// Blocks of the backward pass (each adds its rows' share of the gain's gradient).
 const ROW_GRID: usize = 1024;
-
-/// Threads per row for `dim` columns (eight per thread in two runs of four, whole warps; as
-/// `cuda_kernels::row_block`, which is built only with `tch`), if the kernels take `dim`.
-fn row_block(dim: usize) -> Option<u32> {
-    let block = dim.div_ceil(ROW_COLS).next_multiple_of(32).clamp(32, 1024);
-    (dim > 0 && dim <= ROW_COLS * block).then_some(block as u32)
-}
 
 /// The kernels' suffix for input dtype `x` and output dtype `y`.
 fn suffix(x: DType, y: DType) -> Option<&'static str> {
@@ -134,7 +126,7 @@ fn run(inputs: Vec<CubeTensor<CudaRuntime>>, pass: &Pass) -> Ran {
     };
     let [n, dim]: [usize; 2] = x.meta.shape().to_vec().try_into().expect("rank 2");
     let sfx = suffix(x.dtype, y.dtype).expect("checked when registered");
-    let block = row_block(dim).expect("checked when registered");
+    let block = row_block(dim).expect("checked when registered") as u32;
     let launch = match forward {
         true => Launch {
             name: format!("rms_norm_forward_{sfx}"),

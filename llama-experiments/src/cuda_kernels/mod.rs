@@ -81,10 +81,6 @@ pub const ADD_NORM_KERNELS: [&str; 3] = [
 /// (`_f32_bf16`).
 pub const MIXED_KERNELS: [&str; 3] = ["rms_norm_forward", "rms_norm_backward", "adamw"];
 
-/// Columns per thread the row kernels keep in registers (`RMS_COLS` in the source; with 1,024
-/// threads a block then fits the 64 K registers of an SM).
-pub(super) const ROW_COLS: usize = 8;
-
 /// Kernels launched with programmatic dependent launch on sm_90 and later (each starts with
 /// `pdl_start`, or waits with `pdl_wait` before reading anything the kernel ahead may write; see
 /// `kernels.cu`): those of a decoded token, so that each is resident and waiting when the one
@@ -556,31 +552,8 @@ pub(super) fn ready(t: &Tensor) -> Option<(Tensor, Arc<Loaded>)> {
     Some((t.contiguous(), k))
 }
 
-/// Threads per block of a row kernel over `dim` columns (eight per thread, two runs of four: each
-/// thread's loads are two 16-byte pieces where a row allows), or `None` when a row does not fit
-/// the registers.
-pub(super) fn row_block(dim: usize) -> Option<usize> {
-    let block = dim.div_ceil(ROW_COLS).next_multiple_of(32).clamp(32, 1024);
-    (dim > 0 && dim <= ROW_COLS * block).then_some(block)
-}
-
 pub(super) const ELEMENT_BLOCK: usize = 256;
 
 pub(super) fn element_grid(n: usize) -> usize {
     n.div_ceil(ELEMENT_BLOCK).clamp(1, 65_536)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn row_blocks_fit_the_registers() {
-        assert_eq!(row_block(768), Some(96));
-        assert_eq!(row_block(2048), Some(256));
-        assert_eq!(row_block(8192), Some(1024)); // 65B's width
-        assert_eq!(row_block(8192 + 1), None);
-        assert_eq!(row_block(0), None);
-        assert_eq!(row_block(5), Some(32));
-    }
 }

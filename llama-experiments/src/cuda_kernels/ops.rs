@@ -9,9 +9,10 @@ use tch::{Kind, Tensor};
 use crate::train::optim::AdamwScalars;
 
 use super::{
-    ELEMENT_BLOCK, Loaded, element_grid, launch, launch_cluster, loaded, named, ptr, ready,
-    row_block, suffix, vec4,
+    ELEMENT_BLOCK, Loaded, element_grid, launch, launch_cluster, loaded, named, ptr, ready, suffix,
+    vec4,
 };
+use crate::row_kernels::row_block;
 
 /// Mean cross-entropy of `logits [n, vocab]` against `targets [n]` (int64): the loss (`[1]`, f32)
 /// and each row's log-sum-exp (`[n]`, f32) for [`cross_entropy_backward`].
