@@ -229,12 +229,9 @@ pub fn accumulate(
     w: FloatTensor<Cuda>,
 ) -> FloatTensor<Cuda> {
     use burn::tensor::ops::FloatTensorOps;
-    match product_dims(&x, &w) {
-        Some(dims) if c.dtype == x.dtype && c.shape.to_vec() == dims => {}
-        _ => {
-            let y = product(x.clone(), w.clone()).unwrap_or_else(|| Cuda::float_matmul(x, w));
-            return Cuda::float_add(c, y);
-        }
+    // `c`'s shape and dtype are the product's (the caller's contract); cuBLAS's dtypes are not.
+    if product_dims(&x, &w).is_none() {
+        return Cuda::float_add(c, Cuda::float_matmul(x, w));
     }
     let client = x.client.clone();
     let streams = OperationStreams::with_inputs([&c, &x, &w]);
@@ -265,9 +262,9 @@ impl Operation<Runtime> for Accumulate {
         let c = handles.get_float_tensor::<Inner>(c);
         let x = handles.get_float_tensor::<Inner>(x);
         let w = handles.get_float_tensor::<Inner>(w);
-        // Into `c` only where nothing else holds its buffer and cuBLAS can write it as `y`.
-        let writable =
-            c.can_mut() && c.is_contiguous() && c.is_contiguous_buffer() && c.dtype == x.dtype;
+        // Into `c` only where nothing else holds its buffer and cuBLAS can write it as `y`
+        // (`gemm` checks its shape and dtype).
+        let writable = c.can_mut() && c.is_contiguous() && c.is_contiguous_buffer();
         let summed = match writable {
             true => gemm(x.clone(), w.clone(), Some(&c)),
             false => Err("an accumulator shared or strided".into()),

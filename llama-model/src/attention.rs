@@ -99,7 +99,6 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let x = precision.input(x);
-        let proj = |l: &Linear<B>, x| precision.linear(l, x);
         let (h, hkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
         let (q, k, v) = match &self.stacked {
@@ -108,16 +107,9 @@ impl<B: Backend> Attention<B> {
                 let mut next = || ys.next().expect("three projections");
                 (next(), next(), next())
             }
-            // One flattened input for the three products: their input gradients meet at its
-            // node, where a backend may add each into the last (`product::register_accumulate`).
             _ => {
-                let rows = x.flatten::<2>(0, 1);
-                let project = |l: &Linear<B>| {
-                    let y = proj(l, rows.clone());
-                    let n = y.dims()[1];
-                    y.reshape([b, t, n])
-                };
-                (project(&self.wq), project(&self.wk), project(&self.wv))
+                let [q, k, v] = precision.linears([&self.wq, &self.wk, &self.wv], x);
+                (q, k, v)
             }
         };
         let (q, k, v) = (heads(q, h), heads(k, hkv), heads(v, hkv));

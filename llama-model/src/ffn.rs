@@ -95,17 +95,9 @@ impl<B: Backend> FeedForward<B> {
                     .expect("two projections");
                 (a, Some(b))
             }
-            // One flattened input for both products: their input gradients meet at its node,
-            // where a backend may add one into the other (`product::register_accumulate`).
             (_, Some(w3)) => {
-                let [b, t, _] = x.dims();
-                let rows = x.flatten::<2>(0, 1);
-                let proj = |l: &Linear<B>| {
-                    let y = precision.linear(l, rows.clone());
-                    let n = y.dims()[1];
-                    y.reshape([b, t, n])
-                };
-                (proj(&self.w1), Some(proj(w3)))
+                let [a, up] = precision.linears([&self.w1, w3], x);
+                (a, Some(up))
             }
             (_, None) => (precision.linear(&self.w1, x), None),
         };

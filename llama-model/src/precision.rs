@@ -75,6 +75,24 @@ impl Precision {
         }
     }
 
+    /// `x · Wᵢ (+ bᵢ)` for several [`Linear`]s of one input `[batch, time, d]` (attention's q, k,
+    /// v; the gated feed-forward's w1, w3), in the compute dtype. The input is flattened once, so
+    /// that the products' input gradients meet at one autodiff node, where a backend may add each
+    /// into the last (`product::register_accumulate`).
+    pub fn linears<B: Backend, const N: usize>(
+        self,
+        layers: [&Linear<B>; N],
+        x: Tensor<B, 3>,
+    ) -> [Tensor<B, 3>; N] {
+        let [b, t, _] = x.dims();
+        let rows = x.flatten::<2>(0, 1);
+        layers.map(|layer| {
+            let y = self.linear(layer, rows.clone());
+            let n = y.dims()[1];
+            y.reshape([b, t, n])
+        })
+    }
+
     /// `x · W (+ b)` for a [`Linear`], in the compute dtype.
     ///
     /// The leading dimensions are flattened first (a matrix is taken as it is: a reshape is an
