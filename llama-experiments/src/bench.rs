@@ -21,6 +21,7 @@ use llama_model::{AttentionMask, Llama, LlamaConfig, Precision, StepInput};
 use serde::Serialize;
 
 use crate::backend::BackendJob;
+use crate::gpu_trace::{GpuTraceSummary, Recorder};
 use crate::host_profile::HostProfile;
 use crate::train::config::OptimConfig;
 use crate::train::init_model;
@@ -53,6 +54,8 @@ pub struct BenchJob {
     pub phases: bool,
     /// Sample the host's threads during the timed steps into this flame graph (`--profile-host`).
     pub profile_host: Option<PathBuf>,
+    /// Record the GPU's work during the timed steps into this Chrome trace (`--trace-gpu`).
+    pub trace_gpu: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -94,6 +97,9 @@ pub struct BenchReport {
     /// With `--profile-host`: CPU-time samples taken (at ~1 kHz per busy thread) in the timed steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_profile_samples: Option<u64>,
+    /// With `--trace-gpu`: per step, how long the GPU was busy and idle (CUPTI's records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_trace: Option<GpuTraceSummary>,
 }
 
 /// Median seconds of each part of a training step, from `iters` further steps with a device
@@ -159,22 +165,36 @@ struct Timed<D> {
     last: Option<D>,
     /// Samples of the host profile over the timed steps, when one was asked for.
     profile_samples: Option<u64>,
+    /// The GPU trace's summary, when one was asked for.
+    gpu: Option<GpuTraceSummary>,
 }
 
 impl<D> Timed<D> {
-    /// Median, warm-up steps and profile samples: what the report keeps.
-    fn summary(&self) -> (f64, Vec<f64>, Option<u64>) {
-        (self.median, self.warmup.clone(), self.profile_samples)
+    /// Median, warm-up steps, profile samples and the GPU trace's summary: what the report keeps.
+    fn summary(&self) -> (f64, Vec<f64>, Option<u64>, Option<GpuTraceSummary>) {
+        (
+            self.median,
+            self.warmup.clone(),
+            self.profile_samples,
+            self.gpu.clone(),
+        )
     }
 }
 
+/// Where [`time_steps`] writes its profiles of the timed steps.
+#[derive(Clone, Copy, Default)]
+struct Profiles<'a> {
+    host: Option<&'a Path>,
+    gpu: Option<&'a Path>,
+}
+
 /// Runs `step` `warmup` times untimed, then `iters` times timed (each followed by a sync), with
-/// the host sampled into `profile` over the timed steps only.
+/// the host sampled and the GPU's work recorded over the timed steps only.
 fn time_steps<D>(
     warmup: usize,
     iters: usize,
     sync: impl Fn(),
-    profile: Option<&Path>,
+    profiles: Profiles,
     mut step: impl FnMut(usize) -> D,
 ) -> Result<Timed<D>> {
     let warm: Vec<f64> = (0..warmup)
@@ -187,23 +207,33 @@ fn time_steps<D>(
             s
         })
         .collect();
-    let profiler = profile.map(HostProfile::start).transpose()?;
+    let mut recorder = profiles.gpu.map(Recorder::start).transpose()?;
+    let profiler = profiles.host.map(HostProfile::start).transpose()?;
     let mut last = None;
     let mut times: Vec<f64> = (0..iters)
         .map(|i| {
+            if let Some(r) = recorder.as_mut() {
+                r.step_start();
+            }
             let t = Instant::now();
             last = Some(step(warmup + i));
             sync();
-            t.elapsed().as_secs_f64()
+            let s = t.elapsed().as_secs_f64();
+            if let Some(r) = recorder.as_mut() {
+                r.step_end();
+            }
+            s
         })
         .collect();
     let profile_samples = profiler.map(HostProfile::finish).transpose()?;
+    let gpu = recorder.map(Recorder::finish).transpose()?;
     times.sort_by(f64::total_cmp);
     Ok(Timed {
         median: times[times.len() / 2],
         warmup: warm,
         last,
         profile_samples,
+        gpu,
     })
 }
 
@@ -273,100 +303,110 @@ impl BackendJob for BenchJob {
         let mut final_loss = None;
         let mut decoder_name = None;
         let mut phases = None;
-        let profile = self.profile_host.as_deref();
-        let ((median, warmup_steps_s, host_profile_samples), tokens, flops_per_token) = match self
-            .mode
-        {
-            BenchMode::Train => {
-                let model: Llama<B> = init_model(cfg, 0, &device)?.with_precision(self.precision);
-                let optim_cfg = OptimConfig::default();
-                let mut optim = LlamaOptimizer::new(&optim_cfg, &model)?;
-                // Moved in and out of the step (as `llama train` does), never cloned: a second
-                // handle on the parameters would stop the optimiser updating them in place.
-                let mut slot = Some(model);
-                let timed = time_steps(self.warmup, self.iters, sync, profile, |i| {
-                    let model = slot.take().expect("the model is put back after every step");
-                    let tokens = random_tokens::<B>(b, t + 1, vocab, i as u64, &device);
-                    let loss = model.loss(tokens);
-                    let grads = GradientsParams::from_grads(loss.backward(), &model);
-                    // Clipping on the device, as `llama train`: nothing is read back in a step.
-                    let (model, _norm) = optim.step(3e-4, model, grads, 1.0, Some(1.0), &device);
-                    slot = Some(model);
-                    loss.inner()
-                })?;
-                // Read after the timing: seeds are fixed, so two builds or knob settings that
-                // compute the same step report the same loss (up to rounding).
-                final_loss = timed
-                    .last
-                    .as_ref()
-                    .map(|l| l.clone().into_scalar().elem::<f64>());
-                if self.phases {
-                    let model = slot.take().expect("the model is put back after every step");
-                    let (model, p) = time_phases(
-                        model,
-                        &mut optim,
-                        self.iters,
-                        &sync,
-                        |i| {
-                            random_tokens::<B>(
-                                b,
-                                t + 1,
-                                vocab,
-                                (self.warmup + self.iters + i) as u64,
-                                &device,
-                            )
-                        },
-                        &device,
-                    );
-                    slot = Some(model);
-                    phases = Some(p);
-                }
-                drop(slot);
-                (timed.summary(), b * t, cfg.flops_per_token() as f64)
-            }
-            BenchMode::Prefill => {
-                let model = init_model::<B>(cfg, 0, &device)?
-                    .valid()
-                    .with_precision(self.precision)
-                    .with_inference_weights();
-                let timed = time_steps(self.warmup, self.iters, sync, profile, |i| {
-                    let tokens = random_tokens::<B::InnerBackend>(b, t, vocab, i as u64, &device);
-                    model.forward(tokens)
-                })?;
-                (timed.summary(), b * t, cfg.flops_per_token() as f64 / 3.0)
-            }
-            BenchMode::Decode => {
-                ensure!(
-                    t + self.warmup + self.iters <= cfg.max_seq_len,
-                    "decode needs room for {} tokens after a {t}-token prompt (max_seq_len {})",
-                    self.warmup + self.iters,
-                    cfg.max_seq_len
-                );
-                let model = init_model::<B>(cfg, 0, &device)?
-                    .valid()
-                    .with_precision(self.precision)
-                    .with_inference_weights();
-                let mut cache = model.new_cache(b, t + self.warmup + self.iters, &device);
-                let prompt = random_tokens::<B::InnerBackend>(b, t, vocab, 0, &device);
-                let pos = Llama::<B::InnerBackend>::default_positions(b, t, &device);
-                let _ =
-                    model.forward_hidden(prompt, &pos, &AttentionMask::Causal, Some(&mut cache));
-                sync();
-                let pads = vec![0; b];
-                let mut decoder = crate::decoder::decoder_for::<B::InnerBackend>(&device)?;
-                decoder_name = Some(decoder.name().to_string());
-                let timed = time_steps(self.warmup, self.iters, sync, profile, |i| {
-                    let tokens = random_ids(b, vocab, i as u64);
-                    let input = StepInput {
-                        tokens: &tokens,
-                        pads: &pads,
-                        cur: t + i,
-                    };
-                    decoder.step(&model, &mut cache, input)
-                })?;
-                (timed.summary(), b, cfg.flops_per_token() as f64 / 3.0)
-            }
+        let profiles = Profiles {
+            host: self.profile_host.as_deref(),
+            gpu: self.trace_gpu.as_deref(),
         };
+
+        let ((median, warmup_steps_s, host_profile_samples, gpu_trace), tokens, flops_per_token) =
+            match self.mode {
+                BenchMode::Train => {
+                    let model: Llama<B> =
+                        init_model(cfg, 0, &device)?.with_precision(self.precision);
+                    let optim_cfg = OptimConfig::default();
+                    let mut optim = LlamaOptimizer::new(&optim_cfg, &model)?;
+                    // Moved in and out of the step (as `llama train` does), never cloned: a second
+                    // handle on the parameters would stop the optimiser updating them in place.
+                    let mut slot = Some(model);
+                    let timed = time_steps(self.warmup, self.iters, sync, profiles, |i| {
+                        let model = slot.take().expect("the model is put back after every step");
+                        let tokens = random_tokens::<B>(b, t + 1, vocab, i as u64, &device);
+                        let loss = model.loss(tokens);
+                        let grads = GradientsParams::from_grads(loss.backward(), &model);
+                        // Clipping on the device, as `llama train`: nothing is read back in a step.
+                        let (model, _norm) =
+                            optim.step(3e-4, model, grads, 1.0, Some(1.0), &device);
+                        slot = Some(model);
+                        loss.inner()
+                    })?;
+                    // Read after the timing: seeds are fixed, so two builds or knob settings that
+                    // compute the same step report the same loss (up to rounding).
+                    final_loss = timed
+                        .last
+                        .as_ref()
+                        .map(|l| l.clone().into_scalar().elem::<f64>());
+                    if self.phases {
+                        let model = slot.take().expect("the model is put back after every step");
+                        let (model, p) = time_phases(
+                            model,
+                            &mut optim,
+                            self.iters,
+                            &sync,
+                            |i| {
+                                random_tokens::<B>(
+                                    b,
+                                    t + 1,
+                                    vocab,
+                                    (self.warmup + self.iters + i) as u64,
+                                    &device,
+                                )
+                            },
+                            &device,
+                        );
+                        slot = Some(model);
+                        phases = Some(p);
+                    }
+                    drop(slot);
+                    (timed.summary(), b * t, cfg.flops_per_token() as f64)
+                }
+                BenchMode::Prefill => {
+                    let model = init_model::<B>(cfg, 0, &device)?
+                        .valid()
+                        .with_precision(self.precision)
+                        .with_inference_weights();
+                    let timed = time_steps(self.warmup, self.iters, sync, profiles, |i| {
+                        let tokens =
+                            random_tokens::<B::InnerBackend>(b, t, vocab, i as u64, &device);
+                        model.forward(tokens)
+                    })?;
+                    (timed.summary(), b * t, cfg.flops_per_token() as f64 / 3.0)
+                }
+                BenchMode::Decode => {
+                    ensure!(
+                        t + self.warmup + self.iters <= cfg.max_seq_len,
+                        "decode needs room for {} tokens after a {t}-token prompt (max_seq_len {})",
+                        self.warmup + self.iters,
+                        cfg.max_seq_len
+                    );
+                    let model = init_model::<B>(cfg, 0, &device)?
+                        .valid()
+                        .with_precision(self.precision)
+                        .with_inference_weights();
+                    let mut cache = model.new_cache(b, t + self.warmup + self.iters, &device);
+                    let prompt = random_tokens::<B::InnerBackend>(b, t, vocab, 0, &device);
+                    let pos = Llama::<B::InnerBackend>::default_positions(b, t, &device);
+                    let _ = model.forward_hidden(
+                        prompt,
+                        &pos,
+                        &AttentionMask::Causal,
+                        Some(&mut cache),
+                    );
+                    sync();
+                    let pads = vec![0; b];
+                    let mut decoder = crate::decoder::decoder_for::<B::InnerBackend>(&device)?;
+                    decoder_name = Some(decoder.name().to_string());
+                    let timed = time_steps(self.warmup, self.iters, sync, profiles, |i| {
+                        let tokens = random_ids(b, vocab, i as u64);
+                        let input = StepInput {
+                            tokens: &tokens,
+                            pads: &pads,
+                            cur: t + i,
+                        };
+                        decoder.step(&model, &mut cache, input)
+                    })?;
+                    (timed.summary(), b, cfg.flops_per_token() as f64 / 3.0)
+                }
+            };
         let tokens_per_s = tokens as f64 / median;
         // The median timed step is the middle one, `warmup + iters / 2` tokens after the prompt.
         let decode_bytes = (self.mode == BenchMode::Decode).then(|| {
@@ -407,6 +447,7 @@ impl BackendJob for BenchJob {
             decoder: decoder_name,
             phases,
             host_profile_samples,
+            gpu_trace,
         })
     }
 }

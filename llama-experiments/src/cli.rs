@@ -167,6 +167,11 @@ pub(crate) enum Command {
         /// with its collapsed stacks beside it (FILE.folded): where a host-bound step's time goes.
         #[arg(long, value_name = "FILE.svg")]
         profile_host: Option<PathBuf>,
+        /// Record what the GPU runs during the timed steps (CUPTI: kernels, copies, fills) as a
+        /// Chrome trace here, with the idle gaps between them in FILE.gaps.txt; the report
+        /// gains each step's GPU busy and idle time (CubeCL CUDA builds).
+        #[arg(long, value_name = "FILE.json")]
+        trace_gpu: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

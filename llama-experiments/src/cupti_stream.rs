@@ -49,7 +49,7 @@ type Unsubscribe = unsafe extern "C" fn(*mut c_void) -> i32;
 /// The library and the three entry points used, loaded once for the process (CUPTI is not
 /// unloaded: its hooks stay in the driver).
 struct Cupti {
-    _lib: libloading::Library,
+    lib: libloading::Library,
     subscribe: Subscribe,
     enable_callback: EnableCallback,
     unsubscribe: Unsubscribe,
@@ -112,7 +112,7 @@ fn load() -> Result<&'static Cupti, String> {
                                 .get::<Unsubscribe>(b"cuptiUnsubscribe\0")
                                 .map_err(|e| format!("{name}: {e}"))?;
                             Ok(Cupti {
-                                _lib: lib,
+                                lib,
                                 subscribe,
                                 enable_callback,
                                 unsubscribe,
@@ -126,6 +126,12 @@ fn load() -> Result<&'static Cupti, String> {
         })
         .as_ref()
         .map_err(Clone::clone)
+}
+
+/// The loaded CUPTI library, for the other parts of its API ([`crate::gpu_trace`]'s activity
+/// records).
+pub(crate) fn library() -> Result<&'static libloading::Library, String> {
+    load().map(|c| &c.lib)
 }
 
 /// Whether CUPTI loads (it is not initialised until [`stream_of`] subscribes).

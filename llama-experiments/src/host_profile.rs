@@ -29,13 +29,7 @@ impl HostProfile {
     pub fn start(path: &Path) -> Result<Self> {
         #[cfg(unix)]
         {
-            // Fail before the timed steps, not after them, when the file cannot be written.
-            tempfile::NamedTempFile::new_in(parent_dir(path)).with_context(|| {
-                format!(
-                    "--profile-host: cannot write in {}",
-                    parent_dir(path).display()
-                )
-            })?;
+            check_writable(path, "--profile-host")?;
             let guard = pprof::ProfilerGuardBuilder::default()
                 .frequency(FREQUENCY)
                 // Unwinding from inside these (the signal trampoline, the C library's own
@@ -111,6 +105,14 @@ impl HostProfile {
     }
 }
 
+/// Fails before the timed steps, not after them, when `path` cannot be written (`flag` names the
+/// option in the message).
+pub(crate) fn check_writable(path: &Path, flag: &str) -> Result<()> {
+    tempfile::NamedTempFile::new_in(parent_dir(path))
+        .with_context(|| format!("{flag}: cannot write in {}", parent_dir(path).display()))?;
+    Ok(())
+}
+
 /// FILE.folded next to FILE.
 pub fn folded_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -130,7 +132,7 @@ fn parent_dir(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
-fn write_atomically(
+pub(crate) fn write_atomically(
     path: &Path,
     body: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
 ) -> Result<()> {

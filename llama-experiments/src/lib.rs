@@ -32,6 +32,7 @@ pub mod data;
 pub mod decoder;
 pub mod eval;
 pub mod generate;
+pub mod gpu_trace;
 pub mod host_profile;
 #[cfg(feature = "tch")]
 pub mod libtorch_adamw;

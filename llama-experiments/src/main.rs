@@ -189,6 +189,7 @@ fn run(cli: Cli) -> Result<()> {
             peak_bandwidth,
             phases,
             profile_host,
+            trace_gpu,
             json,
         } => {
             let (name, config) = model.load("tiny")?;
@@ -207,6 +208,7 @@ fn run(cli: Cli) -> Result<()> {
                 peak_bandwidth,
                 phases,
                 profile_host,
+                trace_gpu,
             })??;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -237,6 +239,16 @@ fn run(cli: Cli) -> Result<()> {
                         ))
                         .unwrap_or_default()
                 );
+                if let Some(g) = &r.gpu_trace {
+                    println!(
+                        "GPU per step: busy {:.3} ms, idle {:.3} ms (head {:.3}, tail {:.3}), {} launches",
+                        g.busy_s * 1e3,
+                        g.idle_s * 1e3,
+                        g.head_s * 1e3,
+                        g.tail_s * 1e3,
+                        g.launches
+                    );
+                }
             }
         }
         Command::Devices => {
