@@ -248,6 +248,7 @@ impl DeviceSpec {
                     split_linear: true,
                     embedding,
                     own_adamw,
+                    weight_copies: Some(crate::cubecl_adamw::weight_copies),
                     product,
                     product_accumulate: Some(crate::cubecl_cublas::accumulate as _),
                     attention,
@@ -339,6 +340,9 @@ struct Ops<I: burn::tensor::backend::Backend> {
     /// An update kernel of this project that reads bf16 gradients as they are (CubeCL's CUDA;
     /// tch-cuda's is part of `fused`): projections' weight gradients may then stay bf16.
     own_adamw: bool,
+    /// The update's store of the weights' bf16 copies (`llama_model::weight_cast`), made only
+    /// when registered (making it turns the copies on).
+    weight_copies: Option<fn() -> llama_model::weight_cast::NativeCopies<I>>,
 }
 
 /// The operations with this project's fused kernels (`LLAMA_LOSS/NORM/ROPE/SWIGLU=fused`).
@@ -384,6 +388,7 @@ impl<I: burn::tensor::backend::Backend> Ops<I> {
             own_swiglu: None,
             embedding: None,
             own_adamw: false,
+            weight_copies: None,
         }
     }
 }
@@ -566,6 +571,14 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         && (fused.is_some() || ops.own_adamw)
     {
         llama_model::weight_cast::register::<I>();
+        // The update's bf16 copies of the weights, read by the next forward pass's products
+        // instead of a cast per weight (CubeCL's CUDA, attempt 68); `off`: casts.
+        if let ("auto", Some(copies)) = (
+            env_choice("LLAMA_WEIGHT_COPY", &["auto", "off"])?,
+            ops.weight_copies,
+        ) {
+            llama_model::weight_cast::register_copies::<I>(copies());
+        }
     }
     // A library's products where the backend offers one (cuBLAS under CubeCL where its stream is
     // found, or asked for with `LLAMA_PRODUCT=cublas`); otherwise the backend's matmul.

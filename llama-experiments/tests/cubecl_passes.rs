@@ -4,8 +4,9 @@
 //! vocabulary adding nothing), RMSNorm both ways (`cubecl_rms_norm`, through
 //! `llama_model::rms_norm`'s operation, against burn-nn's formula in f32), the squared norm
 //! (`cubecl_sum_squares`), the rotary embedding and SwiGLU's gate both ways (`cubecl_fused`,
-//! against their tensor-op forms), and AdamW by parts (`cubecl_adamw`, against the tensor ops on
-//! the concatenated bucket). Needs `--features cuda-untuned`, an NVIDIA GPU of compute
+//! against their tensor-op forms), AdamW by parts (`cubecl_adamw`, against the tensor ops on
+//! the concatenated bucket) and the bf16 copies of the weights it writes for
+//! `llama_model::weight_cast`. Needs `--features cuda-untuned`, an NVIDIA GPU of compute
 //! capability 8.0 or later and NVRTC on the library path; skips (passes, saying so) without them.
 #![cfg(feature = "cuda-untuned")]
 
@@ -293,8 +294,10 @@ fn the_adamw_kernel_matches_the_tensor_ops() {
         }
         .concatenated()
         .decomposed();
-        let got = llama_experiments::cubecl_adamw::try_update_parts(step)
+        let (got, copy) = llama_experiments::cubecl_adamw::try_update_parts(step)
             .unwrap_or_else(|_| panic!("the kernel takes CubeCL's f32 parameters"));
+        // Copies are for buckets of bf16 gradients only (projection weights).
+        assert!(copy.is_none());
         for (name, g, w) in [
             ("p", got.0, want.0),
             ("m", got.1, want.1),
@@ -307,4 +310,78 @@ fn the_adamw_kernel_matches_the_tensor_ops() {
             );
         }
     }
+}
+
+#[test]
+fn the_update_writes_bf16_copies_that_the_weight_cast_returns() {
+    use llama_experiments::train::optim::{AdamwParts, AdamwScalars};
+    use llama_model::weight_cast;
+    let Some(dev) = device() else { return };
+    llama_experiments::cubecl_fused::available(&dev).expect("the kernels load");
+    let copies = llama_experiments::cubecl_adamw::weight_copies();
+    weight_cast::register::<Cuda>();
+    weight_cast::register_copies::<Cuda>(copies);
+    let x = |n: usize| Tensor::<Cuda, 1>::random([n], Distribution::Normal(0.0, 1.0), &dev);
+    let sizes = [1000, 3, 517, 4096];
+    let mut offset = 0;
+    let parts: Vec<_> = sizes
+        .iter()
+        .map(|&n| {
+            let part = (offset, x(n), x(n).cast(DType::BF16));
+            offset += n;
+            part
+        })
+        .collect();
+    let step = AdamwParts {
+        len: offset,
+        parts,
+        grad_factor: None,
+        moments: Some((x(offset), x(offset).abs())),
+        scalars: AdamwScalars {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            lr: 3e-3,
+            decay: 3e-4,
+            c1: 0.1,
+            c2: 0.05,
+        },
+    };
+    let ((p, _, _), copy) = llama_experiments::cubecl_adamw::try_update_parts(step)
+        .unwrap_or_else(|_| panic!("the kernel takes CubeCL's f32 parameters"));
+    let copy = copy.expect("bf16 gradients: a copy is written");
+    assert_eq!(copy.dtype(), DType::BF16);
+    // The same rounding as a cast: equal bit for bit (compared in f32, where both are exact).
+    let diff = (copy.clone().cast(DType::F32) - p.clone().cast(DType::BF16).cast(DType::F32))
+        .abs()
+        .max();
+    assert_eq!(scalar(diff), 0.0, "the copy is the cast of the new values");
+
+    // A kept copy is what the weight's cast returns (a marker copy of zeros tells it from a
+    // cast), its gradient reaches the f32 weight, and after `clear_copies` the cast is a cast.
+    let value = p.clone().narrow(0, 1000, 517).reshape([11, 47]);
+    let marker = Tensor::<Cuda, 1>::zeros([2000], &dev).cast(DType::BF16);
+    weight_cast::keep_copy(&value, &marker, 1003);
+    let w = Tensor::<Autodiff<Cuda>, 2>::from_inner(value.clone()).require_grad();
+    let y = weight_cast::cast(w.clone(), DType::BF16);
+    assert_eq!(y.dtype(), DType::BF16);
+    assert_eq!(scalar(y.clone().inner().abs().sum().reshape([1])), 0.0);
+    let grads = y.cast(DType::F32).sum().backward();
+    let g = w.grad(&grads).expect("the weight gets a gradient");
+    assert_eq!(scalar(g.cast(DType::F32).sum().reshape([1])), 11.0 * 47.0);
+    weight_cast::clear_copies::<Cuda>();
+    let w = Tensor::<Autodiff<Cuda>, 2>::from_inner(value.clone()).require_grad();
+    let y = weight_cast::cast(w, DType::BF16).inner().cast(DType::F32);
+    let want = value.cast(DType::BF16).cast(DType::F32);
+    assert_eq!(scalar((y - want).abs().max().reshape([1])), 0.0);
+}
+
+#[test]
+fn the_optimiser_on_cubecl_matches_torchs_adamw() {
+    // Every bucket by parts here (`backend_parts_min_mean`: CubeCL concatenates piece by
+    // piece), the tiny vectors included; with the kernel's squared norms as `llama` runs them.
+    let Some(dev) = device() else { return };
+    llama_experiments::cubecl_fused::available(&dev).expect("the kernels load");
+    llama_experiments::cubecl_sum_squares::enable(&dev).expect("the squared-norm kernel loads");
+    common::adamw::check_torch_adamw::<Autodiff<Cuda>>(&dev, true, None);
 }

@@ -10,6 +10,12 @@
 //! happens. Only the projections' own weights take this cast (a tied output head's weight, also
 //! the embedding's, takes a plain one: two uses' gradients in two dtypes would have to be summed);
 //! an accumulation over micro-batches must widen first (`llama train` does).
+//!
+//! A backend whose optimiser writes each updated weight's bf16 copy beside its f32 value (CubeCL's
+//! fused AdamW: two more bytes written per parameter, where a cast reads four and writes two and
+//! costs a launch per weight) registers [`register_copies`]; the optimiser hands each copy over
+//! with [`keep_copy`] and [`cast`] then returns it instead of casting. The bits are the same: both
+//! round the same f32 value to nearest even.
 
 use std::any::{Any, TypeId};
 
@@ -20,14 +26,71 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, FloatDType, Tensor, TensorPrimitive};
+use burn::tensor::{DType, FloatDType, Tensor, TensorMetadata, TensorPrimitive};
 
-use crate::dispatch::Registry;
+use crate::dispatch::{ErasedNative, Registry};
 
 /// `(w, dtype)` of an `Autodiff<I>` → `w` cast, boxed (keyed by `Autodiff<I>`).
 type Erased = fn(Box<dyn Any>) -> Box<dyn Any>;
 
 static REGISTRY: Registry<Erased> = Registry::new();
+
+/// A backend's store of weights' copies in the compute dtype, keyed by the f32 value's identity
+/// (which only the backend knows: fusion's tensor id on CubeCL).
+pub struct NativeCopies<I: Backend> {
+    /// Keeps `value`'s compute-dtype copy, `value.num_elements()` elements of the flat `bucket`
+    /// from `offset` (until [`Self::clear`]). The view is taken when it is found, in the forward
+    /// pass, not here: the update runs where the host is the bound, the forward pass with the
+    /// host ahead of the device.
+    pub keep: fn(&FloatTensor<I>, &FloatTensor<I>, usize),
+    /// The copy kept for `value` in `value`'s shape, if any.
+    pub find: fn(&FloatTensor<I>) -> Option<FloatTensor<I>>,
+    /// Drops every copy (before an update writes new ones).
+    pub clear: fn(),
+}
+
+impl<I: Backend> Clone for NativeCopies<I> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<I: Backend> Copy for NativeCopies<I> {}
+
+static COPIES: Registry<ErasedNative> = Registry::new();
+
+/// Makes [`cast`] on `Autodiff<I>` return the copies [`keep_copy`] hands to `copies`.
+pub fn register_copies<I: Backend>(copies: NativeCopies<I>) {
+    COPIES.insert(TypeId::of::<I>(), ErasedNative::new(copies));
+}
+
+/// Whether backend `I` keeps weights' copies ([`register_copies`]).
+pub fn keeps_copies<I: Backend>() -> bool {
+    COPIES
+        .native::<NativeCopies<I>>(TypeId::of::<I>())
+        .is_some()
+}
+
+/// Hands `value`'s copy in the compute dtype, its elements of the flat `bucket` from `offset`,
+/// to the backend's store (nothing where none is registered). The caller vouches that they hold
+/// `value` rounded.
+pub fn keep_copy<I: Backend, const D: usize>(
+    value: &Tensor<I, D>,
+    bucket: &Tensor<I, 1>,
+    offset: usize,
+) {
+    if let Some(c) = COPIES.native::<NativeCopies<I>>(TypeId::of::<I>()) {
+        let key = value.clone().into_primitive().tensor();
+        (c.keep)(&key, &bucket.clone().into_primitive().tensor(), offset);
+    }
+}
+
+/// Drops backend `I`'s copies (an update is about to replace the weights).
+pub fn clear_copies<I: Backend>() {
+    if let Some(c) = COPIES.native::<NativeCopies<I>>(TypeId::of::<I>()) {
+        (c.clear)();
+    }
+}
 
 /// Makes [`cast`] on `Autodiff<I>` (no checkpointing) keep the gradient in the compute dtype.
 pub fn register<I: Backend>() {
@@ -76,7 +139,11 @@ fn autodiff_cast<I: Backend>(
     w: FloatTensor<Autodiff<I>>,
     dtype: FloatDType,
 ) -> FloatTensor<Autodiff<I>> {
-    let y = I::float_cast(w.primitive.clone(), dtype);
+    let kept = COPIES
+        .native::<NativeCopies<I>>(TypeId::of::<I>())
+        .and_then(|c| (c.find)(&w.primitive))
+        .filter(|c| FloatDType::from(c.dtype()) == dtype && c.shape() == w.primitive.shape());
+    let y = kept.unwrap_or_else(|| I::float_cast(w.primitive.clone(), dtype));
     match KeepDtype
         .prepare::<NoCheckpointing>([w.node.clone()])
         .compute_bound()

@@ -32,6 +32,7 @@ pub(crate) static SOURCE: Source = Source {
         "swiglu_backward_bf16",
         "adamw_f32",
         "adamw_f32_bf16",
+        "adamw_f32_bf16_copy",
     ],
 };
 

@@ -348,13 +348,16 @@ __device__ __forceinline__ void adamw_one(float p, float g, float m, float v, fl
 
 // The gradient in f32, or in bf16 as a bf16 product's weight gradient comes (`adamw_f32_bf16`:
 // no f32 copy of it is made first, see `llama_model::weight_cast`); widened exactly on load.
+// `half` (or null): the new parameters rounded to bf16 as well, the copy the next forward pass's
+// products read instead of casting the f32 values again (`adamw_f32_bf16_copy`).
 template <typename G>
 __device__ void adamw(const float* p, const G* g, const float* m, const float* v, float* p_out,
                       float* m_out, float* v_out, long long n, const float* factor, float b1,
-                      float b2, float lr_c1, float inv_root_c2, float eps, float keep, int vec) {
+                      float b2, float lr_c1, float inv_root_c2, float eps, float keep, int vec,
+                      bf16_t* half) {
     // Four-element pieces only where every pointer allows them (a range of a bucket may not).
     vec = vec && at4(p) && at4(g) && at4(p_out) && at4(m_out) && at4(v_out) &&
-          (!m || (at4(m) && at4(v)));
+          (!m || (at4(m) && at4(v))) && (!half || at4(half));
     GRID_STRIDE
     const float f = factor ? factor[0] : 1.0f;
     for (long long q = first; q < n4; q += stride) {
@@ -373,6 +376,7 @@ __device__ void adamw(const float* p, const G* g, const float* m, const float* v
         store4(p_out, i, po);
         store4(m_out, i, mo);
         store4(v_out, i, vo);
+        if (half) store4(half, i, po);
     }
     for (long long i = 4 * n4 + first; i < n; i += stride) {
         float po, mo, vo;
@@ -381,6 +385,7 @@ __device__ void adamw(const float* p, const G* g, const float* m, const float* v
         p_out[i] = po;
         m_out[i] = mo;
         v_out[i] = vo;
+        if (half) store(half, i, po);
     }
 }
 
@@ -390,10 +395,18 @@ __device__ void adamw(const float* p, const G* g, const float* m, const float* v
                                     const float* factor, float b1, float b2, float lr_c1,         \
                                     float inv_root_c2, float eps, float keep, int vec) {          \
         adamw<G>(p, g, m, v, p_out, m_out, v_out, n, factor, b1, b2, lr_c1, inv_root_c2, eps,     \
-                 keep, vec);                                                                      \
+                 keep, vec, nullptr);                                                             \
     }
 ADAMW(adamw_f32, float)
 ADAMW(adamw_f32_bf16, bf16_t)
+extern "C" __global__ void adamw_f32_bf16_copy(const float* p, const bf16_t* g, const float* m,
+                                               const float* v, float* p_out, float* m_out,
+                                               float* v_out, long long n, const float* factor,
+                                               float b1, float b2, float lr_c1, float inv_root_c2,
+                                               float eps, float keep, int vec, bf16_t* half) {
+    adamw<bf16_t>(p, g, m, v, p_out, m_out, v_out, n, factor, b1, b2, lr_c1, inv_root_c2, eps,
+                  keep, vec, half);
+}
 
 // Columns per thread that a row kernel keeps in registers: dim <= RMS_COLS * blockDim.x.
 #define RMS_COLS 8

@@ -27,31 +27,38 @@ pub fn widened<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     }
 }
 
-/// Whether this build updates a bucket parameter by parameter on `device` ([`AdamwParts`]: the
-/// fused kernel on libtorch CUDA and on CubeCL's CUDA).
+/// The least mean parameter size (elements) of a bucket this build updates parameter by
+/// parameter on `device` ([`AdamwParts`]: the fused kernel on libtorch CUDA and on CubeCL's
+/// CUDA), or `None` where it does not.
 #[cfg_attr(
     not(any(feature = "tch", feature = "cuda-untuned")),
     allow(unused_variables)
 )]
-pub(super) fn backend_updates_parts<I: Backend>(device: &I::Device) -> bool {
+pub(super) fn backend_parts_min_mean<I: Backend>(device: &I::Device) -> Option<usize> {
+    // libtorch concatenates a bucket in one launch (`torch.cat`), so a bucket of small tensors
+    // (the norms' gains) costs fewer launches concatenated than with a kernel per parameter.
     #[cfg(feature = "tch")]
     if crate::libtorch_adamw::updates_parts::<I>(device) {
-        return true;
+        return Some(1 << 20);
     }
+    // CubeCL concatenates piece by piece (a slice-assign kernel and a copy of its metadata per
+    // piece, for the parameters and again for the gradients): every bucket by parts.
     #[cfg(feature = "cuda-untuned")]
     if crate::cubecl_adamw::updates_parts::<I>(device) {
-        return true;
+        return Some(1);
     }
-    false
+    None
 }
 
-/// [`AdamwParts`]'s update by the backend's own kernels, or the step back.
+/// [`AdamwParts`]'s update by the backend's own kernels, with the bucket's new values in the
+/// compute dtype where the backend writes them (CubeCL's CUDA: `llama_model::weight_cast`'s
+/// copies), or the step back.
 pub(super) fn backend_update_parts<I: Backend>(
     step: AdamwParts<I>,
-) -> Result<AdamwOutput<I>, AdamwParts<I>> {
+) -> Result<AdamwPartsOutput<I>, AdamwParts<I>> {
     #[cfg(feature = "tch")]
     let step = match crate::libtorch_adamw::try_update_parts(step) {
-        Ok(out) => return Ok(out),
+        Ok(out) => return Ok((out, None)),
         Err(step) => step,
     };
     #[cfg(feature = "cuda-untuned")]
@@ -178,6 +185,10 @@ pub struct AdamwScalars {
 
 /// An update's result: the new parameters, first and second moments.
 pub type AdamwOutput<I> = (Tensor<I, 1>, Tensor<I, 1>, Tensor<I, 1>);
+
+/// An update by parts: [`AdamwOutput`] and, where the backend writes it, the bucket's new values
+/// in the compute dtype (`llama_model::weight_cast`'s copies).
+pub type AdamwPartsOutput<I> = (AdamwOutput<I>, Option<Tensor<I, 1>>);
 
 impl<I: Backend> AdamwStep<I> {
     /// New parameters and moments, in tensor ops (one kernel per scalar operation).

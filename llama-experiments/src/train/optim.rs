@@ -26,9 +26,11 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
 
-pub use super::adamw::{AdamwOutput, AdamwParts, AdamwScalars, AdamwStep, widened};
+pub use super::adamw::{
+    AdamwOutput, AdamwParts, AdamwPartsOutput, AdamwScalars, AdamwStep, widened,
+};
 use super::adamw::{
-    backend_update, backend_update_parts, backend_updates_parts, cat, sum_squares, sum_squares_all,
+    backend_parts_min_mean, backend_update, backend_update_parts, cat, sum_squares, sum_squares_all,
 };
 use super::config::OptimConfig;
 
@@ -64,8 +66,9 @@ pub struct LlamaOptimizer<M: AutodiffModule<B>, B: AutodiffBackend> {
     native_update: bool,
     /// Whether that may be the fused kernel (CUDA).
     fused_update: bool,
-    /// Least mean parameter size of a bucket updated parameter by parameter ([`PARTS_MIN_MEAN`]).
-    parts_min_mean: usize,
+    /// Least mean parameter size of a bucket updated parameter by parameter, where set
+    /// ([`Self::with_parts_min_mean`], `LLAMA_ADAMW=fused`); else the backend's.
+    parts_min_mean: Option<usize>,
     /// Steps taken (AdamW's `t`).
     time: usize,
     /// First and second moments per bucket, after the first step.
@@ -168,6 +171,9 @@ struct Step<'a, B: AutodiffBackend> {
     grads: Vec<Option<BucketGrad<B>>>,
     moments: Vec<Option<(Flat<B>, Flat<B>)>>,
     updated: Vec<Option<Flat<B>>>,
+    /// The updated values in the compute dtype, where the update wrote them
+    /// (`llama_model::weight_cast::keep_copy`).
+    copies: Vec<Option<Flat<B>>>,
     buckets: &'a [Bucket],
     lr: f64,
     cfg: &'a OptimConfig,
@@ -188,11 +194,6 @@ enum BucketGrad<B: AutodiffBackend> {
     Flat(Flat<B>),
     Parts(Vec<(usize, Flat<B>)>),
 }
-
-/// Least mean parameter size (elements) of a bucket updated parameter by parameter: one kernel
-/// per parameter costs its launch on the host, so buckets of small tensors (the norms' gains)
-/// are concatenated and updated in one.
-const PARTS_MIN_MEAN: usize = 1 << 20;
 
 impl<B: AutodiffBackend> Step<'_, B> {
     /// AdamW on bucket `k`: new moments into `moments[k]`, new values into `updated[k]`.
@@ -238,7 +239,10 @@ impl<B: AutodiffBackend> Step<'_, B> {
                     scalars,
                 };
                 match backend_update_parts(step) {
-                    Ok(out) => out,
+                    Ok((out, copy)) => {
+                        self.copies[k] = copy;
+                        out
+                    }
                     Err(step) => self.update(step.concatenated()),
                 }
             }
@@ -274,6 +278,9 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, '_, B> {
             .narrow(0, slot.offset, slot.len)
             .reshape(tensor.shape())
             .cast(tensor.dtype());
+        if let Some(copy) = &self.opt.copies[slot.bucket] {
+            llama_model::weight_cast::keep_copy(&value, copy, slot.offset);
+        }
         let mut tensor = Tensor::from_inner(value);
         if requires_grad {
             tensor = tensor.require_grad();
@@ -307,7 +314,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
             Self::with_bucket_elems(cfg, model, elems).with_native_update(choice != "decomposed");
         opt.fused_update = matches!(choice, "auto" | "fused");
         if choice == "fused" {
-            opt.parts_min_mean = usize::MAX;
+            opt.parts_min_mean = Some(usize::MAX);
         }
         Ok(opt)
     }
@@ -323,7 +330,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
     /// Buckets whose parameters average at least `elems` elements are updated parameter by
     /// parameter where the backend can ([`AdamwParts`]; tests use 1 to reach it with tiny ones).
     pub fn with_parts_min_mean(mut self, elems: usize) -> Self {
-        self.parts_min_mean = elems;
+        self.parts_min_mean = Some(elems);
         self
     }
 
@@ -367,7 +374,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
             time: 0,
             native_update: true,
             fused_update: true,
-            parts_min_mean: PARTS_MIN_MEAN,
+            parts_min_mean: None,
             _module: std::marker::PhantomData,
         }
     }
@@ -389,6 +396,8 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
         clip: Option<f64>,
         device: &B::Device,
     ) -> (M, Tensor<Inner<B>, 1>) {
+        // The copies of the last update round the values this one replaces.
+        llama_model::weight_cast::clear_copies::<Inner<B>>();
         let n = self.buckets.len();
         let mut gather = Gather::<B> {
             grads: &mut grads,
@@ -400,36 +409,49 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
         let (params, parts) = (gather.params, gather.grads_out);
         // Large parameters stay where they are when the backend can update them there; their
         // gradients are left unscaled (the update multiplies by `grad_scale` with the clipping).
-        let by_parts =
-            self.native_update && self.fused_update && backend_updates_parts::<Inner<B>>(device);
-        let min_mean = self.parts_min_mean;
+        let min_mean = match self.native_update && self.fused_update {
+            true => {
+                backend_parts_min_mean::<Inner<B>>(device).map(|m| self.parts_min_mean.unwrap_or(m))
+            }
+            false => None,
+        };
         let grads: Vec<BucketGrad<B>> = (parts.into_iter().zip(&self.buckets))
-            .map(
-                |(g, bucket)| match by_parts && bucket.len >= min_mean.saturating_mul(g.len()) {
+            .map(|(g, bucket)| {
+                match min_mean.is_some_and(|m| bucket.len >= m.saturating_mul(g.len())) {
                     true => BucketGrad::Parts(g),
                     false => BucketGrad::Flat(match grad_scale == 1.0 {
                         true => cat(g),
                         false => cat(g).mul_scalar(grad_scale),
                     }),
-                },
-            )
+                }
+            })
             .collect();
         let scaled = |t: Flat<B>| match grad_scale == 1.0 {
             true => t,
             false => t.mul_scalar(grad_scale * grad_scale),
         };
-        let squares: Vec<Flat<B>> = grads
-            .iter()
-            .flat_map(|g| match g {
-                BucketGrad::Flat(g) => vec![sum_squares(g.clone())],
-                BucketGrad::Parts(g) => vec![scaled(sum_squares_all(
-                    g.iter().map(|(_, g)| g.clone()).collect(),
-                ))],
-            })
-            .collect();
-        let norm = match squares.is_empty() {
-            true => Tensor::zeros([1], device),
-            false => Tensor::cat(squares, 0).sum(),
+        // One reduction over the concatenated buckets' gradients and one over the others' (a
+        // `cat` of a partial sum per bucket cost a launch per bucket on CubeCL).
+        let (mut flat, mut by_parameter) = (Vec::new(), Vec::new());
+        for g in &grads {
+            match g {
+                BucketGrad::Flat(g) => flat.push(g.clone()),
+                BucketGrad::Parts(g) => by_parameter.extend(g.iter().map(|(_, g)| g.clone())),
+            }
+        }
+        let mut squares: Vec<Flat<B>> = Vec::new();
+        match flat.len() {
+            0 => {}
+            1 => squares.push(sum_squares(flat.remove(0))),
+            _ => squares.push(sum_squares_all(flat)),
+        }
+        if !by_parameter.is_empty() {
+            squares.push(scaled(sum_squares_all(by_parameter)));
+        }
+        let norm = match squares.len() {
+            0 => Tensor::zeros([1], device),
+            1 => squares.remove(0),
+            _ => Tensor::cat(squares, 0).sum(),
         }
         .sqrt();
         // Applied by the update itself (one pass over each gradient fewer).
@@ -451,6 +473,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
             grads: grads.into_iter().map(Some).collect(),
             moments: std::mem::take(&mut self.moments),
             updated: vec![None; n],
+            copies: vec![None; n],
             buckets: &self.buckets,
             lr,
             cfg: &self.cfg,
