@@ -64,13 +64,6 @@ pub fn register_copies<I: Backend>(copies: NativeCopies<I>) {
     COPIES.insert(TypeId::of::<I>(), ErasedNative::new(copies));
 }
 
-/// Whether backend `I` keeps weights' copies ([`register_copies`]).
-pub fn keeps_copies<I: Backend>() -> bool {
-    COPIES
-        .native::<NativeCopies<I>>(TypeId::of::<I>())
-        .is_some()
-}
-
 /// Hands `value`'s copy in the compute dtype, its elements of the flat `bucket` from `offset`,
 /// to the backend's store (nothing where none is registered). The caller vouches that they hold
 /// `value` rounded.
