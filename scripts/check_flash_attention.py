@@ -25,15 +25,18 @@ BLOCK = 64
 LOG2E = 1.4426950408889634
 
 
-def module(source=SOURCE, defines=()):
-    """The source compiled, each `NAME=VALUE` of `defines` replacing its `#define NAME` first."""
+def module(source=SOURCE, defines=(), specific=True):
+    """The source compiled, each `NAME=VALUE` of `defines` replacing its `#define NAME` first; for
+    sm_90a (Hopper's wgmma kernels) on compute capability 9.0 unless `specific` is false, as the
+    launcher does."""
     major, minor = torch.cuda.get_device_capability()
     code = pathlib.Path(source).read_text()
     for d in defines:
         name, value = d.split("=")
         code, n = re.subn(rf"#define {name} \S+", f"#define {name} {value}", code)
         assert n == 1, f"no #define {name} in the source"
-    mod = cupy.RawModule(code=code, options=(f"--gpu-architecture=compute_{major}{minor}",))
+    suffix = "a" if specific and (major, minor) == (9, 0) else ""
+    mod = cupy.RawModule(code=code, options=(f"--gpu-architecture=compute_{major}{minor}{suffix}",))
     # Rows per block of each kernel (`#define ROWS_FWD_D64 128`; BLOCK where a source has none).
     rows = {m[0]: int(m[1]) for m in re.findall(r"#define ROWS_(\w+) (\d+)", code)}
     return Module(mod, rows, "long long osb" in code, "int H, int G" in code)
@@ -216,8 +219,10 @@ def main():
     ap.add_argument("--source", default=SOURCE, help="another version of flash_attention.cu")
     ap.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
                     help="replace the source's `#define NAME` (e.g. ROWS_FWD_D64=256)")
+    ap.add_argument("--portable", action="store_true",
+                    help="compile for compute_90, not compute_90a (the mma.sync kernels on Hopper)")
     a = ap.parse_args()
-    mod = module(a.source, a.define)
+    mod = module(a.source, a.define, not a.portable)
     if a.define:
         print("defines: " + " ".join(a.define))
     if a.profile:

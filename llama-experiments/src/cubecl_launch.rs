@@ -66,11 +66,16 @@ fn load(source: &Source, ordinal: usize) -> Result<HashMap<&'static str, usize>,
             if major < 8 {
                 return Err(format!("compute capability {major}.x: needs 8.0 or later"));
             }
-            // sm_90 code on Hopper and later, sm_80 code on Ampere and Ada.
-            let arch = if major >= 9 {
-                "compute_90"
-            } else {
-                "compute_80"
+            let minor =
+                driver::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+                    .map_err(|e| format!("device attribute: {e}"))?;
+            // sm_90a code on Hopper (its wgmma instructions, which later architectures lack:
+            // the flash kernels use them under `__CUDA_ARCH_FEAT_SM90_ALL`), sm_90 code on
+            // later ones, sm_80 code on Ampere and Ada.
+            let arch = match (major, minor) {
+                (9, 0) => "compute_90a",
+                (m, _) if m >= 9 => "compute_90",
+                _ => "compute_80",
             };
             let ptx = CString::new(compile(source, arch)?).map_err(|e| format!("PTX: {e}"))?;
             let module = driver::module::load_data(ptx.as_ptr().cast())
