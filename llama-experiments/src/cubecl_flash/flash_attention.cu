@@ -733,6 +733,160 @@ __device__ void flash_backward_dq(const bf16_t* q, const bf16_t* k, const bf16_t
     store_rows<D>(dq + b * gsb + h * gsh, gst, acc, row0, T, mul);
 }
 
+#ifdef WGMMA
+// The dq kernel at D = 64 on sm_90a: as `flash_backward_dq`, with the scores and the
+// probabilities' gradient (q and dO against the key and value tiles) and dq's update (dS
+// against the key tile) as wgmma products; queries and output gradients stay in shared memory.
+template <int ROWS>
+__device__ void flash_backward_dq_wg(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+                                     const bf16_t* o, const bf16_t* dout, const float* lse2,
+                                     float* dsum, bf16_t* dq, int H, int G, int T, long long qsb,
+                                     long long qsh, long long qst, long long ksb, long long ksh,
+                                     long long kst, long long vsb, long long vsh, long long vst,
+                                     long long dsb, long long dsh, long long dst, long long osb,
+                                     long long osh, long long ost, long long gsb, long long gsh,
+                                     long long gst, float scale2, float scale, int causal) {
+    constexpr int D = 64, TILE = BLOCK * D;
+    static_assert(ROWS % 64 == 0, "warp groups of 64 queries");
+    // Two stages of a key and a value tile, the block's queries and output gradients.
+    __shared__ __align__(1024) bf16_t sm[4 * TILE + 2 * ROWS * D];
+    bf16_t* qs = sm + 4 * TILE;
+    bf16_t* dos = qs + ROWS * D;
+    auto ks = [&](int st) { return sm + st * TILE; };
+    auto vs = [&](int st) { return sm + (2 + st) * TILE; };
+    const int b = blockIdx.z, h = blockIdx.y;
+    const int nq = (T + ROWS - 1) / ROWS;
+    const int qblk = nq - 1 - blockIdx.x;
+    const int q0 = qblk * ROWS;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    q += b * qsb + h * qsh;
+    k += b * ksb + h / G * ksh;
+    v += b * vsb + h / G * vsh;
+    dout += b * dsb + h * dsh;
+    const long long bh = (long long)b * H + h;
+    o += b * osb + h * osh;
+    const int w0 = q0 + warp * 16;
+    const int wg0 = q0 + (warp >> 2) * 64;
+    const int row0 = w0 + g;
+    const bf16_t* qg = qs + (warp >> 2) * 64 * D;
+    const bf16_t* dg = dos + (warp >> 2) * 64 * D;
+
+    load_tile_sw128<ROWS>(qs, q, qst, q0, T);
+    load_tile_sw128<ROWS>(dos, dout, dst, q0, T);
+    cp_commit();
+    int nk = (T + BLOCK - 1) / BLOCK;
+    if (causal && (q0 + ROWS - 1) / BLOCK + 1 < nk) nk = (q0 + ROWS - 1) / BLOCK + 1;
+    load_tile_sw128<BLOCK>(ks(0), k, kst, 0, T);
+    load_tile_sw128<BLOCK>(vs(0), v, vst, 0, T);
+    cp_commit();
+    cp_wait<1>();
+    __syncthreads();
+    // dsum for the lane's two rows: a quarter of the row (16-byte chunks 2t and 2t+1) per lane.
+    float ds_row[2], lse_row[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = row0 + 8 * r, rl = row - q0;
+        float sum = 0.0f;
+        if (row < T) {
+#pragma unroll
+            for (int c2 = 0; c2 < 2; ++c2) {
+                const int ch = 2 * t + c2;
+                const uint4 ov = *reinterpret_cast<const uint4*>(o + (long long)row * ost + ch * 8);
+                const uint4 dv =
+                    *reinterpret_cast<const uint4*>(dos + rl * 64 + ((ch ^ (rl & 7)) << 3));
+                sum += lo_of(ov.x) * lo_of(dv.x) + hi_of(ov.x) * hi_of(dv.x);
+                sum += lo_of(ov.y) * lo_of(dv.y) + hi_of(ov.y) * hi_of(dv.y);
+                sum += lo_of(ov.z) * lo_of(dv.z) + hi_of(ov.z) * hi_of(dv.z);
+                sum += lo_of(ov.w) * lo_of(dv.w) + hi_of(ov.w) * hi_of(dv.w);
+            }
+        }
+        ds_row[r] = quad_sum(sum);
+        lse_row[r] = row < T ? lse2[bh * T + row] : 0.0f;
+        if (t == 0 && row < T) dsum[bh * T + row] = ds_row[r];
+    }
+
+    float acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    for (int kb = 0; kb < nk; ++kb) {
+        const int k0 = kb * BLOCK, cur = kb & 1;
+        if (kb + 1 < nk) {
+            load_tile_sw128<BLOCK>(ks(cur ^ 1), k, kst, k0 + BLOCK, T);
+            load_tile_sw128<BLOCK>(vs(cur ^ 1), v, vst, k0 + BLOCK, T);
+        }
+        cp_commit();
+        cp_wait<1>();
+        fence_async_smem();
+        __syncthreads();
+        if (!causal || k0 <= wg0 + 63) {
+            float p[BLOCK / 8][4], dp[BLOCK / 8][4];
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk)
+                wgmma_ss(p, sw128_desc(qg + kk * 16), sw128_desc(ks(cur) + kk * 16), kk);
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk)
+                wgmma_ss(dp, sw128_desc(dg + kk * 16), sw128_desc(vs(cur) + kk * 16), kk);
+            wg_commit();
+            wg_wait<0>();
+            pin<BLOCK / 8>(p);
+            pin<BLOCK / 8>(dp);
+            // Rows past T have zero gradients: only keys past T or across the diagonal matter.
+            if (k0 + BLOCK > T || (causal && k0 + BLOCK - 1 > w0))
+                hide<BLOCK / 8>(p, row0, k0, T, causal);
+#pragma unroll
+            for (int j = 0; j < BLOCK / 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int r = e >> 1;
+                    p[j][e] = ex2(fmaf(p[j][e], scale2, -lse_row[r])) * (dp[j][e] - ds_row[r]);
+                }
+            unsigned pa[BLOCK / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < BLOCK / 16; ++kk) frag_from_c(pa[kk], p, kk);
+            pin<BLOCK / 16>(pa);
+            pin<D / 8>(acc);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < BLOCK / 16; ++kk)
+                wgmma_rs<1>(acc, pa[kk], sw128_desc(ks(cur) + kk * 16 * D), 1);
+            wg_commit();
+            wg_wait<0>();
+            pin<D / 8>(acc);
+        }
+        __syncthreads();  // every warp is done with this stage before it is refilled
+    }
+    const float mul[2] = {scale, scale};
+    store_rows<D>(dq + b * gsb + h * gsh, gst, acc, row0, T, mul);
+}
+#endif
+
+// The dq kernel of head dim D: wgmma's at D = 64 where compiled for sm_90a.
+template <int D, int ROWS>
+__device__ __forceinline__ void dq_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+                                          const bf16_t* o, const bf16_t* dout, const float* lse2,
+                                          float* dsum, bf16_t* dq, int H, int G, int T,
+                                          long long qsb, long long qsh, long long qst,
+                                          long long ksb, long long ksh, long long kst,
+                                          long long vsb, long long vsh, long long vst,
+                                          long long dsb, long long dsh, long long dst,
+                                          long long osb, long long osh, long long ost,
+                                          long long gsb, long long gsh, long long gst,
+                                          float scale2, float scale, int causal) {
+#ifdef WGMMA
+    if constexpr (D == 64) {
+        flash_backward_dq_wg<ROWS>(q, k, v, o, dout, lse2, dsum, dq, H, G, T, qsb, qsh, qst, ksb,
+                                   ksh, kst, vsb, vsh, vst, dsb, dsh, dst, osb, osh, ost, gsb, gsh,
+                                   gst, scale2, scale, causal);
+    } else
+#endif
+    {
+        flash_backward_dq<D, ROWS>(q, k, v, o, dout, lse2, dsum, dq, H, G, T, qsb, qsh, qst, ksb,
+                                   ksh, kst, vsb, vsh, vst, dsb, dsh, dst, osb, osh, ost, gsb, gsh,
+                                   gst, scale2, scale, causal);
+    }
+}
+
 // Backward, second kernel: dk = scale · dSᵀ q and dv = Pᵀ dO, one block per (64 keys, head,
 // batch entry), walking the query tiles that see its keys.
 template <int D, int ROWS>
@@ -860,7 +1014,7 @@ __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16
                                long long dsb, long long dsh, long long dst, long long osb,        \
                                long long osh, long long ost, long long gsb, long long gsh,        \
                                long long gst, float scale2, float scale, int causal) {            \
-        flash_backward_dq<D, ROWS_DQ_D##D>(q, k, v, o, dout, lse2, dsum, dq, H, G, T, qsb, qsh,   \
+        dq_kernel<D, ROWS_DQ_D##D>(q, k, v, o, dout, lse2, dsum, dq, H, G, T, qsb, qsh,           \
                                            qst, ksb, ksh, kst, vsb, vsh, vst, dsb, dsh, dst, osb, \
                                            osh, ost, gsb, gsh, gst, scale2, scale, causal);       \
     }                                                                                             \
