@@ -371,6 +371,14 @@ __device__ __forceinline__ void load_tile_sw128(bf16_t* tile, const bf16_t* src,
 #define MINB_FWD_D128 0
 #define MINB_DQ_D128 0
 #define MINB_DKDV_D128 0
+// The wgmma dk/dv kernel (168 registers) fits three blocks per SM; four spill.
+#ifdef WGMMA
+#define MINB_DKDV_WG_D64 3
+#define MINB_DKDV_OF(D) MINB_DKDV_WG_D##D
+#define MINB_DKDV_WG_D128 MINB_DKDV_D128
+#else
+#define MINB_DKDV_OF(D) MINB_DKDV_D##D
+#endif
 
 // Shared memory of a kernel: ST stages of two BLOCK-row tiles, also holding the block's own
 // ROWS-row tiles while they are read into registers (one at a time).
@@ -995,6 +1003,153 @@ __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16
     store_rows<D>(dv + b * gsb + h * gsh, gst, dva, key0, T, one);
 }
 
+#ifdef WGMMA
+// The dk/dv kernel at D = 64 on sm_90a: as `flash_backward_dkdv`, one warp group per 64 keys,
+// each query tile whole (no chunks: wgmma's accumulators are the registers' main use) with Sᵀ
+// and dPᵀ (the key and value tiles against q and dO) and the dV and dK updates (Pᵀ and dSᵀ
+// against dO and q) as wgmma products. The rows' statistics are read from global memory (L1):
+// the six tiles fill the 48 KB of static shared memory.
+template <int ROWS>
+__device__ void flash_backward_dkdv_wg(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+                                       const bf16_t* dout, const float* lse2, const float* dsum,
+                                       bf16_t* dk, bf16_t* dv, int H, int G, int T, long long qsb,
+                                       long long qsh, long long qst, long long ksb, long long ksh,
+                                       long long kst, long long vsb, long long vsh, long long vst,
+                                       long long dsb, long long dsh, long long dst, long long gsb,
+                                       long long gsh, long long gst, float scale2, float scale,
+                                       int causal) {
+    constexpr int D = 64, TILE = BLOCK * D;
+    static_assert(ROWS == 64, "one warp group of 64 keys");
+    __shared__ __align__(1024) bf16_t sm[6 * TILE];
+    const bf16_t* kt = sm;
+    const bf16_t* vt = sm + TILE;
+    auto qs = [&](int st) { return sm + (2 + st) * TILE; };
+    auto os = [&](int st) { return sm + (4 + st) * TILE; };
+    const int b = blockIdx.z, h = blockIdx.y;
+    const int k0 = blockIdx.x * ROWS;  // key block 0 sees every query: the longest first
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    q += b * qsb + h * qsh;
+    k += b * ksb + h / G * ksh;
+    v += b * vsb + h / G * vsh;
+    dout += b * dsb + h * dsh;
+    const long long bh = (long long)b * H + h;
+    lse2 += bh * T;
+    dsum += bh * T;
+    const int key0 = k0 + warp * 16 + g;
+
+    load_tile_sw128<ROWS>(sm, k, kst, k0, T);
+    load_tile_sw128<ROWS>(sm + TILE, v, vst, k0, T);
+    float dka[D / 8][4], dva[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dka[n][e] = dva[n][e] = 0.0f;
+
+    const int first = causal ? k0 : 0;
+    const int n = (T - first + BLOCK - 1) / BLOCK;
+    auto issue = [&](int i0, int st) {
+        load_tile_sw128<BLOCK>(qs(st), q, qst, i0, T);
+        load_tile_sw128<BLOCK>(os(st), dout, dst, i0, T);
+    };
+    issue(first, 0);
+    cp_commit();
+    for (int it = 0; it < n; ++it) {
+        const int i0 = first + it * BLOCK, cur = it & 1;
+        if (it + 1 < n) issue(i0 + BLOCK, cur ^ 1);
+        cp_commit();
+        cp_wait<1>();
+        fence_async_smem();
+        __syncthreads();
+        // Pᵀ and dPᵀ: rows are the group's keys, columns the tile's queries.
+        float p[BLOCK / 8][4], dp[BLOCK / 8][4];
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+            wgmma_ss(p, sw128_desc(kt + kk * 16), sw128_desc(qs(cur) + kk * 16), kk);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+            wgmma_ss(dp, sw128_desc(vt + kk * 16), sw128_desc(os(cur) + kk * 16), kk);
+        wg_commit();
+        wg_wait<0>();
+        pin<BLOCK / 8>(p);
+        pin<BLOCK / 8>(dp);
+        if (i0 + BLOCK > T || k0 + ROWS > T || (causal && k0 + warp * 16 + 15 > i0))
+            hide<BLOCK / 8, true>(p, key0, i0, T, causal);
+#pragma unroll
+        for (int j = 0; j < BLOCK / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int i = i0 + j * 8 + 2 * t + e;
+                const float ls = i < T ? __ldg(lse2 + i) : 0.0f;
+                p[j][e] = ex2(fmaf(p[j][e], scale2, -ls));
+                p[j][e + 2] = ex2(fmaf(p[j][e + 2], scale2, -ls));
+            }
+        unsigned pa[BLOCK / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BLOCK / 16; ++kk) frag_from_c(pa[kk], p, kk);
+        pin<BLOCK / 16>(pa);
+        pin<D / 8>(dva);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BLOCK / 16; ++kk)
+            wgmma_rs<1>(dva, pa[kk], sw128_desc(os(cur) + kk * 16 * D), 1);
+        wg_commit();
+        // dSᵀ while the tensor cores take dV's products.
+#pragma unroll
+        for (int j = 0; j < BLOCK / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int i = i0 + j * 8 + 2 * t + e;
+                const float ds = i < T ? __ldg(dsum + i) : 0.0f;
+                p[j][e] *= dp[j][e] - ds;
+                p[j][e + 2] *= dp[j][e + 2] - ds;
+            }
+        unsigned sa[BLOCK / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BLOCK / 16; ++kk) frag_from_c(sa[kk], p, kk);
+        pin<BLOCK / 16>(sa);
+        pin<D / 8>(dka);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BLOCK / 16; ++kk)
+            wgmma_rs<1>(dka, sa[kk], sw128_desc(qs(cur) + kk * 16 * D), 1);
+        wg_commit();
+        wg_wait<0>();
+        pin<D / 8>(dva);
+        pin<D / 8>(dka);
+        __syncthreads();  // every warp is done with this stage before it is refilled
+    }
+    const float one[2] = {1.0f, 1.0f}, mul[2] = {scale, scale};
+    store_rows<D>(dk + b * gsb + h * gsh, gst, dka, key0, T, mul);
+    store_rows<D>(dv + b * gsb + h * gsh, gst, dva, key0, T, one);
+}
+#endif
+
+// The dk/dv kernel of head dim D: wgmma's at D = 64 where compiled for sm_90a.
+template <int D, int ROWS>
+__device__ __forceinline__ void dkdv_kernel(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+                                            const bf16_t* dout, const float* lse2,
+                                            const float* dsum, bf16_t* dk, bf16_t* dv, int H,
+                                            int G, int T, long long qsb, long long qsh,
+                                            long long qst, long long ksb, long long ksh,
+                                            long long kst, long long vsb, long long vsh,
+                                            long long vst, long long dsb, long long dsh,
+                                            long long dst, long long gsb, long long gsh,
+                                            long long gst, float scale2, float scale, int causal) {
+#ifdef WGMMA
+    if constexpr (D == 64) {
+        flash_backward_dkdv_wg<ROWS>(q, k, v, dout, lse2, dsum, dk, dv, H, G, T, qsb, qsh, qst,
+                                     ksb, ksh, kst, vsb, vsh, vst, dsb, dsh, dst, gsb, gsh, gst,
+                                     scale2, scale, causal);
+    } else
+#endif
+    {
+        flash_backward_dkdv<D, ROWS>(q, k, v, dout, lse2, dsum, dk, dv, H, G, T, qsb, qsh, qst,
+                                     ksb, ksh, kst, vsb, vsh, vst, dsb, dsh, dst, gsb, gsh, gst,
+                                     scale2, scale, causal);
+    }
+}
+
 #define FLASH(D)                                                                                  \
     extern "C" __global__ void __launch_bounds__(2 * ROWS_FWD_D##D, MINB_FWD_D##D)               \
         flash_forward_d##D(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o,          \
@@ -1018,7 +1173,7 @@ __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16
                                            qst, ksb, ksh, kst, vsb, vsh, vst, dsb, dsh, dst, osb, \
                                            osh, ost, gsb, gsh, gst, scale2, scale, causal);       \
     }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(2 * ROWS_DKDV_D##D, MINB_DKDV_D##D)             \
+    extern "C" __global__ void __launch_bounds__(2 * ROWS_DKDV_D##D, MINB_DKDV_OF(D))               \
         flash_backward_dkdv_d##D(const bf16_t* q, const bf16_t* k, const bf16_t* v,               \
                                  const bf16_t* dout, const float* lse2, const float* dsum,        \
                                  bf16_t* dk, bf16_t* dv, int H, int G, int T, long long qsb,      \
@@ -1027,7 +1182,7 @@ __device__ void flash_backward_dkdv(const bf16_t* q, const bf16_t* k, const bf16
                                  long long dsb, long long dsh, long long dst, long long gsb,      \
                                  long long gsh, long long gst, float scale2, float scale,         \
                                  int causal) {                                                    \
-        flash_backward_dkdv<D, ROWS_DKDV_D##D>(q, k, v, dout, lse2, dsum, dk, dv, H, G, T, qsb,   \
+        dkdv_kernel<D, ROWS_DKDV_D##D>(q, k, v, dout, lse2, dsum, dk, dv, H, G, T, qsb,           \
                                                qsh, qst, ksb, ksh, kst, vsb, vsh, vst, dsb, dsh,  \
                                                dst, gsb, gsh, gst, scale2, scale, causal);        \
     }
