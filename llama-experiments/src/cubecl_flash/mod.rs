@@ -5,9 +5,11 @@
 //! attention: per layer and block of queries a product, then casts, scaling, masking, a softmax
 //! in several passes and a cast back, each a pass over `[batch, heads, block, T]` scores in
 //! memory, and twice that in the backward pass. `flash_attention.cu` is FlashAttention-2's
-//! algorithm on tensor cores (mma.sync, ldmatrix as inline PTX): the scores live in registers, the
-//! forward pass writes the output and one log-sum-exp per row, the backward pass recomputes the
-//! probabilities tile by tile in two kernels (dq, then dk and dv). Grouped-query key/value heads
+//! algorithm on tensor cores (mma.sync, ldmatrix as inline PTX; on Hopper, compiled for sm_90a,
+//! the head-dim-64 kernels use its warp-group products, wgmma, reading their tiles from 128-byte
+//! swizzled shared memory, attempt 70): the scores live in registers, the forward pass writes the
+//! output and one log-sum-exp per row, the backward pass recomputes the probabilities tile by
+//! tile in two kernels (dq, then dk and dv). Grouped-query key/value heads
 //! are read in place (`NativeAttention::grouped`, attempt 63): query head `h` reads key/value head
 //! `h / G`, and the per-query-head dk and dv are summed per group after the pass.
 //!
