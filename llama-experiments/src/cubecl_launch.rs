@@ -70,10 +70,12 @@ fn load(source: &Source, ordinal: usize) -> Result<HashMap<&'static str, usize>,
                 driver::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
                     .map_err(|e| format!("device attribute: {e}"))?;
             // sm_90a code on Hopper (its wgmma instructions, which later architectures lack:
-            // the flash kernels use them under `__CUDA_ARCH_FEAT_SM90_ALL`), sm_90 code on
-            // later ones, sm_80 code on Ampere and Ada.
+            // the flash kernels use them under `__CUDA_ARCH_FEAT_SM90_ALL`; `LLAMA_SM90A=off`
+            // keeps the portable mma.sync kernels), sm_90 code on later ones, sm_80 code on
+            // Ampere and Ada.
+            let specific = std::env::var("LLAMA_SM90A").map_or(true, |v| v != "off");
             let arch = match (major, minor) {
-                (9, 0) => "compute_90a",
+                (9, 0) if specific => "compute_90a",
                 (m, _) if m >= 9 => "compute_90",
                 _ => "compute_80",
             };
