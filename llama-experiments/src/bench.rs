@@ -130,6 +130,13 @@ fn random_tokens<B: Backend>(
 }
 
 /// `n` token ids below `vocab` from a fixed LCG (the same ids for the same seed everywhere).
+/// The middle of `v` once sorted (the upper middle of an even count; 0 for none): `llama
+/// bench`'s medians, and `--trace-gpu`'s.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 fn random_ids(n: usize, vocab: usize, seed: u64) -> Vec<i64> {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
     (0..n)
@@ -266,10 +273,6 @@ fn time_phases<B: AutodiffBackend>(
         model = optim.step(3e-4, model, grads, 1.0, Some(1.0), device).0;
         time(2, t);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let [forward_s, backward_s, optimizer_s] = parts.map(median);
     let phases = TrainPhases {
         forward_s,

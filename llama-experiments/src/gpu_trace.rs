@@ -23,6 +23,8 @@ use anyhow::Result;
 use anyhow::anyhow;
 use serde::Serialize;
 
+use crate::bench::median;
+
 /// One interval of GPU work: a kernel, a copy or a fill, on the device's clock (ns).
 #[derive(Debug, Clone)]
 pub struct Activity {
@@ -48,11 +50,6 @@ pub struct GpuTraceSummary {
     pub tail_s: f64,
     /// Kernels, copies and fills started in the step.
     pub launches: usize,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Per-step busy, idle, head and tail times for `windows` (`[start, end)` in ns), medians.
