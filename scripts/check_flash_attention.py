@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks llama-experiments/src/cubecl_flash/flash_attention.cu against PyTorch on a CUDA GPU.
+"""Checks the flash kernels (llama-experiments/src/cubecl_flash/flash_attention*.cu) against PyTorch on a CUDA GPU.
 
 The kernels are compiled with CuPy's NVRTC (as the Rust launcher compiles them with cudarc's) and
 run on torch tensors; the reference is PyTorch's attention in f32 on the same bf16 inputs, with
@@ -20,7 +20,9 @@ import cupy
 import torch
 import torch.nn.functional as F
 
-SOURCE = pathlib.Path(__file__).resolve().parent.parent / "llama-experiments/src/cubecl_flash/flash_attention.cu"
+FLASH_DIR = pathlib.Path(__file__).resolve().parent.parent / "llama-experiments/src/cubecl_flash"
+# The compiled source is these files in order (as the launcher concatenates them).
+SOURCE = [FLASH_DIR / "flash_attention.cu", FLASH_DIR / "flash_attention_sm90.cu"]
 BLOCK = 64
 LOG2E = 1.4426950408889634
 
@@ -30,7 +32,7 @@ def module(source=SOURCE, defines=(), specific=True):
     sm_90a (Hopper's wgmma kernels) on compute capability 9.0 unless `specific` is false, as the
     launcher does."""
     major, minor = torch.cuda.get_device_capability()
-    code = pathlib.Path(source).read_text()
+    code = "".join(pathlib.Path(f).read_text() for f in source)
     for d in defines:
         name, value = d.split("=")
         code, n = re.subn(rf"#define {name} \S+", f"#define {name} {value}", code)
@@ -216,7 +218,8 @@ def main():
     ap.add_argument("--time", action="store_true")
     ap.add_argument("--parts", action="store_true", help="with --time: each kernel and torch's passes apart")
     ap.add_argument("--profile", action="store_true", help="only one launch of each kernel (for ncu)")
-    ap.add_argument("--source", default=SOURCE, help="another version of flash_attention.cu")
+    ap.add_argument("--source", nargs="+", default=SOURCE,
+                    help="other versions of the source files, concatenated in order")
     ap.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
                     help="replace the source's `#define NAME` (e.g. ROWS_FWD_D64=256)")
     ap.add_argument("--portable", action="store_true",

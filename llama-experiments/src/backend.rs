@@ -248,7 +248,7 @@ impl DeviceSpec {
                     split_linear: true,
                     embedding,
                     own_adamw,
-                    weight_copies: Some(crate::cubecl_adamw::weight_copies),
+                    weight_copies: Some(crate::cubecl_adamw::enable_weight_copies),
                     product,
                     product_accumulate: Some(crate::cubecl_cublas::accumulate as _),
                     attention,

@@ -8,7 +8,7 @@
 //! and the update then runs as several element-wise kernels over the bucket (~0.75 ms), all of
 //! it scaling with the parameter count. The fused kernel reads and writes each element once.
 //!
-//! Where [`weight_copies`] is registered, a bucket of projection weights (bf16 gradients) also
+//! Where [`enable_weight_copies`] is registered, a bucket of projection weights (bf16 gradients) also
 //! gets its new values in bf16 from the same kernel (`adamw_f32_bf16_copy`), kept for
 //! `llama_model::weight_cast` so that the next forward pass's products read them instead of
 //! casting every weight again (docs/performance.md, attempt 68).
@@ -42,7 +42,7 @@ pub fn updates_parts<I: Backend>(device: &I::Device) -> bool {
         .is_some_and(|d| crate::cubecl_fused::available(d).is_ok())
 }
 
-/// Whether updates write bf16 copies of projection weights ([`weight_copies`] was registered).
+/// Whether updates write bf16 copies of projection weights ([`enable_weight_copies`] was registered).
 static WRITE_COPIES: AtomicBool = AtomicBool::new(false);
 
 /// A weight's bf16 copy: its bucket's copy, its offset there and the weight's shape.
@@ -57,7 +57,7 @@ fn copies() -> std::sync::MutexGuard<'static, HashMap<TensorId, Kept>> {
 
 /// The store of weights' bf16 copies for `llama_model::weight_cast::register_copies`; from now
 /// on the update of a bucket of projection weights writes them.
-pub fn weight_copies() -> NativeCopies<Cuda> {
+pub fn enable_weight_copies() -> NativeCopies<Cuda> {
     WRITE_COPIES.store(true, Ordering::Relaxed);
     NativeCopies {
         keep: |value, bucket, offset| {

@@ -318,7 +318,7 @@ fn the_update_writes_bf16_copies_that_the_weight_cast_returns() {
     use llama_model::weight_cast;
     let Some(dev) = device() else { return };
     llama_experiments::cubecl_fused::available(&dev).expect("the kernels load");
-    let copies = llama_experiments::cubecl_adamw::weight_copies();
+    let copies = llama_experiments::cubecl_adamw::enable_weight_copies();
     weight_cast::register::<Cuda>();
     weight_cast::register_copies::<Cuda>(copies);
     let x = |n: usize| Tensor::<Cuda, 1>::random([n], Distribution::Normal(0.0, 1.0), &dev);

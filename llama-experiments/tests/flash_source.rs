@@ -1,4 +1,4 @@
-//! The CubeCL backend's flash-attention source (`src/cubecl_flash/flash_attention.cu`) compiled by
+//! The CubeCL backend's flash-attention source (`src/cubecl_flash/flash_attention*.cu`) compiled by
 //! NVRTC, no GPU needed: for sm_80 every kernel is mma.sync's, and for Hopper's sm_90a (what the
 //! launcher picks on compute capability 9.0) the head-dim-64 kernels are wgmma's and the
 //! head-dim-128 ones still mma.sync's. The kernels' numbers are checked on a GPU by
@@ -10,7 +10,10 @@
 
 use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 
-const SOURCE: &str = include_str!("../src/cubecl_flash/flash_attention.cu");
+const SOURCE: &str = concat!(
+    include_str!("../src/cubecl_flash/flash_attention.cu"),
+    include_str!("../src/cubecl_flash/flash_attention_sm90.cu")
+);
 const KERNELS: [&str; 3] = ["flash_forward", "flash_backward_dq", "flash_backward_dkdv"];
 
 /// The source's PTX for `arch`, or `None` (skipped) without NVRTC.

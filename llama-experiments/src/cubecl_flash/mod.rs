@@ -38,7 +38,11 @@ use crate::cubecl_launch::{self, Arg, Launch, Pass, Ran, Source};
 
 static SOURCE: Source = Source {
     name: "flash_attention.cu",
-    code: include_str!("flash_attention.cu"),
+    // The mma.sync kernels, then the wgmma ones and the entry points (one NVRTC source).
+    code: concat!(
+        include_str!("flash_attention.cu"),
+        include_str!("flash_attention_sm90.cu")
+    ),
     kernels: &[
         "flash_forward_d64",
         "flash_backward_dq_d64",
