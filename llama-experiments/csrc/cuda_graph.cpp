@@ -81,4 +81,12 @@ void* llama_current_stream() {
   }
 }
 
+// Copies `src` (host memory, pinned or not) into `dst` (a device buffer) on the current stream
+// without waiting for the stream: tch's copy_ passes non_blocking = false, which waits for the
+// stream to drain after every copy from pageable memory. From pageable memory the driver stages
+// the bytes before cudaMemcpyAsync returns, so `src` may be freed at once.
+int llama_copy_async(at::Tensor* dst, const at::Tensor* src, char* err, size_t len) {
+  return guarded(err, len, [&] { dst->copy_(*src, /*non_blocking=*/true); });
+}
+
 }  // extern "C"

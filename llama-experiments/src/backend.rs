@@ -291,6 +291,8 @@ pub(crate) const SPLIT_CHOICES: [&str; 10] =
 /// `LLAMA_ATTN_KEYS`'s values: `auto`, or the keys a warp of decoding's attention scores per
 /// pass (the kernels `decode_attention.cu` compiles).
 pub(crate) const KEYS_CHOICES: [&str; 4] = ["auto", "8", "16", "32"];
+/// `LLAMA_ATTN_PRELOAD`'s values (decoding's attention, `cuda_kernels::ops`).
+pub(crate) const PRELOAD_CHOICES: [&str; 3] = ["auto", "off", "all"];
 
 /// Whether the on/off knob `var=auto|<off>` is on (unset, empty or `auto`), for the launchers
 /// that read it where it acts; `register_ops` has already turned any other value into an error.
@@ -551,6 +553,7 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     env_choice("LLAMA_GEMV_GRID", &["auto", "waves"])?;
     env_choice("LLAMA_NORM_EARLY", &["auto", "off"])?;
     env_choice("LLAMA_ATTN_VALUES", &["auto", "narrow"])?;
+    env_choice("LLAMA_ATTN_PRELOAD", &PRELOAD_CHOICES)?;
     env_choice("LLAMA_ATTN_SPLIT", &SPLIT_CHOICES)?;
     env_choice("LLAMA_ATTN_KEYS", &KEYS_CHOICES)?;
     env_choice("LLAMA_VJP", &["auto", "seed"])?;

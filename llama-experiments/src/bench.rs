@@ -84,6 +84,15 @@ pub struct BenchReport {
     pub mbu: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_bandwidth: Option<f64>,
+    /// Decode: seconds per step over `iters` further steps queued back to back with one sync at
+    /// the end, as a generation loop that keeps its tokens on the device runs them (the host
+    /// prepares and launches a step while the device runs the one before); `median_step_s`
+    /// waits for every step. Only where the model's context has room for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipelined_step_s: Option<f64>,
+    /// Decode: [`Self::mbu`] of the pipelined steps (the cache at their middle step's length).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipelined_mbu: Option<f64>,
     /// Peak resident memory of the process (CPU backends; a GPU's own memory is not in it).
     pub peak_rss_bytes: Option<u64>,
     /// Training: the loss of the last timed step (fixed seeds, so a check that two runs computed
@@ -306,6 +315,7 @@ impl BackendJob for BenchJob {
         let mut final_loss = None;
         let mut decoder_name = None;
         let mut phases = None;
+        let mut pipelined = None;
         let profiles = Profiles {
             host: self.profile_host.as_deref(),
             gpu: self.trace_gpu.as_deref(),
@@ -385,7 +395,10 @@ impl BackendJob for BenchJob {
                         .valid()
                         .with_precision(self.precision)
                         .with_inference_weights();
-                    let mut cache = model.new_cache(b, t + self.warmup + self.iters, &device);
+                    // Room for the pipelined steps after the timed ones, where the context has it.
+                    let room = t + self.warmup + 2 * self.iters <= cfg.max_seq_len;
+                    let capacity = t + self.warmup + self.iters * if room { 2 } else { 1 };
+                    let mut cache = model.new_cache(b, capacity, &device);
                     let prompt = random_tokens::<B::InnerBackend>(b, t, vocab, 0, &device);
                     let pos = Llama::<B::InnerBackend>::default_positions(b, t, &device);
                     let _ = model.forward_hidden(
@@ -407,6 +420,21 @@ impl BackendJob for BenchJob {
                         };
                         decoder.step(&model, &mut cache, input)
                     })?;
+                    if room {
+                        let first = t + self.warmup + self.iters;
+                        let start = Instant::now();
+                        for i in 0..self.iters {
+                            let tokens = random_ids(b, vocab, (first + i) as u64);
+                            let input = StepInput {
+                                tokens: &tokens,
+                                pads: &pads,
+                                cur: first + i,
+                            };
+                            let _ = decoder.step(&model, &mut cache, input);
+                        }
+                        sync();
+                        pipelined = Some(start.elapsed().as_secs_f64() / self.iters as f64);
+                    }
                     (timed.summary(), b, cfg.flops_per_token() as f64 / 3.0)
                 }
             };
@@ -417,8 +445,13 @@ impl BackendJob for BenchJob {
                 Precision::F32 => 4,
                 Precision::Bf16 => 2,
             };
-            cfg.decode_bytes(b, t + self.warmup + self.iters / 2, bytes, bytes)
+            (
+                cfg.decode_bytes(b, t + self.warmup + self.iters / 2, bytes, bytes),
+                cfg.decode_bytes(b, t + self.warmup + self.iters * 3 / 2, bytes, bytes),
+            )
         });
+        let (decode_bytes, pipelined_bytes) =
+            (decode_bytes.map(|d| d.0), decode_bytes.map(|d| d.1));
         // The attention term at the benchmarked length, not the model's maximum.
         let at_seq = LlamaConfig {
             max_seq_len: t,
@@ -445,6 +478,11 @@ impl BackendJob for BenchJob {
                 .map(|(bytes, bw)| bytes as f64 / median / bw),
             decode_bytes,
             peak_bandwidth: self.peak_bandwidth.filter(|_| decode_bytes.is_some()),
+            pipelined_step_s: pipelined,
+            pipelined_mbu: pipelined_bytes
+                .zip(self.peak_bandwidth)
+                .zip(pipelined)
+                .map(|((bytes, bw), step)| bytes as f64 / step / bw),
             peak_rss_bytes: peak_rss(),
             final_loss,
             decoder: decoder_name,

@@ -29,6 +29,12 @@ unsafe extern "C" {
     fn llama_graph_capture_end(g: *mut c_void, err: *mut c_char, len: usize) -> c_int;
     fn llama_graph_replay(g: *mut c_void, err: *mut c_char, len: usize) -> c_int;
     fn llama_current_stream() -> *mut c_void;
+    fn llama_copy_async(
+        dst: *mut torch_sys::C_tensor,
+        src: *const torch_sys::C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
 }
 
 /// torch's current CUDA stream (null: the legacy default stream). The fused kernels
@@ -149,10 +155,16 @@ where
     t.clone().into_primitive().tensor
 }
 
-/// Copies host values into a recorded input buffer (same storage, so the graph reads them).
-fn fill<T: tch::kind::Element>(mut dst: tch::Tensor, values: &[T]) {
+/// Copies host values into a recorded input buffer (same storage, so the graph reads them),
+/// queued on the current stream before the replay without waiting for it (`llama_copy_async`),
+/// so that the host can prepare and launch a step while the device still runs the one before
+/// (tch's `copy_` waited for the stream to drain, four times per token).
+fn fill<T: tch::kind::Element>(mut dst: tch::Tensor, values: &[T]) -> Result<()> {
     let src = tch::Tensor::from_slice(values).reshape(dst.size());
-    dst.copy_(&src);
+    // SAFETY: two live tensors; the shim catches C++ exceptions.
+    call("input copy", |e, n| unsafe {
+        llama_copy_async(dst.as_mut_ptr(), src.as_ptr(), e, n)
+    })
 }
 
 /// The addresses the recorded step depends on (see [`Recorded::memory`]), and its batch.
@@ -228,10 +240,10 @@ impl GraphDecoder {
             }
         }
         let r = self.recorded.as_ref().expect("recorded above");
-        fill(tch_raw(&r.inputs.tokens), input.tokens);
-        fill(tch_raw(&r.inputs.positions), &input.positions());
-        fill(tch_raw(&r.inputs.slot), &[input.cur as i64]);
-        fill(tch_raw(&r.inputs.hidden), &input.hidden(r.capacity));
+        fill(tch_raw(&r.inputs.tokens), input.tokens)?;
+        fill(tch_raw(&r.inputs.positions), &input.positions())?;
+        fill(tch_raw(&r.inputs.slot), &[input.cur as i64])?;
+        fill(tch_raw(&r.inputs.hidden), &input.hidden(r.capacity))?;
         r.graph.replay()?;
         Ok(r.logits.clone())
     }

@@ -13,6 +13,9 @@
 //! without it the caller keeps its other hand-over. There are no Rust bindings of the callback
 //! API on crates.io, so the few declarations used are written here, from `cupti_callbacks.h` and
 //! `cupti_driver_cbid.h` (CUDA 12 and 13 agree on them).
+//!
+//! A libtorch build uses only [`library`] (`--trace-gpu`'s activity records).
+#![cfg_attr(not(feature = "cuda-untuned"), allow(dead_code))]
 
 use std::ffi::{c_char, c_void};
 use std::sync::Mutex;

@@ -11,7 +11,7 @@
 //! it is loaded at run time like [`crate::cupti_stream`]'s.
 //!
 //! The analysis ([`summarize`], [`gap_table`]) is plain arithmetic on intervals, compiled and
-//! tested on every build; recording needs CubeCL's CUDA build (`cuda-untuned`).
+//! tested on every build; recording needs a CUDA build (`cuda-untuned` or `tch`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Result;
-#[cfg(feature = "cuda-untuned")]
+#[cfg(any(feature = "cuda-untuned", feature = "tch"))]
 use anyhow::anyhow;
 use serde::Serialize;
 
@@ -178,7 +178,7 @@ pub fn chrome_trace(windows: &[(u64, u64)], activities: &[Activity]) -> serde_js
 /// `--trace-gpu FILE`: recording over the timed steps, then the files and the summary.
 pub struct Recorder {
     path: PathBuf,
-    #[cfg(feature = "cuda-untuned")]
+    #[cfg(any(feature = "cuda-untuned", feature = "tch"))]
     trace: record::GpuTrace,
 }
 
@@ -186,7 +186,7 @@ impl Recorder {
     /// Starts recording (CUPTI loaded, FILE's folder writable), or says why it cannot.
     pub fn start(path: &Path) -> Result<Self> {
         crate::host_profile::check_writable(path, "--trace-gpu")?;
-        #[cfg(feature = "cuda-untuned")]
+        #[cfg(any(feature = "cuda-untuned", feature = "tch"))]
         {
             let trace = record::GpuTrace::start().map_err(|e| anyhow!("--trace-gpu: {e}"))?;
             Ok(Self {
@@ -194,10 +194,10 @@ impl Recorder {
                 trace,
             })
         }
-        #[cfg(not(feature = "cuda-untuned"))]
+        #[cfg(not(any(feature = "cuda-untuned", feature = "tch")))]
         {
             anyhow::bail!(
-                "--trace-gpu {} needs a build with CubeCL's CUDA backend (it reads CUPTI)",
+                "--trace-gpu {} needs a CUDA build (`cuda` or `tch`: it reads CUPTI)",
                 path.display()
             )
         }
@@ -205,22 +205,22 @@ impl Recorder {
 
     /// A timed step begins (before its first operation).
     pub fn step_start(&mut self) {
-        #[cfg(feature = "cuda-untuned")]
+        #[cfg(any(feature = "cuda-untuned", feature = "tch"))]
         self.trace.step_start();
     }
 
     /// A timed step's sync has returned.
     pub fn step_end(&mut self) {
-        #[cfg(feature = "cuda-untuned")]
+        #[cfg(any(feature = "cuda-untuned", feature = "tch"))]
         self.trace.step_end();
     }
 
     /// Stops recording and writes FILE (Chrome trace) and FILE.gaps.txt (the summary and the
     /// gap table, per step), each to a temporary file renamed into place.
     pub fn finish(self) -> Result<GpuTraceSummary> {
-        #[cfg(feature = "cuda-untuned")]
+        #[cfg(any(feature = "cuda-untuned", feature = "tch"))]
         let (windows, acts) = self.trace.finish();
-        #[cfg(not(feature = "cuda-untuned"))]
+        #[cfg(not(any(feature = "cuda-untuned", feature = "tch")))]
         let (windows, acts): (Vec<(u64, u64)>, Vec<Activity>) = (vec![], vec![]);
         let summary = summarize(&windows, &acts);
         let trace = chrome_trace(&windows, &acts);
@@ -255,7 +255,7 @@ impl Recorder {
     }
 }
 
-#[cfg(feature = "cuda-untuned")]
+#[cfg(any(feature = "cuda-untuned", feature = "tch"))]
 mod record {
     use std::collections::HashMap;
     use std::ffi::{CStr, c_char, c_void};

@@ -26,7 +26,7 @@ pub mod cubecl_sum_squares;
 pub mod cuda_graph;
 #[cfg(feature = "tch")]
 pub mod cuda_kernels;
-#[cfg(feature = "cuda-untuned")]
+#[cfg(any(feature = "cuda-untuned", feature = "tch"))]
 pub mod cupti_stream;
 pub mod data;
 pub mod decoder;

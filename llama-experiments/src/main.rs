@@ -239,6 +239,14 @@ fn run(cli: Cli) -> Result<()> {
                         ))
                         .unwrap_or_default()
                 );
+                if let Some(p) = r.pipelined_step_s {
+                    println!(
+                        "pipelined (steps queued back to back, one sync): {p:.4} s/step{}",
+                        r.pipelined_mbu
+                            .map(|m| format!(", MBU {:.1} %", 100.0 * m))
+                            .unwrap_or_default()
+                    );
+                }
                 if let Some(g) = &r.gpu_trace {
                     println!(
                         "GPU per step: busy {:.3} ms, idle {:.3} ms (head {:.3}, tail {:.3}), {} launches",

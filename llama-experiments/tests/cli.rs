@@ -367,9 +367,20 @@ fn bench_times_train_prefill_and_decode_steps() {
                 (mbu - bytes as f64 / step / 1e11).abs() < 1e-9 * mbu.max(1.0),
                 "{v}"
             );
+            // Two more steps queued back to back (positions 19 and 20; the upper middle, 20).
+            let pipelined = v["pipelined_step_s"].as_f64().unwrap();
+            let bytes = cfg.decode_bytes(2, 20, 4, 4);
+            let mbu = v["pipelined_mbu"].as_f64().unwrap();
+            assert!(pipelined > 0.0, "{v}");
+            assert!(
+                (mbu - bytes as f64 / pipelined / 1e11).abs() < 1e-9 * mbu.max(1.0),
+                "{v}"
+            );
         } else {
             assert!(
-                v.get("mbu").is_none() && v.get("decode_bytes").is_none(),
+                v.get("mbu").is_none()
+                    && v.get("decode_bytes").is_none()
+                    && v.get("pipelined_step_s").is_none(),
                 "{v}"
             );
         }
@@ -378,6 +389,15 @@ fn bench_times_train_prefill_and_decode_steps() {
             (Some(2), Some(16))
         );
     }
+    // Room in tiny's 256 positions for the timed steps but not for the pipelined ones.
+    let (code, out, err) = llama(&[
+        "--device", "ndarray", "bench", "--preset", "tiny", "--mode", "decode", "--batch", "1",
+        "--seq", "253", "--warmup", "1", "--iters", "2", "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["median_step_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v.get("pipelined_step_s").is_none(), "{v}");
     // The config benches/pytorch_reference.py builds its model from.
     let (code, out, _) = llama(&["params", "--preset", "125m", "--model-json"]);
     assert_eq!(code, 0);
@@ -428,6 +448,7 @@ fn bad_comparison_knobs_in_the_environment_are_one_clear_line() {
         ("LLAMA_GEMV_GRID", "persistent"),
         ("LLAMA_NORM_EARLY", "late"),
         ("LLAMA_ATTN_VALUES", "wide"),
+        ("LLAMA_ATTN_PRELOAD", "on"),
         ("LLAMA_ATTN_SPLIT", "on"),
         ("LLAMA_ATTN_KEYS", "4"),
         ("LLAMA_ROPE_SLOT_ATTENTION", "on"),

@@ -273,6 +273,9 @@ fn decode_attention_matches_the_formula() {
             // warp loops, its running maximum rescaling what it summed).
             (64, 32, 4, 64, 300, 300, true),
             (1, 4, 1, 64, 5000, 5000, true),
+            // Three passes per warp at 8 keys per warp, the first from the rows each warp copied
+            // into shared memory before waiting (bf16: 16 KB of them, under the 24 KB default).
+            (1, 2, 1, 32, 3000, 3000, true),
             // 7B's and 13B's heads at batch 1 (fewer pairs than SMs: on sm_90 each pair's
             // keys split over a cluster of blocks; a left-padded row leaves whole blocks with
             // every key hidden).

@@ -36,7 +36,11 @@
 //
 // Grid: pairs · splits blocks of 32 · warps threads, warps = ⌈keys / (KW · splits)⌉ up to 16
 // (each warp then loops over further keys). Dynamic shared memory: (warps + 1) · (dim + 2) +
-// dim + 2 floats.
+// dim + 2 floats, and where the launch gives more (ops.rs: up to 48 KB in all), from the next
+// 16 bytes on 2 · KW rows of `dim` elements per warp: its first pass's keys and values, copied
+// asynchronously before the wait for the kernel ahead (the cached rows below the slot do not
+// depend on it), so that the first scores and value sums after the wait read shared memory
+// instead of making two round trips to L2.
 // Floats of value rows a lane has in flight at once (`LLAMA_ATTN_VALUES=narrow` compiles 8).
 // Most blocks in one pair's cluster (the portable cluster size; `DECODE_MAX_SPLITS` in ops.rs
 // launches no more): the merge keeps one scale per block in registers.
@@ -144,7 +148,7 @@ __device__ __forceinline__ void decode_attention_rows(const float* qv, const T* 
                                                       float scale, float* part, float* wm,
                                                       float* blk, unsigned rank, unsigned splits,
                                                       bool extra, float s_extra,
-                                                      const float* v_extra) {
+                                                      const float* v_extra, const T* pre) {
     static_assert(KW == 8 || KW == 16 || KW == 32, "keys per warp pass: 8, 16 or 32");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int dim = 32 * PER;
@@ -155,13 +159,18 @@ __device__ __forceinline__ void decode_attention_rows(const float* qv, const T* 
     const int first = ((int)rank * warps + warp) * KW, stride = (int)splits * warps * KW;
     for (int base = first; base < keys; base += stride) {
         const int n = min(KW, keys - base);
+        // The warp's first KW keys and values, when `pre` holds them (shared memory, copied
+        // before the wait), else the cache: rows `dim` apart either way.
+        const bool held = pre != nullptr && base == first;
+        const T* kp = held ? pre : kr + (long long)base * dim;
+        const T* vp = held ? pre + KW * dim : vr + (long long)base * dim;
         float sc[KW];
 #pragma unroll
         for (int jj = 0; jj < KW; ++jj) {
             float a = 0.0f;
             if (jj < n) {
                 float kf[PER];
-                load_span<T, PER>(kr + (long long)(base + jj) * dim + lane * PER, kf);
+                load_span<T, PER>(kp + jj * dim + lane * PER, kf);
 #pragma unroll
                 for (int i = 0; i < PER; ++i) a += kf[i] * qv[i];
             }
@@ -206,7 +215,7 @@ __device__ __forceinline__ void decode_attention_rows(const float* qv, const T* 
 #pragma unroll
             for (int u = 0; u < VU; ++u)
                 if (j0 + u < n)
-                    load_span<T, PER>(vr + (long long)(base + j0 + u) * dim + lane * PER, vf[u]);
+                    load_span<T, PER>(vp + (j0 + u) * dim + lane * PER, vf[u]);
 #pragma unroll
             for (int u = 0; u < VU; ++u) {
                 const float pj = __shfl_sync(0xffffffffu, p, (j0 + u) & (KW - 1));
@@ -315,6 +324,23 @@ __device__ __forceinline__ void rotate_span(const T* x, const T* c, const T* s, 
     for (int i = 0; i < PER; ++i) r[i] = as_stored(rotate_one(a[i], cv[i], b[i], sv[i]), x);
 }
 
+// Floats of shared memory before the preloaded rows (`part`, `wm`, `blk`), rounded up to 16 bytes;
+// `decode_preload_offset` in ops.rs computes the same.
+__device__ __forceinline__ int decode_preload_offset(int warps, int dim) {
+    return ((warps + 1) * (dim + 2) + dim + 2 + 3) & ~3;
+}
+
+// An asynchronous copy of BYTES (4, 8 or 16; both addresses so aligned) from global to shared
+// memory (sm_80 and later; waited for by cp.async.wait_all).
+template <int BYTES>
+__device__ __forceinline__ void copy_async(void* shared, const void* global) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned s = (unsigned)__cvta_generic_to_shared(shared);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(s), "l"(global), "n"(BYTES)
+                 : "memory");
+#endif
+}
+
 // With `slot` (the rotation-and-slot form, for a decode step that writes its key and value at a
 // device-side cache position): q is the step's unrotated query, kn and vn [batch, kv_heads, dim]
 // its unrotated key and value, tc and ts [batch, dim] the rotary tables. The block rotates the
@@ -343,6 +369,7 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
     // The slot is written before the step, never by the kernel ahead (pdl_wait), so it bounds
     // the prefetch; it is read again after the wait for the keys themselves.
     const int cached = slot ? (int)max(0LL, min((long long)keys, *slot)) : keys;
+    T* pre = nullptr;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     // The cached keys and values but this step's do not depend on the kernel ahead (at most it
     // writes that one slot), and a prefetch to L2, the point of coherence, cannot leave a stale
@@ -357,9 +384,30 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
             asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(vr) + o));
         }
     }
+    // Where the launch gave the room (ops.rs, `LLAMA_ATTN_PRELOAD`), each warp also copies its
+    // first pass's keys and values (one contiguous run each) into shared memory by asynchronous
+    // copies: after the wait its first scores and value sums read shared memory, not L2.
+    unsigned room;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(room));
+    const int lead = ((int)rank * warps + (threadIdx.x >> 5)) * KW;
+    if (room >= decode_preload_offset(warps, dim) * 4 + warps * 2 * KW * dim * sizeof(T)) {
+        pre = reinterpret_cast<T*>(sh + decode_preload_offset(warps, dim)) +
+              (threadIdx.x >> 5) * 2 * KW * dim;
+        const int elems = max(0, min(KW, cached - lead)) * dim;
+        for (int c = 4 * lane; c < elems; c += 4 * 32) {
+            copy_async<4 * sizeof(T)>(pre + c, kr + (long long)lead * dim + c);
+            copy_async<4 * sizeof(T)>(pre + KW * dim + c, vr + (long long)lead * dim + c);
+        }
+    }
 #endif
     pdl_wait();
     pdl_trigger();
+    if (pre) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+        __syncwarp();
+    }
     const long long row0 = (long long)pair * dim;
     float qv[PER], kx[PER], vx[PER];
     float s_extra = NEG_INF;
@@ -397,7 +445,7 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
         load_span<T, PER>(q + row0 + lane * PER, qv);
     }
     decode_attention_rows<T, PER, KW>(qv, kr, vr, hr, out + row0, limit, scale, part, wm, blk,
-                                      rank, splits, extra, s_extra, vx);
+                                      rank, splits, extra, s_extra, vx, pre);
 }
 
 // One kernel per head dimension (the registers of a lane's share of a row) and keys per warp

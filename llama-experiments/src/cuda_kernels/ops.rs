@@ -488,6 +488,38 @@ fn decode_keys_per_warp(kern: &Loaded, pairs: i64) -> i64 {
     }
 }
 
+/// Floats of `decode_attention`'s shared memory before the preloaded rows (its `part`, `wm` and
+/// `blk`), rounded up to 16 bytes: `decode_preload_offset` in `decode_attention.cu`.
+fn decode_preload_offset(warps: i64, d: i64) -> i64 {
+    ((warps + 1) * (d + 2) + d + 2 + 3) & !3
+}
+
+/// Most bytes of rows a `decode_attention` block is given shared memory for, to copy each warp's
+/// first keys and values before waiting for the kernel ahead (the kernel copies them where the
+/// room is there; 48 KB in all at most, the limit of a launch without the driver's opt-in
+/// attribute). `LLAMA_ATTN_PRELOAD=auto`: up to 24 KB (`1b` at batch 1, 20 KB: 0.904 against
+/// 0.937 ms per token; 7B's and 13B's 40 KB made them 15–23 % slower, H200, docs/performance.md
+/// attempt 71); `all`: up to 48 KB; `off`: none.
+fn decode_preload() -> i64 {
+    static MOST: OnceLock<i64> = OnceLock::new();
+    *MOST.get_or_init(|| {
+        match crate::backend::env_choice("LLAMA_ATTN_PRELOAD", &crate::backend::PRELOAD_CHOICES) {
+            Ok("off") => -1,
+            Ok("all") => 48 * 1024,
+            _ => 24 * 1024,
+        }
+    })
+}
+
+/// Bytes of one element of the kernels' dtypes (f32, bf16).
+fn elem_bytes(kind: Kind) -> Option<i64> {
+    match kind {
+        Kind::Float => Some(4),
+        Kind::BFloat16 => Some(2),
+        _ => None,
+    }
+}
+
 /// The head dimensions with `decode_attention_k*_d*` kernels (`DECODE_ATTENTION_DIMS` in
 /// `decode_attention.cu`, `KERNELS` in `mod.rs`).
 const DECODE_HEAD_DIMS: [i64; 4] = [32, 64, 128, 256];
@@ -613,7 +645,15 @@ pub fn decode_attention_with(
         Some(_) => return None,
     };
     let warps = ((t + kw * splits - 1) / (kw * splits)).clamp(1, DECODE_MAX_WARPS);
-    let shared = 4 * u32::try_from((warps + 1) * (d + 2) + d + 2).ok()?;
+    let base = decode_preload_offset(warps, d);
+    let preload = warps * 2 * kw * d * elem_bytes(q.kind())?;
+    let shared = u32::try_from(
+        match preload <= decode_preload() && 4 * base + preload <= 48 * 1024 {
+            true => 4 * base + preload,
+            false => 4 * (warps + 1) * (d + 2) + 4 * (d + 2),
+        },
+    )
+    .ok()?;
     let scale = 1.0 / (d as f32).sqrt();
     let (heads, rep, keys) = (
         i32::try_from(h).ok()?,
