@@ -553,6 +553,7 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     env_choice("LLAMA_GEMV_GRID", &["auto", "waves"])?;
     env_choice("LLAMA_NORM_EARLY", &["auto", "off"])?;
     env_choice("LLAMA_ATTN_VALUES", &["auto", "narrow"])?;
+    env_choice("LLAMA_GEMV_LOADS", &["auto", "cached"])?;
     env_choice("LLAMA_ATTN_PRELOAD", &PRELOAD_CHOICES)?;
     env_choice("LLAMA_ATTN_SPLIT", &SPLIT_CHOICES)?;
     env_choice("LLAMA_ATTN_KEYS", &KEYS_CHOICES)?;

@@ -449,6 +449,7 @@ fn bad_comparison_knobs_in_the_environment_are_one_clear_line() {
         ("LLAMA_NORM_EARLY", "late"),
         ("LLAMA_ATTN_VALUES", "wide"),
         ("LLAMA_ATTN_PRELOAD", "on"),
+        ("LLAMA_GEMV_LOADS", "uncached"),
         ("LLAMA_ATTN_SPLIT", "on"),
         ("LLAMA_ATTN_KEYS", "4"),
         ("LLAMA_ROPE_SLOT_ATTENTION", "on"),

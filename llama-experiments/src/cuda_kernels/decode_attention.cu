@@ -37,10 +37,10 @@
 // Grid: pairs · splits blocks of 32 · warps threads, warps = ⌈keys / (KW · splits)⌉ up to 16
 // (each warp then loops over further keys). Dynamic shared memory: (warps + 1) · (dim + 2) +
 // dim + 2 floats, and where the launch gives more (ops.rs: up to 48 KB in all), from the next
-// 16 bytes on 2 · KW rows of `dim` elements per warp: its first pass's keys and values, copied
-// asynchronously before the wait for the kernel ahead (the cached rows below the slot do not
-// depend on it), so that the first scores and value sums after the wait read shared memory
-// instead of making two round trips to L2.
+// 16 bytes on 2 · KW rows of `dim` elements per warp (its first pass's keys and values), or KW
+// (the keys only), copied asynchronously before the wait for the kernel ahead (the cached rows
+// below the slot do not depend on it), so that the first scores (and value sums) after the wait
+// read shared memory instead of L2.
 // Floats of value rows a lane has in flight at once (`LLAMA_ATTN_VALUES=narrow` compiles 8).
 // Most blocks in one pair's cluster (the portable cluster size; `DECODE_MAX_SPLITS` in ops.rs
 // launches no more): the merge keeps one scale per block in registers.
@@ -148,7 +148,8 @@ __device__ __forceinline__ void decode_attention_rows(const float* qv, const T* 
                                                       float scale, float* part, float* wm,
                                                       float* blk, unsigned rank, unsigned splits,
                                                       bool extra, float s_extra,
-                                                      const float* v_extra, const T* pre) {
+                                                      const float* v_extra, const T* pre_k,
+                                                      const T* pre_v) {
     static_assert(KW == 8 || KW == 16 || KW == 32, "keys per warp pass: 8, 16 or 32");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int dim = 32 * PER;
@@ -159,11 +160,10 @@ __device__ __forceinline__ void decode_attention_rows(const float* qv, const T* 
     const int first = ((int)rank * warps + warp) * KW, stride = (int)splits * warps * KW;
     for (int base = first; base < keys; base += stride) {
         const int n = min(KW, keys - base);
-        // The warp's first KW keys and values, when `pre` holds them (shared memory, copied
-        // before the wait), else the cache: rows `dim` apart either way.
-        const bool held = pre != nullptr && base == first;
-        const T* kp = held ? pre : kr + (long long)base * dim;
-        const T* vp = held ? pre + KW * dim : vr + (long long)base * dim;
+        // The warp's first KW keys (and values), where `pre_k` (`pre_v`) holds them (shared
+        // memory, copied before the wait), else the cache: rows `dim` apart either way.
+        const T* kp = pre_k && base == first ? pre_k : kr + (long long)base * dim;
+        const T* vp = pre_v && base == first ? pre_v : vr + (long long)base * dim;
         float sc[KW];
 #pragma unroll
         for (int jj = 0; jj < KW; ++jj) {
@@ -369,7 +369,7 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
     // The slot is written before the step, never by the kernel ahead (pdl_wait), so it bounds
     // the prefetch; it is read again after the wait for the keys themselves.
     const int cached = slot ? (int)max(0LL, min((long long)keys, *slot)) : keys;
-    T* pre = nullptr;
+    T *pre_k = nullptr, *pre_v = nullptr;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     // The cached keys and values but this step's do not depend on the kernel ahead (at most it
     // writes that one slot), and a prefetch to L2, the point of coherence, cannot leave a stale
@@ -387,22 +387,25 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
     // Where the launch gave the room (ops.rs, `LLAMA_ATTN_PRELOAD`), each warp also copies its
     // first pass's keys and values (one contiguous run each) into shared memory by asynchronous
     // copies: after the wait its first scores and value sums read shared memory, not L2.
+    // Room for both (2) or for the keys only (1).
     unsigned room;
     asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(room));
+    const unsigned rows = warps * KW * dim * sizeof(T), off = decode_preload_offset(warps, dim);
+    const int held = room >= off * 4 + 2 * rows ? 2 : room >= off * 4 + rows ? 1 : 0;
     const int lead = ((int)rank * warps + (threadIdx.x >> 5)) * KW;
-    if (room >= decode_preload_offset(warps, dim) * 4 + warps * 2 * KW * dim * sizeof(T)) {
-        pre = reinterpret_cast<T*>(sh + decode_preload_offset(warps, dim)) +
-              (threadIdx.x >> 5) * 2 * KW * dim;
+    if (held) {
+        pre_k = reinterpret_cast<T*>(sh + off) + (threadIdx.x >> 5) * held * KW * dim;
+        if (held == 2) pre_v = pre_k + KW * dim;
         const int elems = max(0, min(KW, cached - lead)) * dim;
         for (int c = 4 * lane; c < elems; c += 4 * 32) {
-            copy_async<4 * sizeof(T)>(pre + c, kr + (long long)lead * dim + c);
-            copy_async<4 * sizeof(T)>(pre + KW * dim + c, vr + (long long)lead * dim + c);
+            copy_async<4 * sizeof(T)>(pre_k + c, kr + (long long)lead * dim + c);
+            if (held == 2) copy_async<4 * sizeof(T)>(pre_v + c, vr + (long long)lead * dim + c);
         }
     }
 #endif
     pdl_wait();
     pdl_trigger();
-    if (pre) {
+    if (pre_k) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
         asm volatile("cp.async.wait_all;" ::: "memory");
 #endif
@@ -445,7 +448,7 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
         load_span<T, PER>(q + row0 + lane * PER, qv);
     }
     decode_attention_rows<T, PER, KW>(qv, kr, vr, hr, out + row0, limit, scale, part, wm, blk,
-                                      rank, splits, extra, s_extra, vx, pre);
+                                      rank, splits, extra, s_extra, vx, pre_k, pre_v);
 }
 
 // One kernel per head dimension (the registers of a lane's share of a row) and keys per warp

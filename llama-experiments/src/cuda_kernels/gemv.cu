@@ -36,12 +36,28 @@ __device__ __forceinline__ void unpack8(const uint4& u, float* f) {
 // Columns one warp covers per pass (GEMV_UNROLL loads of 8 bf16 per lane).
 #define GEMV_COLS (32 * 8 * GEMV_UNROLL)
 
+// One 16-byte load of weights. The weights stream through once, so they are read through the
+// non-coherent path without a line in L1 (they are constant for the kernel's life): L1 then
+// keeps `x`, which every warp of the block reads again. (`-DGEMV_CACHED_LOADS`,
+// `LLAMA_GEMV_LOADS=cached`: plain loads, which allocate in L1 like `x`'s.)
+__device__ __forceinline__ uint4 load_weights(const bf16_t* p) {
+#if defined(GEMV_CACHED_LOADS) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 700
+    return *reinterpret_cast<const uint4*>(p);
+#else
+    uint4 u;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(u.x), "=r"(u.y), "=r"(u.z), "=r"(u.w)
+                 : "l"(p));
+    return u;
+#endif
+}
+
 // GEMV_UNROLL 16-byte loads of one weight row from column `base` (zeros from `end` on).
 __device__ __forceinline__ void gemv_load(const bf16_t* wr, int base, int end, uint4* wv) {
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; ++u) {
         const int kk = base + 32 * 8 * u;
-        wv[u] = kk < end ? *reinterpret_cast<const uint4*>(wr + kk) : make_uint4(0, 0, 0, 0);
+        wv[u] = kk < end ? load_weights(wr + kk) : make_uint4(0, 0, 0, 0);
     }
 }
 

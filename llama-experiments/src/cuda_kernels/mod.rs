@@ -127,11 +127,17 @@ pub fn compile_for(arch: Option<&'static str>) -> Result<Ptx, String> {
         use_fast_math: Some(false),
         name: Some("kernels.cu".into()),
         arch,
-        // Attempt 31's value loads, for comparison (`decode_attention.cu`).
-        options: match crate::backend::knob_on("LLAMA_ATTN_VALUES", "narrow") {
-            true => vec![],
-            false => vec!["-DDECODE_VALUE_FLOATS=8".into()],
-        },
+        // Attempt 31's value loads and the one-row product's L1-allocating weight loads, for
+        // comparison (`decode_attention.cu`, `gemv.cu`).
+        options: [
+            (!crate::backend::knob_on("LLAMA_ATTN_VALUES", "narrow"))
+                .then(|| "-DDECODE_VALUE_FLOATS=8".to_string()),
+            (!crate::backend::knob_on("LLAMA_GEMV_LOADS", "cached"))
+                .then(|| "-DGEMV_CACHED_LOADS".to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         ..Default::default()
     };
     compile_ptx_with_opts(SOURCE, options).map_err(|e| format!("NVRTC: {e}"))

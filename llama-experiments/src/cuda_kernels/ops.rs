@@ -495,11 +495,11 @@ fn decode_preload_offset(warps: i64, d: i64) -> i64 {
 }
 
 /// Most bytes of rows a `decode_attention` block is given shared memory for, to copy each warp's
-/// first keys and values before waiting for the kernel ahead (the kernel copies them where the
-/// room is there; 48 KB in all at most, the limit of a launch without the driver's opt-in
-/// attribute). `LLAMA_ATTN_PRELOAD=auto`: up to 24 KB (`1b` at batch 1, 20 KB: 0.904 against
-/// 0.937 ms per token; 7B's and 13B's 40 KB made them 15–23 % slower, H200, docs/performance.md
-/// attempt 71); `all`: up to 48 KB; `off`: none.
+/// first keys and values (or, where both do not fit, its first keys) before waiting for the
+/// kernel ahead (the kernel copies what the room holds; 48 KB in all at most, the limit of a
+/// launch without the driver's opt-in attribute). `LLAMA_ATTN_PRELOAD=auto`: up to 24 KB (`1b`
+/// at batch 1, 20 KB of both: 0.904 against 0.937 ms per token; 7B's and 13B's 40 KB of both made
+/// them 15–23 % slower, H200, docs/performance.md attempt 71); `all`: up to 48 KB; `off`: none.
 fn decode_preload() -> i64 {
     static MOST: OnceLock<i64> = OnceLock::new();
     *MOST.get_or_init(|| {
@@ -645,14 +645,16 @@ pub fn decode_attention_with(
         Some(_) => return None,
     };
     let warps = ((t + kw * splits - 1) / (kw * splits)).clamp(1, DECODE_MAX_WARPS);
-    let base = decode_preload_offset(warps, d);
-    let preload = warps * 2 * kw * d * elem_bytes(q.kind())?;
-    let shared = u32::try_from(
-        match preload <= decode_preload() && 4 * base + preload <= 48 * 1024 {
-            true => 4 * base + preload,
-            false => 4 * (warps + 1) * (d + 2) + 4 * (d + 2),
-        },
-    )
+    // Shared memory for the merge, then for the rows each warp copies before the wait: its
+    // first keys and values, or the keys only, whichever fits `decode_preload`.
+    let base = 4 * decode_preload_offset(warps, d);
+    let rows = warps * kw * d * elem_bytes(q.kind())?;
+    let most = decode_preload().min(48 * 1024 - base);
+    let preload = [2 * rows, rows].into_iter().find(|&r| r <= most);
+    let shared = u32::try_from(match preload {
+        Some(rows) => base + rows,
+        None => 4 * (warps + 1) * (d + 2) + 4 * (d + 2),
+    })
     .ok()?;
     let scale = 1.0 / (d as f32).sqrt();
     let (heads, rep, keys) = (
