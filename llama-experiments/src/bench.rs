@@ -411,7 +411,8 @@ impl BackendJob for BenchJob {
                     let pads = vec![0; b];
                     let mut decoder = crate::decoder::decoder_for::<B::InnerBackend>(&device)?;
                     decoder_name = Some(decoder.name().to_string());
-                    let timed = time_steps(self.warmup, self.iters, sync, profiles, |i| {
+                    // Step `i` after the prompt (warm-up, timed, then pipelined).
+                    let mut step = |i: usize| {
                         let tokens = random_ids(b, vocab, i as u64);
                         let input = StepInput {
                             tokens: &tokens,
@@ -419,18 +420,13 @@ impl BackendJob for BenchJob {
                             cur: t + i,
                         };
                         decoder.step(&model, &mut cache, input)
-                    })?;
+                    };
+                    let timed = time_steps(self.warmup, self.iters, sync, profiles, &mut step)?;
                     if room {
-                        let first = t + self.warmup + self.iters;
+                        let first = self.warmup + self.iters;
                         let start = Instant::now();
-                        for i in 0..self.iters {
-                            let tokens = random_ids(b, vocab, (first + i) as u64);
-                            let input = StepInput {
-                                tokens: &tokens,
-                                pads: &pads,
-                                cur: first + i,
-                            };
-                            let _ = decoder.step(&model, &mut cache, input);
+                        for i in first..first + self.iters {
+                            let _ = step(i);
                         }
                         sync();
                         pipelined = Some(start.elapsed().as_secs_f64() / self.iters as f64);
@@ -440,18 +436,15 @@ impl BackendJob for BenchJob {
             };
         let tokens_per_s = tokens as f64 / median;
         // The median timed step is the middle one, `warmup + iters / 2` tokens after the prompt.
-        let decode_bytes = (self.mode == BenchMode::Decode).then(|| {
-            let bytes = match self.precision {
-                Precision::F32 => 4,
-                Precision::Bf16 => 2,
-            };
-            (
-                cfg.decode_bytes(b, t + self.warmup + self.iters / 2, bytes, bytes),
-                cfg.decode_bytes(b, t + self.warmup + self.iters * 3 / 2, bytes, bytes),
-            )
-        });
-        let (decode_bytes, pipelined_bytes) =
-            (decode_bytes.map(|d| d.0), decode_bytes.map(|d| d.1));
+        // The pipelined steps' middle one is `iters` further.
+        let bytes = match self.precision {
+            Precision::F32 => 4,
+            Precision::Bf16 => 2,
+        };
+        let decode_bytes_at =
+            |len| (self.mode == BenchMode::Decode).then(|| cfg.decode_bytes(b, len, bytes, bytes));
+        let decode_bytes = decode_bytes_at(t + self.warmup + self.iters / 2);
+        let pipelined_bytes = decode_bytes_at(t + self.warmup + self.iters * 3 / 2);
         // The attention term at the benchmarked length, not the model's maximum.
         let at_seq = LlamaConfig {
             max_seq_len: t,

@@ -135,6 +135,26 @@ __device__ __forceinline__ void load_tile_sw128(bf16_t* tile, const bf16_t* src,
                      : "memory");
     }
 }
+
+// Rows r0.. of two [T, 64] matrices (keys and values, or queries and output gradients) into
+// tiles `a` and `b`, as load_tile_sw128.
+template <int ROWS>
+__device__ __forceinline__ void load_tiles_sw128(bf16_t* a, const bf16_t* asrc, long long ars,
+                                                 bf16_t* b, const bf16_t* bsrc, long long brs,
+                                                 int r0, int T) {
+    load_tile_sw128<ROWS>(a, asrc, ars, r0, T);
+    load_tile_sw128<ROWS>(b, bsrc, brs, r0, T);
+}
+
+// Of a two-stage pipeline: commits the copies just issued (the next stage's, or none), waits for
+// the current stage's, and makes them visible to the tensor cores (the async proxy) and to every
+// thread of the block.
+__device__ __forceinline__ void stage_ready() {
+    cp_commit();
+    cp_wait<1>();
+    fence_async_smem();
+    __syncthreads();
+}
 #endif
 
 // The wgmma dk/dv kernel (168 registers) fits three blocks per SM; four spill.
@@ -188,19 +208,13 @@ __device__ void flash_forward_wg(const bf16_t* q, const bf16_t* k, const bf16_t*
     if (causal && (q0 + ROWS - 1) / BLOCK + 1 < nk) nk = (q0 + ROWS - 1) / BLOCK + 1;
 
     load_tile_sw128<ROWS>(qs, q, qst, q0, T);
-    load_tile_sw128<BLOCK>(ks(0), k, kst, 0, T);
-    load_tile_sw128<BLOCK>(vs(0), v, vst, 0, T);
+    load_tiles_sw128<BLOCK>(ks(0), k, kst, vs(0), v, vst, 0, T);
     cp_commit();
     for (int kb = 0; kb < nk; ++kb) {
         const int k0 = kb * BLOCK, cur = kb & 1;
-        if (kb + 1 < nk) {
-            load_tile_sw128<BLOCK>(ks(cur ^ 1), k, kst, k0 + BLOCK, T);
-            load_tile_sw128<BLOCK>(vs(cur ^ 1), v, vst, k0 + BLOCK, T);
-        }
-        cp_commit();
-        cp_wait<1>();
-        fence_async_smem();
-        __syncthreads();
+        if (kb + 1 < nk)
+            load_tiles_sw128<BLOCK>(ks(cur ^ 1), k, kst, vs(cur ^ 1), v, vst, k0 + BLOCK, T);
+        stage_ready();
         // A tile after all of the group's rows adds nothing (wgmma is issued by whole groups).
         if (!causal || k0 <= wg0 + 63) {
             float s[BLOCK / 8][4];
@@ -284,8 +298,7 @@ __device__ void flash_backward_dq_wg(const bf16_t* q, const bf16_t* k, const bf1
     cp_commit();
     int nk = (T + BLOCK - 1) / BLOCK;
     if (causal && (q0 + ROWS - 1) / BLOCK + 1 < nk) nk = (q0 + ROWS - 1) / BLOCK + 1;
-    load_tile_sw128<BLOCK>(ks(0), k, kst, 0, T);
-    load_tile_sw128<BLOCK>(vs(0), v, vst, 0, T);
+    load_tiles_sw128<BLOCK>(ks(0), k, kst, vs(0), v, vst, 0, T);
     cp_commit();
     cp_wait<1>();
     __syncthreads();
@@ -318,14 +331,9 @@ __device__ void flash_backward_dq_wg(const bf16_t* q, const bf16_t* k, const bf1
     for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     for (int kb = 0; kb < nk; ++kb) {
         const int k0 = kb * BLOCK, cur = kb & 1;
-        if (kb + 1 < nk) {
-            load_tile_sw128<BLOCK>(ks(cur ^ 1), k, kst, k0 + BLOCK, T);
-            load_tile_sw128<BLOCK>(vs(cur ^ 1), v, vst, k0 + BLOCK, T);
-        }
-        cp_commit();
-        cp_wait<1>();
-        fence_async_smem();
-        __syncthreads();
+        if (kb + 1 < nk)
+            load_tiles_sw128<BLOCK>(ks(cur ^ 1), k, kst, vs(cur ^ 1), v, vst, k0 + BLOCK, T);
+        stage_ready();
         if (!causal || k0 <= wg0 + 63) {
             float p[BLOCK / 8][4], dp[BLOCK / 8][4];
             wg_fence();
@@ -425,18 +433,14 @@ __device__ void flash_backward_dkdv_wg(const bf16_t* q, const bf16_t* k, const b
     const int first = causal ? k0 : 0;
     const int n = (T - first + BLOCK - 1) / BLOCK;
     auto issue = [&](int i0, int st) {
-        load_tile_sw128<BLOCK>(qs(st), q, qst, i0, T);
-        load_tile_sw128<BLOCK>(os(st), dout, dst, i0, T);
+        load_tiles_sw128<BLOCK>(qs(st), q, qst, os(st), dout, dst, i0, T);
     };
     issue(first, 0);
     cp_commit();
     for (int it = 0; it < n; ++it) {
         const int i0 = first + it * BLOCK, cur = it & 1;
         if (it + 1 < n) issue(i0 + BLOCK, cur ^ 1);
-        cp_commit();
-        cp_wait<1>();
-        fence_async_smem();
-        __syncthreads();
+        stage_ready();
         // Pᵀ and dPᵀ: rows are the group's keys, columns the tile's queries.
         float p[BLOCK / 8][4], dp[BLOCK / 8][4];
         wg_fence();

@@ -511,15 +511,6 @@ fn decode_preload() -> i64 {
     })
 }
 
-/// Bytes of one element of the kernels' dtypes (f32, bf16).
-fn elem_bytes(kind: Kind) -> Option<i64> {
-    match kind {
-        Kind::Float => Some(4),
-        Kind::BFloat16 => Some(2),
-        _ => None,
-    }
-}
-
 /// The head dimensions with `decode_attention_k*_d*` kernels (`DECODE_ATTENTION_DIMS` in
 /// `decode_attention.cu`, `KERNELS` in `mod.rs`).
 const DECODE_HEAD_DIMS: [i64; 4] = [32, 64, 128, 256];
@@ -648,14 +639,10 @@ pub fn decode_attention_with(
     // Shared memory for the merge, then for the rows each warp copies before the wait: its
     // first keys and values, or the keys only, whichever fits `decode_preload`.
     let base = 4 * decode_preload_offset(warps, d);
-    let rows = warps * kw * d * elem_bytes(q.kind())?;
+    let rows = warps * kw * d * q.kind().elt_size_in_bytes() as i64;
     let most = decode_preload().min(48 * 1024 - base);
     let preload = [2 * rows, rows].into_iter().find(|&r| r <= most);
-    let shared = u32::try_from(match preload {
-        Some(rows) => base + rows,
-        None => 4 * (warps + 1) * (d + 2) + 4 * (d + 2),
-    })
-    .ok()?;
+    let shared = u32::try_from(base + preload.unwrap_or(0)).ok()?;
     let scale = 1.0 / (d as f32).sqrt();
     let (heads, rep, keys) = (
         i32::try_from(h).ok()?,
