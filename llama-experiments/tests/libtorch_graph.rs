@@ -1,7 +1,7 @@
 //! Decoding as CUDA graphs (`cuda_graph`): the replayed static step gives the eager cached
 //! pass's logits on the same tokens (f32 and bf16, padded batches, grouped-query attention),
 //! records again for a new cache and repeats itself bit for bit, and `decoder_for` picks it on
-//! libtorch CUDA only.
+//! libtorch CUDA only; one row decoded token by token gives the full causal pass's logits.
 //!
 //! Needs `--features tch`; the GPU checks skip (saying so) where torch sees no GPU.
 //! `LLAMA_REQUIRE_CUDA_GRAPHS=1` (CI) makes a binary built without the graph shim a failure.
@@ -171,4 +171,80 @@ fn graph_decoding_matches_eager_decoding() {
     }
     assert!(has_cuda_graphs(), "a CUDA libtorch but no graph shim");
     DeviceSpec::TchCuda(0).run(GraphVsEager).unwrap();
+}
+
+/// A row decoded one token at a time (the eager cached pass) against the full causal pass over
+/// the same tokens, on the tool's libtorch operations: decoding's own kernels (the one-row
+/// products, the residual update with the next norm, the rotation, slot write and attention in
+/// one) against the ten-row forms. f32 and bf16, grouped-query attention.
+struct OneRowVsFullPass;
+
+impl BackendJob for OneRowVsFullPass {
+    type Output = ();
+    fn run<AB: AutodiffBackend>(self, device: AB::Device) {
+        type B<AB> = <AB as AutodiffBackend>::InnerBackend;
+        let cfg = LlamaConfig {
+            n_kv_heads: Some(2),
+            ..LlamaConfig::preset("tiny").unwrap()
+        };
+        let ids: Vec<i64> = vec![3, 14, 15, 92, 65, 35, 8, 9, 7, 93];
+        let t = ids.len();
+        for precision in Precision::ALL {
+            let model = cfg
+                .init::<B<AB>>(&device)
+                .unwrap()
+                .with_precision(precision)
+                .with_inference_weights();
+            let tokens = Tensor::<B<AB>, 2, burn::tensor::Int>::from_data(
+                TensorData::new(ids.clone(), [1, t]),
+                &device,
+            );
+            let full = model.forward(tokens).cast(burn::tensor::DType::F32);
+            let mut cache = model.new_cache(1, t, &device);
+            for (i, &id) in ids.iter().enumerate() {
+                let input = StepInput {
+                    tokens: &[id],
+                    pads: &[0],
+                    cur: i,
+                };
+                let got: Vec<f32> = EagerDecoder
+                    .step(&model, &mut cache, input)
+                    .into_data()
+                    .to_vec()
+                    .unwrap();
+                let v = got.len();
+                let want: Vec<f32> = full
+                    .clone()
+                    .narrow(1, i, 1)
+                    .reshape([v])
+                    .into_data()
+                    .to_vec()
+                    .unwrap();
+                let scale = want.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                let bound = if precision == Precision::F32 {
+                    1e-4
+                } else {
+                    2e-2
+                };
+                assert!(
+                    err / scale < bound,
+                    "{precision:?}, token {i}: rel {}",
+                    err / scale
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn one_row_decoding_matches_the_full_pass() {
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: torch sees no CUDA device");
+        return;
+    }
+    DeviceSpec::TchCuda(0).run(OneRowVsFullPass).unwrap();
 }
