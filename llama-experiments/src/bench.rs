@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
-use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
@@ -24,8 +23,8 @@ use crate::backend::BackendJob;
 use crate::gpu_trace::{GpuTraceSummary, Recorder};
 use crate::host_profile::HostProfile;
 use crate::train::config::OptimConfig;
-use crate::train::init_model;
 use crate::train::optim::LlamaOptimizer;
+use crate::train::{init_inference_model, init_model};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -373,10 +372,8 @@ impl BackendJob for BenchJob {
                     (timed.summary(), b * t, cfg.flops_per_token() as f64)
                 }
                 BenchMode::Prefill => {
-                    let model = init_model::<B>(cfg, 0, &device)?
-                        .valid()
-                        .with_precision(self.precision)
-                        .with_inference_weights();
+                    let model =
+                        init_inference_model::<B::InnerBackend>(cfg, 0, &device, self.precision)?;
                     let timed = time_steps(self.warmup, self.iters, sync, profiles, |i| {
                         let tokens =
                             random_tokens::<B::InnerBackend>(b, t, vocab, i as u64, &device);
@@ -391,10 +388,8 @@ impl BackendJob for BenchJob {
                         self.warmup + self.iters,
                         cfg.max_seq_len
                     );
-                    let model = init_model::<B>(cfg, 0, &device)?
-                        .valid()
-                        .with_precision(self.precision)
-                        .with_inference_weights();
+                    let model =
+                        init_inference_model::<B::InnerBackend>(cfg, 0, &device, self.precision)?;
                     // Room for the pipelined steps after the timed ones, where the context has it.
                     let room = t + self.warmup + 2 * self.iters <= cfg.max_seq_len;
                     let capacity = t + self.warmup + self.iters * if room { 2 } else { 1 };

@@ -48,6 +48,7 @@ pub mod libtorch_loss;
 pub mod libtorch_residual;
 #[cfg(feature = "tch")]
 pub mod libtorch_swiglu;
+pub mod oom;
 pub mod params;
 pub mod plot;
 pub mod quickstart;

@@ -456,6 +456,7 @@ fn run_bench(command: BenchCommand) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    llama_experiments::oom::install_hook();
     let cli = Cli::parse();
     if let Some(d) = &cli.device
         && let Err(e) = d.parse::<DeviceSpec>().and_then(|d| {
@@ -470,7 +471,7 @@ fn main() -> ExitCode {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }
-    match run(cli) {
+    match llama_experiments::oom::catch(|| run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

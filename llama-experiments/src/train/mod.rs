@@ -8,4 +8,4 @@ pub mod run;
 pub mod schedule;
 
 pub use config::RunConfig;
-pub use run::{TrainJob, TrainSummary, init_model};
+pub use run::{TrainJob, TrainSummary, init_inference_model, init_model};

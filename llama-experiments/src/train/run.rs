@@ -19,7 +19,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Tensor};
 use llama_data::Manifest;
 use llama_data::dataset::PackedDataset;
-use llama_model::{Llama, LlamaConfig, save_native, write_dir_atomically};
+use llama_model::{Llama, LlamaConfig, Precision, save_native, write_dir_atomically};
 use serde::{Deserialize, Serialize};
 
 use super::config::RunConfig;
@@ -84,6 +84,28 @@ pub fn init_model<B: Backend>(
     let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
     B::seed(device, seed);
     let model = cfg.init::<B>(device)?;
+    model.visit(&mut Touch);
+    Ok(model)
+}
+
+/// [`init_model`] stored for inference in `precision` ([`Llama::with_inference_weights`]), each
+/// projection drawn in f32 and cast before the next is drawn: the most memory it takes is the
+/// model in the compute dtype and one f32 matrix, not the whole model in f32 first (`llama-33b`
+/// in f32 is 130 GB and `llama-65b` 261 GB, which no single GPU holds; in bf16 65 and 130 GB).
+/// The weights are drawn in another order than [`init_model`]'s, so they differ from its.
+pub fn init_inference_model<B: Backend>(
+    cfg: &LlamaConfig,
+    seed: u64,
+    device: &B::Device,
+    precision: Precision,
+) -> Result<Llama<B>> {
+    let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
+    B::seed(device, seed);
+    // `with_inference_weights` maps each projection's lazy parameter: drawn, then cast at once.
+    let model = cfg
+        .init::<B>(device)?
+        .with_precision(precision)
+        .with_inference_weights();
     model.visit(&mut Touch);
     Ok(model)
 }
