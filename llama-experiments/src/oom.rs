@@ -42,20 +42,36 @@ fn text(payload: &(dyn Any + Send)) -> Option<&str> {
         .or_else(|| payload.downcast_ref::<&str>().copied())
 }
 
-/// The out-of-memory sentence of a panic message (torch's "CUDA out of memory. Tried to allocate
-/// …", up to the end of its line, without the advice that follows), or `None` for other panics.
+/// The out-of-memory part of a panic message: torch's sentence ("CUDA out of memory. Tried to
+/// allocate …", up to the end of its line, without the advice that follows), or the first line
+/// of another message that says it ran out of memory (a driver error's name,
+/// `CUDA_ERROR_OUT_OF_MEMORY`); `None` for other panics.
 pub fn oom_line(message: &str) -> Option<String> {
-    let at = message.to_ascii_lowercase().find("out of memory")?;
+    let lower = message.to_ascii_lowercase();
+    let Some(at) = lower.find("cuda out of memory") else {
+        let oom = lower.contains("out of memory") || lower.contains("out_of_memory");
+        return oom.then(|| first_line(message).trim().to_string());
+    };
     // From the start of the quoted message or line that holds it.
     let start = message[..at].rfind(['"', '\n', '(']).map_or(0, |i| i + 1);
     let rest = &message[start..];
-    // Torch's message inside a `{:?}` has its line breaks escaped.
-    let end = ["\\n", "\n", "\"", " If reserved"]
+    let end = [" If reserved", "\""]
         .iter()
         .filter_map(|stop| rest.find(stop))
+        .chain([first_line(rest).len()])
         .min()
         .unwrap_or(rest.len());
     Some(rest[..end].trim().to_string())
+}
+
+/// Up to the first line break, real or escaped inside a `{:?}` (torch's message in a Rust error).
+fn first_line(s: &str) -> &str {
+    let end = ["\\n", "\n"]
+        .iter()
+        .filter_map(|stop| s.find(stop))
+        .min()
+        .unwrap_or(s.len());
+    &s[..end]
 }
 
 #[cfg(test)]
@@ -76,6 +92,12 @@ mod tests {
                  139.72 GiB of which 512.00 MiB is free."
             )
         );
+    }
+
+    #[test]
+    fn a_driver_errors_name_counts_too() {
+        let msg = "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")";
+        assert_eq!(oom_line(msg).as_deref(), Some(msg));
     }
 
     #[test]
