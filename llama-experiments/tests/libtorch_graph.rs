@@ -70,7 +70,47 @@ impl<B: Backend> Decoder<B> for Recording<'_, B> {
     }
 }
 
-/// A decoding's tokens per row and each decoder step's logits.
+/// `tiny` with grouped-query attention (two key/value heads).
+fn tiny_gqa() -> LlamaConfig {
+    LlamaConfig {
+        n_kv_heads: Some(2),
+        ..LlamaConfig::preset("tiny").unwrap()
+    }
+}
+
+/// A new `cfg` model stored for inference in `precision`.
+fn inference_model<B: Backend>(
+    cfg: &LlamaConfig,
+    precision: Precision,
+    device: &B::Device,
+) -> Llama<B> {
+    cfg.init::<B>(device)
+        .unwrap()
+        .with_precision(precision)
+        .with_inference_weights()
+}
+
+/// The largest difference between `got` and `want`, relative to `want`'s largest value.
+fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    err / scale
+}
+
+/// Logits of two decodings of the same tokens agree within this ([`rel_err`]): f32 rounding, or
+/// about one bf16 rounding.
+fn bound(precision: Precision) -> f32 {
+    if precision == Precision::F32 {
+        1e-4
+    } else {
+        2e-2
+    }
+}
+
+/// A decoding's tokens per row/// A decoding's tokens per row and each decoder step's logits.
 type Decoding = (Vec<Vec<u32>>, Vec<Vec<f32>>);
 
 /// Generates 12 tokens at temperature 1 (or draws `forced`'s), returning the tokens and each
@@ -112,17 +152,10 @@ impl BackendJob for GraphVsEager {
     type Output = ();
     fn run<AB: AutodiffBackend>(self, device: AB::Device) {
         type B<AB> = <AB as AutodiffBackend>::InnerBackend;
-        let cfg = LlamaConfig {
-            n_kv_heads: Some(2),
-            ..LlamaConfig::preset("tiny").unwrap()
-        };
+        let cfg = tiny_gqa();
         let padded = [vec![3, 14, 15, 92], vec![65, 35], vec![8, 9, 7, 9, 3, 2, 3]];
         for precision in Precision::ALL {
-            let model = cfg
-                .init::<B<AB>>(&device)
-                .unwrap()
-                .with_precision(precision)
-                .with_inference_weights();
+            let model = inference_model::<B<AB>>(&cfg, precision, &device);
             let mut graph = decoder_for::<B<AB>>(&device).unwrap();
             assert_eq!(graph.name(), "cuda-graph");
             let mut runs: Vec<Decoding> = Vec::new();
@@ -137,16 +170,10 @@ impl BackendJob for GraphVsEager {
                 assert_eq!(got.len(), 11);
                 assert_eq!(want.len(), 11);
                 for (g, w) in got.iter().zip(&want) {
-                    let scale = w.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
-                    let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
                     // Attention over the capacity (masked) against the filled prefix: the same
                     // sums up to cuBLAS's choice of algorithm and one bf16 rounding.
-                    let bound = if precision == Precision::F32 {
-                        1e-4
-                    } else {
-                        2e-2
-                    };
-                    assert!(err / scale < bound, "{precision:?}: rel {}", err / scale);
+                    let err = rel_err(g, w);
+                    assert!(err < bound(precision), "{precision:?}: rel {err}");
                 }
                 runs.push((ids, got));
             }
@@ -183,18 +210,11 @@ impl BackendJob for OneRowVsFullPass {
     type Output = ();
     fn run<AB: AutodiffBackend>(self, device: AB::Device) {
         type B<AB> = <AB as AutodiffBackend>::InnerBackend;
-        let cfg = LlamaConfig {
-            n_kv_heads: Some(2),
-            ..LlamaConfig::preset("tiny").unwrap()
-        };
+        let cfg = tiny_gqa();
         let ids: Vec<i64> = vec![3, 14, 15, 92, 65, 35, 8, 9, 7, 93];
         let t = ids.len();
         for precision in Precision::ALL {
-            let model = cfg
-                .init::<B<AB>>(&device)
-                .unwrap()
-                .with_precision(precision)
-                .with_inference_weights();
+            let model = inference_model::<B<AB>>(&cfg, precision, &device);
             let tokens = Tensor::<B<AB>, 2, burn::tensor::Int>::from_data(
                 TensorData::new(ids.clone(), [1, t]),
                 &device,
@@ -220,20 +240,10 @@ impl BackendJob for OneRowVsFullPass {
                     .into_data()
                     .to_vec()
                     .unwrap();
-                let scale = want.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                let bound = if precision == Precision::F32 {
-                    1e-4
-                } else {
-                    2e-2
-                };
+                let err = rel_err(&got, &want);
                 assert!(
-                    err / scale < bound,
-                    "{precision:?}, token {i}: rel {}",
-                    err / scale
+                    err < bound(precision),
+                    "{precision:?}, token {i}: rel {err}"
                 );
             }
         }
