@@ -81,11 +81,7 @@ pub fn init_model<B: Backend>(
     seed: u64,
     device: &B::Device,
 ) -> Result<Llama<B>> {
-    let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
-    B::seed(device, seed);
-    let model = cfg.init::<B>(device)?;
-    model.visit(&mut Touch);
-    Ok(model)
+    init_seeded(cfg, seed, device, |model| model)
 }
 
 /// [`init_model`] stored for inference in `precision` ([`Llama::with_inference_weights`]), each
@@ -99,13 +95,23 @@ pub fn init_inference_model<B: Backend>(
     device: &B::Device,
     precision: Precision,
 ) -> Result<Llama<B>> {
+    // `with_inference_weights` maps each projection's lazy parameter: drawn, then cast at once.
+    init_seeded(cfg, seed, device, |model| {
+        model.with_precision(precision).with_inference_weights()
+    })
+}
+
+/// A new `cfg` model passed through `prepare` (which may draw some of its lazy parameters), then
+/// every parameter drawn, all under [`INIT`] after seeding with `seed`.
+fn init_seeded<B: Backend>(
+    cfg: &LlamaConfig,
+    seed: u64,
+    device: &B::Device,
+    prepare: impl FnOnce(Llama<B>) -> Llama<B>,
+) -> Result<Llama<B>> {
     let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
     B::seed(device, seed);
-    // `with_inference_weights` maps each projection's lazy parameter: drawn, then cast at once.
-    let model = cfg
-        .init::<B>(device)?
-        .with_precision(precision)
-        .with_inference_weights();
+    let model = prepare(cfg.init::<B>(device)?);
     model.visit(&mut Touch);
     Ok(model)
 }
