@@ -16,7 +16,7 @@ use anyhow::{Result, ensure};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use llama_model::{AttentionMask, Llama, LlamaConfig, Precision, StepInput};
+use llama_model::{AttentionMask, Llama, LlamaConfig, Precision, StepInput, StepTokens};
 use serde::Serialize;
 
 use crate::backend::BackendJob;
@@ -410,7 +410,7 @@ impl BackendJob for BenchJob {
                     let mut step = |i: usize| {
                         let tokens = random_ids(b, vocab, i as u64);
                         let input = StepInput {
-                            tokens: &tokens,
+                            tokens: StepTokens::Host(&tokens),
                             pads: &pads,
                             cur: t + i,
                         };

@@ -15,12 +15,12 @@
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::ptr::NonNull;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use burn::backend::LibTorch;
 use burn::backend::libtorch::TchTensor;
 use burn::tensor::{BasicOps, Tensor};
 use llama_model::decode::StaticInputs;
-use llama_model::{Decoder, KvCache, Llama, StaticDecoder, StepInput};
+use llama_model::{Decoder, KvCache, Llama, StaticDecoder, StepInput, StepTokens};
 
 unsafe extern "C" {
     fn llama_graph_new(err: *mut c_char, len: usize) -> *mut c_void;
@@ -181,21 +181,29 @@ impl GraphDecoder {
     fn record(
         model: &Llama<LibTorch>,
         cache: &mut KvCache<LibTorch>,
-        input: StepInput<'_>,
+        input: StepInput<'_, LibTorch>,
     ) -> Result<Recorded> {
         let keys = cache[0].buffers().0;
         ensure!(
             tch_of(keys).device().is_cuda(),
             "CUDA graphs need a CUDA device"
         );
-        let inputs = StaticInputs::<LibTorch>::new(input, cache, &keys.device());
-        let before = memory(model, cache, input.tokens.len());
+        // The graph's own input buffers (device tokens would be another tensor's memory); the
+        // step's values are filled in before each replay.
+        let b = input.batch();
+        let zeros = vec![0; b];
+        let fresh = StepInput {
+            tokens: StepTokens::Host(&zeros),
+            ..input
+        };
+        let inputs = StaticInputs::<LibTorch>::new(fresh, cache, &keys.device());
+        let before = memory(model, cache, b);
         let (graph, logits) = CudaGraph::capture(|| {
             let i = inputs.clone();
             model.decode_step(i.tokens, &i.positions, i.slot, i.hidden, cache)
         })?;
         ensure!(
-            memory(model, cache, input.tokens.len()) == before,
+            memory(model, cache, b) == before,
             "the recorded step did not update the KV cache in place"
         );
         Ok(Recorded {
@@ -211,12 +219,12 @@ impl GraphDecoder {
         &mut self,
         model: &Llama<LibTorch>,
         cache: &mut KvCache<LibTorch>,
-        input: StepInput<'_>,
+        input: StepInput<'_, LibTorch>,
     ) -> Result<Tensor<LibTorch, 2>> {
+        let b = input.batch();
         // Another model, cache or batch: record again.
         if let Some(r) = &self.recorded
-            && (r.memory != memory(model, cache, input.tokens.len())
-                || r.capacity != cache[0].capacity())
+            && (r.memory != memory(model, cache, b) || r.capacity != cache[0].capacity())
         {
             self.recorded = None;
             self.eager_steps = 0;
@@ -226,12 +234,12 @@ impl GraphDecoder {
                 self.eager_steps += 1;
                 return Ok(StaticDecoder.step(model, cache, input));
             }
-            let before = memory(model, cache, input.tokens.len());
-            match Self::record(model, cache, input) {
+            let before = memory(model, cache, b);
+            match Self::record(model, cache, input.clone()) {
                 Ok(r) => self.recorded = Some(r),
                 // Nothing runs during a capture: if the cache still holds its own buffers, the
                 // step can run eagerly instead.
-                Err(e) if memory(model, cache, input.tokens.len()) == before => {
+                Err(e) if memory(model, cache, b) == before => {
                     eprintln!("warning: decoding without CUDA graphs: {e:#}");
                     self.unrecordable = true;
                     return Ok(StaticDecoder.step(model, cache, input));
@@ -240,7 +248,14 @@ impl GraphDecoder {
             }
         }
         let r = self.recorded.as_ref().expect("recorded above");
-        fill(tch_raw(&r.inputs.tokens), input.tokens)?;
+        match &input.tokens {
+            StepTokens::Host(ids) => fill(tch_raw(&r.inputs.tokens), ids)?,
+            // Drawn on the device: between two CUDA tensors torch's copy is a device copy queued
+            // on the current stream, so the host does not wait for the token.
+            StepTokens::Device(t) => tch_raw(&r.inputs.tokens)
+                .f_copy_(&tch_raw(t))
+                .context("copying the drawn tokens")?,
+        }
         fill(tch_raw(&r.inputs.positions), &input.positions())?;
         fill(tch_raw(&r.inputs.slot), &[input.cur as i64])?;
         fill(tch_raw(&r.inputs.hidden), &input.hidden(r.capacity))?;
@@ -261,7 +276,7 @@ impl Decoder<LibTorch> for GraphDecoder {
         &mut self,
         model: &Llama<LibTorch>,
         cache: &mut KvCache<LibTorch>,
-        input: StepInput<'_>,
+        input: StepInput<'_, LibTorch>,
     ) -> Tensor<LibTorch, 2> {
         self.try_step(model, cache, input)
             .unwrap_or_else(|e| panic!("{e:#} (LLAMA_DECODE=eager decodes without graphs)"))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, ensure};
 use burn::tensor::backend::AutodiffBackend;
 use llama_data::LlamaTokenizer;
-use llama_model::{Precision, Sampling, generate_with};
+use llama_model::{GenerateTimes, Precision, Sampling, generate_timed};
 
 use crate::backend::BackendJob;
 use crate::checkpoint::load_checkpoint;
@@ -24,6 +24,22 @@ pub struct Generated {
     pub prompt: String,
     pub ids: Vec<u32>,
     pub text: String,
+}
+
+/// One line on where the time went, e.g. `prompt 0.042 s; 255 decode steps (cuda-graph) in
+/// 0.951 s: 3.729 ms per step, 268.1 tokens/s at batch 1`.
+fn times_line(t: &GenerateTimes, batch: usize, decoder: &str) -> String {
+    let mut line = format!("prompt {:.3} s", t.prompt_s);
+    if let Some(step) = t.step_s() {
+        line += &format!(
+            "; {} decode steps ({decoder}) in {:.3} s: {:.3} ms per step, {:.1} tokens/s at batch {batch}",
+            t.decode_steps,
+            t.decode_s,
+            step * 1e3,
+            batch as f64 / step
+        );
+    }
+    line
 }
 
 impl BackendJob for GenerateJob {
@@ -52,7 +68,8 @@ impl BackendJob for GenerateJob {
             .map(|p| tok.encode(p, true))
             .collect::<Result<Vec<_>, _>>()?;
         let mut decoder = crate::decoder::decoder_for::<B::InnerBackend>(&device)?;
-        let outs = generate_with(&model, &prompts, &sampling, decoder.as_mut())?;
+        let (outs, times) = generate_timed(&model, &prompts, &sampling, decoder.as_mut())?;
+        eprintln!("{}", times_line(&times, prompts.len(), decoder.name()));
         self.prompts
             .into_iter()
             .zip(outs)

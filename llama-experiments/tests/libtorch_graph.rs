@@ -14,7 +14,7 @@ use burn::tensor::{Tensor, TensorData};
 use llama_experiments::backend::{BackendJob, DeviceSpec};
 use llama_experiments::decoder::{decoder_for, has_cuda_graphs};
 use llama_model::{
-    Decoder, EagerDecoder, KvCache, Llama, LlamaConfig, Precision, Sampling, StepInput,
+    Decoder, EagerDecoder, KvCache, Llama, LlamaConfig, Precision, Sampling, StepInput, StepTokens,
     generate_with,
 };
 
@@ -50,7 +50,7 @@ impl<B: Backend> Decoder<B> for Recording<'_, B> {
         &mut self,
         model: &Llama<B>,
         cache: &mut KvCache<B>,
-        input: StepInput<'_>,
+        input: StepInput<'_, B>,
     ) -> Tensor<B, 2> {
         let out = self.inner.step(model, cache, input);
         let [b, vocab] = out.dims();
@@ -223,7 +223,7 @@ impl BackendJob for OneRowVsFullPass {
             let mut cache = model.new_cache(1, t, &device);
             for (i, &id) in ids.iter().enumerate() {
                 let input = StepInput {
-                    tokens: &[id],
+                    tokens: StepTokens::Host(&[id]),
                     pads: &[0],
                     cur: i,
                 };

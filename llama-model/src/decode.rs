@@ -14,16 +14,43 @@ use crate::cache::KvCache;
 use crate::generate::{padding_mask, positions};
 use crate::model::Llama;
 
-/// One decode step: `tokens[r]` is row `r`'s token at cache index `cur`; rows are left-padded by
-/// `pads[r]` positions.
-#[derive(Debug, Clone, Copy)]
-pub struct StepInput<'a> {
-    pub tokens: &'a [i64],
+/// A decode step's tokens, one per row.
+#[derive(Debug, Clone)]
+pub enum StepTokens<'a, B: Backend> {
+    /// Ids on the host.
+    Host(&'a [i64]),
+    /// `[batch, 1]` on the model's device (drawn there from the step before: the host need not
+    /// wait for them).
+    Device(Tensor<B, 2, Int>),
+}
+
+impl<B: Backend> StepTokens<'_, B> {
+    /// The tokens `[batch, 1]` on `device` (ids from the host copied there).
+    pub fn on(self, device: &B::Device) -> Tensor<B, 2, Int> {
+        match self {
+            StepTokens::Host(ids) => {
+                Tensor::from_data(TensorData::new(ids.to_vec(), [ids.len(), 1]), device)
+            }
+            StepTokens::Device(t) => t,
+        }
+    }
+}
+
+/// One decode step: row `r`'s token at cache index `cur`; rows are left-padded by `pads[r]`
+/// positions (one entry per row).
+#[derive(Debug, Clone)]
+pub struct StepInput<'a, B: Backend> {
+    pub tokens: StepTokens<'a, B>,
     pub pads: &'a [usize],
     pub cur: usize,
 }
 
-impl StepInput<'_> {
+impl<B: Backend> StepInput<'_, B> {
+    /// Rows in the batch.
+    pub fn batch(&self) -> usize {
+        self.pads.len()
+    }
+
     /// Each row's position id (its index minus its padding).
     pub fn positions(&self) -> Vec<i64> {
         self.pads
@@ -50,7 +77,7 @@ pub trait Decoder<B: Backend> {
         &mut self,
         model: &Llama<B>,
         cache: &mut KvCache<B>,
-        input: StepInput<'_>,
+        input: StepInput<'_, B>,
     ) -> Tensor<B, 2>;
 
     /// A short name for reports (`eager`, `static`, `cuda-graph`).
@@ -70,12 +97,9 @@ impl<B: Backend> Decoder<B> for EagerDecoder {
         &mut self,
         model: &Llama<B>,
         cache: &mut KvCache<B>,
-        input: StepInput<'_>,
+        input: StepInput<'_, B>,
     ) -> Tensor<B, 2> {
         let device = device_of(model);
-        let b = input.tokens.len();
-        let tokens =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(input.tokens.to_vec(), [b, 1]), &device);
         let pos = positions::<B>(input.pads, input.cur, 1, &device);
         let mask = if input.pads.iter().any(|&p| p > 0) {
             AttentionMask::Explicit(padding_mask::<B>(input.pads, input.cur, 1, &device))
@@ -83,6 +107,7 @@ impl<B: Backend> Decoder<B> for EagerDecoder {
             // One query per row against the whole unpadded prefix: nothing to mask.
             AttentionMask::Full
         };
+        let tokens = input.tokens.on(&device);
         let hidden = model.forward_hidden(tokens, &pos, &mask, Some(cache));
         model
             .logits(hidden)
@@ -106,7 +131,7 @@ impl<B: Backend> Decoder<B> for StaticDecoder {
         &mut self,
         model: &Llama<B>,
         cache: &mut KvCache<B>,
-        input: StepInput<'_>,
+        input: StepInput<'_, B>,
     ) -> Tensor<B, 2> {
         let t = StaticInputs::<B>::new(input, cache, &device_of(model));
         model.decode_step(t.tokens, &t.positions, t.slot, t.hidden, cache)
@@ -129,8 +154,8 @@ pub struct StaticInputs<B: Backend> {
 impl<B: Backend> StaticInputs<B> {
     /// # Panics
     /// When the cache has no layers or `input.cur` lies outside its capacity.
-    pub fn new(input: StepInput<'_>, cache: &KvCache<B>, device: &B::Device) -> Self {
-        let b = input.tokens.len();
+    pub fn new(input: StepInput<'_, B>, cache: &KvCache<B>, device: &B::Device) -> Self {
+        let b = input.batch();
         let cap = cache[0].capacity();
         assert!(
             input.cur < cap,
@@ -138,10 +163,10 @@ impl<B: Backend> StaticInputs<B> {
             input.cur
         );
         Self {
-            tokens: Tensor::from_data(TensorData::new(input.tokens.to_vec(), [b, 1]), device),
             positions: Tensor::from_data(TensorData::new(input.positions(), [b, 1]), device),
             slot: Tensor::from_data(TensorData::new(vec![input.cur as i64], [1]), device),
             hidden: Tensor::from_data(TensorData::new(input.hidden(cap), [b, 1, 1, cap]), device),
+            tokens: input.tokens.on(device),
         }
     }
 }
@@ -153,13 +178,4 @@ fn device_of<B: Backend>(model: &Llama<B>) -> B::Device {
         .into_iter()
         .next()
         .expect("a model lives on a device")
-}
-
-/// `[batch, vocab]` → the host, f32.
-pub fn host_logits<B: Backend>(logits: Tensor<B, 2>) -> Vec<f32> {
-    logits
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("converted to f32")
 }

@@ -1,116 +1,29 @@
 //! Batched autoregressive generation with the KV cache.
 //!
 //! Prompts of different lengths are left-padded; each row gets its own position ids and a mask that
-//! hides its padding, so a row's output does not depend on the other rows of the batch. Sampling
-//! runs on the host from one `[batch, vocab]` logits transfer per step, with a seeded ChaCha8 RNG
-//! (reproducible across platforms and backends, unlike backend RNGs).
+//! hides its padding, so a row's logits do not depend on the other rows of the batch. Tokens
+//! are drawn on the device ([`Sampler`]) and fed to the next step there; the host reads them
+//! back [`CHUNK`] steps at a time, so a decoder whose steps queue on the device (the `llama`
+//! tool's CUDA graphs) runs them back to back instead of waiting for each token. A row that
+//! stops inside a chunk has its later tokens dropped; all rows stopped ends the loop at the
+//! chunk's end.
+
+use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::attention::AttentionMask;
-use crate::decode::{Decoder, EagerDecoder, StepInput, host_logits};
+use crate::decode::{Decoder, EagerDecoder, StepInput, StepTokens};
 use crate::error::GenerateError;
 use crate::model::Llama;
+use crate::sampler::{Sampler, Sampling};
 
-/// Decoding settings. `temperature == 0` is greedy decoding (top-k and top-p are then ignored).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sampling {
-    pub max_new_tokens: usize,
-    pub temperature: f64,
-    /// Keep only the `k` most likely tokens.
-    pub top_k: Option<usize>,
-    /// Keep the smallest set of most likely tokens whose probability reaches `p` (nucleus sampling).
-    pub top_p: Option<f64>,
-    pub seed: u64,
-    /// Generation of a row ends after it emits one of these (the stop token is kept in the output).
-    pub stop_tokens: Vec<u32>,
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Self {
-            max_new_tokens: 32,
-            temperature: 0.0,
-            top_k: None,
-            top_p: None,
-            seed: 0,
-            stop_tokens: Vec::new(),
-        }
-    }
-}
-
-impl Sampling {
-    fn validate(&self) -> Result<(), GenerateError> {
-        let bad = |m: &str| Err(GenerateError::Sampling(m.to_string()));
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad("temperature must be finite and >= 0");
-        }
-        if self.top_k == Some(0) {
-            return bad("top_k must be at least 1");
-        }
-        if let Some(p) = self.top_p
-            && !(p > 0.0 && p <= 1.0)
-        {
-            return bad("top_p must lie in (0, 1]");
-        }
-        Ok(())
-    }
-
-    /// Picks the next token from one row of logits.
-    pub fn pick(&self, logits: &[f32], rng: &mut ChaCha8Rng) -> u32 {
-        if self.temperature == 0.0 {
-            return argmax(logits);
-        }
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        if let Some(k) = self.top_k {
-            order.truncate(k.max(1));
-        }
-        let t = self.temperature;
-        let max = logits[order[0]] as f64;
-        let mut probs: Vec<f64> = order
-            .iter()
-            .map(|&i| ((logits[i] as f64 - max) / t).exp())
-            .collect();
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
-        if let Some(top_p) = self.top_p {
-            let mut cum = 0.0;
-            let keep = probs
-                .iter()
-                .position(|p| {
-                    cum += p;
-                    cum >= top_p
-                })
-                .map_or(probs.len(), |i| i + 1);
-            probs.truncate(keep);
-        }
-        let total: f64 = probs.iter().sum();
-        let mut u = rng.random::<f64>() * total;
-        for (p, &i) in probs.iter().zip(&order) {
-            if u < *p {
-                return i as u32;
-            }
-            u -= p;
-        }
-        order[probs.len() - 1] as u32
-    }
-}
-
-fn argmax(xs: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in xs.iter().enumerate() {
-        if *x > xs[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+/// Steps decoded between two reads of the drawn tokens: each read waits for the device, and
+/// up to `CHUNK - 1` steps after every row has stopped are wasted.
+pub const CHUNK: usize = 16;
 
 /// Generates a continuation for each prompt (token ids, without BOS handling: include it in the
 /// prompt if the model expects one). Returns the new tokens of each row, in prompt order.
@@ -129,6 +42,36 @@ pub fn generate_with<B: Backend>(
     sampling: &Sampling,
     decoder: &mut dyn Decoder<B>,
 ) -> Result<Vec<Vec<u32>>, GenerateError> {
+    generate_timed(model, prompts, sampling, decoder).map(|(out, _)| out)
+}
+
+/// Where a [`generate_timed`] call's time went (wall clock, each part ending with a read of the
+/// drawn tokens, so it includes the device's work).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct GenerateTimes {
+    /// The prompts' pass and the first token's draw.
+    pub prompt_s: f64,
+    /// The decode steps after it.
+    pub decode_s: f64,
+    /// Decode steps run (each one token for every row of the batch, stopped rows included).
+    pub decode_steps: usize,
+}
+
+impl GenerateTimes {
+    /// Mean seconds per decode step, `None` without steps.
+    pub fn step_s(&self) -> Option<f64> {
+        (self.decode_steps > 0).then(|| self.decode_s / self.decode_steps as f64)
+    }
+}
+
+/// [`generate_with`], also returning where the time went.
+pub fn generate_timed<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    sampling: &Sampling,
+    decoder: &mut dyn Decoder<B>,
+) -> Result<(Vec<Vec<u32>>, GenerateTimes), GenerateError> {
+    let start = Instant::now();
     sampling.validate()?;
     let cfg = model.config();
     if prompts.is_empty() {
@@ -155,8 +98,9 @@ pub fn generate_with<B: Backend>(
         });
     }
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut times = GenerateTimes::default();
     if sampling.max_new_tokens == 0 {
-        return Ok(out);
+        return Ok((out, times));
     }
     let device = model
         .devices()
@@ -166,7 +110,6 @@ pub fn generate_with<B: Backend>(
     let pads: Vec<usize> = prompts.iter().map(|p| l - p.len()).collect();
     let padded = pads.iter().any(|&p| p > 0);
     let mut cache = model.new_cache(b, l + sampling.max_new_tokens, &device);
-    let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
 
     // Prefill.
     let tokens: Vec<i64> = prompts
@@ -182,38 +125,68 @@ pub fn generate_with<B: Backend>(
         AttentionMask::Causal
     };
     let hidden = model.forward_hidden(tokens, &pos, &mask, Some(&mut cache));
-    let mut logits = last_logits(model, hidden);
+    let t = hidden.dims()[1];
+    let logits = model
+        .logits(hidden.narrow(1, t - 1, 1))
+        .squeeze_dim::<2>(1)
+        .cast(burn::tensor::DType::F32);
 
+    let sampler = Sampler::new(sampling, b, sampling.max_new_tokens, &device);
+    let mut next = sampler.sample(logits, 0);
+    // The first token is read at once: the prompt's time ends there, and a row that stops at
+    // its first token is known before any step.
+    let mut drawn = vec![next.clone()];
     let mut done = vec![false; b];
-    for step in 0..sampling.max_new_tokens {
-        let vocab = logits.len() / b;
-        let mut next = vec![0i64; b];
-        for r in 0..b {
-            if done[r] {
-                continue;
-            }
-            let tok = sampling.pick(&logits[r * vocab..(r + 1) * vocab], &mut rng);
-            out[r].push(tok);
-            next[r] = tok as i64;
-            done[r] = sampling.stop_tokens.contains(&tok);
-        }
-        if step + 1 == sampling.max_new_tokens || done.iter().all(|&d| d) {
+    let all_done = read_back(&mut drawn, &mut out, &mut done, sampling);
+    times.prompt_s = start.elapsed().as_secs_f64();
+    let decode_start = Instant::now();
+    for step in 1..sampling.max_new_tokens {
+        if all_done || drawn.len() == CHUNK && read_back(&mut drawn, &mut out, &mut done, sampling)
+        {
             break;
         }
+        times.decode_steps += 1;
         let input = StepInput {
-            tokens: &next,
+            tokens: StepTokens::Device(next),
             pads: &pads,
-            cur: l + step,
+            cur: l + step - 1,
         };
-        logits = host_logits(decoder.step(model, &mut cache, input));
+        let logits = decoder.step(model, &mut cache, input);
+        next = sampler.sample(logits, step);
+        drawn.push(next.clone());
     }
-    Ok(out)
+    if !drawn.is_empty() {
+        read_back(&mut drawn, &mut out, &mut done, sampling);
+    }
+    times.decode_s = decode_start.elapsed().as_secs_f64();
+    Ok((out, times))
 }
 
-/// Host copy of the last position's logits, `[batch * vocab]` in f32.
-fn last_logits<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>) -> Vec<f32> {
-    let t = hidden.dims()[1];
-    host_logits(model.logits(hidden.narrow(1, t - 1, 1)).squeeze_dim::<2>(1))
+/// Appends the `drawn` tokens (one `[batch, 1]` tensor per step, emptied) to the rows not yet
+/// stopped, in one read from the device; whether every row has stopped.
+fn read_back<B: Backend>(
+    drawn: &mut Vec<Tensor<B, 2, Int>>,
+    out: &mut [Vec<u32>],
+    done: &mut [bool],
+    sampling: &Sampling,
+) -> bool {
+    let steps = drawn.len();
+    let ids: Vec<i64> = Tensor::cat(std::mem::take(drawn), 1)
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .expect("converted to i64");
+    for (r, row) in ids.chunks(steps).enumerate() {
+        for &id in row {
+            if done[r] {
+                break;
+            }
+            let tok = id as u32;
+            out[r].push(tok);
+            done[r] = sampling.stop_tokens.contains(&tok);
+        }
+    }
+    done.iter().all(|&d| d)
 }
 
 /// Position ids of the `t` tokens starting at cache index `start`, for left padding `pads`.

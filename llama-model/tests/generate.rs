@@ -2,7 +2,7 @@ mod common;
 
 use common::*;
 use llama_model::{GenerateError, LlamaConfig, Sampling, generate};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn greedy(n: usize) -> Sampling {
@@ -96,6 +96,150 @@ fn stop_tokens_end_a_row_and_keep_the_others_going() {
 }
 
 #[test]
+fn stops_inside_a_chunk_and_other_rows_draws_are_unchanged() {
+    // Longer than one chunk of device-drawn tokens, sampled: a row that stops keeps its stop
+    // token and drops the rest of its chunk; the other row draws from its own stream, so its
+    // tokens are those of the run without the stop.
+    let model = small(80).init::<B>(&dev()).unwrap();
+    let prompts = vec![vec![1, 2, 3], vec![4, 5, 6, 7]];
+    let n = llama_model::generate::CHUNK * 2 + 5;
+    let hot = Sampling {
+        max_new_tokens: n,
+        temperature: 1.2,
+        top_k: Some(20),
+        seed: 11,
+        ..Default::default()
+    };
+    let free = generate(&model, &prompts, &hot).unwrap();
+    assert_eq!(free[0].len(), n);
+    // A token of row 0 past the first chunk that row 1 never draws.
+    let at = (llama_model::generate::CHUNK + 2..n)
+        .find(|&i| !free[1].contains(&free[0][i]))
+        .expect("a token only row 0 draws");
+    let stop = free[0][at];
+    let got = generate(
+        &model,
+        &prompts,
+        &Sampling {
+            stop_tokens: vec![stop],
+            ..hot.clone()
+        },
+    )
+    .unwrap();
+    let first = free[0].iter().position(|&t| t == stop).unwrap();
+    assert_eq!(got[0], free[0][..=first].to_vec());
+    assert_eq!(got[1], free[1]);
+}
+
+/// Host picks of `logits` `[rows, vocab]` for the draws `(i + 0.5) / n`, against the device
+/// sampler's.
+fn host_and_device_picks(s: &Sampling, logits: &[f32], rows: usize, n: usize) -> Vec<(u32, u32)> {
+    use burn::tensor::{Tensor, TensorData};
+    let vocab = logits.len() / rows;
+    let u: Vec<f32> = (0..n).map(|i| (i as f32 + 0.5) / n as f32).collect();
+    let draws: Vec<f32> = u
+        .iter()
+        .flat_map(|&x| std::iter::repeat_n(x, rows))
+        .collect();
+    let sampler = llama_model::Sampler::<B>::from_draws(
+        s,
+        Tensor::from_data(TensorData::new(draws, [n, rows]), &dev()),
+    );
+    let t = Tensor::<B, 2>::from_data(TensorData::new(logits.to_vec(), [rows, vocab]), &dev());
+    let mut out = Vec::new();
+    for (i, &x) in u.iter().enumerate() {
+        let got: Vec<i64> = sampler
+            .sample(t.clone(), i)
+            .into_data()
+            .convert::<i64>()
+            .into_vec()
+            .unwrap();
+        for r in 0..rows {
+            let want = s.pick(&logits[r * vocab..(r + 1) * vocab], x as f64);
+            out.push((want, got[r] as u32));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_device_sampler_draws_what_the_host_reference_draws() {
+    let (rows, vocab) = (3, 40);
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let logits: Vec<f32> = (0..rows * vocab)
+        .map(|i| rng.random::<f32>() * (1 + i / vocab) as f32 * 3.0)
+        .collect();
+    let base = Sampling {
+        temperature: 0.8,
+        ..Default::default()
+    };
+    let settings = [
+        Sampling {
+            temperature: 0.0,
+            ..base.clone()
+        },
+        base.clone(),
+        Sampling {
+            temperature: 1.7,
+            top_k: Some(5),
+            ..base.clone()
+        },
+        Sampling {
+            top_p: Some(0.6),
+            ..base.clone()
+        },
+        Sampling {
+            top_k: Some(12),
+            top_p: Some(0.85),
+            ..base.clone()
+        },
+        Sampling {
+            top_p: Some(1.0),
+            ..base.clone()
+        },
+    ];
+    for s in &settings {
+        let picks = host_and_device_picks(s, &logits, rows, 256);
+        let wrong = picks.iter().filter(|(h, d)| h != d).count();
+        assert_eq!(wrong, 0, "{s:?}: {wrong} of {} picks differ", picks.len());
+        // The draws reach more than one token where the setting leaves a choice.
+        let distinct: std::collections::HashSet<_> = picks.iter().map(|p| p.0).collect();
+        assert!(s.temperature == 0.0 || distinct.len() > rows, "{s:?}");
+    }
+    // Top-k keeps the tokens tied with the k-th (here two at 1.0 for k = 2), whatever order a
+    // sort gives them; greedy picks the first of tied maxima.
+    let tied = [2.0f32, 1.0, 1.0, 0.0, 3.0, 3.0];
+    let k2 = Sampling {
+        top_k: Some(2),
+        temperature: 1.0,
+        ..Default::default()
+    };
+    let picks = host_and_device_picks(&k2, &tied[..4], 1, 128);
+    let seen: std::collections::HashSet<_> = picks.iter().map(|p| p.1).collect();
+    assert!(picks.iter().all(|(h, d)| h == d), "{picks:?}");
+    assert_eq!(seen, [0, 1, 2].into_iter().collect());
+    let greedy = host_and_device_picks(&Sampling::default(), &tied, 1, 1);
+    assert_eq!(greedy, vec![(4, 4)]);
+}
+
+#[test]
+fn each_row_draws_from_its_own_stream() {
+    let s = Sampling {
+        seed: 9,
+        temperature: 1.0,
+        ..Default::default()
+    };
+    assert_eq!(s.draws(1, 5), s.draws(1, 8)[..5]);
+    assert_ne!(s.draws(0, 5), s.draws(1, 5));
+    assert!(s.draws(2, 1000).iter().all(|u| (0.0..1.0).contains(u)));
+    let other = Sampling {
+        seed: 10,
+        ..s.clone()
+    };
+    assert_ne!(s.draws(0, 5), other.draws(0, 5));
+}
+
+#[test]
 fn top_k_and_top_p_restrict_the_candidates() {
     // Probabilities 0.5, 0.3, 0.2 at temperature 1.
     let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
@@ -103,7 +247,7 @@ fn top_k_and_top_p_restrict_the_candidates() {
     let count = |s: &Sampling, rng: &mut ChaCha8Rng| {
         let mut c = [0usize; 3];
         for _ in 0..20_000 {
-            c[s.pick(&logits, rng) as usize] += 1;
+            c[s.pick(&logits, rng.random()) as usize] += 1;
         }
         c
     };
@@ -215,7 +359,7 @@ impl<D: llama_model::Decoder<B>> llama_model::Decoder<B> for Recording<D> {
         &mut self,
         model: &llama_model::Llama<B>,
         cache: &mut llama_model::KvCache<B>,
-        input: llama_model::StepInput<'_>,
+        input: llama_model::StepInput<'_, B>,
     ) -> burn::tensor::Tensor<B, 2> {
         let out = self.inner.step(model, cache, input);
         self.logits.push(to_vec(out.clone()));
