@@ -2,13 +2,14 @@
 //!
 //! The same weights (initialised once on the reference device, moved as bytes) and the same tokens
 //! go through every device: full-forward logits, KV-cached decoding logits, the loss, and the
-//! gradient of every parameter. Each device is compared with the reference.
+//! gradient of every parameter, and the tokens `generate` draws from the first half of each row
+//! (greedy, then sampled with the device sampler). Each device is compared with the reference.
 
 use anyhow::{Context, Result};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use llama_model::{AttentionMask, Llama, LlamaConfig};
+use llama_model::{AttentionMask, Llama, LlamaConfig, Sampling, generate};
 use serde::Serialize;
 
 use crate::backend::{BackendJob, DeviceSpec};
@@ -36,6 +37,8 @@ pub struct Probe {
     pub cached_logits: Vec<f32>,
     pub loss: f32,
     pub grads: Vec<f32>,
+    /// Each row's generated tokens, greedy then sampled.
+    pub generated: Vec<Vec<u32>>,
 }
 
 struct ProbeJob {
@@ -45,7 +48,11 @@ struct ProbeJob {
     tokens: Vec<i64>,
     batch: usize,
     seq: usize,
+    seed: u64,
 }
+
+/// Tokens each row generates in the probe.
+const GENERATED: usize = 8;
 
 struct GradCollector<'a, B: AutodiffBackend> {
     grads: &'a B::Gradients,
@@ -75,7 +82,10 @@ impl BackendJob for ProbeJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Probe> {
         let (b, t) = (self.batch, self.seq);
         let model = Llama::<B>::from_bytes(&self.config, self.weights, &device)?;
-        let all = Tensor::<B, 2, Int>::from_data(TensorData::new(self.tokens, [b, t + 1]), &device);
+        let all = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(self.tokens.clone(), [b, t + 1]),
+            &device,
+        );
 
         let loss = model.loss(all.clone());
         let loss_value = loss.clone().into_scalar().elem::<f32>();
@@ -117,12 +127,32 @@ impl BackendJob for ProbeJob {
             }
             start += len;
         }
+        let prompts: Vec<Vec<u32>> = self
+            .tokens
+            .chunks(t + 1)
+            .map(|row| row[..(t / 2).max(1)].iter().map(|&x| x as u32).collect())
+            .collect();
+        let sampled = Sampling {
+            max_new_tokens: GENERATED.min(self.config.max_seq_len - (t / 2).max(1)),
+            temperature: 0.9,
+            top_k: Some((v / 2).max(1)),
+            top_p: Some(0.9),
+            seed: self.seed,
+            ..Default::default()
+        };
+        let greedy = Sampling {
+            temperature: 0.0,
+            ..sampled.clone()
+        };
+        let mut generated = generate(&inner, &prompts, &greedy)?;
+        generated.extend(generate(&inner, &prompts, &sampled)?);
         Ok(Probe {
             backend: B::name(&device),
             logits,
             cached_logits: cached,
             loss: loss_value,
             grads: collector.out,
+            generated,
         })
     }
 }
@@ -154,6 +184,9 @@ pub struct CheckRow {
     pub loss_abs_diff: f32,
     /// Relative difference of all parameter gradients (concatenated) from the reference's.
     pub grads_rel: f32,
+    /// Generated tokens (greedy and sampled) that differ from the reference's, a missing or
+    /// extra one counted as different.
+    pub tokens_differ: usize,
 }
 
 /// Settings of a check.
@@ -198,6 +231,7 @@ pub fn check(
             tokens: tokens.clone(),
             batch: spec.batch,
             seq: spec.seq,
+            seed: spec.seed,
         })?
         .with_context(|| format!("running the probe on {d}"))
     };
@@ -213,6 +247,15 @@ pub fn check(
             loss: p.loss,
             loss_abs_diff: (p.loss - base.loss).abs(),
             grads_rel: diff(&base.grads, &p.grads).1,
+            tokens_differ: base
+                .generated
+                .iter()
+                .zip(&p.generated)
+                .map(|(a, b)| {
+                    let same = a.iter().zip(b).filter(|(x, y)| x == y).count();
+                    a.len().max(b.len()) - same
+                })
+                .sum(),
         }
     };
     let mut rows = vec![row(reference, &base)];

@@ -308,19 +308,27 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!(
-                    "{:<12} {:<28} {:>11} {:>11} {:>11} {:>11} {:>11}",
-                    "device", "backend", "logits rel", "cache rel", "loss", "|Δloss|", "grads rel"
+                    "{:<12} {:<28} {:>11} {:>11} {:>11} {:>11} {:>11} {:>9}",
+                    "device",
+                    "backend",
+                    "logits rel",
+                    "cache rel",
+                    "loss",
+                    "|Δloss|",
+                    "grads rel",
+                    "tokens Δ"
                 );
                 for r in &rows {
                     println!(
-                        "{:<12} {:<28} {:>11.2e} {:>11.2e} {:>11.6} {:>11.2e} {:>11.2e}",
+                        "{:<12} {:<28} {:>11.2e} {:>11.2e} {:>11.6} {:>11.2e} {:>11.2e} {:>9}",
                         r.device,
                         r.backend,
                         r.logits_rel,
                         r.cached_vs_full_rel,
                         r.loss,
                         r.loss_abs_diff,
-                        r.grads_rel
+                        r.grads_rel,
+                        r.tokens_differ
                     );
                 }
             }

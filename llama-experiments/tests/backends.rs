@@ -47,6 +47,8 @@ fn assert_agrees(device: DeviceSpec) -> CheckRow {
         "{device} gradients differ by {}",
         r.grads_rel
     );
+    // Greedy and sampled tokens from the device sampler: the same draws on every backend.
+    assert_eq!(r.tokens_differ, 0, "{device} generated other tokens");
     r
 }
 
@@ -55,6 +57,7 @@ fn the_reference_agrees_with_itself() {
     let rows = check(DeviceSpec::NdArray, &[DeviceSpec::NdArray], &spec()).unwrap();
     assert_eq!(rows[1].logits_rel, 0.0);
     assert_eq!(rows[1].grads_rel, 0.0);
+    assert_eq!(rows[1].tokens_differ, 0);
     assert!(rows[1].cached_vs_full_rel <= 1e-5);
     assert!(rows[0].loss.is_finite() && rows[0].loss > 1.0);
 }
