@@ -16,7 +16,10 @@ use anyhow::{Result, ensure};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use llama_model::{AttentionMask, Llama, LlamaConfig, Precision, StepInput, StepTokens};
+use llama_model::{
+    AttentionMask, Llama, LlamaConfig, Precision, Sampling, StepInput, StepTokens, generate_timed,
+    generate_with,
+};
 use serde::Serialize;
 
 use crate::backend::BackendJob;
@@ -32,7 +35,15 @@ pub enum BenchMode {
     Train,
     Prefill,
     Decode,
+    /// `generate` as `llama generate` runs it: tokens drawn on the device at temperature 0.8 with
+    /// top-p 0.95 ([`GENERATE_SAMPLING`]) and fed to the next step there, read back every
+    /// `generate::CHUNK` steps. The step is the mean over one timed generation of `iters`
+    /// decode steps, after `warmup` untimed generations of the same length.
+    Generate,
 }
+
+/// `--mode generate`'s sampling: a common setting for open-ended text.
+pub const GENERATE_SAMPLING: (f64, f64) = (0.8, 0.95);
 
 pub struct BenchJob {
     pub name: String,
@@ -99,6 +110,9 @@ pub struct BenchReport {
     pub final_loss: Option<f64>,
     /// Decode: how the steps ran (`eager`, or `cuda-graph` on libtorch CUDA; `LLAMA_DECODE`).
     pub decoder: Option<String>,
+    /// Generate: the timed generation's prompt pass and first draw, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_s: Option<f64>,
     /// Train with `--phases`: where a step goes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phases: Option<TrainPhases>,
@@ -315,6 +329,7 @@ impl BackendJob for BenchJob {
         let mut decoder_name = None;
         let mut phases = None;
         let mut pipelined = None;
+        let mut prompt_s = None;
         let profiles = Profiles {
             host: self.profile_host.as_deref(),
             gpu: self.trace_gpu.as_deref(),
@@ -428,6 +443,55 @@ impl BackendJob for BenchJob {
                     }
                     (timed.summary(), b, cfg.flops_per_token() as f64 / 3.0)
                 }
+                BenchMode::Generate => {
+                    ensure!(
+                        profiles.host.is_none() && profiles.gpu.is_none(),
+                        "--profile-host and --trace-gpu time single steps: use --mode decode"
+                    );
+                    ensure!(
+                        t + self.iters < cfg.max_seq_len,
+                        "generate needs room for {} tokens after a {t}-token prompt (max_seq_len {})",
+                        self.iters + 1,
+                        cfg.max_seq_len
+                    );
+                    let model =
+                        init_inference_model::<B::InnerBackend>(cfg, 0, &device, self.precision)?;
+                    let prompts: Vec<Vec<u32>> = random_ids(b * t, vocab, 0)
+                        .chunks(t)
+                        .map(|row| row.iter().map(|&x| x as u32).collect())
+                        .collect();
+                    let (temperature, top_p) = GENERATE_SAMPLING;
+                    let sampling = Sampling {
+                        max_new_tokens: self.iters + 1,
+                        temperature,
+                        top_p: Some(top_p),
+                        ..Default::default()
+                    };
+                    let mut decoder = crate::decoder::decoder_for::<B::InnerBackend>(&device)?;
+                    decoder_name = Some(decoder.name().to_string());
+                    // Same length warm-ups: the same cache capacity, so a recorded step is
+                    // replayed, not recorded again, where the allocator returns the same memory.
+                    let mut warm = Vec::new();
+                    for i in 0..self.warmup {
+                        let start = Instant::now();
+                        generate_with(&model, &prompts, &sampling, decoder.as_mut())?;
+                        warm.push(start.elapsed().as_secs_f64());
+                        eprintln!("warm-up generation {}: {:.3} s", i + 1, warm[i]);
+                    }
+                    let (out, times) =
+                        generate_timed(&model, &prompts, &sampling, decoder.as_mut())?;
+                    ensure!(
+                        out.iter().all(|r| r.len() == self.iters + 1),
+                        "the generation stopped early"
+                    );
+                    prompt_s = Some(times.prompt_s);
+                    let step = times.step_s().unwrap_or(0.0);
+                    (
+                        (step, warm, None, None),
+                        b,
+                        cfg.flops_per_token() as f64 / 3.0,
+                    )
+                }
             };
         let tokens_per_s = tokens as f64 / median;
         // The median timed step is the middle one, `warmup + iters / 2` tokens after the prompt.
@@ -436,9 +500,15 @@ impl BackendJob for BenchJob {
             Precision::F32 => 4,
             Precision::Bf16 => 2,
         };
-        let decode_bytes_at =
-            |len| (self.mode == BenchMode::Decode).then(|| cfg.decode_bytes(b, len, bytes, bytes));
-        let decode_bytes = decode_bytes_at(t + self.warmup + self.iters / 2);
+        let decoding = matches!(self.mode, BenchMode::Decode | BenchMode::Generate);
+        let decode_bytes_at = |len| decoding.then(|| cfg.decode_bytes(b, len, bytes, bytes));
+        // Decode's median step is `warmup + iters / 2` tokens after the prompt, generate's mean
+        // step `iters / 2`.
+        let middle = match self.mode {
+            BenchMode::Generate => t + self.iters / 2,
+            _ => t + self.warmup + self.iters / 2,
+        };
+        let decode_bytes = decode_bytes_at(middle);
         let pipelined_bytes = decode_bytes_at(t + self.warmup + self.iters * 3 / 2);
         // The attention term at the benchmarked length, not the model's maximum.
         let at_seq = LlamaConfig {
@@ -474,6 +544,7 @@ impl BackendJob for BenchJob {
             peak_rss_bytes: peak_rss(),
             final_loss,
             decoder: decoder_name,
+            prompt_s,
             phases,
             host_profile_samples,
             gpu_trace,

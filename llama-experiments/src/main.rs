@@ -247,6 +247,14 @@ fn run(cli: Cli) -> Result<()> {
                             .unwrap_or_default()
                     );
                 }
+                if let Some(p) = r.prompt_s {
+                    println!(
+                        "generate: the step is the mean of {} decode steps ({}), tokens drawn on \
+                         the device; prompt pass and first draw {p:.4} s",
+                        r.steps_timed,
+                        r.decoder.as_deref().unwrap_or("eager")
+                    );
+                }
                 if let Some(g) = &r.gpu_trace {
                     println!(
                         "GPU per step: busy {:.3} ms, idle {:.3} ms (head {:.3}, tail {:.3}), {} launches",

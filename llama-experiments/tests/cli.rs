@@ -327,8 +327,8 @@ fn bench_phases_split_a_training_step() {
 }
 
 #[test]
-fn bench_times_train_prefill_and_decode_steps() {
-    for mode in ["train", "prefill", "decode"] {
+fn bench_times_train_prefill_decode_and_generate_steps() {
+    for mode in ["train", "prefill", "decode", "generate"] {
         let (code, out, err) = llama(&[
             "--device",
             "ndarray",
@@ -376,11 +376,23 @@ fn bench_times_train_prefill_and_decode_steps() {
                 (mbu - bytes as f64 / pipelined / 1e11).abs() < 1e-9 * mbu.max(1.0),
                 "{v}"
             );
+        } else if mode == "generate" {
+            // The mean of 2 decode steps (cache at 16 + 1) after one warm-up generation.
+            let cfg = llama_model::LlamaConfig::preset("tiny").unwrap();
+            assert_eq!(
+                v["decode_bytes"].as_u64(),
+                Some(cfg.decode_bytes(2, 17, 4, 4))
+            );
+            assert!(v["prompt_s"].as_f64().unwrap() > 0.0, "{v}");
+            assert_eq!(v["warmup_steps_s"].as_array().unwrap().len(), 1, "{v}");
+            assert_eq!(v["decoder"], "eager", "{v}");
+            assert!(v.get("pipelined_step_s").is_none(), "{v}");
         } else {
             assert!(
                 v.get("mbu").is_none()
                     && v.get("decode_bytes").is_none()
-                    && v.get("pipelined_step_s").is_none(),
+                    && v.get("pipelined_step_s").is_none()
+                    && v.get("prompt_s").is_none(),
                 "{v}"
             );
         }

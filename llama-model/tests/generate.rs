@@ -164,47 +164,49 @@ fn host_and_device_picks(s: &Sampling, logits: &[f32], rows: usize, n: usize) ->
 
 #[test]
 fn the_device_sampler_draws_what_the_host_reference_draws() {
-    let (rows, vocab) = (3, 40);
-    let mut rng = ChaCha8Rng::seed_from_u64(4);
-    let logits: Vec<f32> = (0..rows * vocab)
-        .map(|i| rng.random::<f32>() * (1 + i / vocab) as f32 * 3.0)
-        .collect();
-    let base = Sampling {
-        temperature: 0.8,
-        ..Default::default()
-    };
-    let settings = [
-        Sampling {
-            temperature: 0.0,
-            ..base.clone()
-        },
-        base.clone(),
-        Sampling {
-            temperature: 1.7,
-            top_k: Some(5),
-            ..base.clone()
-        },
-        Sampling {
-            top_p: Some(0.6),
-            ..base.clone()
-        },
-        Sampling {
-            top_k: Some(12),
-            top_p: Some(0.85),
-            ..base.clone()
-        },
-        Sampling {
-            top_p: Some(1.0),
-            ..base.clone()
-        },
-    ];
-    for s in &settings {
-        let picks = host_and_device_picks(s, &logits, rows, 256);
-        let wrong = picks.iter().filter(|(h, d)| h != d).count();
-        assert_eq!(wrong, 0, "{s:?}: {wrong} of {} picks differ", picks.len());
-        // The draws reach more than one token where the setting leaves a choice.
-        let distinct: std::collections::HashSet<_> = picks.iter().map(|p| p.0).collect();
-        assert!(s.temperature == 0.0 || distinct.len() > rows, "{s:?}");
+    // 40 tokens split into blocks of 5, 41 (a prime) padded to 6 blocks of 7.
+    for (rows, vocab) in [(3, 40), (2, 41)] {
+        let mut rng = ChaCha8Rng::seed_from_u64(vocab as u64);
+        let logits: Vec<f32> = (0..rows * vocab)
+            .map(|i| rng.random::<f32>() * (1 + i / vocab) as f32 * 3.0)
+            .collect();
+        let base = Sampling {
+            temperature: 0.8,
+            ..Default::default()
+        };
+        let settings = [
+            Sampling {
+                temperature: 0.0,
+                ..base.clone()
+            },
+            base.clone(),
+            Sampling {
+                temperature: 1.7,
+                top_k: Some(5),
+                ..base.clone()
+            },
+            Sampling {
+                top_p: Some(0.6),
+                ..base.clone()
+            },
+            Sampling {
+                top_k: Some(12),
+                top_p: Some(0.85),
+                ..base.clone()
+            },
+            Sampling {
+                top_p: Some(1.0),
+                ..base.clone()
+            },
+        ];
+        for s in &settings {
+            let picks = host_and_device_picks(s, &logits, rows, 256);
+            let wrong = picks.iter().filter(|(h, d)| h != d).count();
+            assert_eq!(wrong, 0, "{s:?}: {wrong} of {} picks differ", picks.len());
+            // The draws reach more than one token where the setting leaves a choice.
+            let distinct: std::collections::HashSet<_> = picks.iter().map(|p| p.0).collect();
+            assert!(s.temperature == 0.0 || distinct.len() > rows, "{s:?}");
+        }
     }
     // Top-k keeps the tokens tied with the k-th (here two at 1.0 for k = 2), whatever order a
     // sort gives them; greedy picks the first of tied maxima.
