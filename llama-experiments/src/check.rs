@@ -103,11 +103,12 @@ impl BackendJob for ProbeJob {
         // Prefill half, then decode one token at a time; reassemble in [batch, time, vocab] order.
         let v = self.config.vocab_size;
         let mut cache = inner.new_cache(b, t, &device);
-        let prefill = t / 2;
+        // The first half of each row: the cached pass's prefill and the generations' prompts.
+        let prefill = (t / 2).max(1);
         let mut cached = vec![0f32; b * t * v];
         let mut start = 0;
         while start < t {
-            let len = if start == 0 { prefill.max(1) } else { 1 };
+            let len = if start == 0 { prefill } else { 1 };
             let chunk = inputs.clone().narrow(1, start, len);
             let pos = Llama::<B::InnerBackend>::default_positions(b, len, &device)
                 .add_scalar(start as i64);
@@ -130,10 +131,10 @@ impl BackendJob for ProbeJob {
         let prompts: Vec<Vec<u32>> = self
             .tokens
             .chunks(t + 1)
-            .map(|row| row[..(t / 2).max(1)].iter().map(|&x| x as u32).collect())
+            .map(|row| row[..prefill].iter().map(|&x| x as u32).collect())
             .collect();
         let sampled = Sampling {
-            max_new_tokens: GENERATED.min(self.config.max_seq_len - (t / 2).max(1)),
+            max_new_tokens: GENERATED.min(self.config.max_seq_len - prefill),
             temperature: 0.9,
             top_k: Some((v / 2).max(1)),
             top_p: Some(0.9),

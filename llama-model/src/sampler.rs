@@ -165,7 +165,7 @@ pub struct Sampler<B: Backend> {
 }
 
 impl<B: Backend> Sampler<B> {
-    /// The draws of `rows` rows for `steps` steps, on `device`.
+    /// The draws of `rows` rows for `steps` steps, on `device` (none when greedy).
     pub fn new(sampling: &Sampling, rows: usize, steps: usize, device: &B::Device) -> Self {
         let draws = sampling.random().then(|| {
             let per_row: Vec<Vec<f64>> = (0..rows).map(|r| sampling.draws(r, steps)).collect();
@@ -174,17 +174,18 @@ impl<B: Backend> Sampler<B> {
                 .collect();
             Tensor::from_data(TensorData::new(flat, [steps, rows]), device)
         });
-        Self::from_draws(
-            sampling,
-            draws.unwrap_or_else(|| Tensor::zeros([1, 1], device)),
-        )
+        Self::with(sampling, draws)
     }
 
     /// With given draws `[steps, rows]` (f32 in [0, 1)) instead of the seeded ones.
     pub fn from_draws(sampling: &Sampling, draws: Tensor<B, 2>) -> Self {
+        Self::with(sampling, sampling.random().then_some(draws))
+    }
+
+    fn with(sampling: &Sampling, draws: Option<Tensor<B, 2>>) -> Self {
         Self {
             sampling: sampling.clone(),
-            draws: sampling.random().then_some(draws),
+            draws,
             index: OnceCell::new(),
         }
     }
