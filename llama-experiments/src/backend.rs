@@ -134,6 +134,7 @@ impl DeviceSpec {
                         add_norm: crate::libtorch_fused::add_rms_norm,
                         rope_slot: crate::libtorch_fused::rope_slot,
                         rope_slot_attention: crate::libtorch_fused::rope_slot_attention,
+                        sample: crate::libtorch_fused::sample,
                     }),
                     torch_loss: cuda,
                     norm_operation: cuda,
@@ -366,6 +367,8 @@ struct Fused<I: burn::tensor::backend::Backend> {
     rope_slot: llama_model::rope_slot::NativeRopeSlot<I>,
     /// The two above and decoding's attention in one kernel (inference only).
     rope_slot_attention: llama_model::rope_slot_attention::NativeRopeSlotAttention<I>,
+    /// Generation's token draw (inference only).
+    sample: llama_model::sampler::NativeSample<I>,
 }
 
 impl<I: burn::tensor::backend::Backend> Ops<I> {
@@ -523,6 +526,13 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
         "separate",
         fused.as_ref().map(|f| f.rope_slot),
         llama_model::rope_slot::register_native::<I>,
+    )?;
+    // `tensor`: the tensor operations' draw (llama_model::sampler), for comparison.
+    register_inference(
+        "LLAMA_SAMPLER",
+        "tensor",
+        fused.as_ref().map(|f| f.sample),
+        llama_model::sampler::register_native::<I>,
     )?;
     // The rotation, slot write and attention of a decode step in one kernel where both of the
     // kernels it replaces are on (`auto`; `fused` insists, `separate`: the two). It was opt-in

@@ -35,15 +35,31 @@ pub enum BenchMode {
     Train,
     Prefill,
     Decode,
-    /// `generate` as `llama generate` runs it: tokens drawn on the device at temperature 0.8 with
-    /// top-p 0.95 ([`GENERATE_SAMPLING`]) and fed to the next step there, read back every
-    /// `generate::CHUNK` steps. The step is the mean over one timed generation of `iters`
+    /// `generate` as `llama generate` runs it: tokens drawn on the device ([`BenchSampling`],
+    /// by default temperature 0.8 with top-p 0.95) and fed to the next step there, read back
+    /// every `generate::CHUNK` steps. The step is the mean over one timed generation of `iters`
     /// decode steps, after `warmup` untimed generations of the same length.
     Generate,
 }
 
-/// `--mode generate`'s sampling: a common setting for open-ended text.
-pub const GENERATE_SAMPLING: (f64, f64) = (0.8, 0.95);
+/// `--mode generate`'s draw (`--temperature`, `--top-k`, `--top-p`); the default is a common
+/// setting for open-ended text.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BenchSampling {
+    pub temperature: f64,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+}
+
+impl Default for BenchSampling {
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: None,
+            top_p: Some(0.95),
+        }
+    }
+}
 
 pub struct BenchJob {
     pub name: String,
@@ -66,6 +82,8 @@ pub struct BenchJob {
     pub profile_host: Option<PathBuf>,
     /// Record the GPU's work during the timed steps into this Chrome trace (`--trace-gpu`).
     pub trace_gpu: Option<PathBuf>,
+    /// Generate: how tokens are drawn.
+    pub sampling: BenchSampling,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,6 +131,9 @@ pub struct BenchReport {
     /// Generate: the timed generation's prompt pass and first draw, in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_s: Option<f64>,
+    /// Generate: how the tokens were drawn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<BenchSampling>,
     /// Train with `--phases`: where a step goes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phases: Option<TrainPhases>,
@@ -445,10 +466,6 @@ impl BackendJob for BenchJob {
                 }
                 BenchMode::Generate => {
                     ensure!(
-                        profiles.host.is_none() && profiles.gpu.is_none(),
-                        "--profile-host and --trace-gpu time single steps: use --mode decode"
-                    );
-                    ensure!(
                         t + self.iters < cfg.max_seq_len,
                         "generate needs room for {} tokens after a {t}-token prompt (max_seq_len {})",
                         self.iters + 1,
@@ -460,11 +477,16 @@ impl BackendJob for BenchJob {
                         .chunks(t)
                         .map(|row| row.iter().map(|&x| x as u32).collect())
                         .collect();
-                    let (temperature, top_p) = GENERATE_SAMPLING;
+                    let BenchSampling {
+                        temperature,
+                        top_k,
+                        top_p,
+                    } = self.sampling;
                     let sampling = Sampling {
                         max_new_tokens: self.iters + 1,
                         temperature,
-                        top_p: Some(top_p),
+                        top_k,
+                        top_p,
                         ..Default::default()
                     };
                     let mut decoder = crate::decoder::decoder_for::<B::InnerBackend>(&device)?;
@@ -478,8 +500,19 @@ impl BackendJob for BenchJob {
                         warm.push(start.elapsed().as_secs_f64());
                         eprintln!("warm-up generation {}: {:.3} s", i + 1, warm[i]);
                     }
+                    // The profiles' one window is the whole timed generation, prompt included.
+                    let mut recorder = profiles.gpu.map(Recorder::start).transpose()?;
+                    let profiler = profiles.host.map(HostProfile::start).transpose()?;
+                    if let Some(r) = recorder.as_mut() {
+                        r.step_start();
+                    }
                     let (out, times) =
                         generate_timed(&model, &prompts, &sampling, decoder.as_mut())?;
+                    if let Some(r) = recorder.as_mut() {
+                        r.step_end();
+                    }
+                    let samples = profiler.map(HostProfile::finish).transpose()?;
+                    let gpu = recorder.map(Recorder::finish).transpose()?;
                     ensure!(
                         out.iter().all(|r| r.len() == self.iters + 1),
                         "the generation stopped early"
@@ -487,7 +520,7 @@ impl BackendJob for BenchJob {
                     prompt_s = Some(times.prompt_s);
                     let step = times.step_s().unwrap_or(0.0);
                     (
-                        (step, warm, None, None),
+                        (step, warm, samples, gpu),
                         b,
                         cfg.flops_per_token() as f64 / 3.0,
                     )
@@ -545,6 +578,7 @@ impl BackendJob for BenchJob {
             final_loss,
             decoder: decoder_name,
             prompt_s,
+            sampling: (self.mode == BenchMode::Generate).then_some(self.sampling),
             phases,
             host_profile_samples,
             gpu_trace,

@@ -169,9 +169,19 @@ pub(crate) enum Command {
         profile_host: Option<PathBuf>,
         /// Record what the GPU runs during the timed steps (CUPTI: kernels, copies, fills) as a
         /// Chrome trace here, with the idle gaps between them in FILE.gaps.txt; the report
-        /// gains each step's GPU busy and idle time (CubeCL CUDA builds).
+        /// gains each step's GPU busy and idle time (CUDA builds: `cuda`, `tch`). Generate: one
+        /// window, the whole timed generation.
         #[arg(long, value_name = "FILE.json")]
         trace_gpu: Option<PathBuf>,
+        /// Generate: the draw's temperature (0 is greedy; default 0.8).
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Generate: keep the k most likely tokens (default: all).
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Generate: nucleus sampling's p (default 0.95; 1 keeps every token).
+        #[arg(long)]
+        top_p: Option<f64>,
         #[arg(long)]
         json: bool,
     },

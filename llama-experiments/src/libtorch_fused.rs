@@ -111,6 +111,25 @@ pub fn rope_slot(
     k::rope_slot(q, kk, v, c, s, kc, vc, slot).map(TchTensor::new)
 }
 
+/// Generation's token draw in one kernel (inference) to register with
+/// `llama_model::sampler::register_native::<LibTorch>`.
+pub fn sample(
+    logits: TchTensor,
+    u: Option<TchTensor>,
+    temperature: f64,
+    top_k: Option<usize>,
+    top_p: Option<f64>,
+) -> Option<TchTensor> {
+    k::sample_rows(
+        &logits.tensor,
+        u.as_ref().map(|u| &u.tensor),
+        temperature,
+        top_k,
+        top_p,
+    )
+    .map(TchTensor::new)
+}
+
 /// A decode step's rotation, cache-slot write and attention in one kernel (inference) to register
 /// with `llama_model::rope_slot_attention::register_native::<LibTorch>`.
 #[allow(clippy::too_many_arguments)]

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use llama_data::{Manifest, PrepareOptions, TokenizerTrainConfig};
 use llama_experiments::ablate::{AblationSpec, ablate};
 use llama_experiments::backend::DeviceSpec;
-use llama_experiments::bench::BenchJob;
+use llama_experiments::bench::{BenchJob, BenchMode, BenchSampling};
 use llama_experiments::check::{CheckSpec, check};
 use llama_experiments::data::{TrainingText, bench_data, prepare_dataset, train_tokenizer_file};
 use llama_experiments::generate::GenerateJob;
@@ -190,8 +190,22 @@ fn run(cli: Cli) -> Result<()> {
             phases,
             profile_host,
             trace_gpu,
+            temperature,
+            top_k,
+            top_p,
             json,
         } => {
+            let given = temperature.is_some() || top_k.is_some() || top_p.is_some();
+            ensure!(
+                !given || mode == BenchMode::Generate,
+                "--temperature, --top-k and --top-p apply to --mode generate"
+            );
+            let default = BenchSampling::default();
+            let sampling = BenchSampling {
+                temperature: temperature.unwrap_or(default.temperature),
+                top_k,
+                top_p: top_p.or(default.top_p),
+            };
             let (name, config) = model.load("tiny")?;
             let device = chosen_device(&cli.device)?;
             let r = device.run(BenchJob {
@@ -209,6 +223,7 @@ fn run(cli: Cli) -> Result<()> {
                 phases,
                 profile_host,
                 trace_gpu,
+                sampling,
             })??;
             if json {
                 println!("{}", serde_json::to_string(&r)?);

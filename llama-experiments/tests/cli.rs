@@ -387,6 +387,8 @@ fn bench_times_train_prefill_decode_and_generate_steps() {
             assert_eq!(v["warmup_steps_s"].as_array().unwrap().len(), 1, "{v}");
             assert_eq!(v["decoder"], "eager", "{v}");
             assert!(v.get("pipelined_step_s").is_none(), "{v}");
+            assert_eq!(v["sampling"]["temperature"], 0.8, "{v}");
+            assert_eq!(v["sampling"]["top_p"], 0.95, "{v}");
         } else {
             assert!(
                 v.get("mbu").is_none()
@@ -401,6 +403,51 @@ fn bench_times_train_prefill_decode_and_generate_steps() {
             (Some(2), Some(16))
         );
     }
+    // The draw is chosen with --temperature, --top-k and --top-p, in generate mode only.
+    let (code, out, err) = llama(&[
+        "--device",
+        "ndarray",
+        "bench",
+        "--preset",
+        "tiny",
+        "--mode",
+        "generate",
+        "--batch",
+        "1",
+        "--seq",
+        "8",
+        "--warmup",
+        "0",
+        "--iters",
+        "3",
+        "--temperature",
+        "0.5",
+        "--top-k",
+        "5",
+        "--top-p",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        v["sampling"],
+        serde_json::json!({"temperature": 0.5, "top_k": 5, "top_p": 1.0}),
+        "{v}"
+    );
+    let (code, _, err) = llama(&[
+        "--device",
+        "ndarray",
+        "bench",
+        "--preset",
+        "tiny",
+        "--mode",
+        "decode",
+        "--temperature",
+        "0",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("apply to --mode generate"), "{err}");
     // Room in tiny's 256 positions for the timed steps but not for the pipelined ones.
     let (code, out, err) = llama(&[
         "--device", "ndarray", "bench", "--preset", "tiny", "--mode", "decode", "--batch", "1",

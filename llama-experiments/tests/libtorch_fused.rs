@@ -789,3 +789,75 @@ fn adamw_by_parameter_is_the_bucket_update() {
         }
     }
 }
+
+#[test]
+fn sample_rows_draws_what_the_host_reference_draws() {
+    use llama_model::Sampling;
+    use rand::{Rng, SeedableRng};
+    let Some(dev) = cuda() else { return };
+    // (temperature, top-k, top-p)
+    let settings = [
+        (0.0, None, None),
+        (0.8, None, None),
+        (1.7, Some(5), None),
+        (0.8, None, Some(0.6)),
+        (0.8, Some(12), Some(0.85)),
+        (0.8, None, Some(0.95)),
+        (1.0, Some(40), Some(0.95)),
+    ]
+    .map(|(temperature, top_k, top_p)| Sampling {
+        temperature,
+        top_k,
+        top_p,
+        ..Default::default()
+    });
+    // Small rows (one warp's segment, a prime), LLaMA's vocabulary, and integer logits (ties at
+    // every boundary: top-k and top-p keep all tied tokens, greedy takes the first maximum).
+    for (rows, vocab, ties) in [
+        (3, 40, false),
+        (2, 41, false),
+        (2, 32_000, false),
+        (2, 3001, true),
+    ] {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(vocab as u64);
+        let logits: Vec<f32> = (0..rows * vocab)
+            .map(|i| match ties {
+                true => rng.random_range(0..6) as f32,
+                false => rng.random::<f32>() * (1 + i / vocab) as f32 * 3.0,
+            })
+            .collect();
+        let t = Tensor::from_slice(&logits)
+            .reshape([rows as i64, vocab as i64])
+            .to_device(dev);
+        let n = 64;
+        for s in &settings {
+            let (mut wrong, mut distinct) = (0, std::collections::HashSet::new());
+            for i in 0..n {
+                let u = (i as f32 + 0.5) / n as f32;
+                let ut = Tensor::from_slice(&vec![u; rows]).to_device(dev);
+                let p = s.top_p.filter(|&p| p < 1.0);
+                let k = s.top_k.filter(|&k| k < vocab);
+                let got = k::sample_rows(&t, Some(&ut), s.temperature, k, p).expect("runs on CUDA");
+                assert_eq!(got.size(), [rows as i64, 1]);
+                let got = Vec::<i64>::try_from(got.reshape([-1]).to_device(Device::Cpu)).unwrap();
+                for r in 0..rows {
+                    let want = s.pick(&logits[r * vocab..(r + 1) * vocab], u as f64);
+                    wrong += usize::from(want as i64 != got[r]);
+                    distinct.insert(got[r]);
+                }
+            }
+            assert_eq!(
+                wrong,
+                0,
+                "{rows}×{vocab} {s:?}: {wrong} of {} picks differ",
+                n * rows
+            );
+            assert!(s.temperature == 0.0 || distinct.len() > rows, "{s:?}");
+        }
+    }
+    // Greedy needs no draws; a CPU tensor is declined.
+    let x = Tensor::from_slice(&[1.0f32, 3.0, 3.0, 2.0]).reshape([1, 4]);
+    let got = k::sample_rows(&x.to_device(dev), None, 0.0, None, None).unwrap();
+    assert_eq!(got.int64_value(&[0, 0]), 1);
+    assert!(k::sample_rows(&x, None, 0.0, None, None).is_none());
+}

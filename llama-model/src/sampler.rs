@@ -13,16 +13,41 @@
 //! The draws come from a seeded ChaCha8 stream per row (`seed`, stream = the row's index): a
 //! row's tokens depend on its prompt, the seed and its place in the batch, not on the backend
 //! or on when the other rows stop. `T = 0` is the argmax (the first largest logit).
+//!
+//! A backend with a kernel computing the same draw registers it with [`register_native`]
+//! (the `llama` tool's libtorch CUDA build: one launch instead of ~100 tensor operations, a
+//! sort among them after which torch waits for the device).
 
+use std::any::TypeId;
 use std::cell::OnceCell;
 
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::dispatch::{ErasedNative, Registry};
 use crate::error::GenerateError;
+
+/// `(logits [rows, vocab] f32, u [rows] f32 (None when greedy), temperature, top_k, top_p)` →
+/// each row's token `[rows, 1]` by [`Sampling`]'s definition, or `None` (the tensor operations
+/// draw instead). `top_k` and `top_p` come filtered: `k < vocab`, `p < 1`.
+pub type NativeSample<B> = fn(
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+    f64,
+    Option<usize>,
+    Option<f64>,
+) -> Option<IntTensor<B>>;
+
+static REGISTRY: Registry<ErasedNative> = Registry::new();
+
+/// Makes [`Sampler::sample`] on backend `B` draw with `native`.
+pub fn register_native<B: Backend>(native: NativeSample<B>) {
+    REGISTRY.insert(TypeId::of::<B>(), ErasedNative::new(native));
+}
 
 /// Decoding settings. `temperature == 0` is greedy decoding (top-k and top-p are then ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,6 +225,19 @@ impl<B: Backend> Sampler<B> {
     /// When `step` is past the steps given to [`Sampler::new`].
     pub fn sample(&self, logits: Tensor<B, 2>, step: usize) -> Tensor<B, 2, Int> {
         let [rows, vocab] = logits.dims();
+        let top_k = self.sampling.top_k.filter(|&k| k < vocab);
+        let u = |draws: &Tensor<B, 2>| draws.clone().narrow(0, step, 1).reshape([rows]);
+        if let Some(native) = REGISTRY.native::<NativeSample<B>>(TypeId::of::<B>())
+            && let Some(ids) = native(
+                logits.clone().into_primitive().tensor(),
+                self.draws.as_ref().map(|d| u(d).into_primitive().tensor()),
+                self.sampling.temperature,
+                top_k,
+                self.sampling.nucleus(),
+            )
+        {
+            return Tensor::from_primitive(ids);
+        }
         let device = logits.device();
         let made = self.index.get_or_init(|| arange(vocab, &device));
         let index = match made.dims()[1] == vocab {
@@ -222,10 +260,10 @@ impl<B: Backend> Sampler<B> {
         let Some(draws) = &self.draws else {
             return first(logits.equal(max));
         };
-        let u = draws.clone().narrow(0, step, 1).reshape([rows, 1]);
+        let u = u(draws).reshape([rows, 1]);
         let t = self.sampling.temperature;
         let mut w = (logits.clone() - max).div_scalar(t).exp();
-        if let Some(k) = self.sampling.top_k.filter(|&k| k < vocab) {
+        if let Some(k) = top_k {
             let kth = logits.clone().topk(k, 1).narrow(1, k - 1, 1);
             w = w.mask_fill(logits.lower(kth.expand([rows, vocab])), 0.0);
         }

@@ -27,17 +27,20 @@ use tch::{Device, Kind, Tensor};
 mod gemv;
 mod ops;
 mod rope_slot;
+mod sample;
 pub use gemv::*;
 pub use ops::*;
 pub use rope_slot::*;
+pub use sample::*;
 
-/// `kernels.cu` with decoding's attention, one-row products and rotation-and-cache-write appended
-/// (they use its helpers).
+/// `kernels.cu` with decoding's attention, one-row products, rotation-and-cache-write and the
+/// token draw appended (they use its helpers).
 const SOURCE: &str = concat!(
     include_str!("kernels.cu"),
     include_str!("decode_attention.cu"),
     include_str!("gemv.cu"),
-    include_str!("rope_slot.cu")
+    include_str!("rope_slot.cu"),
+    include_str!("sample.cu")
 );
 
 /// Kernel names without their dtype suffix (`_f32`, `_bf16`), in both dtypes.
@@ -65,7 +68,7 @@ pub const KERNELS: [&str; 20] = [
 ];
 
 /// Kernels with an f32 form only.
-pub const F32_KERNELS: [&str; 1] = ["adamw"];
+pub const F32_KERNELS: [&str; 2] = ["adamw", "sample_rows"];
 
 /// Kernels with a bf16 form only.
 pub const BF16_KERNELS: [&str; 2] = ["gemv", "gemv_swiglu"];
