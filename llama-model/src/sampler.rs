@@ -187,6 +187,8 @@ pub struct Sampler<B: Backend> {
     draws: Option<Tensor<B, 2>>,
     /// `[1, vocab]`: 0, 1, ... as floats (exact below 2^24), made at the first step.
     index: OnceCell<Tensor<B, 2>>,
+    /// The backend's one-kernel draw, if registered (looked up once, not at every step).
+    native: Option<NativeSample<B>>,
 }
 
 impl<B: Backend> Sampler<B> {
@@ -212,6 +214,7 @@ impl<B: Backend> Sampler<B> {
             sampling: sampling.clone(),
             draws,
             index: OnceCell::new(),
+            native: REGISTRY.native::<NativeSample<B>>(TypeId::of::<B>()),
         }
     }
 
@@ -227,7 +230,7 @@ impl<B: Backend> Sampler<B> {
         let [rows, vocab] = logits.dims();
         let top_k = self.sampling.top_k.filter(|&k| k < vocab);
         let u = |draws: &Tensor<B, 2>| draws.clone().narrow(0, step, 1).reshape([rows]);
-        if let Some(native) = REGISTRY.native::<NativeSample<B>>(TypeId::of::<B>())
+        if let Some(native) = self.native
             && let Some(ids) = native(
                 logits.clone().into_primitive().tensor(),
                 self.draws.as_ref().map(|d| u(d).into_primitive().tensor()),

@@ -52,8 +52,7 @@ __device__ double block_sum_f64(double v) {
 
 struct SampleRow {
     const float* l;
-    int n, start, end;  // this warp's segment [start, end)
-    int lane;
+    int start, end;  // this warp's segment [start, end)
 };
 
 // The weight of entry j (0 where dropped by top-k).
@@ -155,10 +154,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     const int seg = ((n + SAMPLE_WARPS - 1) / SAMPLE_WARPS + 31) / 32 * 32;
     SampleRow r;
     r.l = logits + (long long)blockIdx.x * n;
-    r.n = n;
     r.start = min(n, warp * seg);
     r.end = min(n, r.start + seg);
-    r.lane = lane;
 
     // The largest logit and its first index.
     float bv = NEG_INF;
