@@ -24,10 +24,12 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKe
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 use tch::{Device, Kind, Tensor};
 
+mod decode_attention;
 mod gemv;
 mod ops;
 mod rope_slot;
 mod sample;
+pub use decode_attention::*;
 pub use gemv::*;
 pub use ops::*;
 pub use rope_slot::*;
