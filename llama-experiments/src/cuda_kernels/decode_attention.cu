@@ -36,17 +36,17 @@
 //
 // Grid: pairs · splits blocks of 32 · warps threads, warps = ⌈keys / (KW · splits)⌉ up to 16
 // (each warp then loops over further keys). Dynamic shared memory: (warps + 1) · (dim + 2) +
-// dim + 2 floats, and where the launch gives more (decode_attention.rs: up to 48 KB in all), from the next
-// 16 bytes on 2 · KW rows of `dim` elements per warp (its first pass's keys and values), or KW
-// (the keys only), copied asynchronously before the wait for the kernel ahead (the cached rows
+// dim + 2 floats, and where the launch gives more (decode_attention.rs: up to 48 KB in all),
+// from the next 16 bytes on 2 · KW rows of `dim` elements per warp (its first pass's keys and
+// values), or KW (the keys only), copied asynchronously before the wait for the kernel ahead (the cached rows
 // below the slot do not depend on it), so that the first scores (and value sums) after the wait
 // read shared memory instead of L2.
 // Floats of value rows a lane has in flight at once (`LLAMA_ATTN_VALUES=narrow` compiles 8).
-// Most blocks in one pair's cluster (the portable cluster size; `DECODE_MAX_SPLITS` in decode_attention.rs
-// launches no more): the merge keeps one scale per block in registers.
+// Most blocks in one pair's cluster (the portable cluster size; `DECODE_MAX_SPLITS` in
+// decode_attention.rs launches no more): the merge keeps one scale per block in registers.
 #define DECODE_MAX_SPLITS 8
-// Most warps in a block (`__launch_bounds__(512)`; `DECODE_MAX_WARPS` in decode_attention.rs): the merge holds
-// one weight per warp in a lane.
+// Most warps in a block (`__launch_bounds__(512)`; `DECODE_MAX_WARPS` in decode_attention.rs):
+// the merge holds one weight per warp in a lane.
 #define DECODE_MAX_WARPS 16
 #ifndef DECODE_VALUE_FLOATS
 #define DECODE_VALUE_FLOATS 32
@@ -384,9 +384,10 @@ __device__ void decode_attention(const T* q, const T* k, const T* v, const unsig
             asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(vr) + o));
         }
     }
-    // Where the launch gave the room (decode_attention.rs, `LLAMA_ATTN_PRELOAD`), each warp also copies its
-    // first pass's keys and values (one contiguous run each) into shared memory by asynchronous
-    // copies: after the wait its first scores and value sums read shared memory, not L2.
+    // Where the launch gave the room (decode_attention.rs, `LLAMA_ATTN_PRELOAD`), each warp also
+    // copies its first pass's keys and values (one contiguous run each) into shared memory by
+    // asynchronous copies: after the wait its first scores and value sums read shared memory,
+    // not L2.
     // Room for both (2) or for the keys only (1).
     unsigned room;
     asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(room));
