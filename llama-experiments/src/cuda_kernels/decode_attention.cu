@@ -38,9 +38,9 @@
 // (each warp then loops over further keys). Dynamic shared memory: (warps + 1) · (dim + 2) +
 // dim + 2 floats, and where the launch gives more (decode_attention.rs: up to 48 KB in all),
 // from the next 16 bytes on 2 · KW rows of `dim` elements per warp (its first pass's keys and
-// values), or KW (the keys only), copied asynchronously before the wait for the kernel ahead (the cached rows
-// below the slot do not depend on it), so that the first scores (and value sums) after the wait
-// read shared memory instead of L2.
+// values), or KW (the keys only), copied asynchronously before the wait for the kernel ahead
+// (the cached rows below the slot do not depend on it), so that the first scores (and value
+// sums) after the wait read shared memory instead of L2.
 // Floats of value rows a lane has in flight at once (`LLAMA_ATTN_VALUES=narrow` compiles 8).
 // Most blocks in one pair's cluster (the portable cluster size; `DECODE_MAX_SPLITS` in
 // decode_attention.rs launches no more): the merge keeps one scale per block in registers.
