@@ -10,7 +10,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor};
 use common::*;
-use llama_model::{Llama, LlamaConfig, Precision};
+use llama_model::{Llama, Precision};
 
 type AF = Autodiff<Flex>;
 
@@ -35,11 +35,7 @@ fn bf16_training_follows_f32_and_keeps_f32_master_weights() {
     // largest gap was 0.5–2.3 % of the starting loss (seed 0: 1.0 %), and an unseeded draw in CI
     // once reached 3.2 %.
     AF::seed(&dev, 0);
-    let cfg = LlamaConfig {
-        multiple_of: 16,
-        ..LlamaConfig::llama(vocab, 64, 2, 4, 64)
-    };
-    let init = cfg.init::<AF>(&dev).unwrap();
+    let init = realistic(vocab).init::<AF>(&dev).unwrap();
     let toks = tokens::<AF>(4, 33, vocab, 17, &dev);
     let (full, _) = fit(init.clone(), &toks, 30);
     let (half, model) = fit(init.with_precision(Precision::Bf16), &toks, 30);

@@ -21,14 +21,6 @@ fn fdev() -> burn::backend::flex::FlexDevice {
     Default::default()
 }
 
-/// A LLaMA-shaped model with the usual 0.02 initialisation.
-fn realistic(vocab: usize) -> LlamaConfig {
-    LlamaConfig {
-        multiple_of: 16,
-        ..LlamaConfig::llama(vocab, 64, 2, 4, 64)
-    }
-}
-
 /// `cfg` initialised on Flex, computing in bf16.
 fn bf16_model(cfg: &LlamaConfig) -> Llama<F> {
     cfg.init::<F>(&fdev())

@@ -26,6 +26,14 @@ pub fn small(vocab: usize) -> LlamaConfig {
     }
 }
 
+/// A LLaMA-shaped model with the usual 0.02 initialisation.
+pub fn realistic(vocab: usize) -> LlamaConfig {
+    LlamaConfig {
+        multiple_of: 16,
+        ..LlamaConfig::llama(vocab, 64, 2, 4, 64)
+    }
+}
+
 /// Every combination of the four knobs (2 × 2 × 4 × 4 = 64 configs); every other config uses
 /// grouped-query attention (2 KV heads for 4 query heads) and every third ties its embeddings.
 pub fn all_variants(vocab: usize) -> Vec<LlamaConfig> {
