@@ -88,9 +88,29 @@ impl DeviceSpec {
             }
             #[cfg(feature = "flex")]
             Self::Flex => {
+                use crate::flex_kernels as k;
                 use burn::backend::Flex;
-                // Flex's own attention kernel in f32.
-                register_ops(Ops::<Flex>::new(AttentionForward::FusedF32))?;
+                // Flex's own attention kernel in f32; the norm, rotation, gate and loss by
+                // kernels of ours (docs/performance.md, attempt 81).
+                register_ops(Ops::<Flex> {
+                    own_loss: Some(NativeLoss {
+                        forward: k::loss::forward,
+                        backward: k::loss::backward,
+                    }),
+                    own_norm: Some(NativeRmsNorm {
+                        forward: k::rms_norm::forward,
+                        backward: k::rms_norm::backward,
+                    }),
+                    own_rotary: Some(NativeRotary {
+                        forward: k::rotary::forward,
+                        backward: k::rotary::backward,
+                    }),
+                    own_swiglu: Some(NativeSwiglu {
+                        forward: k::swiglu::forward,
+                        backward: k::swiglu::backward,
+                    }),
+                    ..Ops::new(AttentionForward::FusedF32)
+                })?;
                 Ok(job.run::<burn::backend::Autodiff<Flex>>(Default::default()))
             }
             #[cfg(feature = "wgpu")]

@@ -31,6 +31,8 @@ pub mod cupti_stream;
 pub mod data;
 pub mod decoder;
 pub mod eval;
+#[cfg(feature = "flex")]
+pub mod flex_kernels;
 pub mod generate;
 pub mod gpu_trace;
 pub mod host_profile;

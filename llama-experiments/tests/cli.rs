@@ -58,18 +58,12 @@ fn params_reads_config_files_and_reports_bad_ones_in_one_line() {
 
 #[test]
 fn asking_for_a_backend_that_is_not_compiled_in_names_the_feature() {
-    for (device, feature) in [
-        ("cuda:0", "cuda"),
-        ("tch-cuda:0", "tch"),
-        ("wgpu", "wgpu"),
-        ("flex", "flex"),
+    for (device, feature, compiled) in [
+        ("cuda:0", "cuda", cfg!(feature = "cuda-untuned")),
+        ("tch-cuda:0", "tch", cfg!(feature = "tch")),
+        ("wgpu", "wgpu", cfg!(feature = "wgpu")),
+        ("flex", "flex", cfg!(feature = "flex")),
     ] {
-        let compiled = match feature {
-            "cuda" => cfg!(feature = "cuda-untuned"),
-            "tch" => cfg!(feature = "tch"),
-            "wgpu" => cfg!(feature = "wgpu"),
-            _ => cfg!(feature = "flex"),
-        };
         if compiled {
             continue;
         }

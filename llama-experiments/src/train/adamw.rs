@@ -47,6 +47,11 @@ pub(super) fn backend_parts_min_mean<I: Backend>(device: &I::Device) -> Option<u
     if crate::cubecl_adamw::updates_parts::<I>(device) {
         return Some(1);
     }
+    // Flex: where the parameters lie, no concatenation at all.
+    #[cfg(feature = "flex")]
+    if crate::flex_kernels::adamw::updates_parts::<I>() {
+        return Some(1);
+    }
     None
 }
 
@@ -63,6 +68,11 @@ pub(super) fn backend_update_parts<I: Backend>(
     };
     #[cfg(feature = "cuda-untuned")]
     let step = match crate::cubecl_adamw::try_update_parts(step) {
+        Ok(out) => return Ok(out),
+        Err(step) => step,
+    };
+    #[cfg(feature = "flex")]
+    let step = match crate::flex_kernels::adamw::try_update_parts(step) {
         Ok(out) => return Ok(out),
         Err(step) => step,
     };
@@ -118,6 +128,11 @@ pub(super) fn backend_update<I: Backend>(
             Err(step) => step,
         },
         false => step,
+    };
+    #[cfg(feature = "flex")]
+    let step = match crate::flex_kernels::adamw::try_update(step) {
+        Ok(out) => return Ok(out),
+        Err(step) => step,
     };
     Err(step)
 }
