@@ -90,9 +90,15 @@ impl DeviceSpec {
             Self::Flex => {
                 use crate::flex_kernels as k;
                 use burn::backend::Flex;
-                // Flex's own attention kernel in f32; the norm, rotation, gate and loss by
-                // kernels of ours (docs/performance.md, attempt 81).
+                // Attention, the norm, rotation, gate and loss by kernels of ours
+                // (docs/performance.md, attempt 81); Flex's own attention kernel in f32 for what
+                // ours decline.
                 register_ops(Ops::<Flex> {
+                    attention: Some(NativeAttention {
+                        forward: k::attention::forward,
+                        backward: k::attention::backward,
+                        grouped: true,
+                    }),
                     own_loss: Some(NativeLoss {
                         forward: k::loss::forward,
                         backward: k::loss::backward,

@@ -109,26 +109,9 @@ fn try_update_parts_with<I: Backend>(
 
 /// A concatenated bucket's update by the kernel (one part), or the step back.
 pub fn try_update<I: Backend>(step: AdamwStep<I>) -> Result<AdamwOutput<I>, AdamwStep<I>> {
-    let len = step.param.dims()[0];
-    let parts = AdamwParts {
-        len,
-        parts: vec![(0, step.param, step.grad)],
-        grad_factor: step.grad_factor,
-        moments: step.moments,
-        scalars: step.scalars,
-    };
-    try_update_parts_with(parts, false)
+    try_update_parts_with(step.into_one_part(), false)
         .map(|(out, _)| out)
-        .map_err(|p| {
-            let (_, param, grad) = p.parts.into_iter().next().expect("one part");
-            AdamwStep {
-                param,
-                grad,
-                grad_factor: p.grad_factor,
-                moments: p.moments,
-                scalars: p.scalars,
-            }
-        })
+        .map_err(AdamwParts::into_one_step)
 }
 
 fn prim(t: &Tensor<Cuda, 1>) -> FloatTensor<Cuda> {

@@ -42,23 +42,9 @@ pub fn try_update_parts<I: Backend>(
 
 /// A concatenated bucket's update (one part), or the step back.
 pub fn try_update<I: Backend>(step: AdamwStep<I>) -> Result<AdamwOutput<I>, AdamwStep<I>> {
-    let parts = AdamwParts {
-        len: step.param.dims()[0],
-        parts: vec![(0, step.param, step.grad)],
-        grad_factor: step.grad_factor,
-        moments: step.moments,
-        scalars: step.scalars,
-    };
-    try_update_parts(parts).map(|(out, _)| out).map_err(|p| {
-        let (_, param, grad) = p.parts.into_iter().next().expect("one part");
-        AdamwStep {
-            param,
-            grad,
-            grad_factor: p.grad_factor,
-            moments: p.moments,
-            scalars: p.scalars,
-        }
-    })
+    try_update_parts(step.into_one_part())
+        .map(|(out, _)| out)
+        .map_err(AdamwParts::into_one_step)
 }
 
 fn prim(t: &Tensor<Flex, 1>) -> FlexTensor {

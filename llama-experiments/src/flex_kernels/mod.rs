@@ -1,5 +1,5 @@
-//! Kernels of ours for Burn's Flex backend (pure-Rust CPU): the model's RMSNorm, rotary
-//! embedding, SwiGLU gate and cross-entropy in both passes, and the AdamW update.
+//! Kernels of ours for Burn's Flex backend (pure-Rust CPU): the model's attention, RMSNorm,
+//! rotary embedding, SwiGLU gate and cross-entropy in both passes, and the AdamW update.
 //!
 //! Why: a `tiny` training step on Flex spent a quarter of its time in Flex's strided iterator,
 //! the path its element-wise operations take as soon as one operand is broadcast (the norm's
@@ -12,6 +12,7 @@
 //! handle go back to the model's tensor-op forms (the native hooks' `None`).
 
 pub mod adamw;
+pub mod attention;
 pub mod loss;
 pub mod rms_norm;
 pub mod rotary;

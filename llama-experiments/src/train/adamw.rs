@@ -166,7 +166,32 @@ pub struct AdamwParts<I: Backend> {
     pub scalars: AdamwScalars,
 }
 
+impl<I: Backend> AdamwStep<I> {
+    /// The same update as one part at offset 0 (for a backend that updates by parts).
+    pub fn into_one_part(self) -> AdamwParts<I> {
+        AdamwParts {
+            len: self.param.dims()[0],
+            parts: vec![(0, self.param, self.grad)],
+            grad_factor: self.grad_factor,
+            moments: self.moments,
+            scalars: self.scalars,
+        }
+    }
+}
+
 impl<I: Backend> AdamwParts<I> {
+    /// [`AdamwStep::into_one_part`] undone: the step of a bucket of one part.
+    pub fn into_one_step(self) -> AdamwStep<I> {
+        let (_, param, grad) = self.parts.into_iter().next().expect("one part");
+        AdamwStep {
+            param,
+            grad,
+            grad_factor: self.grad_factor,
+            moments: self.moments,
+            scalars: self.scalars,
+        }
+    }
+
     /// The same update on the concatenated bucket.
     pub fn concatenated(self) -> AdamwStep<I> {
         let (params, grads) = self
