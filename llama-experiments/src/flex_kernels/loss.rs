@@ -110,6 +110,16 @@ mod tests {
         d0.into_data().assert_approx_eq::<f32>(&d1.into_data(), tol);
     }
 
+    /// A diverged run's NaN logits give a NaN loss (the training loop stops on it).
+    #[test]
+    fn a_nan_logit_makes_the_loss_nan() {
+        let dev = Default::default();
+        let x = tensor(vec![0.0, f32::NAN, 1.0, 2.0], [2, 2]);
+        let t = Tensor::<Flex, 1, Int>::from_data(TensorData::new(vec![0, 1], [2]), &dev);
+        let (loss, _) = forward(x, t.into_primitive()).unwrap();
+        assert!(elems(&loss)[0].is_nan());
+    }
+
     #[test]
     fn declines_targets_outside_the_vocabulary() {
         let dev = Default::default();
