@@ -1,7 +1,7 @@
 //! The mean next-token cross-entropy on Flex: [`llama_model::loss`]'s native passes.
 //!
-//! Forward one pass per row for its log-sum-exp (maximum, then the exponentials' sum) and the
-//! picked logit; backward `(softmax − onehot) · g / n` in one pass from the saved log-sum-exps.
+//! Forward, per row: its maximum, then one pass for the exponentials (kept) and their sum, then
+//! the gradient `(softmax − onehot) / n` from them; backward multiplies it by the loss's gradient.
 //! Flex's tensor-op form takes a max, a subtraction, an exponential, a sum, a logarithm, a
 //! gather and a mean forward, and a scatter among five passes backward.
 
@@ -10,7 +10,7 @@ use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::{buffer, dense, elems, tensor};
+use super::{CHUNK, buffer, dense, elems, tensor};
 
 /// The targets as indices below `vocab`, or `None` if any is not.
 fn indices(targets: &FlexTensor, vocab: usize) -> Option<Vec<usize>> {
@@ -25,8 +25,13 @@ fn indices(targets: &FlexTensor, vocab: usize) -> Option<Vec<usize>> {
         .collect()
 }
 
-/// `(logits [n, vocab], targets [n])` → the mean loss (`[1]`) and `[logits, lse, targets as
-/// f32]`; `None` for non-f32 logits or a target outside the vocabulary.
+/// `(logits [n, vocab], targets [n])` → the mean loss (`[1]`) and `[d]`, the logits' gradient
+/// for a loss gradient of 1; `None` for non-f32 logits or a target outside the vocabulary.
+///
+/// The gradient is written here, in the same pass that sums the row's exponentials (each is
+/// stored, then scaled by the row's `1/Σ`): one exponential per logit instead of one forward and
+/// one backward, and the backward is a scaling at most. It costs no memory: it replaces the
+/// logits, which the closed-form backward would have kept.
 pub fn forward(
     logits: FloatTensor<Flex>,
     targets: IntTensor<Flex>,
@@ -38,44 +43,45 @@ pub fn forward(
     }
     let logits = dense(&logits)?;
     let x = elems(&logits);
-    let mut lse = buffer(n);
-    let mut picked = buffer(n);
-    lse.par_iter_mut()
-        .zip(picked.par_iter_mut())
+    let mut d = buffer(n * vocab);
+    let mut per_row = buffer(n);
+    let inv_n = 1.0 / n as f32;
+    per_row
+        .par_iter_mut()
+        .zip(d.par_chunks_mut(vocab))
         .zip(x.par_chunks(vocab).zip(&idx))
-        .for_each(|((lse, picked), (row, &t))| {
+        .for_each(|((loss, d), (row, &t))| {
             let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let sum: f32 = row.iter().map(|&v| (v - m).exp()).sum();
-            *lse = sum.ln() + m;
-            *picked = row[t];
+            let mut sum = 0.0f32;
+            for (d, &v) in d.iter_mut().zip(row) {
+                *d = (v - m).exp();
+                sum += *d;
+            }
+            // lse − x_t; softmax / n − onehot / n.
+            *loss = sum.ln() + m - row[t];
+            let k = inv_n / sum;
+            d.iter_mut().for_each(|d| *d *= k);
+            d[t] -= inv_n;
         });
     // Summed in row order in f64: the same value however the rows were scheduled.
-    let total: f64 = lse.iter().zip(&picked).map(|(l, p)| (l - p) as f64).sum();
+    let total: f64 = per_row.iter().map(|&l| l as f64).sum();
     let loss = tensor(vec![(total / n as f64) as f32], [1]);
-    let targets = tensor(idx.iter().map(|&t| t as f32).collect(), [n]);
-    Some((loss, vec![logits, tensor(lse, [n]), targets]))
+    Some((loss, vec![tensor(d, [n, vocab])]))
 }
 
-/// `[logits, lse, targets]` and the loss's gradient (`[1]`) → the logits' gradient.
+/// `[d]` and the loss's gradient (`[1]`) → the logits' gradient `d · g`.
 pub fn backward(saved: Vec<FloatTensor<Flex>>, g: FloatTensor<Flex>) -> FloatTensor<Flex> {
-    let [logits, lse, targets]: [FlexTensor; 3] = saved
-        .try_into()
-        .expect("forward saves logits, lse and targets");
-    let [n, vocab]: [usize; 2] = (logits.layout().shape().to_vec().try_into()).expect("rank 2");
+    let [d]: [FlexTensor; 1] = saved.try_into().expect("forward saves the gradient");
     let g = dense(&g).expect("the loss's gradient is f32 like the loss");
-    let scale = elems(&g)[0] / n as f32;
-    let (x, lse, targets) = (elems(&logits), elems(&lse), elems(&targets));
-    let mut d = buffer(n * vocab);
-    d.par_chunks_mut(vocab)
-        .zip(x.par_chunks(vocab))
-        .zip(lse.par_iter().zip(targets))
-        .for_each(|((d, x), (&lse, &t))| {
-            for (d, &x) in d.iter_mut().zip(x) {
-                *d = (x - lse).exp() * scale;
-            }
-            d[t as usize] -= scale;
-        });
-    tensor(d, [n, vocab])
+    let g = elems(&g)[0];
+    if g == 1.0 {
+        return d;
+    }
+    let shape = d.layout().shape().clone();
+    let mut out = elems(&d).to_vec();
+    out.par_chunks_mut(CHUNK)
+        .for_each(|c| c.iter_mut().for_each(|x| *x *= g));
+    tensor(out, shape)
 }
 
 #[cfg(test)]
