@@ -10,7 +10,7 @@ use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::{CHUNK, buffer, dense, elems, tensor};
+use super::{CHUNK, buffer, dense, elems, max_of, sum_of, tensor};
 
 /// The targets as indices below `vocab`, or `None` if any is not.
 fn indices(targets: &FlexTensor, vocab: usize) -> Option<Vec<usize>> {
@@ -51,12 +51,11 @@ pub fn forward(
         .zip(d.par_chunks_mut(vocab))
         .zip(x.par_chunks(vocab).zip(&idx))
         .for_each(|((loss, d), (row, &t))| {
-            let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0.0f32;
+            let m = max_of(row);
             for (d, &v) in d.iter_mut().zip(row) {
                 *d = (v - m).exp();
-                sum += *d;
             }
+            let sum = sum_of(d, |e| e);
             // lse − x_t; softmax / n − onehot / n.
             *loss = sum.ln() + m - row[t];
             let k = inv_n / sum;

@@ -1,5 +1,6 @@
 //! Kernels of ours for Burn's Flex backend (pure-Rust CPU): the model's attention, RMSNorm,
-//! rotary embedding, SwiGLU gate and cross-entropy in both passes, and the AdamW update.
+//! rotary embedding, SwiGLU gate and cross-entropy in both passes, the AdamW update and the
+//! clipping's squared norm.
 //!
 //! Why: a `tiny` training step on Flex spent a quarter of its time in Flex's strided iterator,
 //! the path its element-wise operations take as soon as one operand is broadcast (the norm's
@@ -16,6 +17,7 @@ pub mod attention;
 pub mod loss;
 pub mod rms_norm;
 pub mod rotary;
+pub mod sum_squares;
 pub mod swiglu;
 
 use burn::tensor::{DType, Shape, TensorData};
@@ -40,6 +42,39 @@ fn elems(t: &FlexTensor) -> &[f32] {
 /// A contiguous f32 tensor of `shape` holding `v`.
 fn tensor(v: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, shape))
+}
+
+/// `Σ f(x)` over `xs` in eight running sums, so that the compiler can vectorise `f` and the
+/// additions (one running sum is a chain of dependent additions it must keep in order); the same
+/// order every call.
+#[inline(always)]
+fn sum_of(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The largest of `xs` (NaNs skipped, as `f32::max` does), in eight running maxima.
+#[inline(always)]
+fn max_of(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = a.max(x);
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    acc.iter().fold(tail, |m, &x| m.max(x))
 }
 
 /// A zero-filled buffer for an output of `n` elements (written in full by the kernel).

@@ -10,7 +10,7 @@ use burn::tensor::ops::FloatTensor;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::{CHUNK, buffer, dense, elems, tensor};
+use super::{CHUNK, buffer, dense, elems, sum_of, tensor};
 
 /// `(x [n, d], γ [d], ε, y's dtype)` → `y` and `[x, γ, r]`; `None` unless all are f32.
 pub fn forward(
@@ -33,7 +33,7 @@ pub fn forward(
         .zip(xs.par_chunks(rows * d))
         .for_each(|((y, r), x)| {
             for ((y, r), x) in y.chunks_mut(d).zip(r.iter_mut()).zip(x.chunks(d)) {
-                let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                let ms = sum_of(x, |v| v * v) / d as f32;
                 *r = 1.0 / (ms + eps as f32).sqrt();
                 for ((y, x), g) in y.iter_mut().zip(x).zip(g) {
                     *y = x * *r * g;

@@ -79,8 +79,8 @@ pub(super) fn backend_update_parts<I: Backend>(
     Err(step)
 }
 
-/// `Σ t²` as a `[1]` tensor: one reduction on libtorch (its norm, squared) and on CubeCL's CUDA
-/// (a kernel of ours), the square and the sum elsewhere.
+/// `Σ t²` as a `[1]` tensor: one reduction on libtorch (its norm, squared), on CubeCL's CUDA and
+/// on Flex (kernels of ours), the square and the sum elsewhere.
 pub(super) fn sum_squares<I: Backend>(t: Tensor<I, 1>) -> Tensor<I, 1> {
     #[cfg(feature = "tch")]
     let t = match crate::libtorch_adamw::try_sum_squares(t) {
@@ -92,14 +92,24 @@ pub(super) fn sum_squares<I: Backend>(t: Tensor<I, 1>) -> Tensor<I, 1> {
         Ok(s) => return s,
         Err(t) => t,
     };
+    #[cfg(feature = "flex")]
+    let t = match crate::flex_kernels::sum_squares::try_sum_squares_all(vec![t]) {
+        Ok(s) => return s,
+        Err(mut t) => t.remove(0),
+    };
     widened(t).square().sum()
 }
 
-/// `Σ Σ t²` over `ts` (`[1]`): one pass on CubeCL's CUDA (a launch per tensor), else
+/// `Σ Σ t²` over `ts` (`[1]`): one pass on CubeCL's CUDA (a launch per tensor) and on Flex, else
 /// [`sum_squares`] of each, summed.
 pub(super) fn sum_squares_all<I: Backend>(ts: Vec<Tensor<I, 1>>) -> Tensor<I, 1> {
     #[cfg(feature = "cuda-untuned")]
     let ts = match crate::cubecl_sum_squares::try_sum_squares_all(ts) {
+        Ok(s) => return s,
+        Err(ts) => ts,
+    };
+    #[cfg(feature = "flex")]
+    let ts = match crate::flex_kernels::sum_squares::try_sum_squares_all(ts) {
         Ok(s) => return s,
         Err(ts) => ts,
     };
