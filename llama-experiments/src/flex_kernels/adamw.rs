@@ -93,7 +93,6 @@ fn update(step: &AdamwParts<Flex>) -> Option<AdamwOutput<Flex>> {
         Some(f) => *elems(&dense(&prim(f))?).first()?,
         None => 1.0,
     };
-    let first = step.moments.is_none();
     let (mut m, mut v) = (
         moment(step.moments.as_ref().map(|(m, _)| m), step.len)?,
         moment(step.moments.as_ref().map(|(_, v)| v), step.len)?,
@@ -109,16 +108,14 @@ fn update(step: &AdamwParts<Flex>) -> Option<AdamwOutput<Flex>> {
         o1.par_chunks_mut(CHUNK)
             .zip(m1.par_chunks_mut(CHUNK).zip(v1.par_chunks_mut(CHUNK)))
             .zip(elems(p).par_chunks(CHUNK).zip(elems(g).par_chunks(CHUNK)))
-            .for_each(|((o, (m, v)), (p, g))| {
-                step_chunk(o, m, v, p, g, factor, first, &step.scalars)
-            });
+            .for_each(|((o, (m, v)), (p, g))| step_chunk(o, m, v, p, g, factor, &step.scalars));
     }
     let t = |x: Vec<f32>| float(tensor(x, [step.len]));
     Some((t(out), t(m), t(v)))
 }
 
-/// AdamW on one chunk, as `AdamwStep::decomposed` computes it (the first step from zero
-/// moments: `(1 − β₁)·g`, `(1 − β₂)·g²`).
+/// AdamW on one chunk, as `AdamwStep::decomposed` computes it. Before the first step the
+/// moments are zeros, for which `0·β + x` is `x` exactly: the same bits as its first-step form.
 #[allow(clippy::too_many_arguments)]
 fn step_chunk(
     out: &mut [f32],
@@ -127,7 +124,6 @@ fn step_chunk(
     p: &[f32],
     g: &[f32],
     factor: f32,
-    first: bool,
     s: &AdamwScalars,
 ) {
     let (b1, b2) = (s.beta1 as f32, s.beta2 as f32);
@@ -139,10 +135,7 @@ fn step_chunk(
     );
     for ((((o, m), v), &p), &g) in out.iter_mut().zip(m).zip(v).zip(p).zip(g) {
         let g = g * factor;
-        (*m, *v) = match first {
-            true => (g * (1.0 - b1), g * g * (1.0 - b2)),
-            false => (*m * b1 + g * (1.0 - b1), *v * b2 + g * g * (1.0 - b2)),
-        };
+        (*m, *v) = (*m * b1 + g * (1.0 - b1), *v * b2 + g * g * (1.0 - b2));
         let delta = *m / (v.sqrt() * inv_c2 + eps) * step;
         *o = match s.decay != 0.0 {
             true => p * keep - delta,
