@@ -318,6 +318,12 @@ pub(crate) const SPLIT_CHOICES: [&str; 10] =
 /// `LLAMA_ATTN_KEYS`'s values: `auto`, or the keys a warp of decoding's attention scores per
 /// pass (the kernels `decode_attention.cu` compiles).
 pub(crate) const KEYS_CHOICES: [&str; 4] = ["auto", "8", "16", "32"];
+/// `LLAMA_ATTN_WARPS`'s values: `auto` (no more warps a block than keep every cluster of the
+/// launch resident at once), `off` (as many as the keys ask for, up to 16), or a fixed cap.
+pub(crate) const WARPS_CHOICES: [&str; 18] = [
+    "auto", "off", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+    "16",
+];
 /// `LLAMA_ATTN_PRELOAD`'s values (decoding's attention, `cuda_kernels::ops`).
 pub(crate) const PRELOAD_CHOICES: [&str; 3] = ["auto", "off", "all"];
 
@@ -593,6 +599,7 @@ fn register_ops<I: burn::tensor::backend::Backend>(ops: Ops<I>) -> Result<()> {
     env_choice("LLAMA_ATTN_PRELOAD", &PRELOAD_CHOICES)?;
     env_choice("LLAMA_ATTN_SPLIT", &SPLIT_CHOICES)?;
     env_choice("LLAMA_ATTN_KEYS", &KEYS_CHOICES)?;
+    env_choice("LLAMA_ATTN_WARPS", &WARPS_CHOICES)?;
     env_choice("LLAMA_VJP", &["auto", "seed"])?;
     // The residual update in one kernel, in inference and (as one autodiff operation) in
     // training; `decomposed`: the cast and the sum.

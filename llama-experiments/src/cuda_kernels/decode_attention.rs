@@ -58,6 +58,24 @@ fn decode_keys_per_warp(kern: &Loaded, pairs: i64) -> i64 {
     }
 }
 
+/// `LLAMA_ATTN_WARPS`: `None` for `auto` (the launcher takes no more warps a block than keep
+/// every cluster of the launch resident at once), else the most warps a block gets (`off`: 16).
+///
+/// Why `auto`: a block's warps are otherwise sized by the cache's capacity, and at 103 registers
+/// a lane an SM holds 19 warps; 7B at batch 1 after 1,536 tokens launched 256 blocks of 13 warps,
+/// one per SM, in two waves, and attention took 26.6 instead of 9.4 µs a layer (H200,
+/// docs/performance.md, attempt 80). The kernel already loops a warp over further keys.
+fn decode_warps_cap() -> Option<i64> {
+    static CAP: OnceLock<Option<i64>> = OnceLock::new();
+    *CAP.get_or_init(|| {
+        match crate::backend::env_choice("LLAMA_ATTN_WARPS", &crate::backend::WARPS_CHOICES) {
+            Ok("off") => Some(DECODE_MAX_WARPS),
+            Ok(n) => n.parse().ok(),
+            Err(_) => None,
+        }
+    })
+}
+
 /// Floats of `decode_attention`'s shared memory before the preloaded rows (its `part`, `wm` and
 /// `blk`), rounded up to 16 bytes: `decode_preload_offset` in `decode_attention.cu`.
 fn decode_preload_offset(warps: i64, d: i64) -> i64 {
@@ -205,14 +223,43 @@ pub fn decode_attention_with(
         Some(kw @ (8 | 16 | 32)) => kw,
         Some(_) => return None,
     };
-    let warps = ((t + kw * splits - 1) / (kw * splits)).clamp(1, DECODE_MAX_WARPS);
+    let wanted = ((t + kw * splits - 1) / (kw * splits)).clamp(1, DECODE_MAX_WARPS);
     // Shared memory for the merge, then for the rows each warp copies before the wait: its
     // first keys and values, or the keys only, whichever fits `decode_preload`.
-    let base = 4 * decode_preload_offset(warps, d);
-    let rows = warps * kw * d * q.kind().elt_size_in_bytes() as i64;
-    let most = decode_preload().min(48 * 1024 - base);
-    let preload = [2 * rows, rows].into_iter().find(|&r| r <= most);
-    let shared = u32::try_from(base + preload.unwrap_or(0)).ok()?;
+    let elt = q.kind().elt_size_in_bytes() as i64;
+    let shared_for = |warps: i64| {
+        let base = 4 * decode_preload_offset(warps, d);
+        let rows = warps * kw * d * elt;
+        let most = decode_preload().min(48 * 1024 - base);
+        let preload = [2 * rows, rows].into_iter().find(|&r| r <= most);
+        u32::try_from(base + preload.unwrap_or(0)).ok()
+    };
+    let name = named(&format!("decode_attention_k{kw}_d{d}"), q.kind())?;
+    let warps = match decode_warps_cap() {
+        Some(cap) => wanted.min(cap),
+        // Fewer warps while the driver says the launch's clusters would not all be resident
+        // (one cluster per pair); one block per pair already fills the SMs, so no cap there.
+        None if splits > 1 => {
+            let fits = |w: i64| {
+                let shared = shared_for(w)?;
+                let n = kern.resident_clusters(&name, 32 * w as usize, shared, splits as u32)?;
+                Some(n as i64 >= pairs)
+            };
+            let mut w = wanted;
+            while w > 1 && fits(w) == Some(false) {
+                w -= 1;
+            }
+            w
+        }
+        None => wanted,
+    };
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    if std::env::var_os("LLAMA_ATTN_WARPS_SHOW").is_some()
+        && LAST.swap(t * 100 + warps, std::sync::atomic::Ordering::Relaxed) != t * 100 + warps
+    {
+        eprintln!("decode_attention: keys {t}, splits {splits}, warps {warps} of {wanted}");
+    }
+    let shared = shared_for(warps)?;
     let scale = 1.0 / (d as f32).sqrt();
     let (heads, rep, keys) = (
         i32::try_from(h).ok()?,
@@ -221,7 +268,7 @@ pub fn decode_attention_with(
     );
     launch_cluster(
         &kern,
-        named(&format!("decode_attention_k{kw}_d{d}"), q.kind())?,
+        name,
         usize::try_from(pairs * splits).ok()?,
         32 * warps as usize,
         shared,
