@@ -281,6 +281,9 @@ fn decode_attention_matches_the_formula() {
             // every key hidden).
             (1, 32, 32, 128, 512, 512, false),
             (1, 40, 40, 128, 513, 600, true),
+            // 7B after 1,536 tokens: 13 warps a block would not keep every cluster resident, so
+            // the launch takes fewer (5 on an H200) and each warp loops (attempt 82).
+            (1, 32, 32, 128, 1536, 1639, true),
             // Head dimensions of 32 and 256.
             (1, 8, 2, 32, 565, 600, true),
             (2, 4, 4, 256, 70, 80, true),

@@ -34,8 +34,9 @@
 // faster) but by load round trips and the block and cluster barriers; 16 keys per warp over 8
 // blocks per pair took ~10.5 against ~12.5 µs per 7B layer.
 //
-// Grid: pairs · splits blocks of 32 · warps threads, warps = ⌈keys / (KW · splits)⌉ up to 16
-// (each warp then loops over further keys). Dynamic shared memory: (warps + 1) · (dim + 2) +
+// Grid: pairs · splits blocks of 32 · warps threads, warps = ⌈keys / (KW · splits)⌉ up to 16,
+// and with split keys no more than keep every cluster resident at once (decode_attention.rs,
+// attempt 82); each warp then loops over further keys. Dynamic shared memory: (warps + 1) · (dim + 2) +
 // dim + 2 floats, and where the launch gives more (decode_attention.rs: up to 48 KB in all),
 // from the next 16 bytes on 2 · KW rows of `dim` elements per warp (its first pass's keys and
 // values), or KW (the keys only), copied asynchronously before the wait for the kernel ahead

@@ -63,8 +63,11 @@ fn decode_keys_per_warp(kern: &Loaded, pairs: i64) -> i64 {
 ///
 /// Why `auto`: a block's warps are otherwise sized by the cache's capacity, and at 103 registers
 /// a lane an SM holds 19 warps; 7B at batch 1 after 1,536 tokens launched 256 blocks of 13 warps,
-/// one per SM, in two waves, and attention took 26.6 instead of 9.4 µs a layer (H200,
-/// docs/performance.md, attempt 80). The kernel already loops a warp over further keys.
+/// one per SM, in two waves (attention 26.6 instead of 9.4 µs a layer after 512; attempt 80).
+/// The kernel already loops a warp over further keys. With the cap (5 warps there) a 7B token
+/// after 1,536 took 3.965 instead of 4.107 ms pipelined, after 1,024 3.759 instead of 4.047,
+/// and `1b` after 1,536 1.013 instead of 1.205; fixed caps of 3, 4, 6, 7 and 8 were slower than
+/// 5 (H200, docs/performance.md, attempt 82).
 fn decode_warps_cap() -> Option<i64> {
     static CAP: OnceLock<Option<i64>> = OnceLock::new();
     *CAP.get_or_init(|| {
@@ -253,12 +256,6 @@ pub fn decode_attention_with(
         }
         None => wanted,
     };
-    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-    if std::env::var_os("LLAMA_ATTN_WARPS_SHOW").is_some()
-        && LAST.swap(t * 100 + warps, std::sync::atomic::Ordering::Relaxed) != t * 100 + warps
-    {
-        eprintln!("decode_attention: keys {t}, splits {splits}, warps {warps} of {wanted}");
-    }
     let shared = shared_for(warps)?;
     let scale = 1.0 / (d as f32).sqrt();
     let (heads, rep, keys) = (
