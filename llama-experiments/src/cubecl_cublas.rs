@@ -87,7 +87,7 @@ pub const WAIT_CHOICES: [&str; 3] = ["auto", "stream", "host"];
 /// The hand-over `LLAMA_CUBLAS_WAIT` asks for (`auto`: `stream` where CUPTI loads, else `host`).
 fn wait_choice() -> Result<Wait, String> {
     let cupti = crate::cupti_stream::available();
-    match crate::backend::env_choice("LLAMA_CUBLAS_WAIT", &WAIT_CHOICES)
+    match crate::op_registry::env_choice("LLAMA_CUBLAS_WAIT", &WAIT_CHOICES)
         .map_err(|e| e.to_string())?
     {
         "host" => Ok(Wait::Host),

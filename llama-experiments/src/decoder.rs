@@ -14,7 +14,7 @@ pub fn has_cuda_graphs() -> bool {
 
 /// The decoder for backend `B` on `device`.
 pub fn decoder_for<B: Backend>(device: &B::Device) -> Result<Box<dyn Decoder<B>>> {
-    let choice = crate::backend::env_choice("LLAMA_DECODE", &["auto", "eager", "graph"])?;
+    let choice = crate::op_registry::env_choice("LLAMA_DECODE", &["auto", "eager", "graph"])?;
     if choice == "eager" {
         return Ok(Box::new(EagerDecoder));
     }

@@ -51,6 +51,7 @@ pub mod libtorch_residual;
 #[cfg(feature = "tch")]
 pub mod libtorch_swiglu;
 pub mod oom;
+mod op_registry;
 pub mod params;
 pub mod plot;
 pub mod quickstart;

@@ -74,7 +74,7 @@ mod shim {
     /// Unless `LLAMA_VJP=seed` (the `Σ out ⊙ grad` form, for comparisons).
     pub(super) fn wanted() -> bool {
         static WANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *WANTED.get_or_init(|| crate::backend::knob_on("LLAMA_VJP", "seed"))
+        *WANTED.get_or_init(|| crate::op_registry::knob_on("LLAMA_VJP", "seed"))
     }
 
     /// The gradients, or `None` (with a warning) where torch raised before running the backward

@@ -24,7 +24,7 @@ const DECODE_MAX_SPLITS: i64 = 8;
 fn decode_splits(kern: &Loaded, pairs: i64, keys: i64) -> i64 {
     static SPLIT: OnceLock<&'static str> = OnceLock::new();
     let knob = *SPLIT.get_or_init(|| {
-        crate::backend::env_choice("LLAMA_ATTN_SPLIT", &crate::backend::SPLIT_CHOICES)
+        crate::op_registry::env_choice("LLAMA_ATTN_SPLIT", &crate::op_registry::SPLIT_CHOICES)
             .unwrap_or("auto")
     });
     if !kern.sm90 || knob == "off" {
@@ -48,7 +48,7 @@ fn decode_splits(kern: &Loaded, pairs: i64, keys: i64) -> i64 {
 fn decode_keys_per_warp(kern: &Loaded, pairs: i64) -> i64 {
     static KEYS: OnceLock<&'static str> = OnceLock::new();
     let knob = KEYS.get_or_init(|| {
-        crate::backend::env_choice("LLAMA_ATTN_KEYS", &crate::backend::KEYS_CHOICES)
+        crate::op_registry::env_choice("LLAMA_ATTN_KEYS", &crate::op_registry::KEYS_CHOICES)
             .unwrap_or("auto")
     });
     match knob.parse::<i64>() {
@@ -71,7 +71,8 @@ fn decode_keys_per_warp(kern: &Loaded, pairs: i64) -> i64 {
 fn decode_warps_cap() -> Option<i64> {
     static CAP: OnceLock<Option<i64>> = OnceLock::new();
     *CAP.get_or_init(|| {
-        match crate::backend::env_choice("LLAMA_ATTN_WARPS", &crate::backend::WARPS_CHOICES) {
+        match crate::op_registry::env_choice("LLAMA_ATTN_WARPS", &crate::op_registry::WARPS_CHOICES)
+        {
             Ok("off") => Some(DECODE_MAX_WARPS),
             Ok(n) => n.parse().ok(),
             Err(_) => None,
@@ -94,7 +95,10 @@ fn decode_preload_offset(warps: i64, d: i64) -> i64 {
 fn decode_preload() -> i64 {
     static MOST: OnceLock<i64> = OnceLock::new();
     *MOST.get_or_init(|| {
-        match crate::backend::env_choice("LLAMA_ATTN_PRELOAD", &crate::backend::PRELOAD_CHOICES) {
+        match crate::op_registry::env_choice(
+            "LLAMA_ATTN_PRELOAD",
+            &crate::op_registry::PRELOAD_CHOICES,
+        ) {
             Ok("off") => -1,
             Ok("all") => 48 * 1024,
             _ => 24 * 1024,

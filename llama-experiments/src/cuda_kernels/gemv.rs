@@ -15,7 +15,7 @@ const MAX_PARTS: i64 = 32;
 /// or one warp for every row under `LLAMA_GEMV_SPLIT=off`.
 fn parts(k: i64) -> i64 {
     static SPLIT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let split = *SPLIT.get_or_init(|| crate::backend::knob_on("LLAMA_GEMV_SPLIT", "off"));
+    let split = *SPLIT.get_or_init(|| crate::op_registry::knob_on("LLAMA_GEMV_SPLIT", "off"));
     match split {
         true => (k + WARP_COLS - 1) / WARP_COLS,
         false => 1,
@@ -27,7 +27,7 @@ fn parts(k: i64) -> i64 {
 /// outputs (`LLAMA_GEMV_GRID=auto`, the default), or one block per group (`waves`).
 fn resident_grid() -> bool {
     static RESIDENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *RESIDENT.get_or_init(|| crate::backend::knob_on("LLAMA_GEMV_GRID", "waves"))
+    *RESIDENT.get_or_init(|| crate::op_registry::knob_on("LLAMA_GEMV_GRID", "waves"))
 }
 
 /// `x [1, k] · w [k, n]`, bf16 in and out (f32 sums), in one kernel that streams the weight at

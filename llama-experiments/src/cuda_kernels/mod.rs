@@ -26,6 +26,7 @@ use tch::{Device, Kind, Tensor};
 
 mod decode_attention;
 mod gemv;
+mod occupancy;
 mod ops;
 mod rope_slot;
 mod sample;
@@ -135,9 +136,9 @@ pub fn compile_for(arch: Option<&'static str>) -> Result<Ptx, String> {
         // Attempt 31's value loads and the one-row product's L1-allocating weight loads, for
         // comparison (`decode_attention.cu`, `gemv.cu`).
         options: [
-            (!crate::backend::knob_on("LLAMA_ATTN_VALUES", "narrow"))
+            (!crate::op_registry::knob_on("LLAMA_ATTN_VALUES", "narrow"))
                 .then(|| "-DDECODE_VALUE_FLOATS=8".to_string()),
-            (!crate::backend::knob_on("LLAMA_GEMV_LOADS", "cached"))
+            (!crate::op_registry::knob_on("LLAMA_GEMV_LOADS", "cached"))
                 .then(|| "-DGEMV_CACHED_LOADS".to_string()),
         ]
         .into_iter()
@@ -168,72 +169,6 @@ pub(super) struct Loaded {
     resident: Mutex<HashMap<(&'static str, usize), usize>>,
     /// [`Loaded::resident_clusters`] by kernel, block size, shared memory and cluster size.
     clusters: Mutex<HashMap<(String, usize, u32, u32), usize>>,
-}
-
-impl Loaded {
-    /// How many blocks of `block` threads of kernel `full` the whole device holds at once
-    /// (the driver's occupancy for one SM times the SMs); `None` if the query fails.
-    pub(super) fn resident_blocks(&self, full: &'static str, block: usize) -> Option<usize> {
-        let mut map = self.resident.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&n) = map.get(&(full, block)) {
-            return Some(n);
-        }
-        let f = self.functions.get(full)?;
-        let per_sm = f
-            .occupancy_max_active_blocks_per_multiprocessor(u32::try_from(block).ok()?, 0, None)
-            .ok()?;
-        let n = (per_sm as usize * self.sms).max(1);
-        map.insert((full, block), n);
-        Some(n)
-    }
-
-    /// How many clusters of `cluster` blocks of `block` threads and `shared` bytes of dynamic
-    /// shared memory of kernel `full` the whole device holds at once
-    /// (`cuOccupancyMaxActiveClusters`: it knows that a cluster's blocks share one GPC, which
-    /// blocks per SM times SMs does not); `None` if the query fails.
-    pub(super) fn resident_clusters(
-        &self,
-        full: &str,
-        block: usize,
-        shared: u32,
-        cluster: u32,
-    ) -> Option<usize> {
-        use cudarc::driver::sys;
-        let key = (full.to_owned(), block, shared, cluster);
-        let mut map = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&n) = map.get(&key) {
-            return Some(n);
-        }
-        let f = self.functions.get(full)?;
-        // SAFETY: a plain-data C struct; zero is a valid value of every field.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        attr.value.clusterDim.x = cluster;
-        attr.value.clusterDim.y = 1;
-        attr.value.clusterDim.z = 1;
-        let config = sys::CUlaunchConfig {
-            gridDimX: cluster,
-            gridDimY: 1,
-            gridDimZ: 1,
-            blockDimX: u32::try_from(block).ok()?,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: shared,
-            hStream: std::ptr::null_mut(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
-        let mut n: std::ffi::c_int = 0;
-        self.ctx.bind_to_thread().ok()?;
-        // SAFETY: a query of a loaded function with a config and out-pointer that outlive it.
-        let r = unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &config) };
-        if r != sys::CUresult::CUDA_SUCCESS {
-            return None;
-        }
-        let n = usize::try_from(n).ok()?;
-        map.insert(key, n);
-        Some(n)
-    }
 }
 
 /// Per CUDA ordinal: the loaded kernels, or `None` after a failure (reported once).
@@ -270,7 +205,7 @@ fn load(ordinal: usize) -> Result<Loaded, String> {
     Ok(Loaded {
         pdl: arch_for(major).is_some()
             && driver_version() >= 12030
-            && crate::backend::knob_on("LLAMA_PDL", "off"),
+            && crate::op_registry::knob_on("LLAMA_PDL", "off"),
         stream: ctx.default_stream(),
         ctx,
         functions,

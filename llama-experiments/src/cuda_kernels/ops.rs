@@ -271,7 +271,8 @@ pub fn add_rms_norm(
     let y = Tensor::empty([n, dim], (out, x.device()));
     let (dim, eps) = (dim as i32, eps as f32);
     static EARLY: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
-    let early = *EARLY.get_or_init(|| crate::backend::knob_on("LLAMA_NORM_EARLY", "off").into());
+    let early =
+        *EARLY.get_or_init(|| crate::op_registry::knob_on("LLAMA_NORM_EARLY", "off").into());
     launch(
         &k,
         name.to_string(),

@@ -308,8 +308,10 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> LlamaOptimizer<M, B> {
                 })?,
         };
         // `fused`: the fused kernel over concatenated buckets only (before the update by parts).
-        let choice =
-            crate::backend::env_choice("LLAMA_ADAMW", &["auto", "fused", "torch", "decomposed"])?;
+        let choice = crate::op_registry::env_choice(
+            "LLAMA_ADAMW",
+            &["auto", "fused", "torch", "decomposed"],
+        )?;
         let mut opt =
             Self::with_bucket_elems(cfg, model, elems).with_native_update(choice != "decomposed");
         opt.fused_update = matches!(choice, "auto" | "fused");
