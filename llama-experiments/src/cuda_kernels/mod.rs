@@ -167,8 +167,9 @@ pub(super) struct Loaded {
     pub(super) sm90: bool,
     /// [`Loaded::resident_blocks`] by kernel and block size.
     resident: Mutex<HashMap<(&'static str, usize), usize>>,
-    /// [`Loaded::resident_clusters`] by kernel, block size, shared memory and cluster size.
-    clusters: Mutex<HashMap<(String, usize, u32, u32), usize>>,
+    /// [`Loaded::resident_clusters`] by kernel (its handle), block size, shared memory and
+    /// cluster size.
+    clusters: Mutex<HashMap<(usize, usize, u32, u32), usize>>,
 }
 
 /// Per CUDA ordinal: the loaded kernels, or `None` after a failure (reported once).
@@ -403,6 +404,18 @@ fn capture(stream: &CudaStream) -> Option<(u64, Option<usize>)> {
     capturing.then_some((id, node))
 }
 
+/// The launch attribute for thread-block clusters of `cluster` blocks along x.
+pub(super) fn cluster_attribute(cluster: u32) -> cudarc::driver::sys::CUlaunchAttribute {
+    use cudarc::driver::sys;
+    // SAFETY: a plain-data C struct; zero is a valid value of every field.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = cluster;
+    attr.value.clusterDim.y = 1;
+    attr.value.clusterDim.z = 1;
+    attr
+}
+
 /// `f` launched on `stream` through `cuLaunchKernelEx` (`cudarc`'s builder has no launch
 /// attributes): with programmatic stream serialisation allowed if `pdl` (a stream capture records
 /// it as a programmatic edge of the graph), in clusters of `cluster` blocks if more than one.
@@ -429,13 +442,7 @@ fn launch_ex(
         attrs.push(attr);
     }
     if cluster > 1 {
-        // SAFETY: as above.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        attr.value.clusterDim.x = cluster;
-        attr.value.clusterDim.y = 1;
-        attr.value.clusterDim.z = 1;
-        attrs.push(attr);
+        attrs.push(cluster_attribute(cluster));
     }
     let config = sys::CUlaunchConfig {
         gridDimX: grid,

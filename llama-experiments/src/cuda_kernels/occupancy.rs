@@ -32,18 +32,14 @@ impl Loaded {
         cluster: u32,
     ) -> Option<usize> {
         use cudarc::driver::sys;
-        let key = (full.to_owned(), block, shared, cluster);
+        let f = self.functions.get(full)?;
+        // Keyed by the function's handle: a launch looks this up each time, without allocating.
+        let key = (f.cu_function() as usize, block, shared, cluster);
         let mut map = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(&n) = map.get(&key) {
             return Some(n);
         }
-        let f = self.functions.get(full)?;
-        // SAFETY: a plain-data C struct; zero is a valid value of every field.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        attr.value.clusterDim.x = cluster;
-        attr.value.clusterDim.y = 1;
-        attr.value.clusterDim.z = 1;
+        let mut attr = super::cluster_attribute(cluster);
         let config = sys::CUlaunchConfig {
             gridDimX: cluster,
             gridDimY: 1,
