@@ -16,7 +16,8 @@ use burn_flex::{Flex, FlexTensor};
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use super::{buffer, tensor};
+use super::exp::{exp, exp_shifted, vectorised};
+use super::{buffer, max_of, sum_of, tensor};
 
 /// A 4-D f32 operand: its storage from the first element and its strides (elements).
 struct View {
@@ -153,15 +154,13 @@ pub fn forward(
         );
         for (i, (row, lse)) in s.chunks_mut(tk).zip(lse).enumerate() {
             let n = visible(i, tk, causal);
-            let m = row[..n].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0.0;
-            for x in &mut row[..n] {
-                *x = (*x - m).exp();
-                sum += *x;
-            }
-            for x in &mut row[..n] {
-                *x /= sum;
-            }
+            let (m, sum) = vectorised(|| {
+                let m = max_of(&row[..n]);
+                row[..n].iter_mut().for_each(|x| *x = exp(*x - m));
+                let sum = sum_of(&row[..n], |e| e);
+                row[..n].iter_mut().for_each(|x| *x /= sum);
+                (m, sum)
+            });
             row[n..].fill(0.0);
             *lse = m + sum.ln();
         }
@@ -226,7 +225,7 @@ pub fn backward(saved: Vec<FloatTensor<Flex>>, dout: FloatTensor<Flex>) -> [Floa
             );
             for (i, (row, &l)) in p.chunks_mut(tk).zip(lse).enumerate() {
                 let n = visible(i, tk, causal);
-                row[..n].iter_mut().for_each(|x| *x = (*x - l).exp());
+                exp_shifted(&mut row[..n], l);
                 row[n..].fill(0.0);
             }
             let (op, ors, ocs) = o.at(bi, hi);

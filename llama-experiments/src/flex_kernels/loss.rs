@@ -10,6 +10,7 @@ use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
+use super::exp::{exp, vectorised};
 use super::{CHUNK, buffer, dense, elems, max_of, sum_of, tensor};
 
 /// The targets as indices below `vocab`, or `None` if any is not.
@@ -52,10 +53,12 @@ pub fn forward(
         .zip(x.par_chunks(vocab).zip(&idx))
         .for_each(|((loss, d), (row, &t))| {
             let m = max_of(row);
-            for (d, &v) in d.iter_mut().zip(row) {
-                *d = (v - m).exp();
-            }
-            let sum = sum_of(d, |e| e);
+            let sum = vectorised(|| {
+                for (d, &v) in d.iter_mut().zip(row) {
+                    *d = exp(v - m);
+                }
+                sum_of(d, |e| e)
+            });
             // lse − x_t; softmax / n − onehot / n.
             *loss = sum.ln() + m - row[t];
             let k = inv_n / sum;

@@ -14,6 +14,7 @@
 
 pub mod adamw;
 pub mod attention;
+mod exp;
 pub mod loss;
 pub mod rms_norm;
 pub mod rotary;

@@ -10,6 +10,7 @@ use burn::tensor::{Tensor, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
+use super::exp::{sigmoid, vectorised};
 use super::{CHUNK, buffer, dense, elems, tensor};
 
 fn float(t: FlexTensor) -> Tensor<Flex, 3> {
@@ -26,10 +27,6 @@ fn pair(a: &FlexTensor, b: &FlexTensor) -> Option<(FlexTensor, FlexTensor)> {
     same.then(|| Some((dense(a)?, dense(b)?))).flatten()
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// `(a, b)` → `silu(a) ⊙ b`.
 pub fn forward(a: FloatTensor<Flex>, b: FloatTensor<Flex>) -> FloatTensor<Flex> {
     let Some((ad, bd)) = pair(&a, &b) else {
@@ -41,9 +38,11 @@ pub fn forward(a: FloatTensor<Flex>, b: FloatTensor<Flex>) -> FloatTensor<Flex> 
     y.par_chunks_mut(CHUNK)
         .zip(av.par_chunks(CHUNK).zip(bv.par_chunks(CHUNK)))
         .for_each(|(y, (a, b))| {
-            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                *y = a * sigmoid(a) * b;
-            }
+            vectorised(|| {
+                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                    *y = a * sigmoid(a) * b;
+                }
+            })
         });
     tensor(y, shape)
 }
@@ -70,11 +69,13 @@ pub fn backward(
         .zip(av.par_chunks(CHUNK).zip(bv.par_chunks(CHUNK)))
         .zip(gv.par_chunks(CHUNK))
         .for_each(|(((da, db), (a, b)), g)| {
-            for ((((da, db), &a), &b), &g) in da.iter_mut().zip(db).zip(a).zip(b).zip(g) {
-                let s = sigmoid(a);
-                *db = g * a * s;
-                *da = g * b * s * (1.0 + a * (1.0 - s));
-            }
+            vectorised(|| {
+                for ((((da, db), &a), &b), &g) in da.iter_mut().zip(db).zip(a).zip(b).zip(g) {
+                    let s = sigmoid(a);
+                    *db = g * a * s;
+                    *da = g * b * s * (1.0 + a * (1.0 - s));
+                }
+            })
         });
     (tensor(da, shape.clone()), tensor(db, shape))
 }
