@@ -20,14 +20,8 @@ pub(super) fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5 · 2^23: adding it rounds to an integer (to nearest even), held in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
-    // Comparisons are false for NaN, which then flows through every step unchanged.
-    let x = if x < -104.0 {
-        -104.0
-    } else if x > 89.0 {
-        89.0
-    } else {
-        x
-    };
+    // `clamp` keeps NaN, which then flows through every step unchanged.
+    let x = x.clamp(-104.0, 89.0);
     let shifted = x * LOG2E + ROUND;
     let n = shifted - ROUND;
     let ni = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
