@@ -37,8 +37,8 @@
 // Grid: pairs · splits blocks of 32 · warps threads, warps = ⌈keys / (KW · splits)⌉ up to 16,
 // and with split keys no more than keep every cluster resident at once (decode_attention.rs,
 // attempt 82); each warp then loops over further keys. Dynamic shared memory:
-// (warps + 1) · (dim + 2) + dim + 2 floats, and where the launch gives more (decode_attention.rs: up to 48 KB in all),
-// from the next 16 bytes on 2 · KW rows of `dim` elements per warp (its first pass's keys and
+// (warps + 1) · (dim + 2) + dim + 2 floats, and where the launch gives more
+// (decode_attention.rs: up to 48 KB in all), from the next 16 bytes on 2 · KW rows of `dim` elements per warp (its first pass's keys and
 // values), or KW (the keys only), copied asynchronously before the wait for the kernel ahead
 // (the cached rows below the slot do not depend on it), so that the first scores (and value
 // sums) after the wait read shared memory instead of L2.

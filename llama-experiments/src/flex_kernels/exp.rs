@@ -3,7 +3,7 @@
 //!
 //! Why not `f32::exp`: it is a call into libm per element (`__expf_fma`), which no loop around it
 //! can vectorise; after attempt 83 it was 12 % of a `tiny` training step on Flex, mostly the
-//! loss's 2 M exponentials a step (docs/performance.md, attempt 84). [`exp`] is Cody and Waite's
+//! loss's 2 M exponentials a step (docs/performance.md, attempt 85). [`exp`] is Cody and Waite's
 //! range reduction and Cephes' degree-6 polynomial for `e^r` on `|r| ≤ ln 2 / 2`, in plain
 //! multiplications, additions and selects: inside [`vectorised`] a loop over it becomes AVX-512 or
 //! AVX2 code, picked at run time (the build targets baseline x86-64, so this is the only way to
